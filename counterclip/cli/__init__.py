@@ -1,0 +1,101 @@
+"""The `counterclip` command line.
+
+Each group of commands lives in its own module with a ``register(app, eval_app)`` function, so the
+issues that fill them do not edit one shared file. Errors the user can fix (`CounterclipError`) are
+printed as one line with exit status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from typer.exceptions import TyperException
+
+from counterclip._version import __version__
+from counterclip.cli import (
+    classic,
+    engine_cmds,
+    explain_cmds,
+    index_cmds,
+    model_cmds,
+    serve_cmds,
+    shapes_cmds,
+)
+from counterclip.cli._common import console
+from counterclip.errors import CounterclipError
+
+app = typer.Typer(
+    name="counterclip",
+    help="Explain CLIP-style models with verified counterfactuals from your own image collection.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+eval_app = typer.Typer(
+    help="Measure model, counterfactual and explainer quality on the shapes world.", no_args_is_help=True
+)
+app.add_typer(eval_app, name="eval")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"counterclip {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr."),
+) -> None:
+    """counterclip: verified counterfactuals and attribution maps for CLIP-style models.
+
+    Examples:
+
+      counterclip demo --out demo-out
+
+      counterclip build ~/Photos --index photos.idx --model bundled:shapes
+
+      counterclip counterfactual photos.idx --image cat.jpg --text "a photo of a dog"
+    """
+    # Third-party libraries log loudly (hub retries); show their errors only, and ours by verbosity.
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("counterclip").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+for _module in (model_cmds, shapes_cmds, index_cmds, engine_cmds, explain_cmds, classic, serve_cmds):
+    _module.register(app, eval_app)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` and return the exit status (used by `main` and by tests)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        result = app(args=argv, prog_name="counterclip", standalone_mode=False)
+    except CounterclipError as exc:
+        if debug:
+            raise
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        console.print("aborted")
+        return 1
+    except TyperException as exc:  # usage errors: typer prints them like click does
+        if hasattr(exc, "show"):
+            exc.show()
+        return int(getattr(exc, "exit_code", 2))
+    return result if isinstance(result, int) else 0
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())

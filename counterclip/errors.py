@@ -1,0 +1,28 @@
+"""User-facing errors. Each carries a one-line message naming the thing and what to do.
+
+The CLI prints them without a traceback (unless --debug) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+
+class CounterclipError(Exception):
+    """Base class for errors the user can fix (bad input, missing file, wrong model)."""
+
+    exit_code = 2
+
+
+class ModelLoadError(CounterclipError):
+    """A model spec that cannot be resolved or loaded."""
+
+
+class InputError(CounterclipError):
+    """A bad argument or input file."""
+
+
+class IndexFormatError(CounterclipError):
+    """An index directory that is missing, half-written, of another format, or built with another model."""
+
+
+class IndexLockedError(CounterclipError):
+    """Another process holds the index's write lock."""

@@ -1,0 +1,129 @@
+"""Model specs: what the CLI's ``--model`` takes, parsed once, written to JSON and read back.
+
+Grammar (one shared parser, used by the CLI, the index manifest and the Python API):
+
+- ``bundled:NAME``              a model shipped inside the package (``bundled:shapes``)
+- ``hf:ID_OR_DIR``              a Hugging Face ``CLIPModel`` from the hub or a local directory
+- ``local-dir:PATH``            a local directory: Hugging Face (``config.json``) or open_clip
+                                (``open_clip_config.json`` + weights)
+- ``hf-hub:ORG/REPO``           an open_clip model published on the Hugging Face hub
+- ``ARCH``                      an open_clip architecture with random weights (tests, benchmarks)
+- ``ARCH:TAG``                  an open_clip architecture with a pretrained tag (``ViT-B-32:laion2b_s34b_b79k``)
+- ``ARCH:PATH``                 an open_clip architecture with a local checkpoint file
+- ``CONFIG.json[:PATH]``        an architecture given as an open_clip model-config JSON file
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from counterclip.errors import ModelLoadError
+
+BACKENDS = ("open_clip", "hf", "bundled")
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved description of a model; JSON-serialisable so an index can record what built it."""
+
+    backend: str  # "open_clip" | "hf" | "bundled"
+    name: str  # architecture name, config-JSON path, hub id, local directory, or bundled name
+    pretrained: str | None = None  # open_clip pretrained tag, or local checkpoint path; None = random init
+    source: str | None = None  # where weights come from: "hub", "local", "tag", "random", "bundled"
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ModelLoadError(
+                f"unknown model backend {self.backend!r}; expected one of {', '.join(BACKENDS)}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        """Inverse of `to_dict`; unknown keys are an error (a manifest from another format)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ModelLoadError(f"model spec has unknown field(s) {sorted(unknown)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        """JSON text of the spec."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        """Inverse of `to_json`."""
+        return cls.from_dict(json.loads(text))
+
+    def __str__(self) -> str:
+        """The spec string that parses back to this spec."""
+        if self.backend == "bundled":
+            return f"bundled:{self.name}"
+        if self.backend == "hf":
+            return f"hf:{self.name}"
+        if self.source == "hub":  # open_clip from the HF hub
+            return f"hf-hub:{self.name}"
+        return self.name if self.pretrained is None else f"{self.name}:{self.pretrained}"
+
+
+def _looks_like_path(text: str) -> bool:
+    return "/" in text or text.startswith(".") or text.lower().endswith(_CHECKPOINT_SUFFIXES)
+
+
+def parse_model_spec(spec: str | ModelSpec | dict[str, Any]) -> ModelSpec:
+    """Parse a ``--model`` string (or pass a spec / dict through) into a `ModelSpec`.
+
+    Args:
+        spec: a spec string (see module doc), a `ModelSpec`, or its dict form.
+
+    Returns:
+        ModelSpec.
+
+    Examples::
+
+        >>> parse_model_spec("bundled:shapes").backend
+        'bundled'
+        >>> parse_model_spec("ViT-B-32:laion2b_s34b_b79k").pretrained
+        'laion2b_s34b_b79k'
+    """
+    if isinstance(spec, ModelSpec):
+        return spec
+    if isinstance(spec, dict):
+        return ModelSpec.from_dict(spec)
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelLoadError(
+            "empty model spec; try `bundled:shapes` or an open_clip name like `ViT-B-32:PATH`"
+        )
+    text = spec.strip()
+    schema, sep, rest = text.partition(":")
+    if sep and schema == "bundled":
+        return ModelSpec("bundled", rest, source="bundled")
+    if sep and schema == "hf":
+        if not rest:
+            raise ModelLoadError(
+                "`hf:` needs a hub id or a local directory, e.g. hf:openai/clip-vit-base-patch32"
+            )
+        return ModelSpec("hf", rest, source="local" if Path(rest).expanduser().is_dir() else "hub")
+    if sep and schema == "hf-hub":
+        return ModelSpec("open_clip", rest, source="hub")
+    if sep and schema == "local-dir":
+        directory = Path(rest).expanduser()
+        if (directory / "open_clip_config.json").is_file():
+            return ModelSpec("open_clip", str(directory), source="local-dir")
+        return ModelSpec("hf", str(directory), source="local")
+    # open_clip: ARCH[:TAG_OR_PATH]; ARCH may itself be a JSON config path.
+    arch, sep, weights = text.partition(":")
+    if not sep or not weights:
+        return ModelSpec("open_clip", arch, None, source="random")
+    if _looks_like_path(weights):
+        return ModelSpec("open_clip", arch, weights, source="local")
+    return ModelSpec("open_clip", arch, weights, source="tag")
