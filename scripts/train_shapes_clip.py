@@ -1,0 +1,401 @@
+"""Train the small CLIP bundled with counterclip on the shapes world (run once; the weights are shipped).
+
+The model is a plain open_clip ``CLIP`` built from ``counterclip/data/shapes/config.json`` and trained with
+open_clip's own tokenizer and eval image transform, so ``load_model("bundled:shapes")`` needs no special
+code. What makes position and composition learnable (see issue 3's trial notes):
+
+- multi-positive soft targets: every image-caption pair in the batch whose caption is true of the image
+  is a positive (captions often name only some attributes), in both directions;
+- captions sample which attributes they name: full 4-attribute captions half of the time, single-attribute
+  captions in the zero-shot prompt templates, and random subsets;
+- hard negatives: the batch is made of groups of images that differ from the group's first image in
+  exactly one attribute (position and size most often);
+- held-out (shape, colour) pairs never appear, neither as images nor in captions.
+
+Images are rendered on the fly (in a prefetch thread) at 128 px and go through the model's eval transform,
+exactly as evaluation images do. The learning-rate schedule follows the larger of step progress and
+wall-clock progress, so a run always ends (with a fully decayed learning rate) within ``--minutes``.
+
+Example::
+
+    .venv/bin/python scripts/train_shapes_clip.py --minutes 40 --seed 0 2>&1 | tee /tmp/train_shapes.log
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import queue
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import save_file
+
+from counterclip.shapes import (
+    ATTRIBUTES,
+    FULL_CAPTION,
+    TEMPLATES,
+    VALUES,
+    ShapeAttrs,
+    caption,
+    evaluate_model,
+)
+from counterclip.shapes.world import render, sample_attrs
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_PATH = REPO / "counterclip" / "data" / "shapes" / "config.json"
+WEIGHTS_PATH = REPO / "counterclip" / "data" / "shapes" / "weights.safetensors"
+MODEL_NAME = "counterclip-shapes-train"  # the name the config is registered under with open_clip
+
+# Which attribute a hard-negative variant changes (position and size are the hard ones).
+VARIANT_WEIGHTS = {"shape": 0.2, "colour": 0.15, "size": 0.2, "position": 0.3, "background": 0.15}
+# Which attribute a single-attribute caption names.
+SINGLE_WEIGHTS = {"shape": 0.2, "colour": 0.15, "size": 0.2, "position": 0.3, "background": 0.15}
+
+
+@dataclass(frozen=True)
+class TrainCfg:
+    """Training settings (the command-line flags)."""
+
+    steps: int  # maximum optimizer steps
+    minutes: float  # wall-clock budget; the schedule ends by then
+    batch_size: int  # images per step
+    group_size: int  # images per hard-negative group (1 = no hard negatives)
+    lr: float  # peak AdamW learning rate
+    min_lr_ratio: float  # final learning rate as a fraction of lr
+    warmup: int  # linear warm-up steps
+    weight_decay: float  # AdamW weight decay on matrices
+    p_full: float  # probability a caption names exactly FULL_CAPTION
+    p_all: float  # probability a caption names all five attributes
+    p_single: float  # probability a caption names one attribute (else a random 2-3 subset)
+    seed: int  # seeds numpy (data) and torch (init)
+    threads: int  # torch intra-op threads
+    eval_every: int  # steps between quick evaluations (and checkpoints)
+    eval_n: int  # images per split in quick evaluations
+    final_eval_n: int  # images per split in the final evaluation
+    checkpoint_dir: str  # where intermediate checkpoints go (outside the repo)
+    out: str  # the shipped fp16 safetensors file
+    resume: str | None  # a checkpoint to resume from
+
+
+def parse_args(argv: list[str] | None = None) -> TrainCfg:
+    """Parse the command line into a TrainCfg."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--minutes", type=float, default=40.0)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--group-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--min-lr-ratio", type=float, default=0.02)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--p-full", type=float, default=0.45)
+    p.add_argument("--p-all", type=float, default=0.1)
+    p.add_argument("--p-single", type=float, default=0.25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--eval-every", type=int, default=200)
+    p.add_argument("--eval-n", type=int, default=300)
+    p.add_argument("--final-eval-n", type=int, default=2000)
+    p.add_argument("--checkpoint-dir", default="/tmp/shapes_clip_ckpt")
+    p.add_argument("--out", default=str(WEIGHTS_PATH))
+    p.add_argument("--resume", default=None)
+    return TrainCfg(**vars(p.parse_args(argv)))
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def _weighted_choice(rng: np.random.Generator, weights: dict[str, float]) -> str:
+    keys = list(weights)
+    probs = np.array([weights[k] for k in keys])
+    return keys[int(rng.choice(len(keys), p=probs / probs.sum()))]
+
+
+def sample_group(rng: np.random.Generator, group_size: int) -> list[ShapeAttrs]:
+    """A seen base object plus variants that each differ from it in exactly one attribute (never HOLDOUT)."""
+    base = sample_attrs(rng)
+    group = [base]
+    while len(group) < group_size:
+        attribute = _weighted_choice(rng, VARIANT_WEIGHTS)
+        others = [v for v in VALUES[attribute] if v != getattr(base, attribute)]
+        variant = base.replace(**{attribute: others[int(rng.integers(len(others)))]})
+        if not variant.is_holdout:
+            group.append(variant)
+    return group
+
+
+def sample_named(rng: np.random.Generator, cfg: TrainCfg) -> tuple[str, ...]:
+    """Which attributes one training caption names."""
+    u = rng.random()
+    if u < cfg.p_full:
+        return FULL_CAPTION
+    if u < cfg.p_full + cfg.p_all:
+        return ATTRIBUTES
+    if u < cfg.p_full + cfg.p_all + cfg.p_single:
+        return (_weighted_choice(rng, SINGLE_WEIGHTS),)
+    k = int(rng.integers(2, 4))
+    return tuple(ATTRIBUTES[i] for i in sorted(rng.choice(len(ATTRIBUTES), size=k, replace=False)))
+
+
+@dataclass
+class Batch:
+    """One training batch: pixels, unique captions, and which captions are true of which images."""
+
+    pixels: torch.Tensor  # (B, 3, H, W) float32, normalised by the model's transform
+    texts: list[str]  # U unique captions
+    consistent: torch.Tensor  # (B, U) bool: caption j is true of image i
+
+
+def make_batch(rng: np.random.Generator, cfg: TrainCfg, preprocess) -> Batch:
+    """Render a batch of hard-negative groups and sample one caption per image."""
+    attrs: list[ShapeAttrs] = []
+    while len(attrs) < cfg.batch_size:
+        attrs.extend(sample_group(rng, cfg.group_size))
+    attrs = attrs[: cfg.batch_size]
+    images: list[Image.Image] = [render(a, rng, 128)[0] for a in attrs]
+    pixels = torch.stack([preprocess(im) for im in images])
+
+    texts: list[str] = []
+    caption_codes: list[list[int]] = []  # per unique caption: value index per attribute, -1 = not named
+    seen: dict[str, int] = {}
+    for a in attrs:
+        named = sample_named(rng, cfg)
+        text = caption(a, named, TEMPLATES[int(rng.integers(len(TEMPLATES)))])
+        if text not in seen:
+            seen[text] = len(texts)
+            texts.append(text)
+            caption_codes.append([VALUES[n].index(getattr(a, n)) if n in named else -1 for n in ATTRIBUTES])
+    image_codes = torch.tensor([[VALUES[n].index(getattr(a, n)) for n in ATTRIBUTES] for a in attrs])
+    codes = torch.tensor(caption_codes)
+    consistent = ((codes[None, :, :] == -1) | (codes[None, :, :] == image_codes[:, None, :])).all(dim=2)
+    return Batch(pixels=pixels, texts=texts, consistent=consistent)
+
+
+class Prefetcher:
+    """Builds batches in a background thread (torch's matmuls release the GIL, so rendering overlaps)."""
+
+    def __init__(self, cfg: TrainCfg, preprocess, seed: int, depth: int = 3) -> None:
+        self._queue: queue.Queue[Batch] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._rng = np.random.default_rng(seed)
+        self._thread = threading.Thread(target=self._run, args=(cfg, preprocess), daemon=True)
+        self._thread.start()
+
+    def _run(self, cfg: TrainCfg, preprocess) -> None:
+        while not self._stop.is_set():
+            batch = make_batch(self._rng, cfg, preprocess)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(batch, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+
+    def get(self) -> Batch:
+        """The next batch (blocks until one is ready)."""
+        return self._queue.get()
+
+    def close(self) -> None:
+        """Stop the worker thread."""
+        self._stop.set()
+
+
+# --------------------------------------------------------------------------------------------------- model
+
+
+def multi_positive_loss(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, consistent: torch.Tensor, scale
+) -> torch.Tensor:
+    """Symmetric soft-target CLIP loss: targets are uniform over the consistent pairs of each row/column.
+
+    image_emb: (B, d), text_emb: (U, d), both normalised; consistent: (B, U) bool, every row and column
+    has at least one True.
+    """
+    logits = scale * image_emb @ text_emb.T
+    positives = consistent.float()
+    image_to_text = -(positives / positives.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
+    text_to_image = -(positives / positives.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0).mean()
+    return (image_to_text + text_to_image) / 2
+
+
+class OpenClipEncoder:
+    """The ``counterclip.models`` encoder interface over a raw open_clip model (for evaluate_model)."""
+
+    def __init__(self, model: torch.nn.Module, preprocess, tokenizer) -> None:
+        self.model = model
+        self._preprocess = preprocess
+        self._tokenizer = tokenizer
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """(3, H, W) float32 pixels."""
+        return self._preprocess(image)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, d) normalised image embeddings."""
+        return F.normalize(self.model.encode_image(pixels), dim=-1)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """(n, d) normalised text embeddings."""
+        return F.normalize(self.model.encode_text(self._tokenizer(list(texts))), dim=-1)
+
+    @property
+    def logit_scale(self) -> float:
+        """exp of the learned logit scale."""
+        return float(self.model.logit_scale.exp())
+
+
+def build_model() -> tuple[torch.nn.Module, object, object]:
+    """The open_clip model, eval transform and tokenizer for the bundled config (the loader's code path)."""
+    tmp = Path(tempfile.mkdtemp(prefix="shapes_cfg_"))
+    shutil.copy(CONFIG_PATH, tmp / f"{MODEL_NAME}.json")
+    open_clip.add_model_config(tmp / f"{MODEL_NAME}.json")
+    model, _, preprocess = open_clip.create_model_and_transforms(MODEL_NAME)
+    tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+    return model, preprocess, tokenizer
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only (not norms, biases, embeddings' scale-free parameters or the logit scale)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "logit_scale" in name or "embedding" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def save_fp16(model: torch.nn.Module, path: str | Path) -> int:
+    """Write the state_dict as fp16 safetensors atomically (temp file, then rename); return its size."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to(torch.float16).contiguous().clone() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt", "dtype": "float16"})
+    os.chmod(tmp, 0o644)  # package data must be world-readable (the temp file is created 0600)
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+def quick_report(metrics: dict) -> str:
+    """One line summarising evaluate_model's output."""
+    parts = []
+    for split in ("seen", "heldout"):
+        if split in metrics:
+            zs = " ".join(f"{a[:3]}={v:.3f}" for a, v in metrics[split]["zero_shot"].items())
+            parts.append(f"{split}: {zs} full={metrics[split]['full_caption_top1']:.3f}")
+    return " | ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train, checkpoint, evaluate and ship the bundled model."""
+    cfg = parse_args(argv)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model, preprocess, tokenizer = build_model()
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"config {json.dumps(json.loads(CONFIG_PATH.read_text()))}", flush=True)
+    print(f"params {n_params / 1e6:.2f}M; cfg {cfg}", flush=True)
+
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
+    )
+    ckpt_dir = Path(cfg.checkpoint_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    start_step, elapsed_before = 0, 0.0
+    if cfg.resume:
+        state = torch.load(cfg.resume, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, elapsed_before = state["step"], state["elapsed"]
+        print(f"resumed from {cfg.resume} at step {start_step}", flush=True)
+
+    encoder = OpenClipEncoder(model, preprocess, tokenizer)
+    prefetch = Prefetcher(cfg, preprocess, seed=cfg.seed + start_step)
+    budget = cfg.minutes * 60
+    t0 = time.perf_counter() - elapsed_before
+    step, progress, loss_avg = start_step, 0.0, None
+    last_log = time.perf_counter()
+    try:
+        while progress < 1.0 and step < cfg.steps:
+            # Schedule on whichever is further along, steps or wall clock, so the run ends within budget.
+            progress = max(step / cfg.steps, (time.perf_counter() - t0) / budget)
+            warm = min(1.0, (step + 1) / cfg.warmup)
+            cosine = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (
+                1 + math.cos(math.pi * min(progress, 1.0))
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * warm * cosine
+
+            model.train()
+            batch = prefetch.get()
+            tokens = tokenizer(batch.texts)
+            image_emb = F.normalize(model.encode_image(batch.pixels), dim=-1)
+            text_emb = F.normalize(model.encode_text(tokens), dim=-1)
+            loss = multi_positive_loss(image_emb, text_emb, batch.consistent, model.logit_scale.exp())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            with torch.no_grad():  # as in CLIP: cap the temperature at 100
+                model.logit_scale.clamp_(0, math.log(100))
+            step += 1
+            loss_avg = loss.item() if loss_avg is None else 0.95 * loss_avg + 0.05 * loss.item()
+
+            if step % 20 == 0 or step == start_step + 1:
+                now = time.perf_counter()
+                print(
+                    f"step {step} loss {loss.item():.4f} avg {loss_avg:.4f} lr {optimizer.param_groups[0]['lr']:.2e} "
+                    f"scale {model.logit_scale.exp().item():.1f} texts {len(batch.texts)} "
+                    f"{(now - last_log) / (20 if step > start_step + 1 else 1):.2f}s/step "
+                    f"elapsed {(now - t0) / 60:.1f}min progress {progress:.3f}",
+                    flush=True,
+                )
+                last_log = now
+            if step % cfg.eval_every == 0:
+                model.eval()
+                metrics = evaluate_model(encoder, n=cfg.eval_n, seed=10_000 + step, heldout_n=cfg.eval_n)
+                print(f"eval step {step}: {quick_report(metrics)} ({metrics['seconds']}s)", flush=True)
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "step": step,
+                        "elapsed": time.perf_counter() - t0,
+                    },
+                    ckpt_dir / "last.pt",
+                )
+                save_fp16(model, ckpt_dir / f"weights_step{step}.safetensors")
+    finally:
+        prefetch.close()
+
+    train_minutes = (time.perf_counter() - t0) / 60
+    model.eval()
+    size = save_fp16(model, cfg.out)
+    print(
+        f"trained {step} steps in {train_minutes:.1f} min; wrote {cfg.out} ({size / 1e6:.2f} MB)", flush=True
+    )
+    # Evaluate the shipped fp16 weights as the loader will see them (fp16 -> fp32).
+    from safetensors.torch import load_file
+
+    model.load_state_dict({k: v.float() for k, v in load_file(cfg.out).items()}, strict=True)
+    metrics = evaluate_model(encoder, n=cfg.final_eval_n, seed=7)
+    print("final eval (seed 7): " + quick_report(metrics), flush=True)
+    print(json.dumps(metrics, indent=2), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
