@@ -1,0 +1,97 @@
+"""Result objects returned by the engine (and rendered by the CLI, the report and the HTTP service)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ResultItem:
+    """One returned image or caption.
+
+    ``score_before`` is the original's score for the query, ``score_after`` this item's score (re-computed
+    from its file or text when ``verified``); ``distance`` is ``1 - cos`` to the original embedding;
+    ``step`` is the index of the path point whose search first found the item (None for baselines/search).
+    """
+
+    id: int
+    kind: str  # "image" | "caption"
+    path: str | None = None  # image path relative to the index root
+    text: str | None = None  # caption text
+    score_before: float | None = None
+    score_after: float = 0.0
+    delta: float = 0.0
+    distance: float = 0.0
+    rank: int = 0
+    verified: bool = False
+    step: int | None = None
+    probabilities: dict[str, float] | None = None  # flip mode: softmax over the labels
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Validity:
+    """The explicit rule a candidate had to pass (kept in every result so users see the threshold)."""
+
+    mode: str  # increase | decrease | flip
+    rule: str  # human-readable rule
+    threshold: float | None  # increase: score >= threshold; decrease: score <= threshold; flip: None
+    best: float | None = None  # best score the index holds for the fixed side of the pair
+    typical: float | None = None  # median score over a sample of the index
+    original: float | None = None  # the original pair's score (flip: target probability)
+    target: str | None = None  # flip: the label the prediction must become
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class CounterfactualResult:
+    """Everything one counterfactual query returns."""
+
+    side: str  # image | text
+    mode: str
+    text: str | None
+    query: dict[str, Any]  # what the query was: image path/id, text, labels
+    validity: Validity
+    items: list[ResultItem]
+    baselines: dict[str, list[ResultItem]] = field(default_factory=dict)
+    stale: list[dict[str, Any]] = field(default_factory=list)  # index entries whose file changed
+    candidates: int = 0  # distinct candidates re-scored
+    path_values: list[float] = field(default_factory=list)  # objective along the path
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "side": self.side,
+            "mode": self.mode,
+            "text": self.text,
+            "query": self.query,
+            "validity": self.validity.to_dict(),
+            "items": [item.to_dict() for item in self.items],
+            "baselines": {name: [item.to_dict() for item in items] for name, items in self.baselines.items()},
+            "stale": self.stale,
+            "candidates": self.candidates,
+            "path_values": self.path_values,
+            "timings": self.timings,
+        }
+
+
+@dataclass
+class SearchResult:
+    """Plain retrieval: same item shape as counterfactuals (score_after is the similarity score)."""
+
+    query: dict[str, Any]
+    items: list[ResultItem]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "items": [item.to_dict() for item in self.items],
+            "timings": self.timings,
+        }

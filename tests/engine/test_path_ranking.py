@@ -1,0 +1,70 @@
+"""The target-embedding walk and the MMR ranking, on their own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from counterclip.engine import PathSettings, apply_edit, gradient_path, mmr_order, similarity_objective
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_path_follows_the_geodesic_towards_the_text() -> None:
+    rng = np.random.default_rng(0)
+    e0, t = _unit(rng.normal(size=16)), _unit(rng.normal(size=16))
+    path, values = gradient_path(e0, similarity_objective(t, 10.0), PathSettings(steps=10, step_angle=0.05))
+    np.testing.assert_allclose(path[0], e0, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(path, axis=1), 1.0, atol=1e-5)
+    # each step moves exactly step_angle radians, and the score rises monotonically
+    angles = np.arccos(np.clip(np.sum(path[1:] * path[:-1], axis=1), -1, 1))
+    np.testing.assert_allclose(angles, 0.05, atol=1e-3)
+    assert np.all(np.diff(values) > 0)
+    # every point lies in the plane spanned by e0 and t (a great circle)
+    basis, _ = np.linalg.qr(np.stack([e0, t]).T)
+    residual = path - (path @ basis) @ basis.T
+    assert np.abs(residual).max() < 1e-4
+
+
+def test_proximity_penalty_converges_to_the_closed_form() -> None:
+    rng = np.random.default_rng(1)
+    e0, t = _unit(rng.normal(size=8)), _unit(rng.normal(size=8))
+    scale, lam = 10.0, 8.0
+    path, _ = gradient_path(
+        e0, similarity_objective(t, scale), PathSettings(steps=400, step_angle=0.005, proximity=lam)
+    )
+    expected = _unit(scale * t + 2 * lam * e0)  # argmax of s*e.t - lam*|e-e0|^2 on the sphere
+    assert float(path[-1] @ expected) > np.cos(0.01)
+
+
+def test_decrease_walks_away() -> None:
+    e0, t = _unit([1, 1, 0]), _unit([1, 0, 0])
+    path, values = gradient_path(
+        e0, similarity_objective(t, 1.0, sign=-1.0), PathSettings(steps=5, step_angle=0.1)
+    )
+    assert np.all(np.diff(path @ t) < 0)
+
+
+def test_stop_test_ends_the_walk_after_extra_steps() -> None:
+    e0, t = _unit([1, 0, 0]), _unit([0, 1, 0])
+    settings = PathSettings(steps=100, step_angle=0.1, extra_steps=2)
+    path, values = gradient_path(e0, similarity_objective(t, 1.0), settings, stop=lambda v: v >= 0.5)
+    first = int(np.argmax(values >= 0.5))
+    assert len(path) == first + 3
+
+
+def test_apply_edit_renormalises() -> None:
+    q, d = _unit([1, 0, 0]), np.array([0, 3.0, 0])
+    np.testing.assert_allclose(apply_edit(q, d, 1.0), _unit([1, 3, 0]), atol=1e-6)
+    assert np.linalg.norm(apply_edit(q, d, 0.2)) == pytest.approx(1.0)
+
+
+def test_mmr_order() -> None:
+    original = _unit([1, 0, 0])
+    candidates = np.stack([_unit([1, 0.1, 0]), _unit([1, 0.11, 0]), _unit([1, 0, 0.3]), _unit([0, 1, 0])])
+    assert mmr_order(original, candidates, 4, 0.0) == [0, 1, 2, 3]  # pure proximity
+    assert mmr_order(original, candidates, 2, 0.5) == [0, 2]  # the near-copy of the first is skipped
+    assert mmr_order(original, candidates[:0], 3, 0.5) == []
