@@ -1,29 +1,254 @@
-"""CLI: search, counterfactual, demo, eval counterfactual (engine issue)."""
+"""CLI: search, counterfactual, demo, eval counterfactual."""
 
 from __future__ import annotations
 
-import typer
+from pathlib import Path
 
-from counterclip.cli._common import not_implemented
+import typer
+from rich.table import Table
+
+from counterclip.cli._common import out, print_json
+from counterclip.errors import InputError
+
+IMAGE_OPT = typer.Option(None, "--image", help="Query image: a file path, or an index id as #ID.")
+
+
+def _parse_image(value: str | None) -> str | int | None:
+    if value is None:
+        return None
+    if value.startswith("#") and value[1:].isdigit():
+        return int(value[1:])
+    return value
+
+
+def _open_engine(index: Path, device: str):
+    from counterclip.engine import Engine
+
+    if not index.exists():
+        raise InputError(
+            f"index not found: {index} (build one with `counterclip build FOLDER --index {index}`)"
+        )
+    return Engine.open(index, device=device)
+
+
+def _items_table(title: str, items) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in (
+        "rank",
+        "id",
+        "item",
+        "score before",
+        "score after",
+        "delta",
+        "distance",
+        "step",
+        "verified",
+    ):
+        table.add_column(column)
+    for i in items:
+        table.add_row(
+            str(i.rank),
+            str(i.id),
+            i.path or f"“{i.text}”",
+            "" if i.score_before is None else f"{i.score_before:.3f}",
+            f"{i.score_after:.3f}",
+            f"{i.delta:+.3f}",
+            f"{i.distance:.3f}",
+            "" if i.step is None else str(i.step),
+            "yes" if i.verified else "no",
+        )
+    return table
+
+
+def write_counterfactual_report(engine, result, path: Path, query_image=None) -> Path:
+    """Render a result to one self-contained HTML file (with attribution maps when available)."""
+    from counterclip.report.html import counterfactual_report, write_text_atomic
+
+    html = counterfactual_report(result.to_dict(), engine.index.root, query_image=query_image)
+    return write_text_atomic(path, html)
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     @app.command()
-    def search() -> None:
-        """Plain retrieval from an index (not implemented yet)."""
-        not_implemented("search")
+    def search(
+        index: Path = typer.Argument(..., help="Index directory."),
+        text: str = typer.Option(None, "--text", help="Query text."),
+        image: str = IMAGE_OPT,
+        k: int = typer.Option(10, "-k", help="Number of results."),
+        captions: bool = typer.Option(
+            False, "--captions", help="Search the caption index instead of images."
+        ),
+        device: str = typer.Option("auto", help="auto | cpu | cuda"),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Plain retrieval from an index, by text or by image.
+
+        Examples:
+
+          counterclip search photos.idx --text "a dog on a beach" -k 5
+
+          counterclip search photos.idx --image query.jpg --json
+        """
+        if (text is None) == (image is None):
+            raise InputError("give exactly one of --text or --image")
+        with _open_engine(index, device) as engine:
+            result = engine.search(
+                text=text, image=_parse_image(image), k=k, target="captions" if captions else "images"
+            )
+        if as_json:
+            print_json(result.to_dict())
+        else:
+            out.print(_items_table(f"search {text or image}", result.items))
 
     @app.command()
-    def counterfactual() -> None:
-        """Verified counterfactuals for an (image, text) pair (not implemented yet)."""
-        not_implemented("counterfactual")
+    def counterfactual(
+        index: Path = typer.Argument(..., help="Index directory."),
+        image: str = typer.Option(..., "--image", help="Query image: a file path, or an index id as #ID."),
+        text: str = typer.Option(None, "--text", help="Query text (not needed with --mode flip)."),
+        side: str = typer.Option("image", "--side", help="image: return images; text: return captions."),
+        mode: str = typer.Option("increase", "--mode", help="increase | decrease | flip"),
+        labels: str = typer.Option(None, "--labels", help="Comma-separated class texts for --mode flip."),
+        target: str = typer.Option(None, "--target", help="The label the prediction must flip to."),
+        k: int = typer.Option(5, "-k", help="Number of counterfactuals."),
+        margin: float = typer.Option(
+            None,
+            "--margin",
+            help="increase: valid within this share of the best-typical spread of the best match.",
+        ),
+        threshold: float = typer.Option(
+            None, "--threshold", help="Absolute score threshold (overrides --margin)."
+        ),
+        report: Path = typer.Option(None, "--report", help="Write a self-contained HTML report here."),
+        device: str = typer.Option("auto", help="auto | cpu | cuda"),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Verified counterfactuals for an (image, text) pair, closest to the original first.
+
+        Examples:
+
+          counterclip counterfactual photos.idx --image cat.jpg --text "a photo of a dog"
+
+          counterclip counterfactual photos.idx --image cat.jpg --text "a photo of a cat" --mode decrease --report cf.html
+
+          counterclip counterfactual photos.idx --image cat.jpg --mode flip --labels "a cat,a dog,a bird" --target "a dog"
+
+          counterclip counterfactual photos.idx --image cat.jpg --text "a photo of a cat" --side text --mode decrease
+        """
+        overrides = {}
+        if margin is not None:
+            overrides["match_margin"] = margin
+        if threshold is not None:
+            overrides["threshold"] = threshold
+        label_list = [s for s in (labels or "").split(",") if s.strip()] or None
+        with _open_engine(index, device) as engine:
+            query = _parse_image(image)
+            result = engine.counterfactuals(
+                image=query,
+                text=text,
+                side=side,
+                mode=mode,
+                labels=label_list,
+                target=target,
+                k=k,
+                **overrides,
+            )
+            if report is not None:
+                from counterclip.engine import load_image
+
+                query_image = load_image(Path(query)) if isinstance(query, str) else None
+                write_counterfactual_report(engine, result, report, query_image)
+        if as_json:
+            payload = result.to_dict()
+            payload["report"] = str(report) if report else None
+            print_json(payload)
+            return
+        out.print(f"[bold]valid when[/] {result.validity.rule}")
+        out.print(_items_table(f"{len(result.items)} verified counterfactual(s)", result.items))
+        for name, items in result.baselines.items():
+            out.print(_items_table(f"baseline: {name}", items))
+        for entry in result.stale:
+            out.print(
+                f"[yellow]stale[/] {entry.get('path') or entry.get('text')}: {entry['reason']} (run counterclip update)"
+            )
+        if report is not None:
+            out.print(f"report: {report}")
 
     @app.command()
-    def demo() -> None:
-        """Run the end-to-end demo on the bundled model (not implemented yet)."""
-        not_implemented("demo")
+    def demo(
+        out_dir: Path = typer.Option(
+            Path("demo-out"), "--out", help="Where the demo writes its folder, index and reports."
+        ),
+        n: int = typer.Option(400, "--n", help="Images to generate."),
+        device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    ) -> None:
+        """Generate a shapes folder, index it with bundled:shapes, run one image-side and one text-side
+        counterfactual query, and write the reports.
+
+        Examples:
+
+          counterclip demo --out demo-out
+        """
+        from counterclip.cli.demo import run_demo
+
+        run_demo(out_dir, n=n, device=device)
 
     @eval_app.command("counterfactual")
-    def eval_counterfactual() -> None:
-        """Measure counterfactual quality on a shapes index (not implemented yet)."""
-        not_implemented("eval counterfactual")
+    def eval_counterfactual(
+        index: Path = typer.Option(..., "--index", help="Index built from a shapes folder."),
+        labels_file: Path = typer.Option(..., "--labels-file", help="That folder's labels.jsonl."),
+        n_queries: int = typer.Option(200, "--n-queries", help="Queries per side."),
+        seed: int = typer.Option(0, "--seed"),
+        k: int = typer.Option(5, "-k"),
+        side: str = typer.Option("both", "--side", help="image | text | both"),
+        device: str = typer.Option("auto", help="auto | cpu | cuda"),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Measure counterfactual quality (hit@1, minimal@1, verified rate, distance, diversity, latency)
+        for the gradient path and the baselines on a shapes-world index.
+
+        Examples:
+
+          counterclip shapes generate shapes3k --n 3000 --seed 1
+
+          counterclip build shapes3k --index shapes3k.idx --model bundled:shapes
+
+          counterclip eval counterfactual --index shapes3k.idx --labels-file shapes3k/labels.jsonl --n-queries 200 --seed 0 --json
+        """
+        from counterclip.engine.evaluate import evaluate_counterfactuals
+
+        if not labels_file.is_file():
+            raise InputError(f"labels file not found: {labels_file}")
+        sides = ("image", "text") if side == "both" else (side,)
+        with _open_engine(index, device) as engine:
+            report = evaluate_counterfactuals(
+                engine, labels_file, n_queries=n_queries, seed=seed, k=k, sides=sides
+            )
+        if as_json:
+            print_json(report)
+            return
+        for side_name in ("image_side", "text_side"):
+            if side_name not in report:
+                continue
+            section = report[side_name]
+            table = Table(
+                title=f"{side_name}: {section.get('drawn')} queries ({section.get('skipped_no_minimal_answer')} skipped)"
+            )
+            metrics = [
+                "answered_rate",
+                "verified_rate",
+                "hit_at_1",
+                "minimal_at_1",
+                "mean_distance_top1",
+                "diversity_at_k",
+                "latency_ms_p50",
+                "latency_ms_p95",
+            ]
+            table.add_column("method")
+            for m in metrics:
+                table.add_column(m)
+            for method, values in section.items():
+                if isinstance(values, dict):
+                    table.add_row(
+                        method, *[("" if values.get(m) is None else f"{values[m]:.3f}") for m in metrics]
+                    )
+            out.print(table)

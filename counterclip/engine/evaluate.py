@@ -1,0 +1,227 @@
+"""Measured counterfactual quality on a shapes-world index (every attribute is known, so it is measurable).
+
+Image side: an indexed image plus a caption that changes exactly one attribute ("a large red circle on the
+left" -> "a large blue circle on the left"), mode increase. A *hit* has the asked value; a *minimal* answer
+has the asked value and every other attribute unchanged. Text side: the image's own caption, mode
+decrease; a minimal answer is a caption that differs from it in exactly one named attribute. Queries are
+drawn only where the index holds at least one minimal answer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from counterclip.engine.engine import Engine
+from counterclip.engine.results import CounterfactualResult, ResultItem
+from counterclip.shapes import VALUES, ShapeAttrs, attrs_of, caption, parse_caption, read_labels
+
+LOG = logging.getLogger(__name__)
+CHANGEABLE = ("shape", "colour", "size", "position")
+FULL = ("size", "colour", "shape", "position")
+OURS = "gradient_path"
+
+
+def shapes_vocabulary() -> list[str]:
+    """Canonical captions for every combination of the caption subsets the shapes world uses.
+
+    Added to an index with ``--vocab`` they give the text side a caption for every one-attribute change.
+    """
+    subsets = [
+        FULL,
+        ("colour", "shape"),
+        ("size", "colour", "shape"),
+        ("colour", "shape", "position"),
+        ("colour", "shape", "background"),
+        ("size", "colour", "shape", "position", "background"),
+    ]
+    texts: list[str] = []
+    for subset in subsets:
+        for values in itertools.product(*(VALUES[a] for a in subset)):
+            base = ShapeAttrs("circle", "red", "small", "center", "dark").replace(
+                **dict(zip(subset, values, strict=True))
+            )
+            texts.append(caption(base, subset))
+    return list(dict.fromkeys(texts))
+
+
+def _one_attribute_apart(a: dict[str, str], b: dict[str, str]) -> bool:
+    return a.keys() == b.keys() and sum(a[k] != b[k] for k in a) == 1
+
+
+def _summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rates and means over per-query records of one method."""
+    n = len(records)
+    if n == 0:
+        return {"queries": 0}
+    returned = sum(r["returned"] for r in records)
+    latencies = [r["latency"] for r in records if r.get("latency") is not None]
+    distances = [r["distance"] for r in records if r["distance"] is not None]
+    diversities = [r["diversity"] for r in records if r["diversity"] is not None]
+    out = {
+        "queries": n,
+        "answered_rate": float(np.mean([r["returned"] > 0 for r in records])),
+        "verified_rate": (sum(r["verified"] for r in records) / returned) if returned else None,
+        "hit_at_1": float(np.mean([r["hit"] for r in records])),
+        "minimal_at_1": float(np.mean([r["minimal"] for r in records])),
+        "mean_distance_top1": float(np.mean(distances)) if distances else None,
+        "diversity_at_k": float(np.mean(diversities)) if diversities else None,
+    }
+    if latencies:
+        out["latency_ms_p50"] = float(np.percentile(latencies, 50) * 1000)
+        out["latency_ms_p95"] = float(np.percentile(latencies, 95) * 1000)
+    return out
+
+
+def _diversity(engine: Engine, items: list[ResultItem], kind: str) -> float | None:
+    if len(items) < 2:
+        return None
+    ids = [i.id for i in items]
+    vecs = engine.index.image_vectors(ids) if kind == "image" else engine.index.caption_vectors(ids)
+    sims = vecs @ vecs.T
+    upper = sims[np.triu_indices(len(ids), 1)]
+    return float(np.mean(1.0 - upper))
+
+
+def evaluate_counterfactuals(
+    engine: Engine,
+    labels_file: str | Path,
+    n_queries: int = 200,
+    seed: int = 0,
+    k: int = 5,
+    sides: tuple[str, ...] = ("image", "text"),
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run the shapes-world counterfactual evaluation.
+
+    Args:
+        engine: an engine over an index built from a shapes folder.
+        labels_file: that folder's ``labels.jsonl``.
+        n_queries: queries per side.
+        seed: query sampling seed.
+        k: results per query.
+        sides: which sides to evaluate.
+
+    Returns:
+        JSON-friendly dict: per side, per method (ours and each baseline) the rates, distances,
+        diversity and latency; plus how many queries were drawn and skipped.
+    """
+    records = read_labels(labels_file)
+    root = Path(labels_file).parent if Path(labels_file).is_file() else Path(labels_file)
+    by_attrs: dict[ShapeAttrs, list[int]] = {}
+    indexed: list[tuple[int, ShapeAttrs, dict]] = []
+    for record in records:
+        image_id = engine.index.image_id_for_path((root / record["file"]).resolve())
+        if image_id is None:
+            continue
+        attrs = attrs_of(record)
+        by_attrs.setdefault(attrs, []).append(image_id)
+        indexed.append((image_id, attrs, record))
+    if not indexed:
+        raise ValueError(
+            f"none of the images in {labels_file} are in this index (built from {engine.index.root})"
+        )
+    id_attrs = {image_id: attrs for image_id, attrs, _ in indexed}
+    rng = np.random.default_rng(seed)
+    report: dict[str, Any] = {"index_images": len(id_attrs), "k": k, "seed": seed}
+    if "image" in sides:
+        report["image_side"] = _image_side(engine, indexed, by_attrs, id_attrs, n_queries, rng, k, progress)
+    if "text" in sides:
+        report["text_side"] = _text_side(engine, indexed, n_queries, rng, k, progress)
+    return report
+
+
+def _image_side(engine, indexed, by_attrs, id_attrs, n_queries, rng, k, progress) -> dict[str, Any]:
+    per_method: dict[str, list[dict[str, Any]]] = {}
+    drawn = skipped = 0
+    attempts = 0
+    while drawn < n_queries and attempts < n_queries * 20:
+        attempts += 1
+        image_id, attrs, _ = indexed[int(rng.integers(len(indexed)))]
+        attribute = CHANGEABLE[int(rng.integers(len(CHANGEABLE)))]
+        choices = [v for v in VALUES[attribute] if v != getattr(attrs, attribute)]
+        wanted = attrs.replace(**{attribute: choices[int(rng.integers(len(choices)))]})
+        if not [i for i in by_attrs.get(wanted, []) if i != image_id]:
+            skipped += 1
+            continue
+        if rng.random() < 0.5:
+            named = FULL
+        else:
+            others = [a for a in FULL if a != attribute]
+            extra = list(rng.choice(others, size=int(rng.integers(1, 3)), replace=False))
+            named = tuple(a for a in FULL if a == attribute or a in extra)
+        text = caption(wanted, named)
+        result = engine.counterfactuals(image=image_id, text=text, mode="increase", k=k)
+        drawn += 1
+        for method, items, latency in _methods(result):
+            top = id_attrs.get(items[0].id) if items else None
+            per_method.setdefault(method, []).append(
+                {
+                    "returned": len(items),
+                    "verified": sum(i.verified for i in items),
+                    "hit": bool(top is not None and getattr(top, attribute) == getattr(wanted, attribute)),
+                    "minimal": bool(top is not None and top == wanted),
+                    "distance": items[0].distance if items else None,
+                    "diversity": _diversity(engine, items, "image") if method == OURS else None,
+                    "latency": latency,
+                }
+            )
+        if progress:
+            progress(drawn, n_queries)
+    out = {"drawn": drawn, "skipped_no_minimal_answer": skipped}
+    out.update({method: _summarise(rows) for method, rows in per_method.items()})
+    return out
+
+
+def _text_side(engine, indexed, n_queries, rng, k, progress) -> dict[str, Any]:
+    caption_ids = engine.index.caption_ids()
+    if len(caption_ids) == 0:
+        return {"drawn": 0, "error": "the index holds no captions"}
+    parsed = {m["id"]: parse_caption(m["text"]) for m in engine.index.caption_meta(caption_ids)}
+    by_keys: dict[tuple[str, ...], list[dict[str, str]]] = {}
+    for p in parsed.values():
+        by_keys.setdefault(tuple(p), []).append(p)
+    per_method: dict[str, list[dict[str, Any]]] = {}
+    drawn = skipped = attempts = 0
+    while drawn < n_queries and attempts < n_queries * 20:
+        attempts += 1
+        image_id, attrs, record = indexed[int(rng.integers(len(indexed)))]
+        own = record["caption"]
+        own_parsed = parse_caption(own)
+        if not any(_one_attribute_apart(own_parsed, p) for p in by_keys.get(tuple(own_parsed), [])):
+            skipped += 1
+            continue
+        result = engine.counterfactuals(image=image_id, text=own, side="text", mode="decrease", k=k)
+        drawn += 1
+        for method, items, latency in _methods(result):
+            top = parsed.get(items[0].id) if items else None
+            minimal = bool(top is not None and _one_attribute_apart(own_parsed, top))
+            per_method.setdefault(method, []).append(
+                {
+                    "returned": len(items),
+                    "verified": sum(i.verified for i in items),
+                    "hit": bool(top is not None and top != own_parsed),
+                    "minimal": minimal,
+                    "distance": items[0].distance if items else None,
+                    "diversity": _diversity(engine, items, "caption") if method == OURS else None,
+                    "latency": latency,
+                }
+            )
+        if progress:
+            progress(drawn, n_queries)
+    out = {"drawn": drawn, "skipped_no_minimal_answer": skipped}
+    out.update({method: _summarise(rows) for method, rows in per_method.items()})
+    return out
+
+
+def _methods(result: CounterfactualResult):
+    """(name, items, latency) for ours and each baseline; latency excludes the baselines' own time."""
+    ours_latency = result.timings.get("total", 0.0) - result.timings.get("baselines", 0.0)
+    yield OURS, result.items, ours_latency
+    for name, items in result.baselines.items():
+        yield name, items, None
