@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
@@ -10,16 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import write_tiny_hf_clip, write_tiny_openclip
 
 # Never touch the network from tests: the hub clients fail fast instead of retrying for a minute.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-TINY_OPENCLIP_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
 
 
 @pytest.fixture(autouse=True)
@@ -30,82 +24,11 @@ def _seed_everything() -> None:
     torch.manual_seed(0)
 
 
-def write_tiny_openclip(directory: Path, name: str = "cc-tiny-vit", seed: int = 0) -> tuple[Path, Path]:
-    """Write a tiny open_clip config JSON and a seeded random checkpoint; return (config, weights)."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    from counterclip.models.open_clip_backend import register_config_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    config = directory / f"{name}.json"
-    config.write_text(json.dumps(TINY_OPENCLIP_CONFIG))
-    arch = register_config_file(config)
-    torch.manual_seed(seed)
-    module = open_clip.create_model(arch)
-    weights = directory / f"{name}-seed{seed}.safetensors"
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(weights))
-    return config, weights
-
-
 @pytest.fixture(scope="session")
 def tiny_openclip(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Model spec string of a tiny random open_clip ViT (config JSON + safetensors checkpoint)."""
     config, weights = write_tiny_openclip(tmp_path_factory.mktemp("tiny_openclip"))
     return f"{config}:{weights}"
-
-
-_HF_SPECIALS = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
-
-
-def write_tiny_hf_clip(directory: Path, seed: int = 0) -> Path:
-    """Save a tiny random `transformers.CLIPModel` with processor files to ``directory``.
-
-    The tokenizer files are made from open_clip's bundled BPE vocabulary (the same one CLIP uses), so
-    nothing is downloaded.
-    """
-    from open_clip.tokenizer import SimpleTokenizer
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
-    directory.mkdir(parents=True, exist_ok=True)
-    simple = SimpleTokenizer()
-    # open_clip names the special tokens <start_of_text>/<end_of_text>; HF's CLIP tokenizer expects <|...|>.
-    vocab = {_HF_SPECIALS.get(token, token): index for token, index in simple.encoder.items()}
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    merges = sorted(simple.bpe_ranks.items(), key=lambda item: item[1])
-    (directory / "merges.txt").write_text(
-        "#version: 0.2\n" + "\n".join(f"{a} {b}" for (a, b), _ in merges) + "\n"
-    )
-    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
-    tokenizer.save_pretrained(directory)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        directory
-    )
-    config = CLIPConfig(
-        text_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 16,
-            "vocab_size": len(vocab),
-            "eos_token_id": vocab["<|endoftext|>"],
-            "bos_token_id": vocab["<|startoftext|>"],
-            "pad_token_id": vocab["<|endoftext|>"],
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        projection_dim=24,
-    )
-    torch.manual_seed(seed)
-    CLIPModel(config).save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import colour_vector, make_colour_index
+from doubles import ColourModel, colour_vector, make_colour_index
 from PIL import Image
 
 from counterclip.engine import Engine, EngineOptions
@@ -28,7 +28,6 @@ def _random_colours(n: int, seed: int = 0) -> dict[int, tuple[int, int, int]]:
 
 @pytest.fixture()
 def setup(tmp_path, colour_texts):
-    from conftest import ColourModel
 
     colours = _random_colours(80)
     colours[0] = ORIGINAL  # the query image is indexed as id 0
@@ -152,7 +151,6 @@ def test_parallel_queries_equal_serial(setup) -> None:
 
 
 def test_text_side(tmp_path, colour_texts) -> None:
-    from conftest import ColourModel
 
     rng = np.random.default_rng(1)
     captions = {}

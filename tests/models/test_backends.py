@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import write_tiny_openclip
 from safetensors.torch import load_file, save_file
+from tiny_models import write_tiny_openclip
 
 from counterclip.errors import ModelLoadError
 from counterclip.models import ClipModel, load_model, weights_fingerprint

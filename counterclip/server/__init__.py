@@ -1,0 +1,1 @@
+"""HTTP service (install the ``server`` extra: ``pip install 'counterclip[server]'``)."""
