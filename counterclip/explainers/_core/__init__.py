@@ -1,0 +1,1 @@
+"""Internals of the CLIP explainers (targets, attention capture, model guards, pixel codec)."""

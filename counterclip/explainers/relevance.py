@@ -1,0 +1,135 @@
+"""Gradient-weighted attention relevance (Chefer et al. 2021) for ViT image towers and text towers.
+
+For each included block ``b`` with attention ``A_b (n, heads, L, L)`` and its gradient ``G_b``::
+
+    R = I;  Abar_b = mean_heads((G_b * A_b)^+);  R <- R + Abar_b @ R
+
+The image map is the class-token row of ``R`` over the patch tokens, reshaped to the model's patch grid
+and upsampled to the image; the text map is the end-of-text row over the tokens before it. One forward and
+one backward pass give both maps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from counterclip.errors import InputError
+from counterclip.explainers._core.attention import capture_attention, select_blocks, tower_blocks
+from counterclip.explainers._core.common import (
+    Cost,
+    PreparedInputs,
+    image_embedding,
+    model_guard,
+    text_embedding,
+    upsample,
+)
+from counterclip.explainers._core.targets import Target
+from counterclip.explainers.base import Explanation
+from counterclip.models.base import ClipModel
+
+
+def rollout(probs: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Chefer's relevance rule over blocks in order.
+
+    Args:
+        probs: per block, attention probabilities ``(n, heads, L, L)``.
+        grads: per block, the score's gradient w.r.t. them (same shapes).
+
+    Returns:
+        ``R (n, L, L)``: row ``i`` says how much each token contributed to token ``i``'s output.
+    """
+    n, _, length, _ = probs[0].shape
+    relevance = torch.eye(length, dtype=probs[0].dtype, device=probs[0].device).expand(n, length, length)
+    for attn, grad in zip(probs, grads, strict=True):
+        weighted = (grad * attn).clamp(min=0).mean(dim=1)
+        relevance = relevance + weighted @ relevance
+    return relevance
+
+
+def relevance(
+    model: ClipModel,
+    inputs: PreparedInputs,
+    target: Target,
+    modality: str = "image",
+    blocks: int | Sequence[int] | None = None,
+) -> Explanation:
+    """Relevance map of the image patches and/or the text tokens for ``target``.
+
+    Args:
+        model: a CLIP model with transformer towers.
+        inputs: from `prepare` (one image; one caption, or a label set for image maps).
+        target: the score explained (see `targets`).
+        modality: ``image``, ``text`` or ``both``. Default ``image``.
+        blocks: which blocks to include: None = all (default), k = the last k, or a list of indices.
+
+    Returns:
+        `Explanation` with ``pixel_map (H, W)`` at the image's own size and ``patch_map (gh, gw)`` (image),
+        and/or ``tokens`` and ``token_map (T,)`` (text), plus ``extras['blocks']`` / ``extras['text_blocks']``.
+    """
+    if modality not in ("image", "text", "both"):
+        raise InputError(f"modality must be image, text or both, got {modality!r}")
+    want_image, want_text = modality in ("image", "both"), modality in ("text", "both")
+    if want_text and len(inputs.texts) != 1:
+        raise InputError("text maps explain one caption: pass a single text (no label set)")
+    geometry = model.vision_geometry
+    if want_image and geometry.grid_size is None:
+        raise InputError("relevance maps need a ViT image tower; use --method gradcam for conv towers")
+    image_ids = select_blocks(len(tower_blocks(model, "image")), blocks) if want_image else []
+    text_ids = select_blocks(len(tower_blocks(model, "text")), blocks) if want_text else []
+    cost = Cost()
+    with model_guard(model):
+        with (
+            capture_attention(model, "image", image_ids) as image_cap,
+            capture_attention(model, "text", text_ids) as text_cap,
+        ):
+            if want_image:
+                image_emb = model.image_features(inputs.codec.to_model(inputs.pixels))
+            else:
+                image_emb = image_embedding(model, inputs.codec, inputs.pixels)
+            text_emb = (
+                model.text_features(inputs.tokens) if want_text else text_embedding(model, inputs.tokens)
+            )
+            score = target(image_emb, text_emb)[0]
+        cost.forward += 1
+        captured = image_cap.ordered() + text_cap.ordered()
+        grads = torch.autograd.grad(score, captured, allow_unused=True)
+        cost.backward += 1
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(captured, grads, strict=True)]
+    explanation = Explanation(
+        method="relevance",
+        modality=modality,
+        score=float(score.detach()),
+        target=target.describe(inputs.texts),
+        extras={"blocks": image_ids, "text_blocks": text_ids},
+    )
+    if want_image:
+        r_image = rollout(captured[: len(image_ids)], grads[: len(image_ids)])[0]
+        prefix = geometry.num_prefix_tokens
+        gh, gw = geometry.grid_size
+        patch_map = r_image[0, prefix:].detach().double().cpu().numpy().reshape(gh, gw)
+        explanation.patch_map = patch_map
+        explanation.pixel_map = upsample(patch_map, (inputs.image.height, inputs.image.width))
+    if want_text:
+        r_text = rollout(captured[len(image_ids) :], grads[len(image_ids) :])[0]
+        eot = int(model.eot_positions(inputs.tokens)[0])
+        values = r_text[eot, 1:eot].detach().double().cpu().numpy()
+        tokens = model.token_strings(inputs.texts[0])
+        count = min(len(tokens), len(values))
+        explanation.tokens = tokens[:count]
+        explanation.token_map = values[:count]
+    explanation.forward_passes, explanation.backward_passes, explanation.seconds = (
+        cost.forward,
+        cost.backward,
+        cost.seconds,
+    )
+    return explanation
+
+
+def normalise(values: np.ndarray) -> np.ndarray:
+    """Scale a map to [0, 1] (min-max; a constant map becomes zeros)."""
+    values = np.asarray(values, dtype=np.float64)
+    span = values.max() - values.min() if values.size else 0.0
+    return (values - values.min()) / span if span > 0 else np.zeros_like(values)
