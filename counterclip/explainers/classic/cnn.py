@@ -1,0 +1,434 @@
+"""Attribution maps for CNN image classifiers (Captum): Grad-CAM, guided backprop, guided Grad-CAM,
+saliency, integrated gradients and LRP, for one or several target classes, and the layer sweep.
+
+Any ``nn.Module`` mapping ``(N, 3, H, W)`` normalized images to ``(N, n_classes)`` logits works. The
+model's ``training``/``inplace`` flags are restored after every call, hooks never outlive a call, and the
+input tensor is never modified.
+
+Examples::
+
+    >>> model = load_cnn("resnet18", weights="resnet18.safetensors")
+    >>> x, shown = preprocess_image(Image.open("dog.jpg"), size=224)
+    >>> [gradcam] = explain_cnn(model, x, method="gradcam", targets=[235], layer="layer4")
+    >>> gradcam.pixel_map.shape
+    (224, 224)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from counterclip.errors import InputError, ModelLoadError
+from counterclip.explainers.base import Explanation
+from counterclip.explainers.classic.layers import (
+    PassCounter,
+    default_layer,
+    get_layer,
+    scoped_eval,
+)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CNN_METHODS = ("gradcam", "guided-backprop", "guided-gradcam", "saliency", "ig", "lrp")
+
+# Blocks that add a skip connection with a functional `+`: LRP (Captum) sees only the two branches' leaf
+# modules and would silently misdistribute relevance, so they are refused by name instead.
+_RESIDUAL_BLOCKS = {
+    "BasicBlock",
+    "Bottleneck",
+    "InvertedResidual",
+    "CNBlock",
+    "MBConv",
+    "FusedMBConv",
+    "ResBottleneckBlock",
+    "EncoderBlock",
+}
+
+
+def load_class_names(path: str | Path | None = None, num_classes: int = 1000) -> list[str]:
+    """Class names, one per line, from ``path``; ImageNet's 1000 names when ``path`` is None.
+
+    Args:
+        path: a labels file (UTF-8, one name per line, blank lines ignored), or None.
+        num_classes: the model's number of outputs. Without a labels file and with a number other than
+            1000, the names are ``class 0 .. class n-1``.
+
+    Returns:
+        ``num_classes`` names.
+    """
+    if path is None:
+        if num_classes != 1000:
+            return [f"class {i}" for i in range(num_classes)]
+        text = resources.files("counterclip").joinpath("data/imagenet_classes.txt").read_text("utf-8")
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"labels file {path} does not exist")
+        text = path.read_text("utf-8")
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(names) != num_classes:
+        raise InputError(
+            f"labels file {path} has {len(names)} names but the model has {num_classes} outputs; "
+            "give one name per class, one per line"
+        )
+    return names
+
+
+def load_cnn(arch: str, weights: str | Path | None = None, num_classes: int | None = None) -> nn.Module:
+    """A torchvision architecture by name, with weights from a local file (or random weights).
+
+    Args:
+        arch: a ``torchvision.models.list_models()`` name, e.g. ``resnet18``, ``vgg11``.
+        weights: a ``.safetensors`` file or a ``torch.save``-d state dict (loaded with
+            ``weights_only=True``; pickled modules are refused). None: random weights.
+        num_classes: number of outputs. Default: read from the weights' last linear layer, else 1000.
+
+    Returns:
+        The model (in whatever mode torchvision builds it: training mode; explainers scope eval mode).
+    """
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if arch not in known:
+        import difflib
+
+        close = difflib.get_close_matches(arch, known, n=4)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise InputError(f"unknown torchvision architecture {arch!r}.{hint}")
+    state = _read_state_dict(Path(weights)) if weights is not None else None
+    probe = torchvision.models.get_model(arch, weights=None)
+    if num_classes is None:
+        num_classes = _num_classes_from_state(probe, state) if state is not None else 1000
+    model = (
+        probe
+        if num_classes == 1000
+        else torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    )
+    if state is not None:
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[1:3]
+            raise ModelLoadError(
+                f"weights {weights} do not fit torchvision {arch} ({num_classes} classes): "
+                + " ".join(line.strip() for line in first)
+            ) from exc
+    return model
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors or a weights-only torch file (a wrapped ``state_dict`` is unwrapped)."""
+    if not path.is_file():
+        raise InputError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError and friends: the file holds more than tensors
+        raise ModelLoadError(
+            f"cannot read {path} as a weights-only state dict ({type(exc).__name__}); save "
+            "model.state_dict() with torch.save or safetensors, not the pickled module"
+        ) from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{path} does not hold a state dict (found {type(state).__name__})")
+    return state
+
+
+def _num_classes_from_state(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
+    """Rows of the weights' last ``nn.Linear`` (the classifier head), else 1000."""
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if linears and f"{linears[-1]}.weight" in state:
+        return int(state[f"{linears[-1]}.weight"].shape[0])
+    return 1000
+
+
+def preprocess_image(
+    image: Image.Image,
+    size: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> tuple[torch.Tensor, Image.Image]:
+    """Resize the shorter side to ``size``, centre-crop a square, normalize.
+
+    Returns:
+        ``(x, shown)``: ``x`` of shape ``(1, 3, size, size)`` (normalized), and ``shown``, the cropped
+        RGB image the maps are drawn over (``size x size``).
+    """
+    image = image.convert("RGB")
+    width, height = image.size
+    scale = size / min(width, height)
+    resized = image.resize(
+        (max(size, round(width * scale)), max(size, round(height * scale))), Image.BILINEAR
+    )
+    left = (resized.width - size) // 2
+    top = (resized.height - size) // 2
+    shown = resized.crop((left, top, left + size, top + size))
+    pixels = torch.from_numpy(np.asarray(shown, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    x = (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    return x.unsqueeze(0), shown
+
+
+def resolve_targets(targets: Sequence[str | int], class_names: Sequence[str]) -> list[int]:
+    """Class indices from indices or names (case-insensitive; a unique prefix is enough)."""
+    resolved = []
+    lowered = [name.lower() for name in class_names]
+    for target in targets:
+        text = str(target).strip()
+        if text.lstrip("-").isdigit():
+            index = int(text)
+            if not 0 <= index < len(class_names):
+                raise InputError(
+                    f"target class {index} is out of range: the model has {len(class_names)} classes"
+                )
+            resolved.append(index)
+            continue
+        if text.lower() in lowered:
+            resolved.append(lowered.index(text.lower()))
+            continue
+        matches = [i for i, name in enumerate(lowered) if name.startswith(text.lower())]
+        if len(matches) != 1:
+            found = ", ".join(class_names[i] for i in matches[:5]) if matches else "none"
+            raise InputError(
+                f"target class {text!r} names no single class (matches: {found}); give its index"
+            )
+        resolved.append(matches[0])
+    return resolved
+
+
+def explain_cnn(
+    model: nn.Module,
+    x: torch.Tensor,
+    method: str = "gradcam",
+    targets: Sequence[int] | None = None,
+    layer: str | None = None,
+    class_names: Sequence[str] | None = None,
+    n_steps: int = 50,
+    internal_batch_size: int | None = 16,
+) -> list[Explanation]:
+    """One attribution map per target class for one image.
+
+    Args:
+        model: classifier, ``(N, 3, H, W) -> (N, n_classes)`` logits.
+        x: the normalized image, ``(1, 3, H, W)`` (left unchanged).
+        method: one of `CNN_METHODS`.
+        targets: class indices; several give side-by-side maps (computed as one batch). Default: top-1.
+        layer: Grad-CAM / guided Grad-CAM layer name (``named_modules()``). Default: `default_layer`.
+        class_names: names for the ``target`` descriptions. Default: ``class i``.
+        n_steps: integration steps for ``ig``.
+        internal_batch_size: IG examples per forward pass (memory bound).
+
+    Returns:
+        One `Explanation` per target, ``pixel_map`` ``(H, W)``; Grad-CAM also sets ``patch_map``
+        ``(h, w)`` at the layer's resolution. ``score`` is the target's logit; ``extras`` holds the class
+        index and probability, the layer, and the method's convergence delta where it has one. Forward and
+        backward passes count examples through the model for the attribution (the scoring pass excluded).
+    """
+    if method not in CNN_METHODS:
+        raise InputError(f"unknown CNN method {method!r}; choose one of {', '.join(CNN_METHODS)}")
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise InputError(f"expected one image of shape (1, C, H, W), got {tuple(x.shape)}")
+    started = time.perf_counter()
+    x = x.detach().clone()
+    with scoped_eval(model), torch.no_grad():
+        logits = model(x)
+    probabilities = torch.softmax(logits, dim=1)[0]
+    n_classes = logits.shape[1]
+    names = list(class_names) if class_names is not None else [f"class {i}" for i in range(n_classes)]
+    target_list = [int(logits[0].argmax())] if not targets else [int(t) for t in targets]
+    for target in target_list:
+        if not 0 <= target < n_classes:
+            raise InputError(f"target class {target} is out of range: the model has {n_classes} classes")
+    batch = x.expand(len(target_list), *x.shape[1:]).clone().requires_grad_(True)
+    layer_name = layer if layer is not None else (default_layer(model) if "gradcam" in method else None)
+    extras_common: dict = {}
+    if method == "lrp":
+        check_lrp_support(model)
+    with scoped_eval(model, disable_inplace=method in ("guided-backprop", "guided-gradcam", "lrp")):
+        with PassCounter(model) as passes, warnings.catch_warnings():
+            # Captum announces the ReLU hooks it sets (and removes) on every guided-backprop call.
+            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
+            maps, cells, delta = _ATTRIBUTE[method](
+                model, batch, target_list, layer_name, n_steps, internal_batch_size
+            )
+    if layer_name is not None:
+        extras_common["layer"] = layer_name
+    seconds = time.perf_counter() - started
+    explanations = []
+    for row, target in enumerate(target_list):
+        extras = dict(extras_common)
+        extras.update(class_index=target, class_name=names[target], probability=float(probabilities[target]))
+        if delta is not None:
+            extras["convergence_delta"] = float(delta[row])
+        explanations.append(
+            Explanation(
+                method=method,
+                modality="image",
+                score=float(logits[0, target]),
+                pixel_map=maps[row],
+                patch_map=cells[row] if cells is not None else None,
+                target=f"logit of {names[target]!r} (class {target})",
+                forward_passes=passes.forward // len(target_list),
+                backward_passes=passes.backward // len(target_list),
+                seconds=seconds / len(target_list),
+                extras=extras,
+            )
+        )
+    return explanations
+
+
+def layer_sweep(
+    model: nn.Module,
+    x: torch.Tensor,
+    layers: Sequence[str],
+    target: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> list[Explanation]:
+    """Grad-CAM of one image and one class at each of ``layers`` (e.g. ``layer1..layer4``)."""
+    for name in layers:
+        get_layer(model, name)
+    return [
+        explain_cnn(model, x, "gradcam", None if target is None else [target], name, class_names)[0]
+        for name in layers
+    ]
+
+
+def top_region_mask(values: np.ndarray, fraction: float = 0.2) -> np.ndarray:
+    """Boolean mask of the ``fraction`` highest pixels of a map (ties broken by position).
+
+    Pixels at the map's minimum never count as "top": Grad-CAM clips to zero, and a flat zero area
+    carries no evidence, so a map that is zero almost everywhere gives a small (or empty) region.
+    """
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    count = max(1, math.ceil(fraction * flat.size))
+    mask = np.zeros(flat.size, dtype=bool)
+    mask[np.argsort(-flat, kind="stable")[:count]] = True
+    mask &= flat > flat.min()
+    return mask.reshape(np.shape(values))
+
+
+def top_region_iou(map_a: np.ndarray, map_b: np.ndarray, fraction: float = 0.2) -> float:
+    """IoU of the top-``fraction`` regions (`top_region_mask`) of two maps of the same shape; 0 if both empty."""
+    if map_a.shape != map_b.shape:
+        raise InputError(f"maps differ in shape: {map_a.shape} vs {map_b.shape}")
+    top_a, top_b = top_region_mask(map_a, fraction), top_region_mask(map_b, fraction)
+    union = int((top_a | top_b).sum())
+    return int((top_a & top_b).sum()) / union if union else 0.0
+
+
+def overlap_matrix(explanations: Sequence[Explanation], fraction: float = 0.2) -> np.ndarray:
+    """``(k, k)`` top-``fraction`` IoU between the pixel maps of ``k`` explanations."""
+    k = len(explanations)
+    matrix = np.ones((k, k))
+    for i in range(k):
+        for j in range(i + 1, k):
+            value = top_region_iou(explanations[i].pixel_map, explanations[j].pixel_map, fraction)
+            matrix[i, j] = matrix[j, i] = value
+    return matrix
+
+
+def check_lrp_support(model: nn.Module) -> None:
+    """Raise `InputError` naming the first module LRP (Captum) cannot propagate relevance through."""
+    from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
+
+    supported = set(SUPPORTED_LAYERS_WITH_RULES) | set(SUPPORTED_NON_LINEAR_LAYERS)
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if kind in _RESIDUAL_BLOCKS:
+            raise InputError(
+                f"LRP does not support {kind} (layer {name!r}): its skip connection adds tensors outside any "
+                "module; use gradcam, ig or saliency, or an architecture without residual blocks (vgg, alexnet)"
+            )
+        if not list(module.children()) and type(module) not in supported:
+            raise InputError(
+                f"LRP does not support layer type {kind} (layer {name!r}); supported: "
+                + ", ".join(sorted(t.__name__ for t in supported))
+            )
+
+
+# Each attribution function maps (model, batch (k,3,H,W), targets, layer, n_steps, internal_batch_size) to
+# (pixel maps (k,H,W), cell maps (k,h,w) or None, convergence delta (k,) or None).
+_AttributionResult = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
+
+
+def _gradcam(model, batch, targets, layer, n_steps, internal_batch_size) -> _AttributionResult:
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    module = get_layer(model, layer)
+    cam = LayerGradCam(model, module).attribute(batch, target=targets, relu_attributions=True)
+    if cam.dim() != 4:
+        raise InputError(
+            f"layer {layer!r} gives a {cam.dim()}-D output; Grad-CAM needs a (N, C, h, w) feature map"
+        )
+    upsampled = LayerAttribution.interpolate(cam, tuple(batch.shape[-2:]), interpolate_mode="bilinear")
+    return _np(upsampled[:, 0]), _np(cam[:, 0]), None
+
+
+def _guided_backprop(model, batch, targets, layer, n_steps, internal_batch_size) -> _AttributionResult:
+    from captum.attr import GuidedBackprop
+
+    attributions = GuidedBackprop(model).attribute(batch, target=targets)
+    return _np(attributions.abs().sum(dim=1)), None, None
+
+
+def _guided_gradcam(model, batch, targets, layer, n_steps, internal_batch_size) -> _AttributionResult:
+    from captum.attr import GuidedGradCam
+
+    attributions = GuidedGradCam(model, get_layer(model, layer)).attribute(batch, target=targets)
+    return _np(attributions.abs().sum(dim=1)), None, None
+
+
+def _saliency(model, batch, targets, layer, n_steps, internal_batch_size) -> _AttributionResult:
+    from captum.attr import Saliency
+
+    attributions = Saliency(model).attribute(batch, target=targets, abs=True)
+    return _np(attributions.max(dim=1).values), None, None
+
+
+def _integrated_gradients(model, batch, targets, layer, n_steps, internal_batch_size) -> _AttributionResult:
+    from captum.attr import IntegratedGradients
+
+    # Baseline: the all-zero normalized input (the dataset-mean image), Captum's default.
+    attributions, delta = IntegratedGradients(model).attribute(
+        batch,
+        target=targets,
+        n_steps=n_steps,
+        internal_batch_size=internal_batch_size,
+        return_convergence_delta=True,
+    )
+    return _np(attributions.sum(dim=1)), None, _np(delta)
+
+
+def _lrp(model, batch, targets, layer, n_steps, internal_batch_size) -> _AttributionResult:
+    from captum.attr import LRP
+
+    attributions, delta = LRP(model).attribute(batch, target=targets, return_convergence_delta=True)
+    return _np(attributions.sum(dim=1)), None, _np(delta)
+
+
+_ATTRIBUTE: dict[str, Callable[..., _AttributionResult]] = {
+    "gradcam": _gradcam,
+    "guided-backprop": _guided_backprop,
+    "guided-gradcam": _guided_gradcam,
+    "saliency": _saliency,
+    "ig": _integrated_gradients,
+    "lrp": _lrp,
+}
+
+
+def _np(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().cpu().float().numpy()

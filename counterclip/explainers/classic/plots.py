@@ -1,0 +1,222 @@
+"""Figures for the classical explainers: multi-map panels, class-overlap figure, token-strip HTML,
+partial dependence / ICE (scikit-learn's ``PartialDependenceDisplay``), LIME bars, and the counterfactual
+trajectory. Single overlays, panels and token strips come from `counterclip.report` so every explainer's
+pictures look alike. Matplotlib runs on the Agg backend; nothing is shown on screen.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from counterclip.explainers.base import Explanation
+from counterclip.report import colorize, overlay
+
+
+def _pyplot():
+    """Matplotlib's pyplot on the Agg backend (set per call, never at import)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_panel(
+    image: Image.Image,
+    explanations: Sequence[Explanation],
+    path: str | Path,
+    titles: Sequence[str] | None = None,
+    suptitle: str = "",
+) -> Path:
+    """The input image and one overlay per explanation side by side, saved as PNG."""
+    plt = _pyplot()
+    columns = len(explanations) + 1
+    figure, axes = plt.subplots(1, columns, figsize=(3.2 * columns, 3.6), squeeze=False)
+    axes[0, 0].imshow(image)
+    axes[0, 0].set_title("input", fontsize=9)
+    for column, explanation in enumerate(explanations, start=1):
+        axes[0, column].imshow(overlay(image, explanation.pixel_map))
+        title = titles[column - 1] if titles else f"{explanation.method}: {explanation.target}"
+        axes[0, column].set_title(title, fontsize=9)
+    for axis in axes.ravel():
+        axis.axis("off")
+    if suptitle:
+        figure.suptitle(suptitle, fontsize=10)
+    return _save(figure, path)
+
+
+def save_overlap(
+    image: Image.Image,
+    explanations: Sequence[Explanation],
+    iou: np.ndarray,
+    path: str | Path,
+    fraction: float = 0.2,
+) -> Path:
+    """Top-``fraction`` regions of several class maps in one picture (one colour per class), plus IoUs."""
+    from counterclip.explainers.classic.cnn import top_region_mask
+
+    plt = _pyplot()
+    colours = np.array([[1.0, 0.1, 0.1], [0.1, 0.4, 1.0], [0.1, 0.8, 0.2], [1.0, 0.8, 0.0], [0.8, 0.2, 0.9]])
+    base = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0 * 0.5
+    tint = np.zeros_like(base)
+    counts = np.zeros(base.shape[:2])
+    for index, explanation in enumerate(explanations):
+        mask = top_region_mask(explanation.pixel_map, fraction)
+        tint[mask] += colours[index % len(colours)]
+        counts += mask
+    shown = np.where(counts[..., None] > 0, base + 0.5 * tint / np.maximum(counts, 1)[..., None], base)
+    figure, axes = plt.subplots(1, 2, figsize=(8, 4))
+    axes[0].imshow(np.clip(shown, 0, 1))
+    axes[0].set_title(f"top {fraction:.0%} regions", fontsize=9)
+    axes[0].axis("off")
+    labels = [e.extras.get("class_name", e.target) for e in explanations]
+    axes[1].imshow(iou, vmin=0, vmax=1, cmap="viridis")
+    axes[1].set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    axes[1].set_yticks(range(len(labels)), labels, fontsize=8)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            axes[1].text(j, i, f"{iou[i, j]:.2f}", ha="center", va="center", color="white", fontsize=9)
+    axes[1].set_title(f"IoU of top-{fraction:.0%} regions", fontsize=9)
+    return _save(figure, path)
+
+
+def save_counterfactual(image: Image.Image, explanation: Explanation, path: str | Path) -> Path:
+    """Original, edited (8-bit) image, difference map and the probability trajectory of both classes."""
+    plt = _pyplot()
+    extras = explanation.extras
+    figure, axes = plt.subplots(1, 4, figsize=(15, 3.8))
+    axes[0].imshow(image)
+    axes[0].set_title(f"original: {extras['source_name']}", fontsize=9)
+    axes[1].imshow(extras["edited_image"])
+    verdict = "verified" if extras["verified"] else "NOT reached"
+    axes[1].set_title(f"edited ({verdict}): {extras['target_name']}", fontsize=9)
+    shown = axes[2].imshow(explanation.pixel_map, cmap="magma")
+    axes[2].set_title(f"|difference| (max {extras['linf_levels']} levels)", fontsize=9)
+    figure.colorbar(shown, ax=axes[2], fraction=0.046)
+    for axis in axes[:3]:
+        axis.axis("off")
+    steps = range(len(extras["trajectory"]["p_source"]))
+    axes[3].plot(steps, extras["trajectory"]["p_source"], label=f"p({extras['source_name']})")
+    axes[3].plot(steps, extras["trajectory"]["p_target"], label=f"p({extras['target_name']})")
+    axes[3].set_xlabel("step")
+    axes[3].set_ylabel("probability")
+    axes[3].legend(fontsize=8)
+    return _save(figure, path)
+
+
+def token_html(explanations: Sequence[Explanation], title: str = "") -> str:
+    """A self-contained HTML page with one coloured token strip per explanation."""
+    parts = [
+        "<!doctype html><meta charset='utf-8'>",
+        f"<title>{html.escape(title or 'token attributions')}</title>",
+        "<style>body{font-family:sans-serif;margin:2em}span.t{padding:2px 4px;margin:1px;border-radius:3px;"
+        "display:inline-block;border:1px solid #ccc}</style>",
+        f"<h1>{html.escape(title)}</h1>" if title else "",
+    ]
+    for explanation in explanations:
+        values = np.asarray(explanation.token_map, dtype=np.float64).reshape(1, -1)
+        colours = np.asarray(colorize(values))[0] if values.size else np.zeros((0, 3))
+        spans = "".join(
+            f"<span class='t' style='background:rgb{tuple(int(c) for c in colour)};color:"
+            f"{'black' if int(colour.sum()) > 380 else 'white'}' title='{raw:+.4f}'>{html.escape(token)}</span>"
+            for token, colour, raw in zip(explanation.tokens, colours, explanation.token_map, strict=True)
+        )
+        delta = explanation.extras.get("convergence_delta")
+        note = f", convergence delta {delta:+.2e}" if delta is not None else ""
+        parts.append(
+            f"<h2>{html.escape(explanation.method)}: {html.escape(explanation.target)}</h2>"
+            f"<p>score {explanation.score:.4f}{html.escape(note)}</p><p>{spans}</p>"
+        )
+    return "\n".join(parts) + "\n"
+
+
+def pdp_figure(explanations: Explanation | Sequence[Explanation], labels: Sequence[str] | None = None) -> Any:
+    """``PartialDependenceDisplay`` of one PD/ICE explanation, or several models' PDPs on one axes.
+
+    Args:
+        explanations: from `explain_partial_dependence`; several must share the feature(s) and kind.
+        labels: legend entries, one per explanation (model names) when comparing.
+
+    Returns:
+        The matplotlib ``Figure``.
+    """
+    from sklearn.inspection import PartialDependenceDisplay
+
+    plt = _pyplot()
+    items = [explanations] if isinstance(explanations, Explanation) else list(explanations)
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    target_axes: Any = axis
+    limits = None
+    if len(items) > 1 and all("average" in e.extras and len(e.feature_names) == 1 for e in items):
+        # One shared y-range, or the first model's range clips the others' curves.
+        values = np.concatenate([np.ravel(e.extras["average"]) for e in items])
+        if any(e.extras["centered"] for e in items):
+            values = np.concatenate([np.ravel(e.extras["average"] - e.extras["average"][0]) for e in items])
+        pad = 0.05 * (values.max() - values.min() + 1e-12)
+        limits = {1: (float(values.min() - pad), float(values.max() + pad))}
+    for position, explanation in enumerate(items):
+        extras = explanation.extras
+        indices = extras["feature_indices"]
+        drawing = extras["display"].value
+        display = PartialDependenceDisplay(
+            [drawing["pd_result"]],
+            features=[tuple(indices)],
+            feature_names=drawing["feature_names"],
+            target_idx=extras["target_index"],
+            deciles=drawing["deciles"],
+            kind=extras["kind"],
+            is_categorical=[tuple(drawing["is_categorical"])],
+            random_state=0,
+        )
+        line_kw = {"label": labels[position], "color": f"C{position}"} if labels else None
+        if extras["kind"] == "average":
+            display.plot(ax=target_axes, centered=extras["centered"], line_kw=line_kw, pdp_lim=limits)
+        else:
+            display.plot(ax=target_axes, centered=extras["centered"], pd_line_kw=line_kw, pdp_lim=limits)
+        target_axes = display.axes_
+    if labels:
+        for ax in np.ravel(target_axes):
+            ax.legend(fontsize=8)
+    figure.suptitle(items[0].target, fontsize=10)
+    return figure
+
+
+def save_lime_bars(explanation: Explanation, path: str | Path, top: int = 12) -> Path:
+    """Horizontal bars of LIME's strongest conditions for a tabular row."""
+    plt = _pyplot()
+    conditions = sorted(explanation.extras["conditions"], key=lambda item: abs(item[1]), reverse=True)[:top][
+        ::-1
+    ]
+    figure, axis = plt.subplots(figsize=(7, 0.4 * len(conditions) + 1.2))
+    axis.barh(
+        [text for text, _ in conditions],
+        [weight for _, weight in conditions],
+        color=["tab:green" if weight >= 0 else "tab:red" for _, weight in conditions],
+    )
+    axis.set_xlabel("LIME weight")
+    axis.set_title(
+        f"row {explanation.extras['row']}: {explanation.target} = {explanation.score:.3f}", fontsize=9
+    )
+    return _save(figure, path)
+
+
+def save_figure(figure: Any, path: str | Path) -> Path:
+    """Save a matplotlib figure as PNG and close it."""
+    return _save(figure, path)
+
+
+def _save(figure: Any, path: str | Path) -> Path:
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
