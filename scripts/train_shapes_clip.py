@@ -49,6 +49,7 @@ from counterclip.shapes import (
     TEMPLATES,
     VALUES,
     ShapeAttrs,
+    attribute_prompts,
     caption,
     evaluate_model,
 )
@@ -88,6 +89,8 @@ class TrainCfg:
     checkpoint_dir: str  # where intermediate checkpoints go (outside the repo)
     out: str  # the shipped fp16 safetensors file
     resume: str | None  # a checkpoint to resume from
+    sincos_positions: bool  # initialise the image position embedding with 2-D sine-cosine codes
+    attr_weight: float  # weight of the per-attribute zero-shot classification loss (0 = off)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainCfg:
@@ -112,6 +115,8 @@ def parse_args(argv: list[str] | None = None) -> TrainCfg:
     p.add_argument("--checkpoint-dir", default="/tmp/shapes_clip_ckpt")
     p.add_argument("--out", default=str(WEIGHTS_PATH))
     p.add_argument("--resume", default=None)
+    p.add_argument("--no-sincos-positions", dest="sincos_positions", action="store_false")
+    p.add_argument("--attr-weight", type=float, default=1.0)
     return TrainCfg(**vars(p.parse_args(argv)))
 
 
@@ -157,6 +162,8 @@ class Batch:
     pixels: torch.Tensor  # (B, 3, H, W) float32, normalised by the model's transform
     texts: list[str]  # U unique captions
     consistent: torch.Tensor  # (B, U) bool: caption j is true of image i
+    labels: torch.Tensor  # (B, 5) long: value index of each attribute (ATTRIBUTES order)
+    template: int  # which TEMPLATES entry this step's attribute prompts use
 
 
 def make_batch(rng: np.random.Generator, cfg: TrainCfg, preprocess) -> Batch:
@@ -181,7 +188,8 @@ def make_batch(rng: np.random.Generator, cfg: TrainCfg, preprocess) -> Batch:
     image_codes = torch.tensor([[VALUES[n].index(getattr(a, n)) for n in ATTRIBUTES] for a in attrs])
     codes = torch.tensor(caption_codes)
     consistent = ((codes[None, :, :] == -1) | (codes[None, :, :] == image_codes[:, None, :])).all(dim=2)
-    return Batch(pixels=pixels, texts=texts, consistent=consistent)
+    template = int(rng.integers(len(TEMPLATES)))
+    return Batch(pixels=pixels, texts=texts, consistent=consistent, labels=image_codes, template=template)
 
 
 class Prefetcher:
@@ -231,6 +239,30 @@ def multi_positive_loss(
     return (image_to_text + text_to_image) / 2
 
 
+def attribute_loss(
+    image_emb: torch.Tensor, prompt_emb: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """Zero-shot classification loss of every image on every attribute, through the text tower.
+
+    image_emb: (B, d) normalised; prompt_emb: (sum of value counts, d) normalised single-attribute prompts,
+    grouped by attribute in ATTRIBUTES/VALUES order; labels: (B, 5). Why: the contrastive batch holds only a
+    few position captions, so the position signal per step is weak; this gives every image a label for
+    every attribute each step (it is the image-to-text direction over all single-attribute captions).
+    """
+    losses, start = [], 0
+    for column, attribute in enumerate(ATTRIBUTES):
+        count = len(VALUES[attribute])
+        logits = scale * image_emb @ prompt_emb[start : start + count].T
+        losses.append(F.cross_entropy(logits, labels[:, column]))
+        start += count
+    return torch.stack(losses).mean()
+
+
+def attribute_prompt_texts(template: int) -> list[str]:
+    """The single-attribute prompts of one template, grouped by attribute (see attribute_loss)."""
+    return [attribute_prompts(a)[v][template] for a in ATTRIBUTES for v in VALUES[a]]
+
+
 class OpenClipEncoder:
     """The ``counterclip.models`` encoder interface over a raw open_clip model (for evaluate_model)."""
 
@@ -269,6 +301,38 @@ def build_model() -> tuple[torch.nn.Module, object, object]:
     return model, preprocess, tokenizer
 
 
+def sincos_positional_embedding(grid: int, width: int, temperature: float = 100.0) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position codes, ``(grid * grid, width)``, entries in [-1, 1] (as in MAE).
+
+    Temperature 100 instead of MAE's 10000: with an 8 x 8 grid most of MAE's frequencies would be constant.
+    """
+    assert width % 4 == 0, "width must be divisible by 4"
+    quarter = width // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    ys, xs = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32), indexing="ij"
+    )
+    x_angles = xs.flatten()[:, None] * omega[None, :]
+    y_angles = ys.flatten()[:, None] * omega[None, :]
+    return torch.cat([x_angles.sin(), x_angles.cos(), y_angles.sin(), y_angles.cos()], dim=1)
+
+
+@torch.no_grad()
+def init_vision_positions(model: torch.nn.Module) -> None:
+    """Start the image tower's (learned) position embedding from 2-D sine-cosine codes.
+
+    Why: open_clip initialises it as N(0, 1/width), about ten times smaller than the patch embeddings, and
+    in the issue's trial position never left chance. The codes only set the initial value; the parameter
+    is still learned and keeps its name and shape, so the shipped state_dict is a plain open_clip one.
+    """
+    visual = model.visual
+    grid_h, grid_w = visual.grid_size
+    assert grid_h == grid_w, "square patch grid expected"
+    pos = visual.positional_embedding  # (1 + grid * grid, width): class token first
+    pos[0].zero_()
+    pos[1:].copy_(sincos_positional_embedding(grid_h, pos.shape[1]))
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Decay matrices only (not norms, biases, embeddings' scale-free parameters or the logit scale)."""
     decay, no_decay = [], []
@@ -305,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model, preprocess, tokenizer = build_model()
+    if cfg.sincos_positions:
+        init_vision_positions(model)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"config {json.dumps(json.loads(CONFIG_PATH.read_text()))}", flush=True)
     print(f"params {n_params / 1e6:.2f}M; cfg {cfg}", flush=True)
@@ -341,10 +407,15 @@ def main(argv: list[str] | None = None) -> int:
 
             model.train()
             batch = prefetch.get()
-            tokens = tokenizer(batch.texts)
+            prompts = attribute_prompt_texts(batch.template) if cfg.attr_weight > 0 else []
+            tokens = tokenizer(batch.texts + prompts)  # one text forward pass for captions and prompts
             image_emb = F.normalize(model.encode_image(batch.pixels), dim=-1)
-            text_emb = F.normalize(model.encode_text(tokens), dim=-1)
-            loss = multi_positive_loss(image_emb, text_emb, batch.consistent, model.logit_scale.exp())
+            all_text_emb = F.normalize(model.encode_text(tokens), dim=-1)
+            text_emb, prompt_emb = all_text_emb[: len(batch.texts)], all_text_emb[len(batch.texts) :]
+            scale = model.logit_scale.exp()
+            loss = multi_positive_loss(image_emb, text_emb, batch.consistent, scale)
+            if cfg.attr_weight > 0:
+                loss = loss + cfg.attr_weight * attribute_loss(image_emb, prompt_emb, batch.labels, scale)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
