@@ -1,19 +1,248 @@
-"""CLI: explain, eval explainers (CLIP explainers issue)."""
+"""CLI: explain (attribution maps for an image-text pair) and eval explainers (measured quality)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import typer
 
-from counterclip.cli._common import not_implemented
+from counterclip.cli._common import CliError, console, out, print_json
+
+METHOD_HELP = "relevance | gradcam | ig | lime | pixel-cf"
+
+
+def model_spec_from_index(index: Path) -> Any:
+    """The model spec recorded in ``INDEX/manifest.json`` (key ``model``: a spec string or dict)."""
+    manifest = index / "manifest.json"
+    if not manifest.is_file():
+        raise CliError(f"{manifest} not found: --index must be an index directory (or pass --model SPEC)")
+    try:
+        payload = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CliError(
+            f"{manifest} is not valid JSON ({exc}); rebuild the index or pass --model SPEC"
+        ) from exc
+    spec = payload.get("model") if isinstance(payload, dict) else None
+    if not spec:
+        raise CliError(f"{manifest} has no 'model' field; rebuild the index or pass --model SPEC")
+    return spec
+
+
+def _load(model: str | None, index: Path | None, device: str):
+    from counterclip.models import load_model
+
+    if (model is None) == (index is None):
+        raise CliError("give exactly one of --model SPEC or --index IDX")
+    spec = model if model is not None else model_spec_from_index(index)  # type: ignore[arg-type]
+    return load_model(spec, device=device)
+
+
+def _open_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise CliError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise CliError(f"cannot read image {path}: {exc}") from exc
+
+
+def _split(values: str | None) -> list[str]:
+    return [v.strip() for v in values.split(",") if v.strip()] if values else []
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     @app.command()
-    def explain() -> None:
-        """Attribution map for an (image, text) pair (not implemented yet)."""
-        not_implemented("explain")
+    def explain(
+        model: str = typer.Option(None, "--model", help="Model spec (e.g. bundled:shapes)."),
+        index: Path = typer.Option(None, "--index", help="Index directory: use the model it was built with."),
+        image: Path = typer.Option(None, "--image", help="Image file to explain."),
+        text: str = typer.Option(None, "--text", help="Caption to explain (or use --labels)."),
+        method: str = typer.Option("relevance", "--method", help=METHOD_HELP),
+        modality: str = typer.Option(
+            None, "--modality", help="image | text | both (default: both where the method supports it)."
+        ),
+        labels: str = typer.Option(
+            None, "--labels", help="Comma-separated label set: explain a class probability."
+        ),
+        target: str = typer.Option(None, "--target", help="The label explained (default: the first)."),
+        versus: str = typer.Option(
+            None, "--versus", help="A second label: explain the margin target - versus."
+        ),
+        blocks: int = typer.Option(None, "--blocks", help="relevance: use the last N blocks (default all)."),
+        layer: str = typer.Option(None, "--layer", help="gradcam: layer name (see --list-layers)."),
+        list_layers: bool = typer.Option(False, "--list-layers", help="Print Grad-CAM layer names and exit."),
+        direction: str = typer.Option("increase", "--direction", help="pixel-cf: increase | decrease."),
+        steps: int = typer.Option(None, "--steps", help="ig / pixel-cf: number of steps."),
+        samples: int = typer.Option(None, "--samples", help="lime: perturbed samples."),
+        out_file: Path = typer.Option(
+            None, "--out", help="Write a PNG panel (image | map | overlay, tokens)."
+        ),
+        device: str = typer.Option("cpu", help="auto | cpu | cuda"),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Attribution map for an (image, text) pair: which patches and tokens drive the score.
+
+        Examples:
+
+          counterclip explain --model bundled:shapes --image cat.png --text "a red circle" --out map.png
+
+          counterclip explain --index IDX --image x.png --labels "a red circle,a blue circle" --target "a blue circle" --method ig
+
+          counterclip explain --model bundled:shapes --list-layers
+        """
+        from counterclip import explainers as ex
+
+        clip = _load(model, index, device)
+        if list_layers:
+            names = ex.list_layers(clip)
+            if as_json:
+                print_json({"layers": names, "default": ex.default_layer(clip) if names else None})
+            else:
+                for name in names:
+                    out.print(name + ("  (default)" if name == ex.default_layer(clip) else ""))
+            return
+        if method not in ex.METHODS:
+            raise CliError(f"unknown --method {method!r}; expected one of {METHOD_HELP}")
+        if image is None:
+            raise CliError("--image is required (unless --list-layers)")
+        pil = _open_image(image)
+        label_set = _split(labels)
+        if label_set and text:
+            raise CliError("give --text or --labels, not both")
+        if not label_set and not text:
+            raise CliError("give --text CAPTION or --labels a,b,c")
+        texts = label_set or [text]
+        chosen = None
+        if label_set:
+            for name, flag in ((target, "--target"), (versus, "--versus")):
+                if name is not None and name not in label_set:
+                    raise CliError(f"{flag} {name!r} is not one of --labels ({', '.join(label_set)})")
+            index_a = label_set.index(target) if target else 0
+            if versus is not None:
+                chosen = ex.Margin(index_a, label_set.index(versus), clip.logit_scale)
+            else:
+                chosen = ex.LabelProbability(index_a, clip.logit_scale)
+        elif target or versus:
+            raise CliError("--target/--versus need --labels")
+        supported = ex.MODALITIES[method]
+        mode = modality or ("both" if "both" in supported and not label_set else "image")
+        options: dict[str, Any] = {}
+        if method == "relevance" and blocks is not None:
+            options["blocks"] = blocks
+        if method == "gradcam" and layer is not None:
+            options["layer"] = layer
+        if method == "pixel-cf":
+            options["direction"] = direction
+        if steps is not None and method in ("ig", "pixel-cf"):
+            options["steps"] = steps
+        if samples is not None and method == "lime":
+            options["num_samples"] = samples
+        exp = ex.explain(clip, pil, texts, method=method, target=chosen, modality=mode, **options)
+        written: dict[str, str] = {}
+        if out_file is not None:
+            from counterclip.report import panel, save_png
+
+            written["panel"] = str(save_png(panel(pil, exp), out_file))
+            edited = exp.extras.get("edited_image")
+            if edited is not None:
+                written["edited"] = str(
+                    save_png(edited.resize(pil.size), out_file.with_suffix(".edited.png"))
+                )
+        payload = exp.to_dict(include_maps=False)
+        payload.pop("edited_image", None)
+        if exp.patch_map is not None:
+            payload["patch_map"] = exp.patch_map.tolist()
+        if exp.token_map is not None:
+            payload["token_map"] = exp.token_map.tolist()
+        payload["files"] = written
+        if as_json:
+            print_json(payload)
+            return
+        out.print(f"[bold]{exp.method}[/] score {exp.score:.4f} ({exp.target})")
+        if exp.patch_map is not None:
+            import numpy as np
+
+            grid = exp.patch_map
+            row, col = np.unravel_index(int(np.argmax(grid)), grid.shape)
+            out.print(
+                f"most relevant cell: row {row}, column {col} of a {grid.shape[0]}x{grid.shape[1]} grid"
+            )
+        if exp.tokens is not None and exp.token_map is not None:
+            out.print(
+                "tokens: "
+                + "  ".join(f"{t}={v:+.3f}" for t, v in zip(exp.tokens, exp.token_map, strict=False))
+            )
+        interesting = {k: v for k, v in payload["extras"].items() if k not in ("trajectory",)}
+        if interesting:
+            out.print("details: " + ", ".join(f"{k}={v}" for k, v in interesting.items()))
+        out.print(f"cost: {exp.forward_passes} forward, {exp.backward_passes} backward, {exp.seconds:.2f} s")
+        for kind, path in written.items():
+            out.print(f"wrote {kind}: {path}")
 
     @eval_app.command("explainers")
-    def eval_explainers() -> None:
-        """Measure explainer quality on the shapes world (not implemented yet)."""
-        not_implemented("eval explainers")
+    def eval_explainers(
+        model: str = typer.Option("bundled:shapes", "--model", help="Model spec."),
+        n: int = typer.Option(50, "--n", help="Number of shapes images."),
+        seed: int = typer.Option(0, "--seed", help="Random seed."),
+        methods: str = typer.Option(
+            "relevance,gradcam,ig,lime", "--methods", help="Comma-separated methods."
+        ),
+        sensitivity_images: int = typer.Option(
+            5, "--sensitivity-images", help="Images used for max-sensitivity."
+        ),
+        device: str = typer.Option("cpu", help="auto | cpu | cuda"),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Measure explainer quality on generated shapes images (boxes known).
+
+        Pointing game, deletion / insertion AUC beside a random order, max-sensitivity, cost per
+        explanation; a text test with one wrong attribute word.
+
+        Examples:
+
+          counterclip eval explainers --model bundled:shapes --n 50 --seed 0 --json
+        """
+        from counterclip.explainers.evaluate import evaluate_explainers
+        from counterclip.models import load_model
+
+        clip = load_model(model, device=device)
+        report = evaluate_explainers(
+            clip, n=n, seed=seed, methods=_split(methods), sensitivity_images=sensitivity_images
+        )
+        if as_json:
+            print_json(report)
+            return
+        from rich.table import Table
+
+        table = Table(title=f"explainers on {n} shapes images ({report['model']})")
+        columns = [
+            "pointing_game",
+            "deletion_auc",
+            "deletion_auc_random",
+            "deletion_below_random",
+            "insertion_auc",
+            "insertion_auc_random",
+            "max_sensitivity",
+            "cost_forward_multiple",
+        ]
+        table.add_column("method")
+        for column in columns:
+            table.add_column(column.replace("_", " "), justify="right")
+        for name, figures in report["methods"].items():
+            cells = [figures.get(c) for c in columns]
+            table.add_row(name, *("-" if v is None else f"{v:.3f}" for v in cells))
+        out.print(table)
+        for name, figures in report["text_test"].items():
+            out.print(
+                f"text test {name}: wrong word lowest {figures['wrong_word_lowest']}, "
+                f"control {figures['control_colour_lowest']}, chance {figures['chance']:.2f} ({figures['cases']} cases)"
+            )
+        console.print(
+            f"zero-shot colour+shape accuracy of the model on these images: {report['zero_shot_accuracy']:.3f}"
+        )

@@ -1,0 +1,279 @@
+"""`counterclip eval explainers`: explainer quality measured on shapes-world images with known boxes.
+
+For every method: pointing game (map maximum inside the object's box), deletion and insertion AUC of the
+explained score beside a random cell order, max-sensitivity under small pixel noise, and cost per
+explanation (seconds as a multiple of one forward pass of the pair, and pass counts). The explained score
+is the probability of the true ``"a {colour} {shape}"`` caption among all colour-shape captions, so curves
+live in [0, 1] and AUC ratios are meaningful.
+
+Text test: for a full caption with one wrong colour ("a large blue circle on the left" for a red circle)
+the share of images where the wrong word gets the lowest relevance among the content words (size,
+colour, shape, position), beside the same share for the correct caption (a control: how often the colour
+word is lowest anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from counterclip.errors import InputError
+from counterclip.explainers import METHODS, MODALITIES, LabelProbability, PairSimilarity, explain
+from counterclip.explainers._core.common import PixelCodec, image_grid, model_guard, pool_to_grid
+from counterclip.explainers.metrics import auc, perturbation_curve, pointing_hit, relative_change
+from counterclip.models.base import ClipModel
+from counterclip.shapes import COLOURS, FULL_CAPTION, SHAPES, ShapeAttrs, caption, render, sample_attrs
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_METHODS: tuple[str, ...] = ("relevance", "gradcam", "ig", "lime")
+#: Per-method options used by the evaluation (kept modest so a run over 50 images takes minutes).
+EVAL_OPTIONS: dict[str, dict[str, Any]] = {
+    "relevance": {},
+    "gradcam": {},
+    "ig": {"steps": 32},
+    "lime": {"num_samples": 300},
+    "pixel-cf": {"steps": 30},
+}
+
+
+def _colour_shape_labels() -> list[str]:
+    return [f"a {colour} {shape}" for shape in SHAPES for colour in COLOURS]
+
+
+def forward_seconds(model: ClipModel, image: Image.Image, text: str, repeats: int = 10) -> float:
+    """Mean seconds of one forward pass of an (image, text) pair (no gradient), after one warm-up."""
+    codec = PixelCodec.of(model)
+    pixels = codec.to_model(codec.pil_to_pixels(image).to(model.device))
+    tokens = model.tokenize([text]).to(model.device)
+    with torch.no_grad():
+        model.image_features(pixels), model.text_features(tokens)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            model.image_features(pixels), model.text_features(tokens)
+    return (time.perf_counter() - started) / repeats
+
+
+def _content_positions(tokens: list[str], words: Sequence[str]) -> list[int] | None:
+    """Index of each word in ``tokens`` (first match, case-insensitive), or None if one is missing."""
+    lowered = [t.lower().strip() for t in tokens]
+    positions = []
+    for word in words:
+        if word not in lowered:
+            return None
+        positions.append(lowered.index(word))
+    return positions
+
+
+def evaluate_explainers(
+    model: ClipModel,
+    n: int = 50,
+    seed: int = 0,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    sensitivity_images: int = 10,
+    sensitivity_radius: float = 0.02,
+    random_orders: int = 3,
+    image_size: int = 128,
+) -> dict[str, Any]:
+    """Measure explainer quality on ``n`` freshly rendered shapes images.
+
+    Args:
+        model: the CLIP model explained.
+        n: number of images (>= 1). Default 50.
+        seed: random seed (images, random orders, noise).
+        methods: methods to measure (subset of `METHODS`).
+        sensitivity_images: images used for max-sensitivity (it costs 3 extra explanations each). Default 10.
+        sensitivity_radius: max absolute pixel noise in [0, 1] units. Default 0.02 (about 5/255).
+        random_orders: random cell orders averaged for the baselines. Default 3.
+        image_size: rendered image side. Default 128.
+
+    Returns:
+        JSON-friendly dict: settings, ``forward_seconds``, per-method figures under ``methods``, and
+        ``text_test`` per text-capable method.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise InputError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    if n < 1:
+        raise InputError(f"--n must be at least 1, got {n}")
+    rng = np.random.default_rng(seed)
+    labels = _colour_shape_labels()
+    samples = []
+    for _ in range(n):
+        attrs = sample_attrs(rng)
+        image, bbox = render(attrs, rng, image_size)
+        samples.append((attrs, image, bbox))
+    codec = PixelCodec.of(model)
+    grid = image_grid(model)
+    scale = model.logit_scale
+    with torch.no_grad():
+        label_emb = model.text_features(model.tokenize(labels).to(model.device))
+    seconds_per_forward = forward_seconds(model, samples[0][1], labels[0])
+
+    def prob_fn_for(index: int):
+        target = LabelProbability(index, scale)
+
+        def score(pixels: torch.Tensor) -> torch.Tensor:
+            out = []
+            for start in range(0, len(pixels), 64):
+                out.append(
+                    target(model.image_features(codec.to_model(pixels[start : start + 64])), label_emb)
+                )
+            return torch.cat(out)
+
+        return score
+
+    results: dict[str, Any] = {}
+    with model_guard(model), torch.no_grad():
+        accuracy = float(
+            np.mean(
+                [
+                    int(
+                        torch.argmax(
+                            model.image_features(codec.to_model(codec.pil_to_pixels(im).to(model.device)))
+                            @ label_emb.T
+                        )
+                    )
+                    == labels.index(f"a {a.colour} {a.shape}")
+                    for a, im, _ in samples
+                ]
+            )
+        )
+    for method in methods:
+        LOG.info("evaluating %s on %d images", method, n)
+        hits, seconds, forwards, backwards = [], [], [], []
+        deletion, deletion_random, insertion, insertion_random, sensitivity = [], [], [], [], []
+        extra: dict[str, list[float]] = {}
+        for i, (attrs, image, bbox) in enumerate(samples):
+            index = labels.index(f"a {attrs.colour} {attrs.shape}")
+            target = LabelProbability(index, scale)
+            exp = explain(model, image, labels, method=method, target=target, **EVAL_OPTIONS[method])
+            hits.append(pointing_hit(exp.pixel_map, bbox))
+            seconds.append(exp.seconds)
+            forwards.append(exp.forward_passes)
+            backwards.append(exp.backward_passes)
+            if method == "pixel-cf":
+                extra.setdefault("verified", []).append(float(exp.extras["verified"]))
+                extra.setdefault("score_change_8bit", []).append(exp.extras["score_8bit"] - exp.score)
+                extra.setdefault("l2_change", []).append(exp.extras["l2_change"])
+                continue
+            if method == "ig" and "delta" in exp.extras:
+                extra.setdefault("abs_delta", []).append(abs(exp.extras["delta"]))
+            cells = pool_to_grid(exp.pixel_map, grid).reshape(-1)
+            order = np.argsort(-cells, kind="stable")
+            pixels = codec.pil_to_pixels(image).to(model.device)
+            fill = pixels.mean(dim=(2, 3), keepdim=True).expand_as(pixels)
+            score_fn = prob_fn_for(index)
+            with model_guard(model):
+                deletion.append(auc(perturbation_curve(score_fn, pixels, order, grid, "deletion", fill)))
+                insertion.append(auc(perturbation_curve(score_fn, pixels, order, grid, "insertion", fill)))
+                rand_del, rand_ins = [], []
+                for _ in range(random_orders):
+                    random_order = rng.permutation(len(cells))
+                    rand_del.append(
+                        auc(perturbation_curve(score_fn, pixels, random_order, grid, "deletion", fill))
+                    )
+                    rand_ins.append(
+                        auc(perturbation_curve(score_fn, pixels, random_order, grid, "insertion", fill))
+                    )
+            deletion_random.append(float(np.mean(rand_del)))
+            insertion_random.append(float(np.mean(rand_ins)))
+            if i < sensitivity_images:
+                reference = exp.patch_map if exp.patch_map is not None else cells
+                worst = 0.0
+                for _ in range(3):
+                    array = np.asarray(image, dtype=np.float64) / 255.0
+                    noisy = np.clip(
+                        array + rng.uniform(-sensitivity_radius, sensitivity_radius, array.shape), 0, 1
+                    )
+                    noisy_image = Image.fromarray((noisy * 255).round().astype(np.uint8))
+                    again = explain(
+                        model, noisy_image, labels, method=method, target=target, **EVAL_OPTIONS[method]
+                    )
+                    other = (
+                        again.patch_map
+                        if again.patch_map is not None
+                        else pool_to_grid(again.pixel_map, grid)
+                    )
+                    worst = max(worst, relative_change(reference, other))
+                sensitivity.append(worst)
+        figures: dict[str, Any] = {
+            "pointing_game": float(np.mean(hits)),
+            "cost_forward_multiple": float(np.mean(seconds) / seconds_per_forward),
+            "seconds_mean": float(np.mean(seconds)),
+            "forward_passes": float(np.mean(forwards)),
+            "backward_passes": float(np.mean(backwards)),
+        }
+        if deletion:
+            figures.update(
+                {
+                    "deletion_auc": float(np.mean(deletion)),
+                    "deletion_auc_random": float(np.mean(deletion_random)),
+                    "deletion_below_random": float(1 - np.mean(deletion) / np.mean(deletion_random)),
+                    "insertion_auc": float(np.mean(insertion)),
+                    "insertion_auc_random": float(np.mean(insertion_random)),
+                    "max_sensitivity": float(np.mean(sensitivity)) if sensitivity else None,
+                    "sensitivity_images": len(sensitivity),
+                }
+            )
+        figures.update({k: float(np.mean(v)) for k, v in extra.items()})
+        results[method] = figures
+    text_results = {
+        method: _text_test(model, samples, method) for method in methods if "text" in MODALITIES[method]
+    }
+    return {
+        "model": str(model.spec),
+        "n": n,
+        "seed": seed,
+        "image_size": image_size,
+        "grid": list(grid),
+        "target": "probability of the true 'a {colour} {shape}' caption among 30 colour-shape captions",
+        "zero_shot_accuracy": accuracy,
+        "forward_seconds": seconds_per_forward,
+        "methods": results,
+        "text_test": text_results,
+    }
+
+
+def _text_test(
+    model: ClipModel, samples: list[tuple[ShapeAttrs, Image.Image, Any]], method: str
+) -> dict[str, Any]:
+    """Share of images where the wrong colour word of a full caption gets the lowest relevance."""
+    wrong_hits, control_hits, skipped = [], [], 0
+    options = {k: v for k, v in EVAL_OPTIONS[method].items() if k != "segmentation"}
+    for attrs, image, _ in samples:
+        wrong_colour = next(
+            c for c in COLOURS[COLOURS.index(attrs.colour) + 1 :] + COLOURS if c != attrs.colour
+        )
+        for wrong, hits in ((True, wrong_hits), (False, control_hits)):
+            shown = attrs.replace(colour=wrong_colour) if wrong else attrs
+            text = caption(shown, FULL_CAPTION)
+            exp = explain(
+                model,
+                image,
+                text,
+                method=method,
+                target=PairSimilarity(model.logit_scale),
+                modality="text",
+                **options,
+            )
+            words = [shown.size, shown.colour, shown.shape, shown.position]
+            positions = _content_positions(exp.tokens or [], words)
+            if positions is None:
+                skipped += 1
+                continue
+            values = np.asarray(exp.token_map)[positions]
+            hits.append(int(np.argmin(values)) == 1)
+    return {
+        "wrong_word_lowest": float(np.mean(wrong_hits)) if wrong_hits else None,
+        "control_colour_lowest": float(np.mean(control_hits)) if control_hits else None,
+        "chance": 1 / len(FULL_CAPTION),
+        "cases": len(wrong_hits),
+        "skipped": skipped,
+    }
