@@ -258,7 +258,9 @@ def explain_cnn(
     extras_common: dict = {}
     if method == "lrp":
         check_lrp_support(model)
-    with scoped_eval(model, disable_inplace=method in ("guided-backprop", "guided-gradcam", "lrp")):
+    # In-place activations off for every method: a following in-place ReLU would overwrite the hooked layer
+    # output Grad-CAM reads, and autograd refuses the backward hooks of guided backprop and LRP on them.
+    with scoped_eval(model, disable_inplace=True):
         with PassCounter(model) as passes, warnings.catch_warnings():
             # Captum announces the ReLU hooks it sets (and removes) on every guided-backprop call.
             warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
