@@ -1,0 +1,115 @@
+"""`counterclip explain` and `counterclip eval explainers` through the real CLI entry point."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from counterclip.cli import run
+
+
+@pytest.fixture()
+def image_file(tmp_path, rgb_images):
+    path = tmp_path / "x.png"
+    rgb_images[2].save(path)
+    return path
+
+
+def test_explain_json_and_panel(tiny_openclip, image_file, tmp_path, capsys) -> None:
+    panel_path = tmp_path / "out" / "panel.png"
+    code = run(
+        [
+            "explain",
+            "--model",
+            tiny_openclip,
+            "--image",
+            str(image_file),
+            "--text",
+            "a red circle",
+            "--out",
+            str(panel_path),
+            "--json",
+        ]
+    )
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["method"] == "relevance" and payload["modality"] == "both"
+    assert len(payload["patch_map"]) == 4 and payload["tokens"] == ["a", "red", "circle"]
+    with Image.open(panel_path) as im:
+        assert im.format == "PNG" and im.width >= 3 * 50
+
+
+def test_explain_labels_margin_and_index(tiny_openclip, image_file, tmp_path, capsys) -> None:
+    index = tmp_path / "idx"
+    index.mkdir()
+    (index / "manifest.json").write_text(json.dumps({"model": tiny_openclip}))
+    args = [
+        "explain",
+        "--index",
+        str(index),
+        "--image",
+        str(image_file),
+        "--labels",
+        "a red circle,a blue square",
+    ]
+    assert (
+        run([*args, "--target", "a blue square", "--versus", "a red circle", "--method", "gradcam", "--json"])
+        == 0
+    )
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["target"] == "margin 'a blue square' over 'a red circle'"
+    assert run([*args, "--target", "a green star"]) == 2
+    assert "--target" in capsys.readouterr().err
+
+
+def test_explain_errors_are_one_line(tiny_openclip, image_file, tmp_path, capsys) -> None:
+    assert run(["explain", "--index", str(tmp_path), "--image", str(image_file), "--text", "x"]) == 2
+    assert "manifest.json" in capsys.readouterr().err
+    assert (
+        run(["explain", "--model", tiny_openclip, "--image", str(tmp_path / "missing.png"), "--text", "x"])
+        == 2
+    )
+    assert "image not found" in capsys.readouterr().err
+    assert (
+        run(
+            [
+                "explain",
+                "--model",
+                tiny_openclip,
+                "--image",
+                str(image_file),
+                "--text",
+                "x",
+                "--method",
+                "nope",
+            ]
+        )
+        == 2
+    )
+
+
+def test_list_layers(tiny_openclip, capsys) -> None:
+    assert run(["explain", "--model", tiny_openclip, "--list-layers", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload == {
+        "layers": ["transformer.resblocks.0", "transformer.resblocks.1"],
+        "default": "transformer.resblocks.1",
+    }
+
+
+def test_pixel_cf_writes_the_edited_image(tiny_openclip, image_file, tmp_path, capsys) -> None:
+    panel_path = tmp_path / "cf.png"
+    args = ["explain", "--model", tiny_openclip, "--image", str(image_file), "--text", "a red circle"]
+    assert run([*args, "--method", "pixel-cf", "--steps", "3", "--out", str(panel_path)]) == 0
+    assert "score" in capsys.readouterr().out
+    with Image.open(tmp_path / "cf.edited.png") as im:
+        assert im.size == (50, 64)
+
+
+def test_eval_explainers_json(tiny_openclip, capsys) -> None:
+    args = ["eval", "explainers", "--model", tiny_openclip, "--n", "1", "--methods", "relevance"]
+    assert run([*args, "--sensitivity-images", "0", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert set(payload["methods"]) == {"relevance"} and payload["n"] == 1
