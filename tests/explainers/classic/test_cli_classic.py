@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from classic_doubles import write_houses
 from PIL import Image
-from test_tabular import write_houses
 
 from counterclip.cli import run
 from counterclip.explainers.classic import explain_partial_dependence, fit_model, load_bundled

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import TinyCnn, planted_detector_cnn
+from classic_doubles import TinyCnn, planted_detector_cnn
 from torch import nn
 
 from counterclip.errors import InputError, ModelLoadError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TinyCnn, planted_detector_cnn
+from classic_doubles import TinyCnn, planted_detector_cnn
 from PIL import Image
 
 from counterclip.errors import InputError

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from classic_doubles import write_houses
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.inspection import partial_dependence
 
@@ -60,17 +61,6 @@ def test_pdp_2d_equals_sklearn() -> None:
     np.testing.assert_array_equal(explanation.extras["average"], expected["average"][0])
     assert explanation.extras["average"].shape == (8, 8) and explanation.method == "pdp-2d"
     assert explanation.extras["target_class"] == "malignant"  # scikit-learn reports the positive class
-
-
-def write_houses(path: Path, rows: int = 120) -> Path:
-    rng = np.random.default_rng(0)
-    lines = ["rooms,city,age,price"]
-    for _ in range(rows):
-        rooms, city, age = rng.integers(1, 7), rng.choice(["north", "south", "east"]), rng.uniform(0, 50)
-        price = 50 * rooms + {"north": 100, "south": 0, "east": 40}[city] - age + rng.normal(0, 5)
-        lines.append(f"{rooms},{city},{age:.2f},{price:.2f}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def test_csv_categorical_pdp_equals_sklearn(tmp_path: Path) -> None:
