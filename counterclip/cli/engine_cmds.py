@@ -60,11 +60,60 @@ def _items_table(title: str, items) -> Table:
     return table
 
 
-def write_counterfactual_report(engine, result, path: Path, query_image=None) -> Path:
-    """Render a result to one self-contained HTML file (with attribution maps when available)."""
+def explanation_maps(engine, result, query_image=None) -> tuple[dict[int, list], list]:
+    """Attribution images for the report: per image-side item its relevance overlay for the text and a
+    "why this rather than the original" margin map; per caption its token strip; and the query's own map.
+
+    Maps need a ViT tower (relevance); for other towers the report simply has none.
+    """
+    import torch
+
+    from counterclip.engine import load_image
+    from counterclip.explainers import EmbeddingMargin, explain
+    from counterclip.report import overlay, token_strip
+
+    model = engine.model
+    if not model.vision_blocks():
+        return {}, []
+    maps: dict[int, list] = {}
+    query_maps: list = []
+    text = result.text
+    if text is None:  # flip: explain the target label
+        text = result.query.get("target")
+    if query_image is not None and text:
+        exp = explain(model, query_image, text, method="relevance")
+        query_maps.append(overlay(query_image, exp.pixel_map))
+    if result.side == "image" and text:
+        text_emb = model.encode_texts([text])[0]
+        original = model.encode_pil([query_image])[0] if query_image is not None else None
+        for item in result.items:
+            image = load_image(engine.index.root / item.path)
+            if image is None:
+                continue
+            images = [overlay(image, explain(model, image, text, method="relevance").pixel_map)]
+            if original is not None:
+                margin = EmbeddingMargin(
+                    toward=text_emb, away=torch.as_tensor(original), scale=model.logit_scale
+                )
+                images.append(
+                    overlay(image, explain(model, image, text, method="relevance", target=margin).pixel_map)
+                )
+            maps[item.id] = images
+    elif result.side == "text" and query_image is not None:
+        for item in result.items:
+            exp = explain(model, query_image, item.text, method="relevance", modality="text")
+            maps[item.id] = [token_strip(exp.tokens, exp.token_map)]
+    return maps, query_maps
+
+
+def write_counterfactual_report(engine, result, path: Path, query_image=None, with_maps: bool = True) -> Path:
+    """Render a result to one self-contained HTML file, with attribution maps when the model allows."""
     from counterclip.report.html import counterfactual_report, write_text_atomic
 
-    html = counterfactual_report(result.to_dict(), engine.index.root, query_image=query_image)
+    maps, query_maps = explanation_maps(engine, result, query_image) if with_maps else ({}, [])
+    html = counterfactual_report(
+        result.to_dict(), engine.index.root, query_image=query_image, maps=maps, query_maps=query_maps
+    )
     return write_text_atomic(path, html)
 
 

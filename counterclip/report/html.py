@@ -72,13 +72,16 @@ def _card(item: Mapping[str, Any], root: Path, maps: Mapping[int, list[Image.Ima
         + "</div>"
     )
     if maps and item.get("id") in maps:
-        parts.append(
-            '<div class="maps">'
-            + "".join(f'<img src="{image_data_uri(m, 78)}">' for m in maps[item["id"]])
-            + "</div>"
-        )
+        parts.append('<div class="maps">' + "".join(_map_img(m) for m in maps[item["id"]]) + "</div>")
     parts.append("</div>")
     return "".join(parts)
+
+
+def _map_img(image: Image.Image) -> str:
+    """A small map image; wide ones (token strips) keep their aspect ratio."""
+    if image.width > 2 * image.height:
+        return f'<img style="width:160px;height:auto" src="{image_data_uri(image, 320)}">'
+    return f'<img src="{image_data_uri(image, 78)}">'
 
 
 def counterfactual_report(
@@ -110,11 +113,7 @@ def counterfactual_report(
     if query_image is not None:
         head.append(f'<div class="card"><img src="{image_data_uri(query_image)}"><div>query image</div>')
         if query_maps:
-            head.append(
-                '<div class="maps">'
-                + "".join(f'<img src="{image_data_uri(m, 78)}">' for m in query_maps)
-                + "</div>"
-            )
+            head.append('<div class="maps">' + "".join(_map_img(m) for m in query_maps) + "</div>")
         head.append("</div>")
     described = {
         "side": result.get("side"),
