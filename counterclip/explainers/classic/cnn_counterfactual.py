@@ -104,8 +104,8 @@ def pixel_counterfactual(
                         verified = True
                         break
             loss = nn.functional.cross_entropy(logits, goal) + proximity * (edited - original).pow(2).mean()
-            optimizer.zero_grad()
-            loss.backward()
+            # Gradient for the change only: no weight gradients computed, and the caller's .grad fields untouched.
+            (change.grad,) = torch.autograd.grad(loss, [change])
             optimizer.step()
             steps_taken += 1
         if not verified:

@@ -104,6 +104,7 @@ def test_contract_no_hooks_state_restored_input_unchanged(tiny_cnn: TinyCnn, met
     assert torch.equal(x, before) and not x.requires_grad
     assert tiny_cnn.training and all(m.training for m in tiny_cnn.modules())
     assert tiny_cnn.features[1].inplace is True
+    assert all(parameter.grad is None for parameter in tiny_cnn.parameters())
     for module in tiny_cnn.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks and not module._backward_hooks
         assert not hasattr(module, "rule")  # Captum LRP's per-layer rules are gone

@@ -28,6 +28,7 @@ def test_counterfactual_reaches_target_and_is_verified_from_the_saved_image(tiny
         tiny_cnn, image, target_class=goal, steps=100, learning_rate=0.02, proximity=1.0, **IDENTITY
     )
     assert tiny_cnn.training  # the caller's mode is restored (it was set to train above)
+    assert all(parameter.grad is None for parameter in tiny_cnn.parameters())  # no .grad left on the model
     extras = result.extras
     assert extras["verified"] and extras["source_class"] == source and extras["target_class"] == goal
     edited = extras["edited_image"]
