@@ -1,24 +1,190 @@
-"""CLI: build, update, info (index builder issue)."""
+"""CLI: build, update, info (the index builder)."""
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import typer
 
-from counterclip.cli._common import not_implemented
+from counterclip.cli._common import out, print_json
+
+
+def _quiet_pillow() -> None:
+    """Pillow warns about images over its pixel limit; the builder refuses and reports them itself."""
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def _print_summary(summary, as_json: bool) -> None:  # noqa: ANN001 - BuildSummary
+    if as_json:
+        print_json(summary.to_dict())
+    else:
+        out.print(str(summary), highlight=False, markup=False)
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     @app.command()
-    def build() -> None:
-        """Embed every image of a folder into an on-disk index (not implemented yet)."""
-        not_implemented("build")
+    def build(
+        folder: Path = typer.Argument(..., help="Image folder (scanned recursively)."),
+        index: Path = typer.Option(
+            ..., "--index", "-i", help="Index directory (created, resumed or updated)."
+        ),
+        model: str = typer.Option(
+            "bundled:shapes", "--model", "-m", help="Model spec (see `counterclip models`)."
+        ),
+        captions: Path = typer.Option(None, "--captions", help="Captions file: CSV (path,caption) or JSONL."),
+        vocab: Path = typer.Option(None, "--vocab", help="Free captions, one per line."),
+        batch_size: int = typer.Option(
+            None, "--batch-size", min=1, help="Images per forward pass [default: 64]."
+        ),
+        workers: int = typer.Option(
+            None, "--workers", min=0, help="Decode threads, 0 = inline [default: 2]."
+        ),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+        index_kind: str = typer.Option(
+            "auto",
+            "--index-kind",
+            help="auto (by size) or a FAISS factory string, e.g. HNSW32,Flat or IVF256,SQ8.",
+        ),
+        config: str = typer.Option(
+            None, "--config", help="Index recipe name (default, exact, compact) or JSON file."
+        ),
+        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    ) -> None:
+        """Embed every image of FOLDER into an on-disk index (FAISS + SQLite + embedding shards).
+
+        Re-running on an existing index with the same model updates it (new, changed and deleted files);
+        a run that was killed resumes from its last completed shard. Bad files are skipped and reported.
+
+        Examples:
+
+          counterclip build ~/Photos --index photos.idx
+
+          counterclip build shapes/ --index shapes.idx --vocab captions.txt --json
+
+          counterclip build ~/Photos --index photos.idx --model ViT-B-32:/models/vit-b-32.safetensors --device cuda
+        """
+        from counterclip.index_builder import build_index
+
+        _quiet_pillow()
+        summary = build_index(
+            folder,
+            index,
+            model=model,
+            captions=captions,
+            vocab=vocab,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            index_kind=index_kind,
+            progress=not as_json,
+            config=config,
+        )
+        _print_summary(summary, as_json)
 
     @app.command()
-    def update() -> None:
-        """Bring an index up to date with its folder (not implemented yet)."""
-        not_implemented("update")
+    def update(
+        index: Path = typer.Argument(..., help="Index directory."),
+        captions: Path = typer.Option(None, "--captions", help="Replace the recorded captions file."),
+        vocab: Path = typer.Option(None, "--vocab", help="Replace the recorded vocabulary file."),
+        batch_size: int = typer.Option(None, "--batch-size", min=1, help="Images per forward pass."),
+        workers: int = typer.Option(None, "--workers", min=0, help="Decode threads."),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+        index_kind: str = typer.Option(
+            None, "--index-kind", help="Change the FAISS kind (auto or a factory string)."
+        ),
+        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    ) -> None:
+        """Bring an index up to date with its folder: add new files, re-embed changed ones, remove deleted
+        ones (ids are never reused). Also finishes a build that was interrupted.
+
+        Examples:
+
+          counterclip update photos.idx
+
+          counterclip update photos.idx --json
+        """
+        from counterclip.index_builder import update_index
+
+        _quiet_pillow()
+        summary = update_index(
+            index,
+            captions=captions,
+            vocab=vocab,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            index_kind=index_kind,
+            progress=not as_json,
+        )
+        _print_summary(summary, as_json)
 
     @app.command()
-    def info() -> None:
-        """Describe an index (not implemented yet)."""
-        not_implemented("info")
+    def info(
+        index: Path = typer.Argument(..., help="Index directory."),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Describe an index: counts, model spec and fingerprint, FAISS kind and measured recall, skipped
+        files, build time, size on disk.
+
+        Examples:
+
+          counterclip info photos.idx
+
+          counterclip info photos.idx --json
+        """
+        from counterclip.index_builder import Index
+
+        with Index.open(index) as idx:
+            manifest = idx.manifest
+            errors = idx.errors()
+            payload = {
+                "index": str(idx.path),
+                "root": str(idx.root),
+                "images": idx.num_images,
+                "captions": idx.num_captions,
+                "skipped": len(errors),
+                "model": manifest["model"]["spec_string"],
+                "model_spec": manifest["model"]["spec"],
+                "fingerprint": idx.fingerprint,
+                "embed_dim": idx.dim,
+                "faiss": manifest["faiss"],
+                "created": manifest["created"],
+                "updated": manifest["updated"],
+                "generation": manifest["generation"],
+                "last_run": manifest["last_run"],
+                "settings": manifest["settings"],
+                "size_on_disk_bytes": idx.size_on_disk(),
+                "errors": [{"path": e["path"], "reason": e["reason"]} for e in errors],
+            }
+        if as_json:
+            print_json(payload)
+            return
+        images = payload["faiss"]["images"]
+        k = images.get("recall_k", 10)
+        recall = images.get(f"recall_at_{k}")
+        lines = [
+            f"index      {payload['index']}",
+            f"folder     {payload['root']}",
+            f"images     {payload['images']} indexed, {payload['skipped']} skipped",
+            f"captions   {payload['captions']}",
+            f"model      {payload['model']}  (fingerprint {payload['fingerprint']}, d={payload['embed_dim']})",
+            f"faiss      images: {images['factory']} {images['search_params'] or ''}"
+            + (
+                f" recall@{k} {recall:.3f} on {images['recall_queries']} queries"
+                if recall is not None
+                else ""
+            )
+            + f"; captions: {payload['faiss']['captions']['factory']}",
+            f"built      {payload['created']}, updated {payload['updated']} (generation {payload['generation']})",
+            f"last run   {payload['last_run'].get('embedded', 0)} embedded, "
+            f"{payload['last_run'].get('added', 0)} new, {payload['last_run'].get('changed', 0)} changed, "
+            f"{payload['last_run'].get('removed', 0)} removed, {payload['last_run'].get('seconds', 0):.1f} s",
+            f"on disk    {payload['size_on_disk_bytes'] / 1e6:.1f} MB",
+        ]
+        lines += [f"skipped    {e['path']}: {e['reason']}" for e in payload["errors"][:20]]
+        if len(payload["errors"]) > 20:
+            lines.append(f"... and {len(payload['errors']) - 20} more (see --json)")
+        out.print("\n".join(lines), highlight=False, markup=False)

@@ -1,0 +1,122 @@
+"""File-system primitives for crash safety: atomic writes (temp, fsync, rename) and the writer lock."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from counterclip.errors import IndexLockedError
+
+TMP_SUFFIX = ".tmp"
+LOCK_NAME = ".lock"
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames inside ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` through ``write(fileobj)`` so that readers see the old file or the whole new one.
+
+    The bytes go to ``path.tmp``, are fsynced, renamed over ``path``, and the directory is fsynced. A
+    crash leaves at most a stale ``*.tmp`` file, which the next build deletes.
+    """
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """`atomic_write` of a bytes payload."""
+    atomic_write(path, lambda handle: handle.write(data))
+
+
+def remove_durably(path: Path) -> None:
+    """Delete ``path`` if present and fsync its directory."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    fsync_dir(path.parent)
+
+
+def _lock_owner(path: Path) -> str:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return "unknown"
+    return text or "unknown"
+
+
+class WriterLock:
+    """Exclusive, non-blocking ``fcntl.flock`` on ``INDEX/.lock``; released on close or process death.
+
+    Use as a context manager. A second writer gets `IndexLockedError` naming the holder's pid.
+    """
+
+    def __init__(self, index_dir: Path) -> None:
+        self.path = index_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> WriterLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise IndexLockedError(
+                    f"index {self.path.parent} is locked by another process (pid {_lock_owner(self.path)}); "
+                    "wait for it to finish or stop it"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> WriterLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def writer_pid(index_dir: Path) -> str | None:
+    """The pid of the process building ``index_dir`` right now, or None when nobody holds the lock."""
+    path = index_dir / LOCK_NAME
+    if not path.exists():
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return _lock_owner(path)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

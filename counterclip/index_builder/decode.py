@@ -1,0 +1,176 @@
+"""Robust image decoding: one file -> an upright RGB PIL image, or a one-line reason why not.
+
+`load_image` is what the index builder uses, and what anyone re-encoding an indexed file should use
+too (the engine's verification step), so that a file always gives the same pixels: EXIF orientation
+applied, first frame of animations, every mode converted to 8-bit RGB (transparency composited on
+white, 16-bit and float scaled, CMYK converted), decompression bombs and absurd sizes refused before the
+pixels are decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_INT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+_BACKGROUND = (255, 255, 255)
+
+
+class DecodeError(Exception):
+    """A file that cannot be indexed; ``str(exc)`` is the one-line reason stored in the index."""
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What `load_image` refuses (see `IndexCfg`)."""
+
+    max_pixels: int = 89_478_485  # width * height
+    max_side: int = 50_000  # longest side
+    max_file_bytes: int = 512 * 1024 * 1024  # file size
+
+
+@dataclass
+class LoadedImage:
+    """A decoded file."""
+
+    image: Image.Image  # upright RGB
+    width: int  # after EXIF rotation
+    height: int
+    sha256: str  # of the file's bytes
+    size: int  # file size in bytes
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 hex digest of a file's content (streamed)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_bytes(path: str | os.PathLike[str], limits: DecodeLimits) -> bytes:
+    """The file's bytes, after checking it is a non-empty regular file within the size limit."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise DecodeError(_os_reason(exc)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DecodeError("not a regular file")
+    if st.st_size == 0:
+        raise DecodeError("empty file (0 bytes)")
+    if st.st_size > limits.max_file_bytes:
+        raise DecodeError(f"file too large ({st.st_size} bytes > {limits.max_file_bytes})")
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise DecodeError(_os_reason(exc)) from None
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, FileNotFoundError):
+        return "file disappeared"
+    return f"cannot read: {exc.strerror or exc}"
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB.
+
+    Transparency (RGBA, LA, PA, palette with a transparent index) is composited on white; 16/32-bit
+    integer images are scaled to 8 bits (not clipped); float images in [0, 1] are scaled by 255.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if (mode == "P" and "transparency" in image.info) or mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode in _INT_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode != "I" or values.max(initial=0) > 255 else 255.0
+        scaled = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, "L").convert("RGB")
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
+        scaled = np.clip(np.nan_to_num(values * scale), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(scaled, "L").convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_bytes(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
+    """Encoded image bytes -> upright RGB image; raises `DecodeError` with the reason."""
+    try:
+        # Pillow warns between 1x and 2x its pixel limit and raises above; the limit check below refuses
+        # both, so the CLI silences that warning (a library must not touch the global warning filters).
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"decompression bomb refused: {exc}") from None
+    except UnidentifiedImageError:
+        raise DecodeError("not an image (unknown or unsupported format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DecodeError(f"corrupt image header: {exc}") from None
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise DecodeError(f"invalid dimensions {width}x{height}")
+    if width * height > limits.max_pixels:
+        raise DecodeError(
+            f"image too large: {width}x{height} = {width * height} pixels > {limits.max_pixels} "
+            "(possible decompression bomb)"
+        )
+    if max(width, height) > limits.max_side:
+        raise DecodeError(f"absurd dimensions {width}x{height} (longest side > {limits.max_side})")
+    try:
+        image.seek(0)  # animations: the first frame
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
+        text = str(exc) or type(exc).__name__
+        if "truncated" in text.lower():
+            raise DecodeError(f"truncated image: {text}") from None
+        raise DecodeError(f"corrupt image data: {text}") from None
+    try:
+        upright = ImageOps.exif_transpose(image)
+    except Exception:  # malformed EXIF: keep the stored orientation rather than losing the image
+        upright = image
+    return to_rgb(upright if upright is not None else image)
+
+
+def load_image(path: str | os.PathLike[str], limits: DecodeLimits = DecodeLimits()) -> LoadedImage:
+    """Read and decode one file the way the index does.
+
+    Args:
+        path: the image file.
+        limits: size limits (`DecodeLimits`). Default: Pillow's pixel limit, 50000 px sides, 512 MB files.
+
+    Returns:
+        LoadedImage with the upright RGB image, its size, the file's sha256 and byte count.
+
+    Raises:
+        DecodeError: one-line reason (empty file, not an image, truncated, bomb, permission denied...).
+
+    Examples::
+
+        >>> loaded = load_image("photos/cat.jpg")
+        >>> loaded.image.mode, loaded.width, loaded.height
+        ('RGB', 480, 640)
+    """
+    data = _read_bytes(path, limits)
+    image = decode_bytes(data, limits)
+    return LoadedImage(image, image.width, image.height, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Just the upright RGB image of `load_image` (for callers that re-encode an indexed file)."""
+    return load_image(path).image

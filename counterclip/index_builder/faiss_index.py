@@ -1,0 +1,314 @@
+"""FAISS indexes over the shards: choose a kind by size, build from shard iterators, measure recall@k
+against exact search, tune the search parameter, search. Plain functions over arrays (faiss contrib style).
+
+Every index is an ``IndexIDMap2`` over an inner-product index, so FAISS ids are the ``items.sqlite`` ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from counterclip.errors import InputError
+from counterclip.index_builder._fs import TMP_SUFFIX, fsync_dir
+from counterclip.index_builder.config import IndexCfg
+
+LOG = logging.getLogger(__name__)
+METRIC = faiss.METRIC_INNER_PRODUCT
+Blocks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # a fresh iterator of (vectors, ids) per call
+_EF_LADDER = (16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+@dataclass
+class FaissInfo:
+    """What the manifest records about one FAISS index."""
+
+    kind: str  # "flat" | "hnsw" | "ivf" | "custom"
+    factory: str  # FAISS factory string (without the IDMap2 prefix)
+    ntotal: int  # vectors in the index
+    search_params: dict[str, int] = field(default_factory=dict)  # {"efSearch": n} or {"nprobe": n}
+    recall_at_k: float | None = None  # measured against exact search (None when empty)
+    recall_k: int = 10  # the k of recall_at_k
+    recall_queries: int = 0  # sampled query vectors
+    seconds: float = 0.0  # build + measurement time
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "factory": self.factory,
+            "ntotal": self.ntotal,
+            "search_params": dict(self.search_params),
+            f"recall_at_{self.recall_k}": self.recall_at_k,
+            "recall_k": self.recall_k,
+            "recall_queries": self.recall_queries,
+            "seconds": round(self.seconds, 3),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FaissInfo:
+        k = int(data.get("recall_k", 10))
+        return cls(
+            kind=data["kind"],
+            factory=data["factory"],
+            ntotal=int(data["ntotal"]),
+            search_params=dict(data.get("search_params", {})),
+            recall_at_k=data.get(f"recall_at_{k}"),
+            recall_k=k,
+            recall_queries=int(data.get("recall_queries", 0)),
+            seconds=float(data.get("seconds", 0.0)),
+        )
+
+
+def choose_factory(n: int, d: int, cfg: IndexCfg, override: str = "auto") -> tuple[str, str]:
+    """Pick ``(kind, factory)`` for ``n`` vectors of width ``d``.
+
+    Exact (``Flat``) up to ``cfg.exact_max``, ``HNSW{M},Flat`` up to ``cfg.hnsw_max``, then
+    ``IVF{nlist},{codec}`` with ``nlist`` ~ 4 sqrt(n) (a power of two), like autofaiss. ``override``
+    other than ``auto`` is a FAISS factory string used as given.
+    """
+    if override and override != "auto":
+        factory = override.strip()
+        if factory.upper().startswith("IDMAP"):
+            factory = factory.split(",", 1)[1] if "," in factory else "Flat"
+        return _kind_of(factory), factory
+    if n <= cfg.exact_max:
+        return "flat", "Flat"
+    if n <= cfg.hnsw_max:
+        return "hnsw", f"HNSW{cfg.hnsw_m},Flat"
+    nlist = 2 ** round(math.log2(max(16.0, 4 * math.sqrt(n))))
+    return "ivf", f"IVF{nlist},{cfg.ivf_codec}"
+
+
+def _kind_of(factory: str) -> str:
+    head = factory.split(",")[0].upper()
+    if head == "FLAT":
+        return "flat"
+    if head.startswith("HNSW"):
+        return "hnsw"
+    if head.startswith("IVF"):
+        return "ivf"
+    return "custom"
+
+
+def new_index(d: int, factory: str) -> faiss.Index:
+    """``IDMap2,{factory}`` with the inner-product metric; a bad factory string is an `InputError`."""
+    try:
+        return faiss.index_factory(d, f"IDMap2,{factory}", METRIC)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "invalid"
+        raise InputError(
+            f"invalid FAISS index kind {factory!r} ({first[:160]}); use auto or a factory string like "
+            "Flat, HNSW32,Flat or IVF256,SQ8"
+        ) from None
+
+
+def _sample_rows(blocks: Blocks, n: int, size: int, seed: int) -> np.ndarray:
+    """A seeded uniform sample of ``min(size, n)`` rows, read block by block."""
+    size = min(size, n)
+    chosen = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+    out, start = [], 0
+    for vectors, _ in blocks():
+        stop = start + len(vectors)
+        inside = chosen[(chosen >= start) & (chosen < stop)] - start
+        if len(inside):
+            out.append(np.asarray(vectors[inside], dtype=np.float32))
+        start = stop
+    return np.concatenate(out) if out else np.empty((0, 0), np.float32)
+
+
+def build_from_blocks(blocks: Blocks, n: int, d: int, factory: str, cfg: IndexCfg) -> faiss.Index:
+    """Train (when needed) and fill an index from shard blocks; memory is one block plus the index.
+
+    Args:
+        blocks: callable returning a fresh iterator of ``(vectors (m, d) float32, ids (m,) int64)``.
+        n: total number of vectors the iterator yields.
+        d: vector width.
+        factory: FAISS factory string (see `choose_factory`).
+        cfg: `IndexCfg` (HNSW build width, training-sample seed).
+
+    Returns:
+        a filled ``IndexIDMap2``.
+    """
+    started = time.perf_counter()
+    index = new_index(d, factory)
+    inner = faiss.downcast_index(index.index)
+    if isinstance(inner, faiss.IndexHNSW):
+        inner.hnsw.efConstruction = cfg.hnsw_ef_construction
+    if not index.is_trained:
+        ivf = faiss.extract_index_ivf(index) if _kind_of(factory) == "ivf" else None
+        need = 64 * ivf.nlist if ivf is not None else 50_000
+        sample = _sample_rows(blocks, n, max(need, 1000), cfg.seed)
+        if ivf is not None and len(sample) < ivf.nlist:
+            raise InputError(
+                f"index kind {factory!r} needs at least {ivf.nlist} vectors to train, the index has {n}; "
+                "use fewer lists or --index-kind auto"
+            )
+        try:
+            index.train(sample)
+        except RuntimeError as exc:
+            raise InputError(
+                f"cannot train FAISS index {factory!r} on {len(sample)} vectors: {exc}"
+            ) from None
+    added = 0
+    for vectors, ids in blocks():
+        assert vectors.shape[1] == d, (vectors.shape, d)
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
+        added += len(ids)
+    assert added == n, f"shards yielded {added} vectors, expected {n}"
+    LOG.info("built FAISS %s over %d vectors in %.2f s", factory, n, time.perf_counter() - started)
+    return index
+
+
+def exact_knn(xq: np.ndarray, blocks: Blocks, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-``k`` over all blocks: ``(D (nq, k), I (nq, k) ids)``, -1 padded."""
+    assert xq.ndim == 2
+    heap = faiss.ResultHeap(len(xq), k, keep_max=True)
+    for vectors, ids in blocks():
+        kk = min(k, len(vectors))
+        if kk == 0:
+            continue
+        dist, pos = faiss.knn(xq, np.ascontiguousarray(vectors, dtype=np.float32), kk, metric=METRIC)
+        dist, pos = _pad(dist, pos, k)
+        heap.add_result(dist, np.where(pos >= 0, ids[np.maximum(pos, 0)], -1))
+    heap.finalize()
+    return heap.D, heap.I
+
+
+def _pad(dist: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if dist.shape[1] == k:
+        return dist, pos
+    nq, kk = dist.shape
+    dist_p = np.full((nq, k), -np.finfo(np.float32).max, dtype=np.float32)
+    pos_p = np.full((nq, k), -1, dtype=np.int64)
+    dist_p[:, :kk], pos_p[:, :kk] = dist, pos
+    return dist_p, pos_p
+
+
+def recall_at_k(
+    approx_D: np.ndarray, approx_I: np.ndarray, exact_D: np.ndarray, exact_I: np.ndarray, exact_scores: bool
+) -> float:
+    """Mean fraction of the exact top-k found by the approximate search.
+
+    A returned id counts when it is in the exact top-k, or (when ``exact_scores``, i.e. the index stores
+    raw vectors so its scores are exact) when its score ties the k-th exact score: among duplicates any
+    choice is right.
+    """
+    nq, k = exact_I.shape
+    hits = 0
+    total = 0
+    for q in range(nq):
+        truth = exact_I[q][exact_I[q] >= 0]
+        if not len(truth):
+            continue
+        kth = exact_D[q][len(truth) - 1]
+        found = approx_I[q][approx_I[q] >= 0][: len(truth)]
+        ok = np.isin(found, truth)
+        if exact_scores:
+            ok |= approx_D[q][: len(found)] >= kth - 1e-5
+        hits += int(ok.sum())
+        total += len(truth)
+    return hits / total if total else 1.0
+
+
+def make_search_params(kind: str, params: dict[str, int]) -> faiss.SearchParameters | None:
+    """Per-call FAISS search parameters (never mutate a shared index per request)."""
+    if kind == "hnsw" and "efSearch" in params:
+        return faiss.SearchParametersHNSW(efSearch=int(params["efSearch"]))
+    if kind == "ivf" and "nprobe" in params:
+        return faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
+    return None
+
+
+def search(
+    index: faiss.Index, xq: np.ndarray, k: int, params: faiss.SearchParameters | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` inner-product search.
+
+    Args:
+        index: a FAISS index over ``d``-wide vectors.
+        xq: ``(nq, d)`` float32 queries.
+        k: results per query.
+        params: optional per-call search parameters.
+
+    Returns:
+        ``D (nq, k)`` float32 inner products (``-inf`` for padding), ``I (nq, k)`` int64 ids (``-1`` padding).
+    """
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    assert xq.ndim == 2 and xq.shape[1] == index.d, (xq.shape, index.d)
+    assert k >= 1
+    nq = xq.shape[0]
+    if index.ntotal == 0 or nq == 0:
+        return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
+    dist, labels = index.search(xq, k, params=params) if params is not None else index.search(xq, k)
+    dist = dist.astype(np.float32, copy=False)
+    dist[labels < 0] = -np.inf
+    return dist, labels.astype(np.int64, copy=False)
+
+
+def tune_and_measure(
+    index: faiss.Index, kind: str, factory: str, blocks: Blocks, n: int, cfg: IndexCfg
+) -> tuple[dict[str, int], float | None, int]:
+    """Measure recall@k on a sample of stored vectors and raise the search parameter until the target.
+
+    Returns:
+        ``(search_params, recall, n_queries)``; recall None for an empty index.
+    """
+    if n == 0:
+        return {}, None, 0
+    k = cfg.recall_k
+    xq = _sample_rows(blocks, n, cfg.recall_sample, cfg.seed + 1)
+    exact_D, exact_I = exact_knn(xq, blocks, k)
+    exact_scores = factory.split(",")[-1].strip().upper() == "FLAT"
+    if kind == "hnsw":
+        ladder = [{"efSearch": ef} for ef in _EF_LADDER if ef >= k]
+    elif kind == "ivf":
+        nlist = faiss.extract_index_ivf(index).nlist
+        ladder = [{"nprobe": p} for p in (2**i for i in range(int(math.log2(nlist)) + 1))]
+        ladder = ladder or [{"nprobe": 1}]
+    else:
+        ladder = [{}]
+    recall = 0.0
+    params: dict[str, int] = {}
+    for params in ladder:
+        dist, labels = search(index, xq, k, make_search_params(kind, params))
+        recall = recall_at_k(dist, labels, exact_D, exact_I, exact_scores)
+        LOG.info("recall@%d of %s with %s: %.4f", k, factory, params or "defaults", recall)
+        if recall >= cfg.recall_target:
+            break
+    return params, float(recall), len(xq)
+
+
+def build_and_measure(
+    blocks: Blocks, n: int, d: int, cfg: IndexCfg, override: str = "auto"
+) -> tuple[faiss.Index, FaissInfo]:
+    """`choose_factory` + `build_from_blocks` + `tune_and_measure` -> (index, FaissInfo)."""
+    started = time.perf_counter()
+    kind, factory = choose_factory(n, d, cfg, override)
+    index = build_from_blocks(blocks, n, d, factory, cfg)
+    params, recall, nq = tune_and_measure(index, kind, factory, blocks, n, cfg)
+    info = FaissInfo(kind, factory, n, params, recall, cfg.recall_k, nq, time.perf_counter() - started)
+    return index, info
+
+
+def write_index_atomic(index: faiss.Index, path: Path) -> None:
+    """``faiss.write_index`` to a temp file, fsync, rename."""
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    faiss.write_index(index, str(tmp))
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_index(path: Path) -> faiss.Index:
+    """Read a FAISS index file."""
+    return faiss.read_index(str(path))

@@ -1,0 +1,332 @@
+"""`Index`: read-only access to a built index (counts, vectors, metadata, search), safe across threads.
+
+Opened once per process and shared: FAISS searches run concurrently, SQLite reads use one connection
+per thread, shards are memory-mapped on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from counterclip.errors import IndexFormatError, IndexLockedError
+from counterclip.index_builder._fs import writer_pid
+from counterclip.index_builder.builder import FAISS_FILES
+from counterclip.index_builder.faiss_index import FaissInfo, make_search_params, read_index, search
+from counterclip.index_builder.manifest import MANIFEST_NAME, read_manifest
+from counterclip.index_builder.shards import EMBEDDINGS_DIR, ShardReader
+from counterclip.index_builder.store import DB_NAME, SqliteMetadataProvider
+from counterclip.models import ClipModel, ModelSpec
+
+LOG = logging.getLogger(__name__)
+
+
+class _Kind:
+    """Ids, their shard locations and the FAISS index of one kind (images or captions)."""
+
+    def __init__(
+        self, index_dir: Path, kind: str, meta: SqliteMetadataProvider, dim: int, info: FaissInfo
+    ) -> None:
+        rows = meta.query(f"SELECT id, shard, row FROM {kind} WHERE status = 'indexed' ORDER BY id")
+        table = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+        self.ids = np.ascontiguousarray(table[:, 0])
+        self.shards = np.ascontiguousarray(table[:, 1])
+        self.rows = np.ascontiguousarray(table[:, 2])
+        self.reader = ShardReader(index_dir / EMBEDDINGS_DIR, kind)
+        self.faiss = read_index(index_dir / FAISS_FILES[kind])
+        self.info = info
+        self.params = make_search_params(info.kind, info.search_params)
+        self.dim = dim
+        if self.faiss.ntotal != len(self.ids) or self.faiss.d != dim:
+            raise IndexFormatError(
+                f"index {index_dir}: {FAISS_FILES[kind]} holds {self.faiss.ntotal} vectors of width {self.faiss.d}, "
+                f"items.sqlite {len(self.ids)} of width {dim}; run `counterclip update {index_dir}` to rebuild it"
+            )
+
+    def locate(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        wanted = np.asarray(ids, dtype=np.int64).reshape(-1)
+        pos = np.searchsorted(self.ids, wanted)
+        pos_clipped = np.minimum(pos, max(len(self.ids) - 1, 0))
+        bad = (
+            (pos >= len(self.ids)) | (self.ids[pos_clipped] != wanted)
+            if len(self.ids)
+            else np.ones(len(wanted), bool)
+        )
+        if bad.any():
+            raise KeyError(f"unknown id(s) {wanted[bad][:10].tolist()}")
+        return self.shards[pos_clipped], self.rows[pos_clipped]
+
+    def vectors(self, ids: Any) -> np.ndarray:
+        shards, rows = self.locate(ids)
+        return self.reader.rows(shards, rows, self.dim)
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        xq = np.asarray(xq, dtype=np.float32)
+        if xq.ndim != 2 or xq.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape (nq, {self.dim}), got {xq.shape}")
+        return search(self.faiss, xq, k, self.params)
+
+
+class Index:
+    """A built index, opened read-only.
+
+    Attributes:
+        path: the index directory.
+        root: the image folder it was built from (absolute).
+        manifest: the parsed ``manifest.json``.
+        model_spec: the `ModelSpec` that built it (``load_model(idx.model_spec)`` reloads the model).
+        fingerprint: that model's weights fingerprint.
+        dim: embedding width.
+
+    Examples::
+
+        >>> with Index.open("photos.idx") as idx:
+        ...     D, I = idx.search_images(idx.image_vectors(idx.image_ids()[:1]), k=5)
+        ...     idx.image_meta(I[0])[0]["path"]
+        'cats/001.jpg'
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], meta: SqliteMetadataProvider) -> None:
+        self.path = path
+        self.manifest = manifest
+        self._meta = meta
+        model = manifest["model"]
+        self.model_spec = ModelSpec.from_dict(model["spec"])
+        self.fingerprint: str = model["fingerprint"]
+        self.dim = int(model["embed_dim"])
+        self.root = Path(manifest["root"])
+        self._images = _Kind(path, "images", meta, self.dim, FaissInfo.from_dict(manifest["faiss"]["images"]))
+        self._captions = _Kind(
+            path, "captions", meta, self.dim, FaissInfo.from_dict(manifest["faiss"]["captions"])
+        )
+        self._closed = False
+
+    # --- opening --------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, index_dir: str | os.PathLike[str], model: ClipModel | None = None) -> Index:
+        """Open the index at ``index_dir``.
+
+        Args:
+            index_dir: the index directory.
+            model: optional loaded model; when its fingerprint differs from the one that built the
+                index, `IndexFormatError` names both specs. Default: None (no check).
+
+        Raises:
+            IndexFormatError: missing, incomplete (interrupted build), of another format, or another model.
+            IndexLockedError: a build is writing the index right now.
+        """
+        started = time.perf_counter()
+        path = Path(index_dir).expanduser().absolute()
+        if not path.is_dir():
+            raise IndexFormatError(f"no index at {path} (run `counterclip build FOLDER --index {path}`)")
+        if not (path / MANIFEST_NAME).exists():
+            pid = writer_pid(path)
+            if pid is not None:
+                raise IndexLockedError(
+                    f"index {path} is locked by another process (pid {pid}) that is building it; "
+                    "open it when that build has finished"
+                )
+            if not (path / DB_NAME).exists():
+                raise IndexFormatError(
+                    f"{path} is not a counterclip index (run `counterclip build FOLDER --index {path}`)"
+                )
+        manifest = read_manifest(path)
+        meta = SqliteMetadataProvider(path / DB_NAME)
+        try:
+            rows = meta.query("SELECT value FROM meta WHERE key = 'generation'")
+            generation = int(rows[0][0]) if rows else None
+            if generation != manifest.get("generation"):
+                raise IndexFormatError(
+                    f"index {path} is inconsistent (manifest generation {manifest.get('generation')}, "
+                    f"items.sqlite generation {generation}); run `counterclip update {path}`"
+                )
+            index = cls(path, manifest, meta)
+        except BaseException:
+            meta.close()
+            raise
+        if model is not None and model.fingerprint != index.fingerprint:
+            index.close()
+            raise IndexFormatError(
+                f"index {path} was built with model {index.model_spec} (fingerprint {index.fingerprint}), "
+                f"not {model.spec} (fingerprint {model.fingerprint}); load the index's model "
+                "(load_model(idx.model_spec)) or build an index with this one"
+            )
+        LOG.info(
+            "opened %s: %d images, %d captions (%.2f s)",
+            path,
+            index.num_images,
+            index.num_captions,
+            time.perf_counter() - started,
+        )
+        return index
+
+    def close(self) -> None:
+        """Release the SQLite connections and memory maps."""
+        if not self._closed:
+            self._meta.close()
+            self._images.reader.close()
+            self._captions.reader.close()
+            self._closed = True
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Index({str(self.path)!r}, images={self.num_images}, captions={self.num_captions}, model={self.model_spec})"
+
+    # --- counts and ids -------------------------------------------------------------------------
+    @property
+    def num_images(self) -> int:
+        return len(self._images.ids)
+
+    @property
+    def num_captions(self) -> int:
+        return len(self._captions.ids)
+
+    def image_ids(self) -> np.ndarray:
+        """All valid image ids, ascending, int64."""
+        return self._images.ids.copy()
+
+    def caption_ids(self) -> np.ndarray:
+        """All caption ids, ascending, int64."""
+        return self._captions.ids.copy()
+
+    # --- vectors --------------------------------------------------------------------------------
+    def image_vectors(self, ids: Any) -> np.ndarray:
+        """Stored image embeddings ``(n, d)`` float32, L2-normalised, read from the shards (not FAISS).
+
+        Raises:
+            KeyError: an id that is not a valid image of this index.
+        """
+        return self._images.vectors(ids)
+
+    def caption_vectors(self, ids: Any) -> np.ndarray:
+        """Stored caption embeddings ``(n, d)`` float32."""
+        return self._captions.vectors(ids)
+
+    # --- search ---------------------------------------------------------------------------------
+    def search_images(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` images by inner product.
+
+        Args:
+            xq: ``(nq, d)`` float32 queries (L2-normalised for cosine).
+            k: results per query.
+
+        Returns:
+            ``D (nq, k)`` float32 inner products, ``I (nq, k)`` int64 image ids; ``-1`` / ``-inf`` padding.
+        """
+        return self._images.search(xq, k)
+
+    def search_captions(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` captions by inner product; see `search_images`."""
+        return self._captions.search(xq, k)
+
+    # --- metadata -------------------------------------------------------------------------------
+    def image_meta(self, ids: Any) -> list[dict[str, Any]]:
+        """Metadata per id, in order: id, path (relative to root), abs_path, size, mtime, sha256, width, height.
+
+        Raises:
+            KeyError: an id that is not a valid image of this index.
+        """
+        wanted = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
+        rows = self._meta.get(
+            "images", wanted, ("path_key", "size", "mtime_ns", "sha256", "width", "height", "status")
+        )
+        out = []
+        for item_id, row in zip(wanted, rows, strict=True):
+            if row is None or row["status"] != "indexed":
+                raise KeyError(f"unknown image id {item_id}")
+            rel = os.fsdecode(row["path_key"])
+            out.append(
+                {
+                    "id": item_id,
+                    "path": rel,
+                    "abs_path": str(self.root / rel),
+                    "size": row["size"],
+                    "mtime": row["mtime_ns"] / 1e9,
+                    "sha256": row["sha256"],
+                    "width": row["width"],
+                    "height": row["height"],
+                }
+            )
+        return out
+
+    def caption_meta(self, ids: Any) -> list[dict[str, Any]]:
+        """Metadata per caption id, in order: id, text, source (the first occurrence's: "sidecar",
+        "captions-file" or "vocab"), image_id (int or None), and image_ids (every image it describes)."""
+        wanted = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
+        rows = self._meta.get("captions", wanted, ("text",))
+        links: dict[int, list[tuple[str, int | None]]] = {}
+        unique = sorted(set(wanted))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for caption_id, source, image_id in self._meta.query(
+                f"SELECT caption_id, source, image_id FROM caption_links WHERE caption_id IN ({marks}) "
+                "ORDER BY caption_id, position",
+                chunk,
+            ):
+                links.setdefault(int(caption_id), []).append((source, image_id))
+        out = []
+        for caption_id, row in zip(wanted, rows, strict=True):
+            if row is None:
+                raise KeyError(f"unknown caption id {caption_id}")
+            occurrences = links.get(caption_id, [("vocab", None)])
+            first = occurrences[0]
+            out.append(
+                {
+                    "id": caption_id,
+                    "text": row["text"],
+                    "source": first[0],
+                    "image_id": first[1],
+                    "image_ids": sorted({i for _, i in occurrences if i is not None}),
+                }
+            )
+        return out
+
+    def image_id_for_path(self, path: str | os.PathLike[str]) -> int | None:
+        """The id of an indexed image given its path (relative to the root, or absolute); None if absent."""
+        p = Path(path)
+        if p.is_absolute():
+            try:
+                rel = p.relative_to(self.root)
+            except ValueError:
+                try:
+                    rel = p.resolve().relative_to(self.root)
+                except (ValueError, OSError):
+                    return None
+        else:
+            rel = p
+        rows = self._meta.query(
+            "SELECT id FROM images WHERE path_key = ? AND status = 'indexed'", (os.fsencode(rel.as_posix()),)
+        )
+        return int(rows[0][0]) if rows else None
+
+    # --- reporting ------------------------------------------------------------------------------
+    def errors(self) -> list[dict[str, Any]]:
+        """Files skipped by the build: [{id, path, reason}]."""
+        rows = self._meta.query("SELECT id, path, error FROM images WHERE status = 'error' ORDER BY path_key")
+        return [{"id": int(i), "path": p, "reason": e} for i, p, e in rows]
+
+    def faiss_info(self, kind: str = "images") -> FaissInfo:
+        """Kind, parameters and measured recall of the ``images`` or ``captions`` FAISS index."""
+        return {"images": self._images, "captions": self._captions}[kind].info
+
+    def size_on_disk(self) -> int:
+        """Bytes used by the index directory."""
+        total = 0
+        for dirpath, _, files in os.walk(self.path):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+                except OSError:
+                    pass
+        return total

@@ -1,0 +1,143 @@
+"""Recursive folder scan: which files are images, which are caption sidecars, which cannot be read.
+
+Deterministic (directory entries sorted), hidden files and folders skipped, directory symlinks followed
+once (a symlink loop is visited only once), file symlinks followed (a loop or a dangling link is reported,
+not raised). Paths are relative to the root, "/"-separated; names that are not valid UTF-8 are kept
+losslessly (``os.fsdecode`` form, with the raw bytes as the database key).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+LOG = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+SIDECAR_EXTENSION = ".txt"
+
+
+@dataclass(frozen=True)
+class ScanEntry:
+    """One candidate image (or an unreadable thing named like one)."""
+
+    rel: str  # path relative to the root, "/"-separated, os.fsdecode form
+    size: int | None  # bytes (None when it could not be stat'ed)
+    mtime_ns: int | None  # modification time in ns (None when it could not be stat'ed)
+    error: str | None = None  # why it cannot be indexed, found at scan time (None = try to decode)
+
+    @property
+    def key(self) -> bytes:
+        """The lossless database key: the raw bytes of `rel`."""
+        return os.fsencode(self.rel)
+
+
+def display_path(rel: str) -> str:
+    """A printable form of a path whose name may not be valid UTF-8 (undecodable bytes escaped)."""
+    return os.fsencode(rel).decode("utf-8", "backslashreplace")
+
+
+def is_hidden(name: str) -> bool:
+    """Dot-files and dot-folders (also macOS ``._*`` resource forks) are skipped."""
+    return name.startswith(".")
+
+
+def _stat_error(exc: OSError, is_link: bool) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno == errno.ENOENT:
+        return "broken symlink (target does not exist)" if is_link else "file disappeared during the scan"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return f"cannot stat: {exc.strerror or exc}"
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def scan_folder(
+    root: Path, exclude: tuple[Path, ...] = (), sidecars: list[tuple[str, str]] | None = None
+) -> Iterator[ScanEntry]:
+    """Walk ``root`` and yield one `ScanEntry` per image-named file, in sorted path order per directory.
+
+    Args:
+        root: the image folder (absolute).
+        exclude: directories never entered (e.g. the index directory when it sits inside the folder).
+        sidecars: when given, ``(rel_stem, rel_path)`` of every ``NAME.txt`` found is appended to it.
+
+    Yields:
+        ScanEntry, with ``error`` set for things that cannot be images (FIFOs, dangling links, loops,
+        unreadable directories).
+    """
+    excluded = {_identity(p) for p in exclude if p.exists()}
+    visited: set[tuple[int, int]] = set()
+    stack: list[tuple[Path, str]] = [(root, "")]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            ident = _identity(directory)
+        except OSError:
+            continue
+        if ident in visited or ident in excluded:
+            LOG.debug("skipping %s (already visited or excluded)", directory)
+            continue
+        visited.add(ident)
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: os.fsencode(e.name))
+        except OSError as exc:
+            if prefix:  # the root itself is checked by the caller
+                reason = "permission denied" if exc.errno in (errno.EACCES, errno.EPERM) else str(exc)
+                yield ScanEntry(prefix.rstrip("/"), None, None, f"cannot read directory: {reason}")
+            continue
+        subdirs: list[tuple[Path, str]] = []
+        for entry in entries:
+            if is_hidden(entry.name):
+                continue
+            rel = prefix + entry.name
+            ext = os.path.splitext(entry.name)[1].lower()
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subdirs.append((Path(entry.path), rel + "/"))
+                continue
+            if ext == SIDECAR_EXTENSION:
+                if sidecars is not None and entry.is_file(follow_symlinks=True):
+                    sidecars.append((os.path.splitext(rel)[0], rel))
+                continue
+            if ext not in IMAGE_EXTENSIONS:
+                continue
+            is_link = entry.is_symlink()
+            try:
+                st = entry.stat(follow_symlinks=True)
+            except OSError as exc:
+                yield ScanEntry(rel, None, None, _stat_error(exc, is_link))
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                yield ScanEntry(rel, None, None, f"not a regular file ({_kind(st.st_mode)})")
+                continue
+            yield ScanEntry(rel, st.st_size, st.st_mtime_ns)
+        # Depth-first in sorted order: push in reverse so the first subdirectory is walked first.
+        stack.extend(reversed(subdirs))
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino)

@@ -1,0 +1,34 @@
+"""`Index` serves concurrent readers: searches, vectors and metadata from many threads equal serial results."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from ibhelpers import make_folder
+
+from counterclip.index_builder import Index, build_index
+
+
+def test_concurrent_queries_equal_serial(model, tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    make_folder(root, 24)
+    (root / "img0001.txt").write_text("one\n")
+    build_index(root, tmp_path / "idx", model=model, progress=False)
+    with Index.open(tmp_path / "idx") as idx:
+        ids = idx.image_ids()
+
+        def query(i: int) -> tuple:
+            chosen = ids[i % len(ids) : i % len(ids) + 3]
+            vectors = idx.image_vectors(chosen)
+            dist, labels = idx.search_images(vectors, 5)
+            meta = idx.image_meta(labels[:, 0])
+            caption = idx.caption_meta(idx.caption_ids())
+            return labels.tolist(), np.round(dist, 5).tolist(), [m["path"] for m in meta], caption
+
+        serial = [query(i) for i in range(64)]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            parallel = list(pool.map(query, range(64)))
+        assert parallel == serial
+        assert all(s[0][0][0] == ids[i % len(ids)] for i, s in enumerate(serial))  # each finds itself first
