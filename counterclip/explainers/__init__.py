@@ -120,6 +120,57 @@ def explain(
     return merge(image_fn(model, inputs, target, **options), text_fn(model, inputs, target, **text_options))
 
 
+def image_counterfactual_maps(
+    model: ClipModel,
+    query_image: Image.Image,
+    result_image: Image.Image,
+    text: str,
+    method: str = "relevance",
+) -> tuple[Explanation, Explanation]:
+    """Maps for an image-side counterfactual (a result image found for the query image and text).
+
+    Args:
+        model: the CLIP model.
+        query_image: the original image.
+        result_image: the counterfactual image.
+        text: the text both are scored against.
+        method: an image method (default ``relevance``).
+
+    Returns:
+        ``(pair_map, margin_map)``, both over ``result_image``: its map for the pair score with ``text``, and
+        "why this rather than the original": the map of ``cos(result, text) - cos(result, query_image)``
+        (`EmbeddingMargin`), i.e. the regions that pull the result toward the text and away from the query.
+    """
+    from counterclip.explainers._core.common import PixelCodec, image_embedding, text_embedding
+
+    pair_map = explain(model, result_image, text, method=method)
+    codec = PixelCodec.of(model)
+    query_emb = image_embedding(model, codec, codec.pil_to_pixels(query_image).to(model.device))[0]
+    text_emb = text_embedding(model, model.tokenize([text]).to(model.device))[0]
+    margin = EmbeddingMargin(toward=text_emb, away=query_emb, scale=model.logit_scale)
+    margin_map = explain(model, result_image, text, method=method, target=margin)
+    margin_map.target = f"why this image rather than the original, for {text!r}"
+    return pair_map, margin_map
+
+
+def text_counterfactual_maps(
+    model: ClipModel, image: Image.Image, original_text: str, result_text: str, method: str = "relevance"
+) -> tuple[Explanation, Explanation]:
+    """Maps for a text-side counterfactual (a result caption found for the image and original text).
+
+    Returns:
+        ``(pair_map, margin_map)``: the result caption's map (image and, where supported, tokens) for
+        its pair score, and the image map of the margin ``score(result_text) - score(original_text)``
+        (`Margin`): the image regions that favour the counterfactual caption over the original.
+    """
+    modality = "both" if "both" in MODALITIES[method] else "image"
+    pair_map = explain(model, image, result_text, method=method, modality=modality)
+    margin_map = explain(
+        model, image, [result_text, original_text], method=method, target=Margin(0, 1, model.logit_scale)
+    )
+    return pair_map, margin_map
+
+
 def merge(image_exp: Explanation, text_exp: Explanation) -> Explanation:
     """One `Explanation` holding an image map and a text map (costs added, extras prefixed ``text_``)."""
     image_exp.modality = "both"
@@ -145,6 +196,8 @@ __all__ = [
     "default_layer",
     "default_target",
     "explain",
+    "image_counterfactual_maps",
     "list_layers",
     "merge",
+    "text_counterfactual_maps",
 ]

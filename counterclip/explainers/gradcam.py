@@ -1,10 +1,11 @@
 """Grad-CAM: Captum `LayerGradCam` for conv (ResNet) image towers, token-Grad-CAM for ViT towers.
 
-Token-Grad-CAM takes the hidden states entering a transformer block (``(n, L, D)``), weights each channel
-by its gradient averaged over the patch tokens, sums over channels, keeps the positive part, and
-reshapes the patch tokens to the model's grid. The default block is the last one: its input is the
-deepest place where patch tokens still reach the class token (the outputs of the last block's patch
-tokens do not affect the embedding, so their gradient is zero).
+Token-Grad-CAM takes the normalised tokens a transformer block feeds its attention (the output of the
+block's first LayerNorm, ``(n, L, D)``; the block input when there is none), weights each channel by its
+gradient averaged over the patch tokens, sums over channels, keeps the positive part, and reshapes the
+patch tokens to the model's grid. This is pytorch-grad-cam's ViT recipe (``blocks[-1].norm1``). The
+default block is the last one: its attention is the deepest place where patch tokens still reach the
+class token (the outputs of the last block's patch tokens do not affect the embedding).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from counterclip.errors import InputError
-from counterclip.explainers._core.attention import capture_block_input
+from counterclip.explainers._core.attention import capture_block_input, capture_norm_output, first_norm
 from counterclip.explainers._core.common import Cost, PreparedInputs, model_guard, text_embedding, upsample
 from counterclip.explainers._core.targets import Target
 from counterclip.explainers.base import Explanation
@@ -115,7 +116,8 @@ def _token_gradcam(
 ) -> tuple[np.ndarray, float]:
     geometry = model.vision_geometry
     pixels = inputs.pixels.clone().requires_grad_(True)  # gives the graph a path even with frozen weights
-    with capture_block_input(block) as store:
+    capture = capture_norm_output if first_norm(block) is not None else capture_block_input
+    with capture(block) as store:
         score = target(model.image_features(inputs.codec.to_model(pixels)), text_emb)[0]
     hidden = store["x"]
     (grad,) = torch.autograd.grad(score, hidden)

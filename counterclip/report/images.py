@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import tempfile
 from collections.abc import Sequence
@@ -166,3 +168,10 @@ def save_png(img: Image.Image, path: str | os.PathLike[str]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def png_data_uri(img: Image.Image) -> str:
+    """``data:image/png;base64,...`` for embedding an image in a self-contained HTML page."""
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

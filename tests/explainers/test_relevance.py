@@ -121,3 +121,25 @@ def test_last_block_only_differs_from_all_blocks(tiny_vit, rgb_images) -> None:
     last = explain(tiny_vit, rgb_images[0], "a red circle", method="relevance", blocks=1)
     assert last.extras["blocks"] == [1] and all_blocks.extras["blocks"] == [0, 1]
     assert not np.allclose(last.patch_map, all_blocks.patch_map)
+
+
+def test_counterfactual_maps(tiny_vit, rgb_images) -> None:
+    from counterclip.explainers import EmbeddingMargin, image_counterfactual_maps, text_counterfactual_maps
+    from counterclip.explainers._core.common import PixelCodec, image_embedding
+
+    query, result = rgb_images[0], rgb_images[1]
+    pair_map, margin_map = image_counterfactual_maps(tiny_vit, query, result, "a red circle")
+    assert pair_map.pixel_map.shape == margin_map.pixel_map.shape == (result.height, result.width)
+    codec = PixelCodec.of(tiny_vit)
+    emb = {
+        name: image_embedding(tiny_vit, codec, codec.pil_to_pixels(im))[0]
+        for name, im in (("q", query), ("r", result))
+    }
+    text = tiny_vit.text_features(tiny_vit.tokenize(["a red circle"])).detach()[0]
+    expected = EmbeddingMargin(text, emb["q"], tiny_vit.logit_scale)(emb["r"][None], text[None])
+    assert margin_map.score == pytest.approx(float(expected), abs=1e-4)
+    pair, margin = text_counterfactual_maps(tiny_vit, query, "a red circle", "a blue circle")
+    assert (
+        pair.tokens == ["a", "blue", "circle"]
+        and margin.target == "margin 'a blue circle' over 'a red circle'"
+    )

@@ -106,3 +106,15 @@ def test_save_png_is_atomic_and_leaves_no_temp_files(tmp_path) -> None:
         save_png(Broken(), target)  # type: ignore[arg-type]
     assert _reopen(target).size == (5, 7)  # the old file is untouched
     assert [p.name for p in target.parent.iterdir()] == ["x.png"]
+
+
+def test_png_data_uri_round_trips() -> None:
+    import base64
+    import io
+
+    from counterclip.report import png_data_uri
+
+    uri = png_data_uri(Image.new("RGB", (3, 2), (1, 2, 3)))
+    assert uri.startswith("data:image/png;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as im:
+        assert im.size == (3, 2) and im.getpixel((0, 0)) == (1, 2, 3)

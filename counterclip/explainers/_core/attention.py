@@ -211,3 +211,30 @@ def capture_block_input(block: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
         yield store
     finally:
         handle.remove()
+
+
+def first_norm(block: nn.Module) -> nn.Module | None:
+    """The LayerNorm a block applies before attention (open_clip ``ln_1``, HF ``layer_norm1``), if any."""
+    for name in ("ln_1", "layer_norm1"):
+        module = getattr(block, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    return None
+
+
+@contextlib.contextmanager
+def capture_norm_output(block: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Within the block, keep the output of ``block``'s pre-attention norm as ``store['x']`` (``(n, L, D)``)."""
+    store: dict[str, torch.Tensor] = {}
+    norm = first_norm(block)
+    if norm is None:
+        raise InputError(f"block {type(block).__name__} has no pre-attention norm (ln_1 / layer_norm1)")
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        store["x"] = tokens_first(block, output)
+
+    handle = norm.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
