@@ -398,9 +398,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             print_json(payload)
             return
         for explanation in explanations:
+            subject = f"row {row}" if explanation.method == "lime" else ", ".join(explanation.feature_names)
             out.print(
-                f"[bold]{explanation.method}[/] {', '.join(explanation.feature_names[:2])}"
-                f"{'...' if len(explanation.feature_names) > 2 else ''}: {explanation.target}, "
+                f"[bold]{explanation.method}[/] {subject}: {explanation.target}, "
                 f"score {explanation.score:.4f} ({explanation.seconds:.2f} s)",
                 highlight=False,
             )

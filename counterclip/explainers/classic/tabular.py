@@ -246,7 +246,7 @@ def explain_partial_dependence(
 
     Returns:
         `Explanation` (``method`` ``pdp``, ``ice`` or ``pdp-2d``) with ``feature_names`` the features;
-        ``extras``: ``grid_values`` (list of ``(g_i,)``), ``average`` ``(g,)`` or ``(g1, g2)`` and
+        ``extras``: ``grid_values`` (one list of ``g_i`` values per feature), ``average`` ``(g,)`` or ``(g1, g2)`` and
         ``individual`` ``(n_rows, g)`` for the target output, exactly as scikit-learn returns them,
         ``target_index`` (the output row), ``pd_method`` (brute or recursion) and ``categories``.
         ``score`` is the mean prediction over ``data.X``; forward passes count rows predicted.
@@ -278,7 +278,7 @@ def explain_partial_dependence(
     used_method = _pd_method(model, kind, method)
     grid_points = int(np.prod([len(values) for values in result["grid_values"]]))
     extras: dict[str, Any] = {
-        "grid_values": [np.asarray(values) for values in result["grid_values"]],
+        "grid_values": [np.asarray(values).tolist() for values in result["grid_values"]],  # lists: JSON-ready
         "target_index": output_index,
         "pd_method": used_method,
         "kind": kind,

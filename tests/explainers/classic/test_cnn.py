@@ -99,17 +99,26 @@ def test_conservation_on_cnn(method: str) -> None:
 def test_contract_no_hooks_state_restored_input_unchanged(tiny_cnn: TinyCnn, method: str) -> None:
     x = torch.randn(1, 3, 8, 8)
     before = x.clone()
+    weights = {name: value.clone() for name, value in tiny_cnn.state_dict().items()}
     tiny_cnn.train()
     explanations = explain_cnn(tiny_cnn, x, method, targets=[0, 1], layer="features.2", n_steps=8)
     assert torch.equal(x, before) and not x.requires_grad
     assert tiny_cnn.training and all(m.training for m in tiny_cnn.modules())
     assert tiny_cnn.features[1].inplace is True
     assert all(parameter.grad is None for parameter in tiny_cnn.parameters())
+    assert all(torch.equal(value, weights[name]) for name, value in tiny_cnn.state_dict().items())
     for module in tiny_cnn.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks and not module._backward_hooks
         assert not hasattr(module, "rule")  # Captum LRP's per-layer rules are gone
     assert [e.pixel_map.shape for e in explanations] == [(8, 8), (8, 8)]
     assert all(np.isfinite(e.pixel_map).all() for e in explanations)
+
+
+def test_hooks_are_removed_when_the_method_fails(tiny_cnn: TinyCnn) -> None:
+    with pytest.raises(InputError, match="layer 'classifier' gives a 2-D output"):
+        explain_cnn(tiny_cnn, torch.randn(1, 3, 8, 8), "gradcam", layer="classifier")
+    assert all(not m._forward_hooks and not m._backward_hooks for m in tiny_cnn.modules())
+    assert tiny_cnn.training and tiny_cnn.features[1].inplace is True
 
 
 def test_several_targets_equal_one_at_a_time(tiny_cnn: TinyCnn) -> None:
