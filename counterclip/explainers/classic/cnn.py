@@ -106,14 +106,14 @@ def load_cnn(arch: str, weights: str | Path | None = None, num_classes: int | No
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise InputError(f"unknown torchvision architecture {arch!r}.{hint}")
     state = _read_state_dict(Path(weights)) if weights is not None else None
-    probe = torchvision.models.get_model(arch, weights=None)
     if num_classes is None:
-        num_classes = _num_classes_from_state(probe, state) if state is not None else 1000
-    model = (
-        probe
-        if num_classes == 1000
-        else torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
-    )
+        num_classes = 1000
+        if state is not None:
+            # A parameter-free copy on the meta device names the head layer without initialising weights.
+            with torch.device("meta"):
+                probe = torchvision.models.get_model(arch, weights=None)
+            num_classes = _num_classes_from_state(probe, state)
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     if state is not None:
         try:
             model.load_state_dict(state, strict=True)
