@@ -84,8 +84,9 @@ def explanation_maps(engine, result, query_image=None) -> tuple[dict[int, list],
         exp = explain(model, query_image, text, method="relevance")
         query_maps.append(overlay(query_image, exp.pixel_map))
     if result.side == "image" and text:
-        text_emb = model.encode_texts([text])[0]
-        original = model.encode_pil([query_image])[0] if query_image is not None else None
+        # clone: tensors made under inference_mode cannot enter the explainer's autograd graph
+        text_emb = model.encode_texts([text])[0].clone()
+        original = model.encode_pil([query_image])[0].clone() if query_image is not None else None
         for item in result.items:
             image = load_image(engine.index.root / item.path)
             if image is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from counterclip.engine.path import (
     PathSettings,
@@ -23,6 +23,8 @@ from counterclip.engine.path import (
 from counterclip.engine.ranking import mmr_order
 from counterclip.engine.results import CounterfactualResult, ResultItem, SearchResult, Validity
 from counterclip.errors import InputError
+from counterclip.index_builder.decode import DecodeError
+from counterclip.index_builder.decode import load_image as decode_image
 from counterclip.models import ClipModel, load_model
 
 LOG = logging.getLogger(__name__)
@@ -143,7 +145,10 @@ class Engine:
             ``(embedding (d,), index id or None, description)``.
         """
         if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
-            meta = self.index.image_meta([int(image)])
+            try:
+                meta = self.index.image_meta([int(image)])
+            except KeyError:
+                meta = []
             if not meta:
                 raise InputError(f"image id {int(image)} is not in the index")
             return (
@@ -662,18 +667,11 @@ class Engine:
                 item.distance = float(1.0 - vectors[row] @ e0)
                 vec = vectors[row]
                 if fresh is not None:
-                    new = fresh[j]
-                    if new is None or float(new @ vec) < STALE_COS:
-                        stale.append(
-                            {
-                                "id": item.id,
-                                "path": item.path,
-                                "text": item.text,
-                                "reason": "file missing or unreadable"
-                                if new is None
-                                else "changed since indexing",
-                            }
-                        )
+                    new, reason = fresh[j]
+                    if new is not None and float(new @ vec) < STALE_COS:
+                        reason = "changed since indexing"  # same bytes, another vector: not this model's
+                    if reason is not None:
+                        stale.append({"id": item.id, "path": item.path, "text": item.text, "reason": reason})
                         continue
                     vec = new
                     ok = (
@@ -692,16 +690,26 @@ class Engine:
                     break
         return items, stale, len(ids)
 
-    def _reencode(self, kind: str, ids: np.ndarray) -> list[np.ndarray | None]:
-        """Fresh embeddings from the files (images) or texts (captions); None where a file is unreadable."""
+    def _reencode(self, kind: str, ids: np.ndarray) -> list[tuple[np.ndarray | None, str | None]]:
+        """Fresh embeddings from the files (images) or texts (captions), each with the reason it cannot
+        be trusted: the file is missing/unreadable, or its bytes differ from the indexed ones."""
         if kind == "caption":
             texts = [m["text"] for m in self.index.caption_meta(ids)]
-            return list(self.model.encode_texts(texts).numpy())
-        metas = self.index.image_meta(ids)
-        images = [load_image(Path(m["abs_path"])) for m in metas]
-        present = [im for im in images if im is not None]
+            return [(vec, None) for vec in self.model.encode_texts(texts).numpy()]
+        loaded: list[tuple[Image.Image | None, str | None]] = []
+        for meta in self.index.image_meta(ids):
+            try:
+                decoded = decode_image(meta["abs_path"])
+            except DecodeError:
+                loaded.append((None, "file missing or unreadable"))
+                continue
+            if meta.get("sha256") and decoded.sha256 != meta["sha256"]:
+                loaded.append((None, "changed since indexing"))
+                continue
+            loaded.append((decoded.image, None))
+        present = [image for image, _ in loaded if image is not None]
         encoded = iter(self.model.encode_pil(present).numpy()) if present else iter(())
-        return [next(encoded) if im is not None else None for im in images]
+        return [(next(encoded), None) if image is not None else (None, reason) for image, reason in loaded]
 
     def _baselines(
         self,
@@ -763,11 +771,10 @@ def _normalise_text(text: str) -> str:
     return " ".join(text.lower().split()).rstrip(".")
 
 
-def load_image(path: Path) -> Image.Image | None:
-    """Open an image file as RGB with EXIF orientation applied; None if it is missing or unreadable."""
+def load_image(path: str | Path) -> Image.Image | None:
+    """The upright RGB image of a file, decoded exactly as the index builder decodes it (so a re-encoded
+    file is comparable with its stored vector); None if it is missing or unreadable."""
     try:
-        with Image.open(path) as im:
-            im.seek(0)
-            return ImageOps.exif_transpose(im).convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return decode_image(path).image
+    except DecodeError:
         return None

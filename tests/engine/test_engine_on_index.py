@@ -1,0 +1,217 @@
+"""The engine over a real index (tiny random open_clip model): verification from files, stale entries,
+the CLI's JSON schema, and the HTML report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from counterclip.cli import run
+from counterclip.engine import Engine
+from counterclip.index_builder import build_index
+
+
+@pytest.fixture(scope="module")
+def shapes_index(tmp_path_factory, tiny_openclip):
+    from counterclip.shapes import generate_folder
+
+    root = tmp_path_factory.mktemp("engine_index")
+    folder, index_dir = root / "shapes", root / "idx"
+    generate_folder(folder, n=40, seed=3, size=48)
+    (root / "vocab.txt").write_text(
+        "a red circle\na blue square\na green star on the left\na small purple cross\n"
+    )
+    build_index(
+        folder, index_dir, model=tiny_openclip, vocab=root / "vocab.txt", device="cpu", progress=False
+    )
+    return folder, index_dir
+
+
+def test_engine_opens_with_its_model_and_verifies(shapes_index) -> None:
+    folder, index_dir = shapes_index
+    with Engine.open(index_dir, device="cpu") as engine:
+        query = folder / "000000.png"
+        result = engine.counterfactuals(image=str(query), text="a red circle", k=3)
+        own_id = engine.index.image_id_for_path(query)
+        assert own_id is not None and own_id not in [i.id for i in result.items]
+        text_vec = engine.model.encode_texts(["a red circle"]).numpy()[0]
+        for item in result.items:
+            # the score was recomputed from the file, and equals the stored vector's score
+            fresh = engine.model.encode_pil([Image.open(folder / item.path).convert("RGB")]).numpy()[0]
+            assert item.verified
+            assert item.score_after == pytest.approx(float(fresh @ text_vec) * engine.logit_scale, abs=1e-3)
+            assert item.score_after >= result.validity.threshold
+        assert [i.rank for i in result.items] == list(range(1, len(result.items) + 1))
+        distances = [i.distance for i in result.items]
+        assert distances == sorted(distances)  # diversity=0.2 keeps near-sorted; first is the closest
+        assert distances[0] == pytest.approx(min(distances))
+
+
+def test_exact_search_equals_brute_force(shapes_index) -> None:
+    _, index_dir = shapes_index
+    with Engine.open(index_dir, device="cpu") as engine:
+        result = engine.search(text="a blue square", k=5)
+        ids = engine.index.image_ids()
+        text_vec = engine.model.encode_texts(["a blue square"]).numpy()[0]
+        scores = engine.index.image_vectors(ids) @ text_vec
+        expected = ids[np.argsort(-scores, kind="stable")][:5]
+        assert [i.id for i in result.items] == expected.tolist()
+
+
+def test_stale_file_is_caught(tmp_path, tiny_openclip) -> None:
+    from counterclip.shapes import generate_folder
+
+    folder, index_dir = tmp_path / "f", tmp_path / "idx"
+    generate_folder(folder, n=12, seed=5, size=48)
+    build_index(folder, index_dir, model=tiny_openclip, device="cpu", progress=False)
+    with Engine.open(index_dir, device="cpu") as engine:
+        query_id = int(engine.index.image_ids()[0])
+        first = engine.counterfactuals(image=query_id, text="a red circle", k=3, baselines=False)
+        assert first.items
+        changed = first.items[0]
+        Image.new("RGB", (48, 48), (0, 0, 0)).save(folder / changed.path)  # edited after indexing
+        second = engine.counterfactuals(image=query_id, text="a red circle", k=3, baselines=False)
+        assert changed.id not in [i.id for i in second.items]
+        assert [s["id"] for s in second.stale] == [changed.id]
+
+
+def test_cli_json_schema_and_report(shapes_index, tmp_path, capsys) -> None:
+    folder, index_dir = shapes_index
+    report = tmp_path / "cf.html"
+    code = run(
+        [
+            "counterfactual",
+            str(index_dir),
+            "--image",
+            str(folder / "000001.png"),
+            "--text",
+            "a blue square",
+            "-k",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+            "--report",
+            str(report),
+        ]
+    )
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert set(payload) >= {
+        "side",
+        "mode",
+        "text",
+        "query",
+        "validity",
+        "items",
+        "baselines",
+        "stale",
+        "timings",
+        "report",
+    }
+    assert set(payload["validity"]) >= {"rule", "threshold", "best", "typical", "original"}
+    for item in payload["items"]:
+        assert set(item) >= {
+            "id",
+            "path",
+            "score_before",
+            "score_after",
+            "delta",
+            "distance",
+            "rank",
+            "verified",
+            "step",
+        }
+        assert item["verified"] is True
+    assert set(payload["baselines"]) == {"nearest_unlike_neighbour", "closest_valid_in_top50"}
+    html = report.read_text()
+    assert html.startswith("<!doctype html>") and "valid when" in html and 'src="http' not in html
+
+    code = run(["search", str(index_dir), "--text", "a red circle", "-k", "3", "--device", "cpu", "--json"])
+    assert code == 0
+    items = json.loads(capsys.readouterr().out)["items"]
+    assert len(items) == 3 and all(set(i) >= {"id", "path", "score_after", "rank"} for i in items)
+
+
+def test_cli_text_side_and_errors(shapes_index, tmp_path, capsys) -> None:
+    folder, index_dir = shapes_index
+    code = run(
+        [
+            "counterfactual",
+            str(index_dir),
+            "--image",
+            str(folder / "000002.png"),
+            "--text",
+            "a red circle",
+            "--side",
+            "text",
+            "--mode",
+            "decrease",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert all(
+        i["text"] and i["verified"] and i["score_after"] <= payload["validity"]["threshold"]
+        for i in payload["items"]
+    )
+    assert (
+        run(
+            [
+                "counterfactual",
+                str(index_dir),
+                "--image",
+                str(tmp_path / "none.png"),
+                "--text",
+                "x",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
+    assert "query image not found" in capsys.readouterr().err
+    assert (
+        run(
+            [
+                "counterfactual",
+                str(index_dir),
+                "--image",
+                str(folder / "000002.png"),
+                "--text",
+                " ",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
+    assert "text is empty" in capsys.readouterr().err
+    assert (
+        run(
+            [
+                "counterfactual",
+                str(index_dir),
+                "--image",
+                str(folder / "000002.png"),
+                "--mode",
+                "flip",
+                "--labels",
+                "a red circle,a blue square",
+                "--target",
+                "a star",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
+    assert "is not one of the labels" in capsys.readouterr().err
+    assert run(["search", str(tmp_path / "missing.idx"), "--text", "x"]) == 2
+    assert "index not found" in capsys.readouterr().err
