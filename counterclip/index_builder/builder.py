@@ -37,7 +37,12 @@ from counterclip.index_builder._fs import TMP_SUFFIX, WriterLock
 from counterclip.index_builder.config import IndexCfg, load_index_config
 from counterclip.index_builder.decode import DecodeLimits, file_sha256
 from counterclip.index_builder.faiss_index import FaissInfo, build_and_measure, write_index_atomic
-from counterclip.index_builder.manifest import FORMAT_VERSION, invalidate_manifest, write_manifest
+from counterclip.index_builder.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    invalidate_manifest,
+    write_manifest,
+)
 from counterclip.index_builder.pipeline import ShardWriter, WorkItem, embed_images
 from counterclip.index_builder.scan import display_path, scan_folder
 from counterclip.index_builder.shards import (
@@ -75,7 +80,7 @@ class BuildSummary:
     unchanged: int  # files already indexed
     captions: int  # distinct captions in the index now
     captions_embedded: int  # captions embedded by this run
-    resumed: bool  # this run finished an interrupted one
+    resumed: bool  # this run finished an interrupted one (no manifest was found)
     seconds: float  # wall time
     images_index: dict[str, Any] = field(default_factory=dict)  # FAISS kind, parameters, recall
     captions_index: dict[str, Any] = field(default_factory=dict)
@@ -413,7 +418,8 @@ class _Builder:
 
         self.emb_dir.mkdir(exist_ok=True)
         self._remove_debris(store)
-        resumed = store.count("images", "pending") > 0 or store.count("captions", "pending") > 0
+        # An index that has settings but no manifest was left by an interrupted run: this one finishes it.
+        resumed = store.get_meta("fingerprint") is not None and not (self.index_dir / MANIFEST_NAME).exists()
 
         t0 = time.perf_counter()
         sidecars: list[tuple[str, str]] = []
@@ -645,6 +651,7 @@ class _Builder:
             workers=cfg.workers,
             prefetch_batches=cfg.prefetch_batches,
             on_progress=lambda n: self.progress.advance(task, n),
+            processes=cfg.worker_kind == "process",
         )
         self.stage.update(
             decode_thread_seconds=times.decode, embed=times.embed, write=times.write, pipeline=times.wall

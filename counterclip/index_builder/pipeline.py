@@ -17,7 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,9 +51,12 @@ class DecodeMapper:
 
     KEYS = ("id", "pixels", "width", "height", "sha256", "size", "error", "seconds")
 
-    def __init__(self, preprocess: Callable[[Any], torch.Tensor], limits: DecodeLimits) -> None:
+    def __init__(
+        self, preprocess: Callable[[Any], torch.Tensor], limits: DecodeLimits, as_numpy: bool = False
+    ) -> None:
         self.preprocess = preprocess
         self.limits = limits
+        self.as_numpy = as_numpy  # numpy pixels pickle as plain bytes (process workers)
 
     def __call__(self, item: WorkItem) -> dict[str, Any]:
         started = time.perf_counter()
@@ -62,7 +65,8 @@ class DecodeMapper:
         try:
             loaded = load_image(item.path, self.limits)
             out.update(width=loaded.width, height=loaded.height, sha256=loaded.sha256, size=loaded.size)
-            out["pixels"] = self.preprocess(loaded.image)
+            pixels = self.preprocess(loaded.image)
+            out["pixels"] = pixels.numpy() if self.as_numpy else pixels
         except DecodeError as exc:
             out["error"] = str(exc)
         except Exception as exc:  # noqa: BLE001 - any failure of one file is recorded, never fatal
@@ -71,16 +75,50 @@ class DecodeMapper:
         return out
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: int) -> Iterator[R]:
-    """``map(fn, items)`` on ``workers`` threads, in order, with at most ``window`` items in flight."""
+_WORKER_FN: Callable[[Any], Any] | None = None  # set in each worker process by _init_worker
+
+
+def _init_worker(fn: Callable[[Any], Any]) -> None:
+    """Process-worker initializer: one torch thread (no OpenMP teams fighting the model), keep ``fn``."""
+    global _WORKER_FN
+    torch.set_num_threads(1)
+    _WORKER_FN = fn
+
+
+def _call_worker(item: Any) -> Any:
+    assert _WORKER_FN is not None
+    return _WORKER_FN(item)
+
+
+def ordered_map(
+    fn: Callable[[T], R], items: Iterable[T], workers: int, window: int, processes: bool = False
+) -> Iterator[R]:
+    """``map(fn, items)`` on ``workers`` threads (or forked processes), in order, at most ``window`` in flight.
+
+    Processes are forked (``fn`` is inherited, not pickled; results are pickled back) and run torch with
+    one thread, like a DataLoader's workers.
+    """
     if workers == 0:
         yield from map(fn, items)
         return
     pending: deque[Future[R]] = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cc-decode") as pool:
+    if processes:
+        import multiprocessing
+
+        pool: Any = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_init_worker,
+            initargs=(fn,),
+        )
+        call: Callable[[T], R] = _call_worker
+    else:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cc-decode")
+        call = fn
+    with pool:
         try:
             for item in items:
-                pending.append(pool.submit(fn, item))
+                pending.append(pool.submit(call, item))
                 if len(pending) >= window:
                     yield pending.popleft().result()
             while pending:
@@ -191,6 +229,7 @@ def embed_images(
     workers: int,
     prefetch_batches: int,
     on_progress: Callable[[int], None] | None = None,
+    processes: bool = False,
 ) -> StageTimes:
     """Decode, preprocess, embed and write ``items``; returns the per-stage times.
 
@@ -200,13 +239,14 @@ def embed_images(
         writer: the images `ShardWriter`.
         limits: decode limits.
         batch_size: images per forward pass.
-        workers: decode threads (0 = inline).
+        workers: decode workers (0 = inline).
         prefetch_batches: decoded batches kept ready ahead of the model.
         on_progress: called with the number of items just finished.
+        processes: forked worker processes instead of threads. Default: False.
     """
     times = StageTimes()
     started = time.perf_counter()
-    mapper = DecodeMapper(model.preprocess, limits)
+    mapper = DecodeMapper(model.preprocess, limits, as_numpy=processes)
     pixels: list[torch.Tensor] = []
     ids: list[int] = []
     columns: list[dict[str, Any]] = []
@@ -223,7 +263,7 @@ def embed_images(
         pixels.clear(), ids.clear(), columns.clear()
 
     window = max(batch_size * prefetch_batches, workers)
-    for result in ordered_map(mapper, items, workers, window):
+    for result in ordered_map(mapper, items, workers, window, processes=processes):
         times.items += 1
         times.decode += result["seconds"]
         if result["error"] is not None:
@@ -232,7 +272,7 @@ def embed_images(
             if on_progress is not None:
                 on_progress(1)
             continue
-        pixels.append(result["pixels"])
+        pixels.append(torch.as_tensor(result["pixels"]))
         ids.append(result["id"])
         columns.append({k: result[k] for k in ("width", "height", "sha256", "size")})
         if len(pixels) == batch_size:

@@ -88,6 +88,7 @@ def test_update_without_changes_is_a_no_op(base) -> None:
         30,
     )
     assert summary.stage_seconds.get("embed") is None  # the model was not even loaded
+    assert not summary.resumed
     assert_same_index(before, snapshot(index_dir))
 
 
@@ -126,3 +127,13 @@ def test_shards_stay_compact_over_many_updates(base) -> None:
     assert sum(sizes) == 36
     assert sum(1 for n in sizes if n < SMALL_SHARDS.shard_size // 2) <= 1  # small shards get merged
     assert_no_debris(index_dir)
+
+
+def test_an_index_inside_its_folder_is_not_scanned(model, tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    make_folder(root, 3)
+    index_dir = root / "photos.idx"
+    build_index(root, index_dir, model=model, progress=False)
+    noise_image(1).save(index_dir / "stray.jpg")
+    summary = update_index(index_dir, progress=False)
+    assert summary.indexed == 3 and summary.added == 0
