@@ -53,6 +53,20 @@ def remove_durably(path: Path) -> None:
     fsync_dir(path.parent)
 
 
+_HELD_FDS: set[int] = set()  # lock fds held by this process
+_FORK_HOOK = False
+
+
+def _close_held_in_child() -> None:
+    """After a fork, the child closes its copies of the lock fds, so the lock dies with the parent only."""
+    for fd in list(_HELD_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_FDS.clear()
+
+
 def _lock_owner(path: Path) -> str:
     try:
         text = path.read_text().strip()
@@ -86,10 +100,16 @@ class WriterLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        global _FORK_HOOK
+        if not _FORK_HOOK:
+            os.register_at_fork(after_in_child=_close_held_in_child)
+            _FORK_HOOK = True
+        _HELD_FDS.add(fd)
         return self
 
     def release(self) -> None:
         if self._fd is not None:
+            _HELD_FDS.discard(self._fd)
             os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)

@@ -60,6 +60,17 @@ from counterclip.models import ClipModel, ModelSpec, load_model
 LOG = logging.getLogger(__name__)
 FAISS_FILES = {"images": "images.faiss", "captions": "captions.faiss"}
 DEFAULT_MODEL = "bundled:shapes"
+FAISS_CFG_KEYS = (  # the config fields a FAISS index depends on (others never force a rebuild)
+    "exact_max",
+    "hnsw_max",
+    "hnsw_m",
+    "hnsw_ef_construction",
+    "ivf_codec",
+    "recall_k",
+    "recall_sample",
+    "recall_target",
+    "seed",
+)
 TRANSIENT_ERRORS = ("permission denied", "file disappeared")  # decode reasons retried by every run
 
 
@@ -796,7 +807,8 @@ class _Builder:
         numbers = sorted(store.referenced_shards(kind))
         n = store.count(kind, "indexed")
         digest = hashlib.sha256()
-        digest.update(json.dumps([index_kind, self.cfg.to_dict(), numbers]).encode())
+        faiss_cfg = {k: v for k, v in self.cfg.to_dict().items() if k in FAISS_CFG_KEYS}
+        digest.update(json.dumps([index_kind, faiss_cfg, numbers], sort_keys=True).encode())
         for number in numbers:
             digest.update(read_ids(self.emb_dir, kind, number).tobytes())
         state = digest.hexdigest()

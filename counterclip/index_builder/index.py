@@ -49,17 +49,17 @@ class _Kind:
             )
 
     def locate(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, row) of each id; `KeyError` for ids that are not in this index."""
         wanted = np.asarray(ids, dtype=np.int64).reshape(-1)
-        pos = np.searchsorted(self.ids, wanted)
-        pos_clipped = np.minimum(pos, max(len(self.ids) - 1, 0))
-        bad = (
-            (pos >= len(self.ids)) | (self.ids[pos_clipped] != wanted)
-            if len(self.ids)
-            else np.ones(len(wanted), bool)
-        )
+        if len(self.ids) == 0:
+            pos = np.zeros(len(wanted), dtype=np.int64)
+            bad = np.ones(len(wanted), dtype=bool)
+        else:
+            pos = np.minimum(np.searchsorted(self.ids, wanted), len(self.ids) - 1)
+            bad = self.ids[pos] != wanted
         if bad.any():
             raise KeyError(f"unknown id(s) {wanted[bad][:10].tolist()}")
-        return self.shards[pos_clipped], self.rows[pos_clipped]
+        return self.shards[pos], self.rows[pos]
 
     def vectors(self, ids: Any) -> np.ndarray:
         shards, rows = self.locate(ids)

@@ -138,3 +138,32 @@ def test_other_folder_and_vanished_folder(built, model, tmp_path: Path) -> None:
         update_index(index_dir, progress=False)
     with Index.open(index_dir) as idx:  # nothing lost: the index is still complete
         assert idx.num_images == 6
+
+
+def test_lock_dies_with_its_process_not_with_forked_children(tmp_path: Path) -> None:
+    """A writer killed by SIGKILL frees the lock even while a process it forked (a decode worker) lives on."""
+    import os
+    import signal
+    import time
+
+    read, write = os.pipe()
+    writer = os.fork()
+    if writer == 0:  # the writer: take the lock, fork a long-lived worker, die
+        try:
+            WriterLock(tmp_path).acquire()
+            worker = os.fork()
+            if worker == 0:
+                time.sleep(30)
+                os._exit(0)
+            os.write(write, f"{worker}\n".encode())
+        finally:
+            os.kill(os.getpid(), signal.SIGKILL)
+    os.close(write)
+    worker = int(os.read(read, 64).decode())
+    os.close(read)
+    os.waitpid(writer, 0)
+    try:
+        os.kill(worker, 0)  # still alive
+        WriterLock(tmp_path).acquire().release()  # raises IndexLockedError if the worker kept the lock
+    finally:
+        os.kill(worker, signal.SIGKILL)

@@ -1,4 +1,4 @@
-"""`Index` serves concurrent readers: searches, vectors and metadata from many threads equal serial results."""
+"""`Index`: concurrent readers get the serial results; unknown ids are errors, not wrong rows."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pytest
 from ibhelpers import make_folder
 
 from counterclip.index_builder import Index, build_index
@@ -32,3 +33,23 @@ def test_concurrent_queries_equal_serial(model, tmp_path: Path) -> None:
             parallel = list(pool.map(query, range(64)))
         assert parallel == serial
         assert all(s[0][0][0] == ids[i % len(ids)] for i, s in enumerate(serial))  # each finds itself first
+
+
+def test_unknown_ids_are_key_errors(model, tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    make_folder(root, 3)
+    (root / "bad.jpg").write_bytes(b"")
+    build_index(root, tmp_path / "idx", model=model, progress=False)
+    with Index.open(tmp_path / "idx") as idx:
+        ids = idx.image_ids()
+        bad_id = idx.errors()[0]["id"]  # a skipped file has a row but no vector
+        for wrong in (-1, bad_id, int(ids.max()) + 1):
+            with pytest.raises(KeyError):
+                idx.image_vectors([ids[0], wrong])
+            with pytest.raises(KeyError):
+                idx.image_meta([wrong])
+        with pytest.raises(KeyError):
+            idx.caption_meta([1])
+        assert idx.image_vectors([]).shape == (0, idx.dim)
+        assert idx.image_id_for_path("bad.jpg") is None and idx.image_id_for_path("/elsewhere/x.jpg") is None
+        np.testing.assert_array_equal(idx.image_vectors(ids[::-1]), idx.image_vectors(ids)[::-1])
