@@ -254,7 +254,7 @@ def explain_cnn(
         if not 0 <= target < n_classes:
             raise InputError(f"target class {target} is out of range: the model has {n_classes} classes")
     batch = x.expand(len(target_list), *x.shape[1:]).clone().requires_grad_(True)
-    layer_name = layer if layer is not None else (default_layer(model) if "gradcam" in method else None)
+    layer_name = (layer if layer is not None else default_layer(model)) if "gradcam" in method else None
     extras_common: dict = {}
     if method == "lrp":
         check_lrp_support(model)

@@ -181,6 +181,13 @@ def pdp_figure(explanations: Explanation | Sequence[Explanation], labels: Sequen
         else:
             display.plot(ax=target_axes, centered=extras["centered"], pd_line_kw=line_kw, pdp_lim=limits)
         target_axes = display.axes_
+        categories = extras.get("categories") or {}
+        if len(explanation.feature_names) == 1 and explanation.feature_names[0] in categories:
+            # scikit-learn labels the bars with the ordinal codes; show the category names instead.
+            levels = categories[explanation.feature_names[0]]
+            codes = [int(code) for code in extras["grid_values"][0]]
+            ax = np.ravel(target_axes)[0]
+            ax.set_xticks(codes, [levels[code] for code in codes], rotation=30, ha="right")
     if labels:
         for ax in np.ravel(target_axes):
             ax.legend(fontsize=8)

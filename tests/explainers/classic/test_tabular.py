@@ -75,6 +75,8 @@ def test_csv_categorical_pdp_equals_sklearn(tmp_path: Path) -> None:
     assert explanation.extras["categories"] == {"city": ["east", "north", "south"]}
     east, north, south = explanation.extras["average"]
     assert north > east > south  # the planted city effect (100 > 40 > 0)
+    axis = pdp_figure(explanation).axes[-1]  # scikit-learn draws in a new axes over the one it is given
+    assert [label.get_text() for label in axis.get_xticklabels()] == ["east", "north", "south"]
 
 
 class OnlyFeatureTwo(ClassifierMixin, BaseEstimator):
