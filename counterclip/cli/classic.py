@@ -88,6 +88,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         ),
         size: int = typer.Option(224, "--size", help="Input side in pixels (resize + centre crop)."),
         steps: int = typer.Option(None, "--steps", help="IG steps (50) or counterfactual steps (100)."),
+        baseline: str = typer.Option(
+            "mean", "--baseline", help="IG baseline: mean (dataset-mean image) | black."
+        ),
         from_class: str = typer.Option(None, "--from-class", help="Counterfactual: class A (default top-1)."),
         proximity: float = typer.Option(
             10.0, "--proximity", help="Counterfactual: proximity penalty weight."
@@ -101,7 +104,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
           counterclip explain-cnn dog.jpg --arch resnet18 --weights r18.safetensors --target "German shepherd" --target "Labrador retriever"
 
-          counterclip explain-cnn dog.jpg --weights r18.safetensors --method ig --steps 64 --json
+          counterclip explain-cnn dog.jpg --weights r18.safetensors --method ig --steps 64 --baseline black --json
 
           counterclip explain-cnn dog.jpg --weights r18.safetensors --sweep auto
 
@@ -116,6 +119,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         from counterclip.report import panel, save_png
 
         _choice(method, CNN_CHOICES, "--method")
+        _choice(baseline, ("mean", "black"), "--baseline")
         if weights is None and not random_weights:
             raise InputError("give --weights FILE (a state dict), or --random-weights to try the tool")
         if size < 8:
@@ -178,7 +182,14 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             files.append(str(plots.save_panel(shown, explanations, out_dir / "sweep.png", titles=titles)))
         else:
             explanations = cnn.explain_cnn(
-                model, x, method, target_ids or None, layer, names, n_steps=steps or 50
+                model,
+                x,
+                method,
+                target_ids or None,
+                layer,
+                names,
+                n_steps=steps or 50,
+                ig_baseline=cnn.black_baseline(size) if baseline == "black" else None,
             )
             if len(explanations) == 1:
                 files.append(str(save_png(panel(shown, explanations[0]), out_dir / f"{method}.png")))

@@ -6,6 +6,7 @@ LIME, transformers, matplotlib) happen inside the calls, so importing this packa
 
 from counterclip.explainers.classic.cnn import (
     CNN_METHODS,
+    black_baseline,
     explain_cnn,
     layer_sweep,
     load_class_names,
@@ -40,6 +41,7 @@ __all__ = [
     "MODEL_KINDS",
     "LayerInfo",
     "TabularData",
+    "black_baseline",
     "explain_cnn",
     "explain_lime_tabular",
     "explain_partial_dependence",

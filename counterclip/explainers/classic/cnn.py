@@ -20,6 +20,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -183,6 +184,15 @@ def preprocess_image(
     return x.unsqueeze(0), shown
 
 
+def black_baseline(
+    size: int | tuple[int, int], mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
+    """A black image in the model's normalized input space, ``(1, 3, H, W)``, as an IG baseline."""
+    height, width = (size, size) if isinstance(size, int) else size
+    black = (torch.zeros(3, 1, 1) - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    return black.expand(3, height, width).unsqueeze(0).clone()
+
+
 def resolve_targets(targets: Sequence[str | int], class_names: Sequence[str]) -> list[int]:
     """Class indices from indices or names (case-insensitive; a unique prefix is enough)."""
     resolved = []
@@ -219,6 +229,7 @@ def explain_cnn(
     class_names: Sequence[str] | None = None,
     n_steps: int = 50,
     internal_batch_size: int | None = 16,
+    ig_baseline: torch.Tensor | None = None,
 ) -> list[Explanation]:
     """One attribution map per target class for one image.
 
@@ -231,6 +242,8 @@ def explain_cnn(
         class_names: names for the ``target`` descriptions. Default: ``class i``.
         n_steps: integration steps for ``ig``.
         internal_batch_size: IG examples per forward pass (memory bound).
+        ig_baseline: IG baseline ``(1, 3, H, W)`` in the model's input space. Default: all zeros, which
+            after ImageNet normalization is the dataset-mean image (see `black_baseline` for black).
 
     Returns:
         One `Explanation` per target, ``pixel_map`` ``(H, W)``; Grad-CAM also sets ``patch_map``
@@ -264,9 +277,13 @@ def explain_cnn(
         with PassCounter(model) as passes, warnings.catch_warnings():
             # Captum announces the ReLU hooks it sets (and removes) on every guided-backprop call.
             warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
-            maps, cells, delta = _ATTRIBUTE[method](
-                model, batch, target_list, layer_name, n_steps, internal_batch_size
+            options = _Options(
+                layer=layer_name,
+                n_steps=n_steps,
+                internal_batch_size=internal_batch_size,
+                baseline=ig_baseline,
             )
+            maps, cells, delta = _ATTRIBUTE[method](model, batch, target_list, options)
     if layer_name is not None:
         extras_common["layer"] = layer_name
     seconds = time.perf_counter() - started
@@ -362,60 +379,88 @@ def check_lrp_support(model: nn.Module) -> None:
             )
 
 
-# Each attribution function maps (model, batch (k,3,H,W), targets, layer, n_steps, internal_batch_size) to
+@dataclass(frozen=True)
+class _Options:
+    """Per-call settings of the attribution functions."""
+
+    layer: str | None  # Grad-CAM layer name (gradcam, guided-gradcam)
+    n_steps: int  # integration steps (ig)
+    internal_batch_size: int | None  # examples per forward pass (ig)
+    baseline: torch.Tensor | None  # (1, 3, H, W) IG baseline in input space; None = zeros
+
+
+# Each attribution function maps (model, batch (k,3,H,W), targets, options) to
 # (pixel maps (k,H,W), cell maps (k,h,w) or None, convergence delta (k,) or None).
 _AttributionResult = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
 
 
-def _gradcam(model, batch, targets, layer, n_steps, internal_batch_size) -> _AttributionResult:
+def _gradcam(
+    model: nn.Module, batch: torch.Tensor, targets: list[int], options: _Options
+) -> _AttributionResult:
     from captum.attr import LayerAttribution, LayerGradCam
 
-    module = get_layer(model, layer)
+    module = get_layer(model, options.layer)
     cam = LayerGradCam(model, module).attribute(batch, target=targets, relu_attributions=True)
     if cam.dim() != 4:
         raise InputError(
-            f"layer {layer!r} gives a {cam.dim()}-D output; Grad-CAM needs a (N, C, h, w) feature map"
+            f"layer {options.layer!r} gives a {cam.dim()}-D output; Grad-CAM needs a (N, C, h, w) feature map"
         )
     upsampled = LayerAttribution.interpolate(cam, tuple(batch.shape[-2:]), interpolate_mode="bilinear")
     return _np(upsampled[:, 0]), _np(cam[:, 0]), None
 
 
-def _guided_backprop(model, batch, targets, layer, n_steps, internal_batch_size) -> _AttributionResult:
+def _guided_backprop(
+    model: nn.Module, batch: torch.Tensor, targets: list[int], options: _Options
+) -> _AttributionResult:
     from captum.attr import GuidedBackprop
 
     attributions = GuidedBackprop(model).attribute(batch, target=targets)
     return _np(attributions.abs().sum(dim=1)), None, None
 
 
-def _guided_gradcam(model, batch, targets, layer, n_steps, internal_batch_size) -> _AttributionResult:
+def _guided_gradcam(
+    model: nn.Module, batch: torch.Tensor, targets: list[int], options: _Options
+) -> _AttributionResult:
     from captum.attr import GuidedGradCam
 
-    attributions = GuidedGradCam(model, get_layer(model, layer)).attribute(batch, target=targets)
+    attributions = GuidedGradCam(model, get_layer(model, options.layer)).attribute(batch, target=targets)
     return _np(attributions.abs().sum(dim=1)), None, None
 
 
-def _saliency(model, batch, targets, layer, n_steps, internal_batch_size) -> _AttributionResult:
+def _saliency(
+    model: nn.Module, batch: torch.Tensor, targets: list[int], options: _Options
+) -> _AttributionResult:
     from captum.attr import Saliency
 
     attributions = Saliency(model).attribute(batch, target=targets, abs=True)
     return _np(attributions.max(dim=1).values), None, None
 
 
-def _integrated_gradients(model, batch, targets, layer, n_steps, internal_batch_size) -> _AttributionResult:
+def _integrated_gradients(
+    model: nn.Module, batch: torch.Tensor, targets: list[int], options: _Options
+) -> _AttributionResult:
     from captum.attr import IntegratedGradients
 
-    # Baseline: the all-zero normalized input (the dataset-mean image), Captum's default.
+    # Default baseline: the all-zero normalized input (the dataset-mean image), Captum's default.
+    baselines = None
+    if options.baseline is not None:
+        if tuple(options.baseline.shape) != (1, *batch.shape[1:]):
+            raise InputError(
+                f"IG baseline shape {tuple(options.baseline.shape)} != input shape {(1, *batch.shape[1:])}"
+            )
+        baselines = options.baseline.detach().expand_as(batch).clone()
     attributions, delta = IntegratedGradients(model).attribute(
         batch,
+        baselines=baselines,
         target=targets,
-        n_steps=n_steps,
-        internal_batch_size=internal_batch_size,
+        n_steps=options.n_steps,
+        internal_batch_size=options.internal_batch_size,
         return_convergence_delta=True,
     )
     return _np(attributions.sum(dim=1)), None, _np(delta)
 
 
-def _lrp(model, batch, targets, layer, n_steps, internal_batch_size) -> _AttributionResult:
+def _lrp(model: nn.Module, batch: torch.Tensor, targets: list[int], options: _Options) -> _AttributionResult:
     from captum.attr import LRP
 
     attributions, delta = LRP(model).attribute(batch, target=targets, return_convergence_delta=True)

@@ -109,6 +109,7 @@ def test_explain_cnn_list_layers(cnn_files, capsys: pytest.CaptureFixture[str]) 
         (["--target", "zebra"], "error: target class 'zebra' names no single class"),
         (["--method", "lrp"], "error: LRP does not support BasicBlock"),
         (["--method", "shap"], "error: unknown --method 'shap'"),
+        (["--method", "ig", "--baseline", "white"], "error: unknown --baseline 'white'"),
     ],
 )
 def test_explain_cnn_errors_exit_2(

@@ -14,6 +14,7 @@ from torch import nn
 from counterclip.errors import InputError, ModelLoadError
 from counterclip.explainers.classic import (
     CNN_METHODS,
+    black_baseline,
     explain_cnn,
     get_layer,
     layer_sweep,
@@ -93,6 +94,18 @@ def test_conservation_on_cnn(method: str) -> None:
         expected = model(x)[0, 1] - (model(torch.zeros_like(x))[0, 1] if method == "ig" else 0.0)
     assert explanation.pixel_map.sum() == pytest.approx(float(expected), rel=1e-3, abs=1e-5)
     assert abs(explanation.extras["convergence_delta"]) < 1e-3 * max(1.0, abs(float(expected)))
+
+
+def test_ig_with_a_black_baseline_is_complete(tiny_cnn: TinyCnn) -> None:
+    x = torch.randn(1, 3, 8, 8)
+    baseline = black_baseline(8)
+    assert torch.allclose(
+        baseline[0, :, 3, 5], torch.tensor([-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225])
+    )
+    [explanation] = explain_cnn(tiny_cnn, x, "ig", targets=[0], n_steps=128, ig_baseline=baseline)
+    with torch.no_grad():
+        expected = tiny_cnn.eval()(x)[0, 0] - tiny_cnn(baseline)[0, 0]
+    assert explanation.pixel_map.sum() == pytest.approx(float(expected), rel=1e-3, abs=1e-5)
 
 
 @pytest.mark.parametrize("method", CNN_METHODS)
