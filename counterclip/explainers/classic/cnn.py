@@ -35,6 +35,7 @@ from counterclip.explainers.classic.layers import (
     PassCounter,
     default_layer,
     get_layer,
+    model_device,
     scoped_eval,
 )
 
@@ -256,7 +257,9 @@ def explain_cnn(
     if x.dim() != 4 or x.shape[0] != 1:
         raise InputError(f"expected one image of shape (1, C, H, W), got {tuple(x.shape)}")
     started = time.perf_counter()
-    x = x.detach().clone()
+    x = (
+        x.detach().to(model_device(model)).clone()
+    )  # a copy on the model's device: the caller's tensor stays as is
     with scoped_eval(model), torch.no_grad():
         logits = model(x)
     probabilities = torch.softmax(logits, dim=1)[0]

@@ -26,7 +26,7 @@ from torch import nn
 from counterclip.errors import InputError
 from counterclip.explainers.base import Explanation
 from counterclip.explainers.classic.cnn import IMAGENET_MEAN, IMAGENET_STD
-from counterclip.explainers.classic.layers import PassCounter, scoped_eval
+from counterclip.explainers.classic.layers import PassCounter, model_device, scoped_eval
 
 
 def pixel_counterfactual(
@@ -65,9 +65,10 @@ def pixel_counterfactual(
         ``edited_image`` (PIL, left out of JSON).
     """
     started = time.perf_counter()
-    original = _as_pixels(image)
-    mean_t = torch.tensor(mean, dtype=original.dtype).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=original.dtype).view(1, 3, 1, 1)
+    device = model_device(model)
+    original = _as_pixels(image).to(device)
+    mean_t = torch.tensor(mean, dtype=original.dtype, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=original.dtype, device=device).view(1, 3, 1, 1)
 
     def classify(pixels: torch.Tensor) -> torch.Tensor:
         return model((pixels - mean_t) / std_t)
@@ -87,7 +88,7 @@ def pixel_counterfactual(
         # Parameterise the change, not the image, so the original tensor is never touched.
         change = torch.zeros_like(original, requires_grad=True)
         optimizer = torch.optim.Adam([change], lr=learning_rate)
-        goal = torch.tensor([target_class])
+        goal = torch.tensor([target_class], device=device)
         verified = False
         steps_taken = 0
         quantized = _quantize(original)
@@ -114,6 +115,7 @@ def pixel_counterfactual(
             final = torch.softmax(classify(quantized), dim=1)[0]
         verified = int(final.argmax()) == target_class
     names = list(class_names) if class_names is not None else [f"class {i}" for i in range(n_classes)]
+    quantized, original = quantized.cpu(), original.cpu()
     difference = (quantized - original).abs()[0]
     edited_image = Image.fromarray(
         (quantized[0].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8), mode="RGB"

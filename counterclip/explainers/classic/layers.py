@@ -49,7 +49,7 @@ def list_layers(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 224, 224
 
         return hook
 
-    device = _model_device(model)
+    device = model_device(model)
     try:
         for name, module in named:
             handles.append(module.register_forward_hook(make_hook(name)))
@@ -174,7 +174,8 @@ def _first_shape(output: object) -> tuple[int, ...] | None:
     return tuple(tensor.shape) if tensor is not None else None
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a parameter-free model)."""
     for parameter in model.parameters():
         return parameter.device
     return torch.device("cpu")

@@ -24,7 +24,7 @@ from torch import nn
 
 from counterclip.errors import InputError, ModelLoadError
 from counterclip.explainers.base import Explanation
-from counterclip.explainers.classic.layers import PassCounter, scoped_eval
+from counterclip.explainers.classic.layers import PassCounter, model_device, scoped_eval
 
 
 def load_text_classifier(source: str | Path) -> tuple[nn.Module, object]:
@@ -102,8 +102,9 @@ def explain_text_ig(
 
     started = time.perf_counter()
     encoded = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length)
-    input_ids = encoded["input_ids"]
-    attention_mask = encoded.get("attention_mask", torch.ones_like(input_ids))
+    device = model_device(model)
+    input_ids = encoded["input_ids"].to(device)
+    attention_mask = encoded.get("attention_mask", torch.ones_like(encoded["input_ids"])).to(device)
     baseline_ids = pad_baseline(tokenizer, input_ids)
 
     def logits_of(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -133,7 +134,7 @@ def explain_text_ig(
         modality="text",
         score=float(logits[label]),
         tokens=tokenizer.convert_ids_to_tokens(input_ids[0].tolist()),
-        token_map=attributions[0].sum(dim=-1).detach().float().numpy(),
+        token_map=attributions[0].sum(dim=-1).detach().float().cpu().numpy(),
         target=f"logit of {names[label]!r} (label {label})",
         forward_passes=passes.forward,
         backward_passes=passes.backward,
@@ -159,7 +160,11 @@ def pad_baseline(tokenizer: object, input_ids: torch.Tensor) -> torch.Tensor:
         )
     # Structural tokens (CLS, SEP, BOS, EOS) stay; an unknown or mask token in the input carries content.
     special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id, tokenizer.mask_token_id}
-    keep = torch.tensor([[token in special for token in row] for row in input_ids.tolist()], dtype=torch.bool)
+    keep = torch.tensor(
+        [[token in special for token in row] for row in input_ids.tolist()],
+        dtype=torch.bool,
+        device=input_ids.device,
+    )
     return torch.where(keep, input_ids, torch.full_like(input_ids, pad_id))
 
 
@@ -177,7 +182,8 @@ def predict_proba_texts(
                 truncation=True,
                 max_length=max_length,
             )
-            rows.append(torch.softmax(model(**encoded).logits, dim=-1).float().numpy())
+            encoded = {name: tensor.to(model_device(model)) for name, tensor in encoded.items()}
+            rows.append(torch.softmax(model(**encoded).logits, dim=-1).float().cpu().numpy())
     return np.concatenate(rows, axis=0)
 
 
