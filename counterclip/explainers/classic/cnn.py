@@ -257,9 +257,8 @@ def explain_cnn(
     if x.dim() != 4 or x.shape[0] != 1:
         raise InputError(f"expected one image of shape (1, C, H, W), got {tuple(x.shape)}")
     started = time.perf_counter()
-    x = (
-        x.detach().to(model_device(model)).clone()
-    )  # a copy on the model's device: the caller's tensor stays as is
+    # A copy on the model's device: the caller's tensor is never touched.
+    x = x.detach().to(model_device(model)).clone()
     with scoped_eval(model), torch.no_grad():
         logits = model(x)
     probabilities = torch.softmax(logits, dim=1)[0]
@@ -451,7 +450,7 @@ def _integrated_gradients(
             raise InputError(
                 f"IG baseline shape {tuple(options.baseline.shape)} != input shape {(1, *batch.shape[1:])}"
             )
-        baselines = options.baseline.detach().expand_as(batch).clone()
+        baselines = options.baseline.detach().to(batch.device).expand_as(batch).clone()
     attributions, delta = IntegratedGradients(model).attribute(
         batch,
         baselines=baselines,
