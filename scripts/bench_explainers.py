@@ -1,7 +1,9 @@
 """Benchmark the classical explainers: seconds and passes per explanation.
 
 CNN methods run on a ResNet-18 with random weights (``torchvision.models.resnet18(weights=None)``) at
-224 x 224 px on the CPU; LRP, which refuses ResNet's residual blocks, is measured on a VGG-11 instead.
+224 x 224 px on the CPU; LRP, which refuses ResNet's residual blocks, is measured on a VGG-11 instead. Besides
+wall and CPU seconds, each method's cost is given in forward passes: its CPU seconds divided by the CPU
+seconds of one no-grad forward pass of the same model, a figure that holds on a busy shared machine.
 Partial dependence runs on 10,000 rows of scikit-learn's generated Friedman #1 regression data (no
 download). Seconds are the median over ``--repeats`` runs after one warm-up run; passes are examples
 through the model (forward / backward) as counted by the explainers themselves.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -36,19 +39,38 @@ from counterclip.explainers.classic import (
 
 
 def measure(run: Callable[[], list[Explanation]], repeats: int) -> dict:
-    """Median seconds per explanation and passes per explanation of ``run`` (one warm-up run first)."""
+    """Median wall and CPU seconds per explanation, and passes per explanation, of ``run`` (after a warm-up).
+
+    CPU seconds (this process only) move less than wall seconds when other jobs share the machine.
+    """
     explanations = run()
-    seconds = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         explanations = run()
-        seconds.append((time.perf_counter() - started) / len(explanations))
+        wall.append((time.perf_counter() - started) / len(explanations))
+        cpu.append((time.process_time() - started_cpu) / len(explanations))
     first = explanations[0]
     return {
-        "seconds": statistics.median(seconds),
+        "seconds": statistics.median(wall),
+        "cpu_seconds": statistics.median(cpu),
         "forward_passes": first.forward_passes,
         "backward_passes": first.backward_passes,
     }
+
+
+def forward_cpu_seconds(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
+    """Median CPU seconds of one no-grad forward pass (eval mode), the unit for the cost ratios."""
+    model.eval()
+    cpu = []
+    with torch.no_grad():
+        model(x)
+        for _ in range(max(3, repeats)):
+            started = time.process_time()
+            model(x)
+            cpu.append(time.process_time() - started)
+    model.train()
+    return statistics.median(cpu)
 
 
 def bench_cnn(repeats: int, size: int, ig_steps: int, cf_steps: int) -> list[dict]:
@@ -56,6 +78,7 @@ def bench_cnn(repeats: int, size: int, ig_steps: int, cf_steps: int) -> list[dic
     torch.manual_seed(0)
     resnet = torchvision.models.resnet18(weights=None)
     x = torch.randn(1, 3, size, size)
+    unit = {"resnet18": forward_cpu_seconds(resnet, x, repeats)}
     rows = []
     for method in ("gradcam", "guided-backprop", "guided-gradcam", "saliency", "ig"):
         result = measure(lambda m=method: explain_cnn(resnet, x, m, targets=[1], n_steps=ig_steps), repeats)
@@ -67,6 +90,7 @@ def bench_cnn(repeats: int, size: int, ig_steps: int, cf_steps: int) -> list[dic
     except InputError as exc:
         rows.append({"method": "lrp", "model": "resnet18", "refused": str(exc).split(":")[0]})
     vgg = torchvision.models.vgg11(weights=None)
+    unit["vgg11"] = forward_cpu_seconds(vgg, x, repeats)
     result = measure(lambda: explain_cnn(vgg, x, "lrp", targets=[1]), repeats)
     rows.append({"method": "lrp", "model": "vgg11", **result})
     pixels = torch.rand(1, 3, size, size)
@@ -77,6 +101,10 @@ def bench_cnn(repeats: int, size: int, ig_steps: int, cf_steps: int) -> list[dic
         max(1, repeats // 2),
     )
     rows.append({"method": f"pixel-cf ({cf_steps} steps)", "model": "resnet18", **result})
+    for row in rows:
+        if "cpu_seconds" in row:
+            row["forward_cpu_seconds"] = unit[row["model"]]
+            row["cost_in_forward_passes"] = row["cpu_seconds"] / unit[row["model"]]
     return rows
 
 
@@ -135,6 +163,8 @@ def main() -> None:
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "processor": platform.processor() or platform.machine(),
+            "load_average_1m": os.getloadavg()[0],
+            "cpus": os.cpu_count(),
         },
         "settings": vars(args),
         "cnn": bench_cnn(args.repeats, args.size, args.ig_steps, args.cf_steps),
@@ -145,23 +175,22 @@ def main() -> None:
         return
     print(f"machine: {report['machine']}")
     print(f"\nCNN explainers at {args.size}x{args.size} px, random weights, median of {args.repeats}")
-    print(f"{'method':<46} {'model':<10} {'s/expl':>8} {'fwd':>5} {'bwd':>5}")
+    print("cost = CPU seconds per explanation / CPU seconds of one no-grad forward pass of the same model")
+    print(f"{'method':<46} {'model':<9} {'wall s':>7} {'cpu s':>7} {'cost':>6} {'fwd':>4} {'bwd':>4}")
     for row in report["cnn"]:
         if "refused" in row:
-            print(f"{row['method']:<46} {row['model']:<10} refused: {row['refused']}")
+            print(f"{row['method']:<46} {row['model']:<9} refused: {row['refused']}")
             continue
         print(
-            f"{row['method']:<46} {row['model']:<10} {row['seconds']:>8.3f} "
-            f"{row['forward_passes']:>5} {row['backward_passes']:>5}"
+            f"{row['method']:<46} {row['model']:<9} {row['seconds']:>7.3f} {row['cpu_seconds']:>7.3f} "
+            f"{row['cost_in_forward_passes']:>6.1f} {row['forward_passes']:>4} {row['backward_passes']:>4}"
         )
     print(f"\nPartial dependence on {args.rows} rows, grid {args.grid}, median of {args.repeats}")
-    print(
-        f"{'method':<8} {'model':<18} {'sklearn method':<15} {'s/expl':>8} {'rows predicted':>15} {'fit s':>7}"
-    )
+    print(f"{'method':<8} {'model':<18} {'sklearn':<10} {'wall s':>7} {'cpu s':>7} {'rows predicted':>15}")
     for row in report["pdp"]:
         print(
-            f"{row['method']:<8} {row['model']:<18} {row['pd_method']:<15} {row['seconds']:>8.3f} "
-            f"{row['forward_passes']:>15} {row['fit_seconds']:>7.2f}"
+            f"{row['method']:<8} {row['model']:<18} {row['pd_method']:<10} {row['seconds']:>7.3f} "
+            f"{row['cpu_seconds']:>7.3f} {row['forward_passes']:>15}"
         )
 
 
