@@ -20,7 +20,7 @@ from counterclip.engine.path import (
     label_objective,
     similarity_objective,
 )
-from counterclip.engine.ranking import mmr_order
+from counterclip.engine.ranking import mmr_order, word_edit_distance
 from counterclip.engine.results import CounterfactualResult, ResultItem, SearchResult, Validity
 from counterclip.errors import InputError
 from counterclip.index_builder.decode import DecodeError
@@ -649,9 +649,23 @@ class Engine:
             else np.array([passes(float(s)) for s in scores], bool)
         )
         order = np.flatnonzero(valid)
-        # closest first, then MMR for diversity among the k
-        order = order[np.argsort(-(vectors[order] @ e0), kind="stable")]
-        ranked = [order[i] for i in mmr_order(e0, vectors[order], len(order), opts.diversity)]
+        relevance = vectors[order] @ e0
+        edits = None
+        if kind == "caption" and original_text is not None and len(order):
+            # A text counterfactual is minimal when few words change; embedding proximity breaks ties
+            # (it would otherwise prefer captions that add wrong attributes over ones that swap one word).
+            texts = [m["text"] for m in self.index.caption_meta(ids[order])]
+            edits = np.array([word_edit_distance(original_text, t) for t in texts])
+            relevance = -edits + 0.1 * relevance
+        by_relevance = np.argsort(-relevance, kind="stable")
+        order, relevance = order[by_relevance], relevance[by_relevance]
+        edit_of = (
+            dict(zip(order.tolist(), edits[by_relevance].tolist(), strict=True)) if edits is not None else {}
+        )
+        # MMR over the head (diversity among the k, with room for items that fail verification)
+        head = mmr_order(e0, vectors[order], min(len(order), 4 * opts.k), opts.diversity, relevance)
+        in_head = set(head)
+        ranked = [order[i] for i in head] + [row for i, row in enumerate(order) if i not in in_head]
         items: list[ResultItem] = []
         stale: list[dict[str, Any]] = []
         for start in range(0, len(ranked), opts.k):
@@ -665,6 +679,7 @@ class Engine:
                 item.score_before = original
                 item.step = int(steps[row]) if steps is not None else None
                 item.distance = float(1.0 - vectors[row] @ e0)
+                item.word_edits = edit_of.get(int(row))
                 vec = vectors[row]
                 if fresh is not None:
                     new, reason = fresh[j]

@@ -28,6 +28,7 @@ class ResultItem:
     verified: bool = False
     step: int | None = None
     probabilities: dict[str, float] | None = None  # flip mode: softmax over the labels
+    word_edits: int | None = None  # text side: words changed from the original caption
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

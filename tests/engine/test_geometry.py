@@ -195,3 +195,24 @@ def test_search_by_image_id_excludes_itself(setup) -> None:
     others = sorted((i for i in colours if i != 0), key=lambda i: -float(colour_vector(colours[i]) @ e0))
     assert [item.id for item in result.items] == others[:5]
     assert dataclasses.asdict(result.items[0])["kind"] == "image"
+
+
+def test_text_side_prefers_fewest_word_edits(tmp_path, colour_texts) -> None:
+    e_img = colour_vector(ORIGINAL)
+    # both candidates stop matching the image; the one-word swap is further in embedding space
+    near = colour_vector((200, 90, 60))
+    far = colour_vector((210, 60, 40))
+    captions = {
+        1: ("a small blue circle on the left", e_img),
+        2: ("a large small red circle on the left on a dark background", near),
+        3: ("a small red circle on the left", far),
+    }
+    texts = dict(colour_texts)
+    texts.update({text: vec for text, vec in captions.values()})
+    index = make_colour_index(tmp_path, {0: ORIGINAL}, captions)
+    engine = Engine(index, ColourModel(texts), EngineOptions(k=2, diversity=0.0))
+    result = engine.counterfactuals(
+        image=0, text="a small blue circle on the left", side="text", mode="decrease", threshold=5.0
+    )
+    assert [item.id for item in result.items] == [3, 2]
+    assert [item.word_edits for item in result.items] == [1, 6]  # blue->red, +large, +on a dark background

@@ -68,3 +68,19 @@ def test_mmr_order() -> None:
     assert mmr_order(original, candidates, 4, 0.0) == [0, 1, 2, 3]  # pure proximity
     assert mmr_order(original, candidates, 2, 0.5) == [0, 2]  # the near-copy of the first is skipped
     assert mmr_order(original, candidates[:0], 3, 0.5) == []
+
+
+def test_word_edit_distance() -> None:
+    from counterclip.engine.ranking import word_edit_distance
+
+    assert word_edit_distance("a large red circle on the left", "a large blue circle on the left") == 1
+    assert word_edit_distance("A red circle.", "a red circle") == 0
+    assert word_edit_distance("a red circle", "a small red circle on the left") == 4
+    assert word_edit_distance("", "a b") == 2
+
+
+def test_mmr_with_given_relevance() -> None:
+    original = _unit([1, 0, 0])
+    candidates = np.stack([_unit([1, 0.1, 0]), _unit([0, 1, 0]), _unit([1, 0, 0.2])])
+    # relevance says the orthogonal candidate is the best: it goes first whatever its cosine
+    assert mmr_order(original, candidates, 3, 0.0, relevance=np.array([0.0, 1.0, 0.5])) == [1, 2, 0]
