@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import colorsys
 import json
 import math
 import os
@@ -53,7 +54,7 @@ from counterclip.shapes import (
     caption,
     evaluate_model,
 )
-from counterclip.shapes.world import render, sample_attrs
+from counterclip.shapes.world import HOLDOUT, RGB, render, sample_attrs
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_PATH = REPO / "counterclip" / "data" / "shapes" / "config.json"
@@ -62,6 +63,9 @@ MODEL_NAME = "counterclip-shapes-train"  # the name the config is registered und
 
 # Which attribute a hard-negative variant changes (position and size are the hard ones).
 VARIANT_WEIGHTS = {"shape": 0.2, "colour": 0.15, "size": 0.2, "position": 0.3, "background": 0.15}
+# L1 distance (0-765) an unnamed training colour keeps from every named colour's nominal RGB (jitter is
+# at most 3 x 18 = 54, so this is well outside every named colour's cloud).
+FREE_COLOUR_MIN_DISTANCE = 150
 # Which attribute a single-attribute caption names.
 SINGLE_WEIGHTS = {"shape": 0.2, "colour": 0.15, "size": 0.2, "position": 0.3, "background": 0.15}
 
@@ -91,6 +95,7 @@ class TrainCfg:
     resume: str | None  # a checkpoint to resume from
     sincos_positions: bool  # initialise the image position embedding with 2-D sine-cosine codes
     attr_weight: float  # weight of the per-attribute zero-shot classification loss (0 = off)
+    p_free_colour: float  # probability an image's object has an unnamed random colour
 
 
 def parse_args(argv: list[str] | None = None) -> TrainCfg:
@@ -117,6 +122,7 @@ def parse_args(argv: list[str] | None = None) -> TrainCfg:
     p.add_argument("--resume", default=None)
     p.add_argument("--no-sincos-positions", dest="sincos_positions", action="store_false")
     p.add_argument("--attr-weight", type=float, default=1.0)
+    p.add_argument("--p-free-colour", type=float, default=0.0)
     return TrainCfg(**vars(p.parse_args(argv)))
 
 
@@ -155,6 +161,23 @@ def sample_named(rng: np.random.Generator, cfg: TrainCfg) -> tuple[str, ...]:
     return tuple(ATTRIBUTES[i] for i in sorted(rng.choice(len(ATTRIBUTES), size=k, replace=False)))
 
 
+def free_colour(rng: np.random.Generator, shape: str) -> tuple[int, int, int]:
+    """A saturated random colour far from every named colour (so it is no named colour).
+
+    Never one whose nearest named colour would make ``(shape, colour)`` a HOLDOUT pair: a cyan circle is
+    closest to blue, and blue circles must stay unseen.
+    """
+    while True:
+        hsv = (rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0))
+        candidate = tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(*hsv))
+        distances = {
+            name: sum(abs(a - b) for a, b in zip(candidate, rgb, strict=True)) for name, rgb in RGB.items()
+        }
+        nearest = min(distances, key=distances.__getitem__)
+        if distances[nearest] >= FREE_COLOUR_MIN_DISTANCE and (shape, nearest) not in HOLDOUT:
+            return candidate
+
+
 @dataclass
 class Batch:
     """One training batch: pixels, unique captions, and which captions are true of which images."""
@@ -172,20 +195,30 @@ def make_batch(rng: np.random.Generator, cfg: TrainCfg, preprocess) -> Batch:
     while len(attrs) < cfg.batch_size:
         attrs.extend(sample_group(rng, cfg.group_size))
     attrs = attrs[: cfg.batch_size]
-    images: list[Image.Image] = [render(a, rng, 128)[0] for a in attrs]
+    # Some objects get a random colour that is none of the named ones (their captions never name colour),
+    # so shape features must work for any hue, not only for the (shape, colour) pairs seen in training.
+    free = [bool(rng.random() < cfg.p_free_colour) for _ in attrs]
+    images: list[Image.Image] = [
+        render(a, rng, 128, rgb=free_colour(rng, a.shape) if f else None)[0]
+        for a, f in zip(attrs, free, strict=True)
+    ]
     pixels = torch.stack([preprocess(im) for im in images])
 
     texts: list[str] = []
     caption_codes: list[list[int]] = []  # per unique caption: value index per attribute, -1 = not named
     seen: dict[str, int] = {}
-    for a in attrs:
+    for a, f in zip(attrs, free, strict=True):
         named = sample_named(rng, cfg)
+        if f:
+            named = tuple(n for n in named if n != "colour") or ("shape",)
         text = caption(a, named, TEMPLATES[int(rng.integers(len(TEMPLATES)))])
         if text not in seen:
             seen[text] = len(texts)
             texts.append(text)
             caption_codes.append([VALUES[n].index(getattr(a, n)) if n in named else -1 for n in ATTRIBUTES])
     image_codes = torch.tensor([[VALUES[n].index(getattr(a, n)) for n in ATTRIBUTES] for a in attrs])
+    # Unnamed colours: code -2 matches no caption that names a colour, and the attribute loss ignores it.
+    image_codes[torch.tensor(free, dtype=torch.bool), ATTRIBUTES.index("colour")] = -2
     codes = torch.tensor(caption_codes)
     consistent = ((codes[None, :, :] == -1) | (codes[None, :, :] == image_codes[:, None, :])).all(dim=2)
     template = int(rng.integers(len(TEMPLATES)))
@@ -253,7 +286,7 @@ def attribute_loss(
     for column, attribute in enumerate(ATTRIBUTES):
         count = len(VALUES[attribute])
         logits = scale * image_emb @ prompt_emb[start : start + count].T
-        losses.append(F.cross_entropy(logits, labels[:, column]))
+        losses.append(F.cross_entropy(logits, labels[:, column].clamp(min=-1), ignore_index=-1))
         start += count
     return torch.stack(losses).mean()
 

@@ -207,7 +207,7 @@ def _polygon(shape: str, cx: float, cy: float, radius: float, angle: float) -> l
 
 
 def render(
-    attrs: ShapeAttrs, rng: np.random.Generator, size: int = 128
+    attrs: ShapeAttrs, rng: np.random.Generator, size: int = 128, rgb: tuple[int, int, int] | None = None
 ) -> tuple[Image.Image, tuple[int, int, int, int]]:
     """Render one image of the object described by ``attrs``.
 
@@ -215,6 +215,8 @@ def render(
         attrs: the object's attributes.
         rng: random generator for jitter (placement, radius, rotation, colour, background); advanced.
         size: side of the square RGB image in pixels. Default 128.
+        rgb: paint the object in this exact colour instead of a jittered ``attrs.colour`` (training uses it
+            for objects of unnamed colours). Default None.
 
     Returns:
         ``(image, bbox)``: the PIL RGB image and the object's bounding box ``(x0, y0, x1, y1)`` in pixels,
@@ -234,7 +236,9 @@ def render(
     radius = rng.uniform(*_RADIUS_RANGE[attrs.size]) * size
     angle = math.radians(rng.uniform(-_MAX_ROTATION_DEG, _MAX_ROTATION_DEG))
     jitter = rng.integers(-_COLOUR_JITTER, _COLOUR_JITTER + 1, size=3)
-    colour = tuple(int(v) for v in np.clip(np.array(RGB[attrs.colour]) + jitter, 0, 255))
+    colour = (
+        tuple(int(v) for v in np.clip(np.array(RGB[attrs.colour]) + jitter, 0, 255)) if rgb is None else rgb
+    )
 
     mask = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(mask)

@@ -86,3 +86,26 @@ def test_sincos_positions_are_distinct_and_bounded(train) -> None:
     assert codes.shape == (64, 128) and codes.abs().max() <= 1.0
     distances = torch.cdist(codes, codes) + torch.eye(64) * 1e3
     assert distances.min() > 0.5  # every patch position gets its own code
+
+
+def test_free_colours_are_no_named_colour_and_keep_holdout_unseen(train) -> None:
+    rng = np.random.default_rng(0)
+    for shape in ("circle", "triangle", "star", "square"):
+        for _ in range(200):
+            rgb = train.free_colour(rng, shape)
+            distances = {
+                n: sum(abs(a - b) for a, b in zip(rgb, c, strict=True)) for n, c in train.RGB.items()
+            }
+            nearest = min(distances, key=distances.__getitem__)
+            assert distances[nearest] >= train.FREE_COLOUR_MIN_DISTANCE
+            assert (shape, nearest) not in train.HOLDOUT
+
+
+def test_free_colour_images_never_get_colour_captions(train) -> None:
+    cfg = train.parse_args(["--batch-size", "32", "--p-free-colour", "0.5"])
+    batch = train.make_batch(np.random.default_rng(2), cfg, _identity_preprocess)
+    free = batch.labels[:, ATTRIBUTES.index("colour")] == -2
+    assert 0 < int(free.sum()) < 32
+    for j, text in enumerate(batch.texts):
+        if "colour" in parse_caption(text):
+            assert not batch.consistent[free, j].any(), text
