@@ -250,6 +250,10 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         k: int = typer.Option(5, "-k"),
         side: str = typer.Option("both", "--side", help="image | text | both"),
+        margin: float = typer.Option(None, "--margin", help="Override the increase-mode validity margin."),
+        text_proximity: str = typer.Option(
+            None, "--text-proximity", help="words | embedding (text-side ranking)."
+        ),
         device: str = typer.Option("auto", help="auto | cpu | cuda"),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
@@ -270,8 +274,15 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             raise InputError(f"labels file not found: {labels_file}")
         sides = ("image", "text") if side == "both" else (side,)
         with _open_engine(index, device) as engine:
+            overrides = {}
+            if margin is not None:
+                overrides["match_margin"] = margin
+            if text_proximity is not None:
+                if text_proximity not in ("words", "embedding"):
+                    raise InputError(f"--text-proximity must be words or embedding, got {text_proximity!r}")
+                overrides["text_proximity"] = text_proximity
             report = evaluate_counterfactuals(
-                engine, labels_file, n_queries=n_queries, seed=seed, k=k, sides=sides
+                engine, labels_file, n_queries=n_queries, seed=seed, k=k, sides=sides, **overrides
             )
         if as_json:
             print_json(report)
@@ -285,6 +296,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             )
             metrics = [
                 "answered_rate",
+                "minimal_swap_at_1",
                 "verified_rate",
                 "hit_at_1",
                 "minimal_at_1",

@@ -58,6 +58,7 @@ class EngineOptions:
     k: int = 5  # results returned
     path: PathSettings = field(default_factory=PathSettings)  # gradient walk of the target embedding
     candidates_per_point: int = 32  # FAISS neighbours gathered around each path point
+    candidates_around_origin: int = 256  # neighbours gathered around the original itself (0 = path only)
     match_margin: float = 0.25  # increase: valid if score >= best - margin * (best - typical)
     nomatch_level: float = 0.5  # decrease: valid if score <= typical + level * (best - typical)
     threshold: float | None = None  # absolute score threshold overriding the two rules above
@@ -66,6 +67,7 @@ class EngineOptions:
     baseline_pool: int = 50  # "closest valid among the text's top N" baseline
     baselines: bool = True  # compute the baselines alongside
     typical_sample: int = 1024  # index vectors sampled to estimate a typical (non-matching) score
+    text_proximity: str = "words"  # text side ranking: "words" (fewest word edits first) or "embedding"
 
 
 class Engine:
@@ -560,12 +562,25 @@ class Engine:
         )
 
     # shared machinery -----------------------------------------------------------------------------
-    def _candidates(self, kind: str, path: np.ndarray, per_point: int) -> tuple[np.ndarray, np.ndarray]:
-        """Distinct ids found around the path points, with the first step that found each."""
+    def _candidates(
+        self, kind: str, path: np.ndarray, per_point: int, around_origin: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct ids found around the path points, with the first step that found each.
+
+        The origin (step 0) is searched wider: near-original answers that change one thing often lie just
+        beyond the original's closest copies, in a direction the steepest path does not take.
+        """
         search = self.index.search_images if kind == "image" else self.index.search_captions
-        _, ids = search(path.astype(np.float32), per_point)
+        queries = path.astype(np.float32)
+        _, ids = search(queries, per_point)
+        rows = (
+            [(0, row) for row in search(queries[:1], max(around_origin, per_point))[1]]
+            if around_origin
+            else []
+        )
+        rows += list(enumerate(ids))
         first_step: dict[int, int] = {}
-        for step, row in enumerate(ids):
+        for step, row in rows:
             for item_id in row:
                 if item_id >= 0 and int(item_id) not in first_step:
                     first_step[int(item_id)] = step
@@ -589,7 +604,7 @@ class Engine:
         flipped_fn=None,
     ) -> tuple[list[ResultItem], list[dict[str, Any]], int]:
         started = time.perf_counter()
-        ids, steps = self._candidates(kind, path, opts.candidates_per_point)
+        ids, steps = self._candidates(kind, path, opts.candidates_per_point, opts.candidates_around_origin)
         items, stale, count = self._verify_rank(
             kind,
             e0,
@@ -651,7 +666,7 @@ class Engine:
         order = np.flatnonzero(valid)
         relevance = vectors[order] @ e0
         edits = None
-        if kind == "caption" and original_text is not None and len(order):
+        if kind == "caption" and original_text is not None and len(order) and opts.text_proximity == "words":
             # A text counterfactual is minimal when few words change; embedding proximity breaks ties
             # (it would otherwise prefer captions that add wrong attributes over ones that swap one word).
             texts = [m["text"] for m in self.index.caption_meta(ids[order])]

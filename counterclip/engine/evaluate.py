@@ -9,6 +9,7 @@ drawn only where the index holds at least one minimal answer.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Callable
@@ -51,7 +52,17 @@ def shapes_vocabulary() -> list[str]:
 
 
 def _one_attribute_apart(a: dict[str, str], b: dict[str, str]) -> bool:
+    """Same attributes named, exactly one value changed (the strict reading of "minimal")."""
     return a.keys() == b.keys() and sum(a[k] != b[k] for k in a) == 1
+
+
+def _one_attribute_differs(a: dict[str, str], b: dict[str, str]) -> bool:
+    """Exactly one attribute differs: one value changed, or one attribute named in only one of them.
+
+    Template words ("a photo of") are not attributes. A returned caption is verified not to match the
+    image, so an added attribute always carries a value the image does not have.
+    """
+    return sum(a.get(k) != b.get(k) for k in set(a) | set(b)) == 1
 
 
 def _summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -69,6 +80,11 @@ def _summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         "verified_rate": (sum(r["verified"] for r in records) / returned) if returned else None,
         "hit_at_1": float(np.mean([r["hit"] for r in records])),
         "minimal_at_1": float(np.mean([r["minimal"] for r in records])),
+        **(
+            {"minimal_swap_at_1": float(np.mean([r["minimal_swap"] for r in records]))}
+            if "minimal_swap" in records[0]
+            else {}
+        ),
         "mean_distance_top1": float(np.mean(distances)) if distances else None,
         "diversity_at_k": float(np.mean(diversities)) if diversities else None,
     }
@@ -96,6 +112,7 @@ def evaluate_counterfactuals(
     k: int = 5,
     sides: tuple[str, ...] = ("image", "text"),
     progress: Callable[[int, int], None] | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Run the shapes-world counterfactual evaluation.
 
@@ -106,6 +123,7 @@ def evaluate_counterfactuals(
         seed: query sampling seed.
         k: results per query.
         sides: which sides to evaluate.
+        **overrides: `EngineOptions` fields for every query (e.g. ``match_margin=0.1``).
 
     Returns:
         JSON-friendly dict: per side, per method (ours and each baseline) the rates, distances,
@@ -128,15 +146,30 @@ def evaluate_counterfactuals(
         )
     id_attrs = {image_id: attrs for image_id, attrs, _ in indexed}
     rng = np.random.default_rng(seed)
-    report: dict[str, Any] = {"index_images": len(id_attrs), "k": k, "seed": seed}
+    report: dict[str, Any] = {
+        "index_images": len(id_attrs),
+        "k": k,
+        "seed": seed,
+        "options": {**dataclasses.asdict(engine.options), **overrides},
+        "definitions": {
+            "hit_at_1": "image side: the top result has the asked attribute value; text side: a verified caption",
+            "minimal_at_1": "image side: asked value and every other attribute unchanged; text side: exactly "
+            "one attribute differs from the original caption (one value changed, or one wrong attribute added)",
+            "minimal_swap_at_1": "text side, strict: same attributes named, exactly one value changed",
+        },
+    }
     if "image" in sides:
-        report["image_side"] = _image_side(engine, indexed, by_attrs, id_attrs, n_queries, rng, k, progress)
+        report["image_side"] = _image_side(
+            engine, indexed, by_attrs, id_attrs, n_queries, rng, k, progress, overrides
+        )
     if "text" in sides:
-        report["text_side"] = _text_side(engine, indexed, n_queries, rng, k, progress)
+        report["text_side"] = _text_side(engine, indexed, n_queries, rng, k, progress, overrides)
     return report
 
 
-def _image_side(engine, indexed, by_attrs, id_attrs, n_queries, rng, k, progress) -> dict[str, Any]:
+def _image_side(
+    engine, indexed, by_attrs, id_attrs, n_queries, rng, k, progress, overrides
+) -> dict[str, Any]:
     per_method: dict[str, list[dict[str, Any]]] = {}
     drawn = skipped = 0
     attempts = 0
@@ -156,7 +189,7 @@ def _image_side(engine, indexed, by_attrs, id_attrs, n_queries, rng, k, progress
             extra = list(rng.choice(others, size=int(rng.integers(1, 3)), replace=False))
             named = tuple(a for a in FULL if a == attribute or a in extra)
         text = caption(wanted, named)
-        result = engine.counterfactuals(image=image_id, text=text, mode="increase", k=k)
+        result = engine.counterfactuals(image=image_id, text=text, mode="increase", k=k, **overrides)
         drawn += 1
         for method, items, latency in _methods(result):
             top = id_attrs.get(items[0].id) if items else None
@@ -178,7 +211,7 @@ def _image_side(engine, indexed, by_attrs, id_attrs, n_queries, rng, k, progress
     return out
 
 
-def _text_side(engine, indexed, n_queries, rng, k, progress) -> dict[str, Any]:
+def _text_side(engine, indexed, n_queries, rng, k, progress, overrides) -> dict[str, Any]:
     caption_ids = engine.index.caption_ids()
     if len(caption_ids) == 0:
         return {"drawn": 0, "error": "the index holds no captions"}
@@ -196,17 +229,19 @@ def _text_side(engine, indexed, n_queries, rng, k, progress) -> dict[str, Any]:
         if not any(_one_attribute_apart(own_parsed, p) for p in by_keys.get(tuple(own_parsed), [])):
             skipped += 1
             continue
-        result = engine.counterfactuals(image=image_id, text=own, side="text", mode="decrease", k=k)
+        result = engine.counterfactuals(
+            image=image_id, text=own, side="text", mode="decrease", k=k, **overrides
+        )
         drawn += 1
         for method, items, latency in _methods(result):
             top = parsed.get(items[0].id) if items else None
-            minimal = bool(top is not None and _one_attribute_apart(own_parsed, top))
             per_method.setdefault(method, []).append(
                 {
                     "returned": len(items),
                     "verified": sum(i.verified for i in items),
                     "hit": bool(top is not None and top != own_parsed),
-                    "minimal": minimal,
+                    "minimal": bool(top is not None and _one_attribute_differs(own_parsed, top)),
+                    "minimal_swap": bool(top is not None and _one_attribute_apart(own_parsed, top)),
                     "distance": items[0].distance if items else None,
                     "diversity": _diversity(engine, items, "caption") if method == OURS else None,
                     "latency": latency,
