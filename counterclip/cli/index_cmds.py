@@ -37,10 +37,10 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         captions: Path = typer.Option(None, "--captions", help="Captions file: CSV (path,caption) or JSONL."),
         vocab: Path = typer.Option(None, "--vocab", help="Free captions, one per line."),
         batch_size: int = typer.Option(
-            None, "--batch-size", min=1, help="Images per forward pass [default: 64]."
+            None, "--batch-size", min=1, help="Images per forward pass (default 64, or the recipe's)."
         ),
         workers: int = typer.Option(
-            None, "--workers", min=0, help="Decode threads, 0 = inline [default: 2]."
+            None, "--workers", min=0, help="Decode workers, 0 = decode inline (default 2, or the recipe's)."
         ),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
         index_kind: str = typer.Option(
@@ -89,8 +89,10 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         index: Path = typer.Argument(..., help="Index directory."),
         captions: Path = typer.Option(None, "--captions", help="Replace the recorded captions file."),
         vocab: Path = typer.Option(None, "--vocab", help="Replace the recorded vocabulary file."),
-        batch_size: int = typer.Option(None, "--batch-size", min=1, help="Images per forward pass."),
-        workers: int = typer.Option(None, "--workers", min=0, help="Decode threads."),
+        batch_size: int = typer.Option(
+            None, "--batch-size", min=1, help="Images per forward pass (default: as recorded)."
+        ),
+        workers: int = typer.Option(None, "--workers", min=0, help="Decode workers (default: as recorded)."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
         index_kind: str = typer.Option(
             None, "--index-kind", help="Change the FAISS kind (auto or a factory string)."

@@ -662,7 +662,6 @@ class _Builder:
             workers=cfg.workers,
             prefetch_batches=cfg.prefetch_batches,
             on_progress=lambda n: self.progress.advance(task, n),
-            processes=cfg.worker_kind == "process",
         )
         self.stage.update(
             decode_thread_seconds=times.decode, embed=times.embed, write=times.write, pipeline=times.wall

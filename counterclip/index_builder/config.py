@@ -27,8 +27,7 @@ class IndexCfg:
     name: str = "default"  # recipe name, recorded in the manifest
     shard_size: int = 2048  # vectors per embedding shard file (memory bound and resume granularity)
     batch_size: int = 64  # images per forward pass
-    workers: int = 2  # decode/preprocess workers (0 = decode in the main thread)
-    worker_kind: str = "thread"  # "thread" or "process" (forked, one torch thread each)
+    workers: int = 2  # decode/preprocess threads (0 = decode in the main thread)
     prefetch_batches: int = 2  # decoded batches kept ready ahead of the model
     max_pixels: int = 89_478_485  # refuse larger images (decompression bombs); Pillow's own limit
     max_side: int = 50_000  # refuse images with a side longer than this (absurd dimensions)
@@ -48,8 +47,6 @@ class IndexCfg:
         for key in ("shard_size", "batch_size", "prefetch_batches", "recall_k", "recall_sample"):
             if getattr(self, key) < 1:
                 raise InputError(f"index config {self.name!r}: {key} must be >= 1, got {getattr(self, key)}")
-        if self.worker_kind not in ("thread", "process"):
-            raise InputError(f"index config {self.name!r}: worker_kind must be 'thread' or 'process'")
         if self.workers < 0:
             raise InputError(f"index config {self.name!r}: workers must be >= 0 (0 = decode inline)")
         if not 0.0 < self.recall_target <= 1.0:
