@@ -12,6 +12,9 @@ from PIL import Image
 
 from counterclip.index_builder.decode import DecodeError, DecodeLimits, decode_bytes, load_image, to_rgb
 
+# Pillow warns about the 169-megapixel bomb before the builder refuses it; the refusal is what is tested.
+pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+
 
 @pytest.fixture(scope="module")
 def hard(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
