@@ -30,6 +30,35 @@ def pointing_hit(pixel_map: np.ndarray, bbox: tuple[int, int, int, int] | list[i
     return bool(x0 <= x < x1 and y0 <= y < y1)
 
 
+def pointing_hit_cells(
+    cell_map: np.ndarray, bbox: tuple[int, int, int, int] | list[int], image_size: tuple[int, int]
+) -> bool:
+    """Pointing game at the map's own resolution: whether the most relevant cell overlaps the box.
+
+    A patch-level map says nothing about where inside its top cell the evidence is, so the pixel argmax
+    of an upsampled map lands on an interpolation artefact (the cell centre); this asks instead whether
+    the top cell touches the object (in the spirit of the original pointing game's 15-pixel tolerance).
+
+    Args:
+        cell_map: ``(gh, gw)`` map over a regular grid covering the image.
+        bbox: ``(x0, y0, x1, y1)`` in pixels, ``x1``/``y1`` exclusive.
+        image_size: ``(H, W)`` of the image the box refers to.
+
+    Returns:
+        True if the (first) top cell's pixel rectangle intersects the box; a constant map never hits.
+    """
+    values = np.asarray(cell_map)
+    if values.size == 0 or np.all(values == values.flat[0]):
+        return False
+    row, col = np.unravel_index(int(np.argmax(values)), values.shape)
+    gh, gw = values.shape
+    h, w = image_size
+    cy0, cy1 = row * h / gh, (row + 1) * h / gh
+    cx0, cx1 = col * w / gw, (col + 1) * w / gw
+    x0, y0, x1, y1 = bbox
+    return bool(cx0 < x1 and x0 < cx1 and cy0 < y1 and y0 < cy1)
+
+
 def cell_masks(size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
     """``(gh * gw, H, W)`` boolean masks of a regular grid of cells (row-major)."""
     h, w = size

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from counterclip.explainers.evaluate import evaluate_explainers
-from counterclip.explainers.metrics import auc, cell_masks, perturbation_curve, pointing_hit, relative_change
+from counterclip.explainers.metrics import (
+    auc,
+    cell_masks,
+    perturbation_curve,
+    pointing_hit,
+    pointing_hit_cells,
+    relative_change,
+)
 
 
 def test_pointing_hit() -> None:
@@ -76,3 +83,11 @@ def test_eval_rejects_unknown_methods(tiny_vit) -> None:
 
     with pytest.raises(InputError, match="unknown method"):
         evaluate_explainers(tiny_vit, n=1, methods=("nope",))
+
+
+def test_pointing_hit_cells() -> None:
+    cells = np.zeros((4, 4))
+    cells[1, 2] = 1.0  # covers x in [16, 24), y in [8, 16) of a 32 x 32 image
+    assert pointing_hit_cells(cells, (23, 15, 30, 30), (32, 32))  # touches the cell's corner pixel
+    assert not pointing_hit_cells(cells, (24, 0, 32, 32), (32, 32))  # starts just right of it
+    assert not pointing_hit_cells(np.ones((4, 4)), (0, 0, 32, 32), (32, 32))
