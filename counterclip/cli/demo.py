@@ -52,7 +52,7 @@ def run_demo(out_dir: Path, n: int = 400, device: str = "auto", seed: int = 0) -
         written["text_report"] = write_counterfactual_report(
             engine, text_result, out_dir / "report-text-side.html", query_image
         )
-    out.print(f"\n[bold]query[/] {query_path} (a {own})")
+    out.print(f"\n[bold]query[/] {query_path} ({own})")
     out.print(f"[bold]image side[/]: images close to it that match “{asked}”:")
     for item in image_result.items:
         out.print(
