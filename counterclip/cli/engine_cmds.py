@@ -254,6 +254,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         text_proximity: str = typer.Option(
             None, "--text-proximity", help="words | embedding (text-side ranking)."
         ),
+        threads: int = typer.Option(
+            None, "--threads", help="torch CPU threads (1 gives steadier latency on a busy machine)."
+        ),
         device: str = typer.Option("auto", help="auto | cpu | cuda"),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
@@ -273,6 +276,10 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         if not labels_file.is_file():
             raise InputError(f"labels file not found: {labels_file}")
         sides = ("image", "text") if side == "both" else (side,)
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         with _open_engine(index, device) as engine:
             overrides = {}
             if margin is not None:
