@@ -57,9 +57,10 @@ class EngineOptions:
 
     k: int = 5  # results returned
     path: PathSettings = field(default_factory=PathSettings)  # gradient walk of the target embedding
-    candidates_per_point: int = 32  # FAISS neighbours gathered around each path point
+    candidates_per_point: int = 64  # FAISS neighbours gathered around each path point
     candidates_around_origin: int = 256  # neighbours gathered around the original itself (0 = path only)
-    match_margin: float = 0.25  # increase: valid if score >= best - margin * (best - typical)
+    candidates_at_target: int = 64  # neighbours gathered around the path's limit, the target embedding
+    match_margin: float = 0.05  # increase: valid if score >= best - margin * (best - typical)
     nomatch_level: float = 0.5  # decrease: valid if score <= typical + level * (best - typical)
     threshold: float | None = None  # absolute score threshold overriding the two rules above
     diversity: float = 0.2  # MMR weight on diversity among the k (0 = closest first, no diversity)
@@ -372,6 +373,7 @@ class Engine:
             opts,
             timings,
             clock,
+            target_point=text_vec if mode == "increase" else None,
         )
         items, stale, candidates = result
         baselines = {}
@@ -439,6 +441,7 @@ class Engine:
             timings,
             clock,
             original_text=text,
+            target_point=image_vec if mode == "increase" else None,
         )
         baselines = {}
         if opts.baselines:
@@ -524,6 +527,7 @@ class Engine:
             timings,
             clock,
             flipped_fn=flipped_fn,
+            target_point=label_vecs[target_index],
         )
         baselines = {}
         if opts.baselines:
@@ -563,22 +567,28 @@ class Engine:
 
     # shared machinery -----------------------------------------------------------------------------
     def _candidates(
-        self, kind: str, path: np.ndarray, per_point: int, around_origin: int
+        self,
+        kind: str,
+        path: np.ndarray,
+        opts: EngineOptions,
+        target_point: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Distinct ids found around the path points, with the first step that found each.
 
         The origin (step 0) is searched wider: near-original answers that change one thing often lie just
-        beyond the original's closest copies, in a direction the steepest path does not take.
+        beyond the original's closest copies, in a direction the steepest path does not take. The path's
+        limit (the target embedding itself, step ``len(path)``) is searched too: in a large index the
+        points of a short path only see near-copies of the original.
         """
         search = self.index.search_images if kind == "image" else self.index.search_captions
         queries = path.astype(np.float32)
-        _, ids = search(queries, per_point)
-        rows = (
-            [(0, row) for row in search(queries[:1], max(around_origin, per_point))[1]]
-            if around_origin
-            else []
-        )
-        rows += list(enumerate(ids))
+        rows: list[tuple[int, np.ndarray]] = []
+        if opts.candidates_around_origin:
+            rows += [(0, row) for row in search(queries[:1], opts.candidates_around_origin)[1]]
+        rows += list(enumerate(search(queries, opts.candidates_per_point)[1]))
+        if target_point is not None and opts.candidates_at_target:
+            target = target_point[None].astype(np.float32)
+            rows += [(len(path), row) for row in search(target, opts.candidates_at_target)[1]]
         first_step: dict[int, int] = {}
         for step, row in rows:
             for item_id in row:
@@ -602,9 +612,10 @@ class Engine:
         clock: float,
         original_text: str | None = None,
         flipped_fn=None,
+        target_point: np.ndarray | None = None,
     ) -> tuple[list[ResultItem], list[dict[str, Any]], int]:
         started = time.perf_counter()
-        ids, steps = self._candidates(kind, path, opts.candidates_per_point, opts.candidates_around_origin)
+        ids, steps = self._candidates(kind, path, opts, target_point)
         items, stale, count = self._verify_rank(
             kind,
             e0,

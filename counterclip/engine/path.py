@@ -57,7 +57,7 @@ class PathSettings:
     steps: int = 24  # maximum number of ascent steps
     step_angle: float = 0.06  # radians moved per step (normalised gradient steps keep the schedule even)
     proximity: float = 0.0  # lambda of the ||e - e0||^2 penalty, in objective units
-    extra_steps: int = 4  # steps kept after the path point itself first passes the stop test
+    extra_steps: int = 8  # steps kept after the path point itself first passes the stop test
 
 
 def gradient_path(
