@@ -296,12 +296,14 @@ class Engine:
         timings["encode"] = time.perf_counter() - clock
         query = {"image": image_desc, "text": text}
         if side == "image":
-            return self._image_side(image_vec, image_id, text_vec, text, mode, query, opts, timings, clock)
+            return self._pair_side(
+                "image", image_vec, text_vec, image_id, text, mode, query, opts, timings, clock
+            )
         if len(self.index.caption_ids()) == 0:
             raise InputError(
                 "this index holds no captions: the text side needs a caption index (build with --vocab, --captions, or sidecar .txt files)"
             )
-        return self._text_side(image_vec, text_vec, text, mode, query, opts, timings, clock)
+        return self._pair_side("caption", text_vec, image_vec, None, text, mode, query, opts, timings, clock)
 
     # validity -----------------------------------------------------------------------------------
     def _validity(
@@ -337,12 +339,13 @@ class Engine:
             return score >= validity.threshold and score > validity.original
         return score <= validity.threshold and score < validity.original
 
-    # image side -----------------------------------------------------------------------------------
-    def _image_side(
+    # image or text side ----------------------------------------------------------------------------
+    def _pair_side(
         self,
-        e0: np.ndarray,
-        image_id: int | None,
-        text_vec: np.ndarray,
+        kind: str,
+        moving: np.ndarray,
+        fixed: np.ndarray,
+        exclude_id: int | None,
         text: str,
         mode: str,
         query: dict[str, Any],
@@ -350,117 +353,50 @@ class Engine:
         timings: dict[str, float],
         clock: float,
     ) -> CounterfactualResult:
+        """One side of the pair moves (``kind`` image: the image embedding against the image index; caption:
+        the text embedding against the caption index) while the other stays ``fixed``."""
         scale = self.logit_scale
-        original = float(e0 @ text_vec) * scale
-        validity = self._validity(mode, text_vec, "image", original, opts)
+        original = float(moving @ fixed) * scale
+        validity = self._validity(mode, fixed, kind, original, opts)
         sign = 1.0 if mode == "increase" else -1.0
-        objective = similarity_objective(text_vec, scale, sign)
         stop_value = sign * validity.threshold
-        path, values = gradient_path(e0, objective, opts.path, stop=lambda v: v >= stop_value)
+        objective = similarity_objective(fixed, scale, sign)
+        path, values = gradient_path(moving, objective, opts.path, stop=lambda v: v >= stop_value)
         timings["path"] = time.perf_counter() - clock - sum(timings.values())
 
         def score_fn(vectors: np.ndarray) -> np.ndarray:
-            return vectors @ text_vec * scale
+            return vectors @ fixed * scale
 
-        result = self._search_verify_rank(
-            "image",
-            e0,
-            image_id,
-            path,
-            score_fn,
-            lambda s: self._passes(validity, s),
-            original,
-            opts,
-            timings,
-            clock,
-            target_point=text_vec if mode == "increase" else None,
-        )
-        items, stale, candidates = result
-        baselines = {}
-        if opts.baselines:
-            started = time.perf_counter()
-            baselines = self._baselines(
-                "image",
-                e0,
-                image_id,
-                text_vec if mode == "increase" else e0,
-                score_fn,
-                lambda s: self._passes(validity, s),
-                original,
-                opts,
-            )
-            timings["baselines"] = time.perf_counter() - started
-        timings["total"] = time.perf_counter() - clock
-        return CounterfactualResult(
-            "image",
-            mode,
-            text,
-            query,
-            validity,
-            items,
-            baselines,
-            stale,
-            candidates,
-            values.tolist(),
-            timings,
-        )
+        def passes(score: float) -> bool:
+            return self._passes(validity, score)
 
-    # text side ------------------------------------------------------------------------------------
-    def _text_side(
-        self,
-        image_vec: np.ndarray,
-        t0: np.ndarray,
-        text: str,
-        mode: str,
-        query: dict[str, Any],
-        opts: EngineOptions,
-        timings: dict[str, float],
-        clock: float,
-    ) -> CounterfactualResult:
-        scale = self.logit_scale
-        original = float(image_vec @ t0) * scale
-        validity = self._validity(mode, image_vec, "caption", original, opts)
-        sign = 1.0 if mode == "increase" else -1.0
-        objective = similarity_objective(image_vec, scale, sign)
-        stop_value = sign * validity.threshold
-        path, values = gradient_path(t0, objective, opts.path, stop=lambda v: v >= stop_value)
-        timings["path"] = time.perf_counter() - clock - sum(timings.values())
-
-        def score_fn(vectors: np.ndarray) -> np.ndarray:
-            return vectors @ image_vec * scale
-
+        original_text = text if kind == "caption" else None
         items, stale, candidates = self._search_verify_rank(
-            "caption",
-            t0,
-            None,
+            kind,
+            moving,
+            exclude_id,
             path,
             score_fn,
-            lambda s: self._passes(validity, s),
+            passes,
             original,
             opts,
             timings,
             clock,
-            original_text=text,
-            target_point=image_vec if mode == "increase" else None,
+            original_text=original_text,
+            target_point=fixed if mode == "increase" else None,
         )
         baselines = {}
         if opts.baselines:
             started = time.perf_counter()
+            probe = fixed if mode == "increase" else moving
             baselines = self._baselines(
-                "caption",
-                t0,
-                None,
-                image_vec if mode == "increase" else t0,
-                score_fn,
-                lambda s: self._passes(validity, s),
-                original,
-                opts,
-                original_text=text,
+                kind, moving, exclude_id, probe, score_fn, passes, original, opts, original_text=original_text
             )
             timings["baselines"] = time.perf_counter() - started
         timings["total"] = time.perf_counter() - clock
+        side = "image" if kind == "image" else "text"
         return CounterfactualResult(
-            "text", mode, text, query, validity, items, baselines, stale, candidates, values.tolist(), timings
+            side, mode, text, query, validity, items, baselines, stale, candidates, values.tolist(), timings
         )
 
     # flip -------------------------------------------------------------------------------------------
