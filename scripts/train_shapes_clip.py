@@ -19,6 +19,18 @@ wall-clock progress, so a run always ends (with a fully decayed learning rate) w
 Example::
 
     .venv/bin/python scripts/train_shapes_clip.py --minutes 40 --seed 0 2>&1 | tee /tmp/train_shapes.log
+
+How the shipped weights were made (55.1 training minutes, 1113 steps, on a shared 2-core CPU): one run,
+stopped at its step-200 and step-700 checkpoints and resumed with the same 55-minute budget; the last
+segment added objects of unnamed colours::
+
+    train_shapes_clip.py --minutes 40 --batch-size 128 --seed 0 --eval-every 100 --eval-n 200   # to step 200
+    ... --minutes 55 --resume /tmp/shapes_clip_ckpt/step200.pt                                  # to step 700
+    ... --minutes 55 --p-free-colour 0.3 --resume /tmp/shapes_clip_ckpt/step700.pt              # to step 1113
+
+(the first segment's 40-minute budget is superseded by the later 55-minute one). Seed-7 results: zero-shot
+colour, size, position and background 1.00; shape 0.67 (seen) and 0.00 (held-out pairs); full-caption
+top-1 0.65 (seen) and 0.15 (held-out). Shape is the bottleneck: it only starts rising after ~400 steps.
 """
 
 from __future__ import annotations
