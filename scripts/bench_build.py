@@ -13,6 +13,10 @@ Reports, in one run:
 - **peak memory** (max RSS) of the pipeline process for N and 4N images, and its growth over the RSS
   after loading the model (target: flat, i.e. the same for N and 4N).
 
+The model, pipeline and naive figures for N come from one process, with the same loaded model on the
+same images, so they share the machine's conditions; the pipeline runs first, so that its peak RSS
+does not include the N pre-decoded tensors of the model figure.
+
 Speed does not depend on the weights' values, so random weights measure what pretrained ones would.
 
 Usage::
@@ -82,8 +86,8 @@ def naive_loop(model, paths: list[Path]) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def run_child(folder: Path, index_dir: Path, batch_size: int, workers: int) -> dict:
-    """Run the pipeline in a fresh process (so that its peak RSS is its own) and return its report."""
+def run_child(folder: Path, index_dir: Path, batch_size: int, workers: int, naive: int = 0) -> dict:
+    """Run one measurement in a fresh process (so that its peak RSS is its own) and return its report."""
     command = [
         sys.executable,
         __file__,
@@ -94,15 +98,18 @@ def run_child(folder: Path, index_dir: Path, batch_size: int, workers: int) -> d
         str(batch_size),
         "--workers",
         str(workers),
+        "--naive",
+        str(naive),
     ]
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise SystemExit(f"pipeline child failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"benchmark child failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def child(folder: Path, index_dir: Path, batch_size: int, workers: int) -> None:
-    """The pipeline process: load the model, warm it up, build, print a JSON line."""
+def child(folder: Path, index_dir: Path, batch_size: int, workers: int, naive: int) -> None:
+    """One process: load and warm up the model, build (timed, peak RSS), then, when ``naive`` > 0, the
+    pure-model and naive figures on the same images with the same model (same conditions)."""
     from counterclip.index_builder import build_index
     from counterclip.models import load_model
 
@@ -124,10 +131,14 @@ def child(folder: Path, index_dir: Path, batch_size: int, workers: int) -> None:
         "seconds": seconds,
         "images_per_s": summary.indexed / seconds,
         "rss_after_model_mb": baseline,
-        "peak_rss_mb": max_rss_mb(),
+        "peak_rss_mb": max_rss_mb(),  # before the figures below hold all N tensors at once
         "stage_seconds": summary.stage_seconds,
         "fingerprint_seconds": fingerprint_seconds,
     }
+    if naive:
+        paths = sorted(folder.glob("*.jpg"))
+        report["model_images_per_s"] = pure_model(model, paths, batch_size)
+        report["naive_images_per_s"] = naive_loop(model, paths[:naive])
     print(json.dumps(report))
 
 
@@ -146,10 +157,8 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, metavar=("FOLDER", "INDEX"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(Path(args.child[0]), Path(args.child[1]), args.batch_size, args.workers)
+        child(Path(args.child[0]), Path(args.child[1]), args.batch_size, args.workers, args.naive)
         return
-
-    from counterclip.models import load_model
 
     w, h = (int(v) for v in args.size.lower().split("x"))
     work = Path(tempfile.mkdtemp(prefix="cc-bench-build-"))
@@ -159,19 +168,14 @@ def main() -> None:
         generate(small, args.n, (w, h), seed=0)
         generate(large, 4 * args.n, (w, h), seed=1)
         generated = time.perf_counter() - t0
-        paths = sorted(small.glob("*.jpg"))
-
-        model = load_model(ARCH, device="cpu")
-        model_ips = pure_model(model, paths, args.batch_size)
-        naive_ips = naive_loop(model, paths[: args.naive])
-        del model
-
-        run_n = run_child(small, work / "idx-n", args.batch_size, args.workers)
+        run_n = run_child(small, work / "idx-n", args.batch_size, args.workers, naive=args.naive)
         run_4n = run_child(large, work / "idx-4n", args.batch_size, args.workers)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     pipeline_ips = run_n["images_per_s"]
+    model_ips = run_n["model_images_per_s"]
+    naive_ips = run_n["naive_images_per_s"]
     growth_n = run_n["peak_rss_mb"] - run_n["rss_after_model_mb"]
     growth_4n = run_4n["peak_rss_mb"] - run_4n["rss_after_model_mb"]
     figures = {

@@ -18,6 +18,7 @@ One run, under the writer lock:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -35,7 +36,7 @@ from counterclip.errors import IndexFormatError, InputError
 from counterclip.index_builder import captions as caption_sources
 from counterclip.index_builder._fs import TMP_SUFFIX, WriterLock
 from counterclip.index_builder.config import IndexCfg, load_index_config
-from counterclip.index_builder.decode import DecodeLimits, file_sha256
+from counterclip.index_builder.decode import DecodeOptions, file_sha256
 from counterclip.index_builder.faiss_index import FaissInfo, build_and_measure, write_index_atomic
 from counterclip.index_builder.manifest import (
     FORMAT_VERSION,
@@ -419,6 +420,27 @@ class _Builder:
             return None
         return path
 
+    def _decode_options(self, store: Store, cfg: IndexCfg) -> DecodeOptions:
+        """How files are decoded: fixed when the index is created, so every vector is made the same way."""
+        recorded = store.get_meta("decode")
+        if recorded is not None:
+            options = DecodeOptions(**recorded)
+            wanted = (cfg.max_pixels, cfg.max_side, cfg.max_file_bytes, cfg.jpeg_draft)
+            have = (
+                options.max_pixels,
+                options.max_side,
+                options.max_file_bytes,
+                options.jpeg_min_side is not None,
+            )
+            if wanted != have:
+                self.warnings.append(
+                    "decode settings are fixed when an index is created; the new ones were ignored "
+                    "(build a new index to change them)"
+                )
+            return options
+        side = min(self.model.vision_geometry.image_size) if cfg.jpeg_draft else None
+        return DecodeOptions(cfg.max_pixels, cfg.max_side, cfg.max_file_bytes, side)
+
     # --- the run --------------------------------------------------------------------------------
     def _run(self, store: Store) -> BuildSummary:
         root, cfg = self._resolve(store)
@@ -436,6 +458,8 @@ class _Builder:
         sidecars: list[tuple[str, str]] = []
         self._scan_to_temp(store, root, sidecars)  # reads only: a refused run leaves the index valid
 
+        self.decode = self._decode_options(store, cfg)
+
         invalidate_manifest(self.index_dir)  # from here on the index is incomplete until the end
         created = store.get_meta("created") or _now()
         with store.transaction():
@@ -449,6 +473,7 @@ class _Builder:
                 vocab_file=str(vocab_file) if vocab_file else None,
                 index_kind=index_kind,
                 config=cfg.to_dict(),
+                decode=dataclasses.asdict(self.decode),
                 created=created,
             )
             diff = self._apply_diff(store, root)
@@ -508,6 +533,7 @@ class _Builder:
                     "vocab_file": str(vocab_file) if vocab_file else None,
                     "index_kind": index_kind,
                     "config": cfg.to_dict(),
+                    "decode": dataclasses.asdict(self.decode),
                 },
                 "last_run": last_run,
             },
@@ -657,7 +683,7 @@ class _Builder:
             self._pending(store, root),
             self.model,
             writer,
-            DecodeLimits(cfg.max_pixels, cfg.max_side, cfg.max_file_bytes),
+            self.decode,
             batch_size=cfg.batch_size,
             workers=cfg.workers,
             prefetch_batches=cfg.prefetch_batches,

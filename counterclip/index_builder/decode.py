@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import stat
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _INT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 _BACKGROUND = (255, 255, 255)
+_ORIENTATION = 0x0112  # EXIF tag
 
 
 class DecodeError(Exception):
@@ -29,12 +31,14 @@ class DecodeError(Exception):
 
 
 @dataclass(frozen=True)
-class DecodeLimits:
-    """What `load_image` refuses (see `IndexCfg`)."""
+class DecodeOptions:
+    """What `load_image` refuses, and how much resolution it may drop (see `IndexCfg`)."""
 
     max_pixels: int = 89_478_485  # width * height
     max_side: int = 50_000  # longest side
     max_file_bytes: int = 512 * 1024 * 1024  # file size
+    jpeg_min_side: int | None = None  # decode JPEGs at 1/2, 1/4 or 1/8 scale while the shortest side
+    # stays >= this (libjpeg's DCT scaling: several times faster); None = always full resolution
 
 
 @dataclass
@@ -42,7 +46,7 @@ class LoadedImage:
     """A decoded file."""
 
     image: Image.Image  # upright RGB
-    width: int  # after EXIF rotation
+    width: int  # of the file at full resolution, after EXIF rotation
     height: int
     sha256: str  # of the file's bytes
     size: int  # file size in bytes
@@ -57,7 +61,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _read_bytes(path: str | os.PathLike[str], limits: DecodeLimits) -> bytes:
+def _read_bytes(path: str | os.PathLike[str], limits: DecodeOptions) -> bytes:
     """The file's bytes, after checking it is a non-empty regular file within the size limit."""
     try:
         st = os.stat(path)
@@ -110,8 +114,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_bytes(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
+def decode_bytes(data: bytes, options: DecodeOptions = DecodeOptions()) -> Image.Image:
     """Encoded image bytes -> upright RGB image; raises `DecodeError` with the reason."""
+    return _decode(data, options)[0]
+
+
+def _decode(data: bytes, options: DecodeOptions) -> tuple[Image.Image, tuple[int, int]]:
+    """-> (upright RGB image, upright full-resolution (width, height)); the image may be smaller than
+    that size when ``options.jpeg_min_side`` lets the JPEG decoder scale it down."""
+    limits = options
     try:
         # Pillow warns between 1x and 2x its pixel limit and raises above; the limit check below refuses
         # both, so the CLI silences that warning (a library must not touch the global warning filters).
@@ -133,6 +144,20 @@ def decode_bytes(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Im
     if max(width, height) > limits.max_side:
         raise DecodeError(f"absurd dimensions {width}x{height} (longest side > {limits.max_side})")
     try:
+        orientation = int(image.getexif().get(_ORIENTATION, 1))
+    except Exception:  # malformed EXIF: treated as upright, like exif_transpose below
+        orientation = 1
+    upright_size = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    if options.jpeg_min_side and image.format == "JPEG" and min(width, height) >= 2 * options.jpeg_min_side:
+        shortest = min(width, height)
+        image.draft(
+            None,
+            (
+                math.ceil(width * options.jpeg_min_side / shortest),
+                math.ceil(height * options.jpeg_min_side / shortest),
+            ),
+        )
+    try:
         image.seek(0)  # animations: the first frame
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
@@ -141,21 +166,23 @@ def decode_bytes(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Im
             raise DecodeError(f"truncated image: {text}") from None
         raise DecodeError(f"corrupt image data: {text}") from None
     try:
-        upright = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)
     except Exception:  # malformed EXIF: keep the stored orientation rather than losing the image
-        upright = image
-    return to_rgb(upright if upright is not None else image)
+        pass
+    return to_rgb(image), upright_size
 
 
-def load_image(path: str | os.PathLike[str], limits: DecodeLimits = DecodeLimits()) -> LoadedImage:
-    """Read and decode one file the way the index does.
+def load_image(path: str | os.PathLike[str], options: DecodeOptions = DecodeOptions()) -> LoadedImage:
+    """Read and decode one file the way the index does (`Index.load_image` passes the index's options).
 
     Args:
         path: the image file.
-        limits: size limits (`DecodeLimits`). Default: Pillow's pixel limit, 50000 px sides, 512 MB files.
+        options: size limits and JPEG scaling (`DecodeOptions`). Default: Pillow's pixel limit, 50000 px
+            sides, 512 MB files, full resolution.
 
     Returns:
-        LoadedImage with the upright RGB image, its size, the file's sha256 and byte count.
+        LoadedImage with the upright RGB image, its full-resolution upright size, the file's sha256 and
+        byte count.
 
     Raises:
         DecodeError: one-line reason (empty file, not an image, truncated, bomb, permission denied...).
@@ -166,9 +193,9 @@ def load_image(path: str | os.PathLike[str], limits: DecodeLimits = DecodeLimits
         >>> loaded.image.mode, loaded.width, loaded.height
         ('RGB', 480, 640)
     """
-    data = _read_bytes(path, limits)
-    image = decode_bytes(data, limits)
-    return LoadedImage(image, image.width, image.height, hashlib.sha256(data).hexdigest(), len(data))
+    data = _read_bytes(path, options)
+    image, (width, height) = _decode(data, options)
+    return LoadedImage(image, width, height, hashlib.sha256(data).hexdigest(), len(data))
 
 
 def open_rgb(path: str | Path) -> Image.Image:

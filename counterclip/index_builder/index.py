@@ -17,6 +17,7 @@ import numpy as np
 from counterclip.errors import IndexFormatError, IndexLockedError
 from counterclip.index_builder._fs import writer_pid
 from counterclip.index_builder.builder import FAISS_FILES
+from counterclip.index_builder.decode import DecodeOptions, LoadedImage, load_image
 from counterclip.index_builder.faiss_index import FaissInfo, make_search_params, read_index, search
 from counterclip.index_builder.manifest import MANIFEST_NAME, read_manifest
 from counterclip.index_builder.shards import EMBEDDINGS_DIR, ShardReader
@@ -82,6 +83,7 @@ class Index:
         model_spec: the `ModelSpec` that built it (``load_model(idx.model_spec)`` reloads the model).
         fingerprint: that model's weights fingerprint.
         dim: embedding width.
+        decode_options: how the build decoded files (`load_image` reproduces it).
 
     Examples::
 
@@ -100,6 +102,7 @@ class Index:
         self.fingerprint: str = model["fingerprint"]
         self.dim = int(model["embed_dim"])
         self.root = Path(manifest["root"])
+        self.decode_options = DecodeOptions(**manifest["settings"].get("decode", {}))
         self._images = _Kind(path, "images", meta, self.dim, FaissInfo.from_dict(manifest["faiss"]["images"]))
         self._captions = _Kind(
             path, "captions", meta, self.dim, FaissInfo.from_dict(manifest["faiss"]["captions"])
@@ -291,6 +294,19 @@ class Index:
                 }
             )
         return out
+
+    def load_image(self, path: str | os.PathLike[str]) -> LoadedImage:
+        """Decode a file exactly as this index decoded its images (same limits, same JPEG scaling), so
+        that re-encoding an indexed file reproduces its stored vector.
+
+        Args:
+            path: relative to the root, or absolute.
+
+        Raises:
+            DecodeError: the file cannot be read or decoded (one-line reason).
+        """
+        p = Path(path)
+        return load_image(p if p.is_absolute() else self.root / p, self.decode_options)
 
     def image_id_for_path(self, path: str | os.PathLike[str]) -> int | None:
         """The id of an indexed image given its path (relative to the root, or absolute); None if absent."""

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from counterclip.index_builder.decode import DecodeError, DecodeLimits, load_image
+from counterclip.index_builder.decode import DecodeError, DecodeOptions, load_image
 from counterclip.index_builder.shards import write_shard
 from counterclip.index_builder.store import Store
 
@@ -51,7 +51,7 @@ class DecodeMapper:
 
     KEYS = ("id", "pixels", "width", "height", "sha256", "size", "error", "seconds")
 
-    def __init__(self, preprocess: Callable[[Any], torch.Tensor], limits: DecodeLimits) -> None:
+    def __init__(self, preprocess: Callable[[Any], torch.Tensor], limits: DecodeOptions) -> None:
         self.preprocess = preprocess
         self.limits = limits
 
@@ -190,7 +190,7 @@ def embed_images(
     items: Iterable[WorkItem],
     model: Any,
     writer: ShardWriter,
-    limits: DecodeLimits,
+    limits: DecodeOptions,
     batch_size: int,
     workers: int,
     prefetch_batches: int,

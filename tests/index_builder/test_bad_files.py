@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from ibhelpers import NON_UTF8_NAME, SMALL_SHARDS, inject_permission_error, make_hard_folder
 
-from counterclip.index_builder import Index, build_index, load_image
+from counterclip.index_builder import Index, build_index
 
 # Pillow warns about the 169-megapixel bomb before the builder refuses it; the refusal is what is tested.
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -53,7 +53,7 @@ def test_every_good_file_is_indexed_with_the_right_vector(built, model) -> None:
         assert set(paths) == set(expected["good"])
         for rel in expected["good"]:
             meta = paths[rel]
-            loaded = load_image(root / rel)
+            loaded = idx.load_image(rel)
             assert (meta["width"], meta["height"]) == (loaded.width, loaded.height), rel
             assert meta["sha256"] == loaded.sha256
             want = model.encode_images(model.preprocess(loaded.image)).numpy()

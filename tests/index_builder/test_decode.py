@@ -10,7 +10,7 @@ import pytest
 from ibhelpers import NON_UTF8_NAME, inject_permission_error, make_hard_folder
 from PIL import Image
 
-from counterclip.index_builder.decode import DecodeError, DecodeLimits, decode_bytes, load_image, to_rgb
+from counterclip.index_builder.decode import DecodeError, DecodeOptions, decode_bytes, load_image, to_rgb
 
 # Pillow warns about the 169-megapixel bomb before the builder refuses it; the refusal is what is tested.
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -92,13 +92,13 @@ def test_limits_are_configurable() -> None:
     data = png_bytes(Image.new("RGB", (100, 10)))
     assert decode_bytes(data).size == (100, 10)
     with pytest.raises(DecodeError, match="image too large"):
-        decode_bytes(data, DecodeLimits(max_pixels=999))
+        decode_bytes(data, DecodeOptions(max_pixels=999))
     with pytest.raises(DecodeError, match="absurd dimensions"):
-        decode_bytes(data, DecodeLimits(max_side=99))
+        decode_bytes(data, DecodeOptions(max_side=99))
     with pytest.raises(DecodeError, match="file too large"):
         from counterclip.index_builder.decode import _read_bytes
 
-        _read_bytes(__file__, DecodeLimits(max_file_bytes=10))
+        _read_bytes(__file__, DecodeOptions(max_file_bytes=10))
 
 
 def test_to_rgb_modes() -> None:
@@ -115,3 +115,29 @@ def test_non_utf8_name_round_trips(hard: tuple[Path, dict]) -> None:
     root, _ = hard
     name = os.fsdecode(NON_UTF8_NAME)
     assert load_image(root / "good" / name).width == 48
+
+
+def test_jpeg_draft_keeps_the_full_size_and_the_look(tmp_path: Path) -> None:
+    from ibhelpers import half_red_half_blue, noise_image
+
+    noise_image(3, (256, 192)).save(tmp_path / "big.jpg", quality=95)
+    full = load_image(tmp_path / "big.jpg")
+    drafted = load_image(tmp_path / "big.jpg", DecodeOptions(jpeg_min_side=60))
+    assert (full.width, full.height) == (drafted.width, drafted.height) == (256, 192)
+    assert full.image.size == (256, 192) and drafted.image.size == (128, 96)  # 1/2 (1/4 gives 48 < 60)
+    for side, size in ((40, (64, 48)), (24, (32, 24)), (100, (256, 192))):  # 1/4, 1/8, too small to scale
+        assert load_image(tmp_path / "big.jpg", DecodeOptions(jpeg_min_side=side)).image.size == size
+    smaller = np.asarray(full.image.resize(drafted.image.size, Image.Resampling.BOX), dtype=int)
+    assert np.abs(smaller - np.asarray(drafted.image, dtype=int)).mean() < 4
+    assert full.sha256 == drafted.sha256
+    # EXIF rotation: the recorded size is the upright full-resolution one
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    half_red_half_blue(256, 96).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    rotated = load_image(tmp_path / "rotated.jpg", DecodeOptions(jpeg_min_side=24))
+    assert (rotated.width, rotated.height) == (96, 256) and rotated.image.size == (24, 64)
+    pixels = np.asarray(rotated.image, dtype=int)
+    assert pixels[4, 12, 0] > 200 and pixels[60, 12, 2] > 200  # red on top, blue below
+    # other formats are never scaled
+    noise_image(4, (256, 192)).save(tmp_path / "big.png")
+    assert load_image(tmp_path / "big.png", DecodeOptions(jpeg_min_side=24)).image.size == (256, 192)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from ibhelpers import make_folder
 
-from counterclip.index_builder import Index, build_index
+from counterclip.index_builder import Index, build_index, load_image
 
 
 def test_concurrent_queries_equal_serial(model, tmp_path: Path) -> None:
@@ -53,3 +53,23 @@ def test_unknown_ids_are_key_errors(model, tmp_path: Path) -> None:
         assert idx.image_vectors([]).shape == (0, idx.dim)
         assert idx.image_id_for_path("bad.jpg") is None and idx.image_id_for_path("/elsewhere/x.jpg") is None
         np.testing.assert_array_equal(idx.image_vectors(ids[::-1]), idx.image_vectors(ids)[::-1])
+
+
+def test_large_jpegs_are_decoded_at_reduced_scale_reproducibly(model, tmp_path: Path) -> None:
+    """The tiny model reads 32 px: a 256x192 JPEG is decoded at 1/4 scale (64x48, shortest side >= 32)."""
+    from ibhelpers import noise_image
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    noise_image(5, (256, 192)).save(root / "big.jpg", quality=95)
+    build_index(root, tmp_path / "idx", model=model, progress=False)
+    with Index.open(tmp_path / "idx") as idx:
+        assert idx.decode_options.jpeg_min_side == 32
+        meta = idx.image_meta(idx.image_ids())[0]
+        assert (meta["width"], meta["height"]) == (256, 192)  # the file's size, not the decoded one
+        loaded = idx.load_image("big.jpg")
+        assert loaded.image.size == (64, 48)
+        stored = idx.image_vectors(idx.image_ids())[0]
+        np.testing.assert_allclose(stored, model.encode_pil([loaded.image]).numpy()[0], atol=1e-5)
+        full = model.encode_pil([load_image(root / "big.jpg").image]).numpy()[0]
+        assert float(stored @ full) > 0.99  # the same picture to the model

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from ibhelpers import SMALL_SHARDS, assert_same_index, make_folder, snapshot
 
-from counterclip.index_builder import build_index
+from counterclip.index_builder import Index, build_index
 from counterclip.index_builder.pipeline import ShardWriter, ordered_map
 from counterclip.index_builder.shards import iterate_shards
 from counterclip.index_builder.store import Store
@@ -64,11 +64,10 @@ def test_workers_do_not_change_the_index(model, tmp_path: Path) -> None:
     assert_same_index(snapshots[0], snapshots[1])
     assert_same_index(snapshots[0], snapshots[2])
     # and each stored vector equals the model on that image alone (batching changes nothing)
-    from counterclip.index_builder import load_image
-
-    for rel, (_, vector, *_) in snapshots[0]["images"].items():
-        alone = model.encode_images(model.preprocess(load_image(root / rel).image)).numpy()
-        np.testing.assert_allclose(vector, alone, atol=2e-5, err_msg=rel)
+    with Index.open(tmp_path / "idx0") as idx:
+        for rel, (_, vector, *_) in snapshots[0]["images"].items():
+            alone = model.encode_images(model.preprocess(idx.load_image(rel).image)).numpy()
+            np.testing.assert_allclose(vector, alone, atol=2e-5, err_msg=rel)
 
 
 def test_shard_writer_cuts_shards_and_points_rows(tmp_path: Path) -> None:
