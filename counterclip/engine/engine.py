@@ -128,6 +128,12 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _decode(self, path: str | Path):
+        """Decode a file exactly as the index decoded its images (same limits and JPEG scaling), so a
+        re-encoded indexed file reproduces its stored vector."""
+        index_loader = getattr(self.index, "load_image", None)
+        return index_loader(path) if index_loader is not None else decode_image(path)
+
     # --- encoding -----------------------------------------------------------------------------
     @property
     def logit_scale(self) -> float:
@@ -164,9 +170,10 @@ class Engine:
         path = Path(image).expanduser()
         if not path.is_file():
             raise InputError(f"query image not found: {path}")
-        pil = load_image(path)
-        if pil is None:
-            raise InputError(f"query image {path} is not a readable image")
+        try:
+            pil = self._decode(path).image
+        except DecodeError as exc:
+            raise InputError(f"query image {path} is not a readable image: {exc}") from exc
         embedding = self.model.encode_pil([pil]).numpy()[0]
         indexed = self.index.image_id_for_path(path.resolve())
         return embedding, indexed, {"path": str(path), "id": indexed}
@@ -676,7 +683,7 @@ class Engine:
         loaded: list[tuple[Image.Image | None, str | None]] = []
         for meta in self.index.image_meta(ids):
             try:
-                decoded = decode_image(meta["abs_path"])
+                decoded = self._decode(meta["abs_path"])
             except DecodeError:
                 loaded.append((None, "file missing or unreadable"))
                 continue

@@ -215,3 +215,30 @@ def test_cli_text_side_and_errors(shapes_index, tmp_path, capsys) -> None:
     assert "is not one of the labels" in capsys.readouterr().err
     assert run(["search", str(tmp_path / "missing.idx"), "--text", "x"]) == 2
     assert "index not found" in capsys.readouterr().err
+
+
+def test_large_jpegs_verify_without_false_stale(tmp_path, tiny_openclip) -> None:
+    """The index may decode big JPEGs at a reduced DCT scale; verification decodes them the same way, so a
+    re-encoded file reproduces its stored vector."""
+    from counterclip.index_builder.decode import load_image as full_decode
+
+    rng = np.random.default_rng(0)
+    folder, index_dir = tmp_path / "jpegs", tmp_path / "idx"
+    folder.mkdir()
+    for i in range(12):
+        small = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((640, 480), Image.BICUBIC).save(folder / f"p{i:02d}.jpg", quality=90)
+    build_index(folder, index_dir, model=tiny_openclip, device="cpu", progress=False)
+    with Engine.open(index_dir, device="cpu") as engine:
+        query = int(engine.index.image_ids()[0])
+        meta = engine.index.image_meta([query])[0]
+        decoded = engine._decode(meta["abs_path"]).image
+        assert decoded.size == engine.index.load_image(meta["abs_path"]).image.size
+        assert decoded.size != full_decode(meta["abs_path"]).image.size  # the index really scaled it
+        fresh = engine.model.encode_pil([decoded]).numpy()[0]
+        np.testing.assert_allclose(fresh, engine.index.image_vectors([query])[0], atol=1e-5)
+        result = engine.counterfactuals(
+            image=query, text="a red circle", k=3, threshold=-100.0, baselines=False
+        )
+        assert result.stale == []
+        assert len(result.items) == 3 and all(item.verified for item in result.items)
