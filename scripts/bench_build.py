@@ -86,7 +86,9 @@ def naive_loop(model, paths: list[Path]) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def run_child(folder: Path, index_dir: Path, batch_size: int, workers: int, naive: int = 0) -> dict:
+def run_child(
+    folder: Path, index_dir: Path, batch_size: int, workers: int, shard_size: int, naive: int = 0
+) -> dict:
     """Run one measurement in a fresh process (so that its peak RSS is its own) and return its report."""
     command = [
         sys.executable,
@@ -100,6 +102,8 @@ def run_child(folder: Path, index_dir: Path, batch_size: int, workers: int, naiv
         str(workers),
         "--naive",
         str(naive),
+        "--shard-size",
+        str(shard_size),
     ]
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -107,13 +111,14 @@ def run_child(folder: Path, index_dir: Path, batch_size: int, workers: int, naiv
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def child(folder: Path, index_dir: Path, batch_size: int, workers: int, naive: int) -> None:
+def child(folder: Path, index_dir: Path, batch_size: int, workers: int, shard_size: int, naive: int) -> None:
     """One process: load and warm up the model, build (timed, peak RSS), then, when ``naive`` > 0, the
     pure-model and naive figures on the same images with the same model (same conditions)."""
-    from counterclip.index_builder import build_index
+    from counterclip.index_builder import build_index, load_index_config
     from counterclip.models import load_model
 
     model = load_model(ARCH, device="cpu")
+    config = load_index_config("default", shard_size=shard_size)
     size = model.vision_geometry.image_size
     warm_up = torch.zeros(batch_size, 3, *size)
     model.encode_images(warm_up, batch_size=batch_size)  # as for the model figure
@@ -123,7 +128,7 @@ def child(folder: Path, index_dir: Path, batch_size: int, workers: int, naive: i
     baseline = max_rss_mb()
     started = time.perf_counter()
     summary = build_index(
-        folder, index_dir, model=model, batch_size=batch_size, workers=workers, progress=False
+        folder, index_dir, model=model, batch_size=batch_size, workers=workers, progress=False, config=config
     )
     seconds = time.perf_counter() - started
     report = {
@@ -152,12 +157,26 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--naive", type=int, default=24, help="images for the per-image loop")
+    parser.add_argument(
+        "--shard-size",
+        type=int,
+        default=64,
+        help="vectors per shard (memory is bounded by one shard plus the decode window; below N, so that "
+        "N and 4N both show the steady state)",
+    )
     parser.add_argument("--size", default="640x480", help="generated JPEG size WxH")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--child", nargs=2, metavar=("FOLDER", "INDEX"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(Path(args.child[0]), Path(args.child[1]), args.batch_size, args.workers, args.naive)
+        child(
+            Path(args.child[0]),
+            Path(args.child[1]),
+            args.batch_size,
+            args.workers,
+            args.shard_size,
+            args.naive,
+        )
         return
 
     w, h = (int(v) for v in args.size.lower().split("x"))
@@ -168,8 +187,8 @@ def main() -> None:
         generate(small, args.n, (w, h), seed=0)
         generate(large, 4 * args.n, (w, h), seed=1)
         generated = time.perf_counter() - t0
-        run_n = run_child(small, work / "idx-n", args.batch_size, args.workers, naive=args.naive)
-        run_4n = run_child(large, work / "idx-4n", args.batch_size, args.workers)
+        run_n = run_child(small, work / "idx-n", args.batch_size, args.workers, args.shard_size, args.naive)
+        run_4n = run_child(large, work / "idx-4n", args.batch_size, args.workers, args.shard_size)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -185,6 +204,7 @@ def main() -> None:
         "n": args.n,
         "batch_size": args.batch_size,
         "workers": args.workers,
+        "shard_size": args.shard_size,
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
@@ -208,7 +228,9 @@ def main() -> None:
     print(
         f"{ARCH} (random weights) at 224 px, {w}x{h} JPEGs, batch {args.batch_size}, {args.workers} decode threads,"
     )
-    print(f"{torch.get_num_threads()} torch threads on {os.cpu_count()} CPUs")
+    print(
+        f"{torch.get_num_threads()} torch threads on {os.cpu_count()} CPUs, shards of {args.shard_size} vectors"
+    )
     print(f"  pure model (pre-decoded tensors) {model_ips:8.2f} img/s  ({args.n} images)")
     print(f"  full pipeline (build_index)      {pipeline_ips:8.2f} img/s  ({args.n} images)")
     print(f"  pipeline / model                 {pipeline_ips / model_ips:8.3f}   (target >= 0.90)")

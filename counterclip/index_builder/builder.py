@@ -425,12 +425,12 @@ class _Builder:
         recorded = store.get_meta("decode")
         if recorded is not None:
             options = DecodeOptions(**recorded)
-            wanted = (cfg.max_pixels, cfg.max_side, cfg.max_file_bytes, cfg.jpeg_draft)
+            wanted = (cfg.max_pixels, cfg.max_side, cfg.max_file_bytes, cfg.downscale)
             have = (
                 options.max_pixels,
                 options.max_side,
                 options.max_file_bytes,
-                options.jpeg_min_side is not None,
+                options.min_side is not None,
             )
             if wanted != have:
                 self.warnings.append(
@@ -438,7 +438,7 @@ class _Builder:
                     "(build a new index to change them)"
                 )
             return options
-        side = min(self.model.vision_geometry.image_size) if cfg.jpeg_draft else None
+        side = min(self.model.vision_geometry.image_size) if cfg.downscale else None
         return DecodeOptions(cfg.max_pixels, cfg.max_side, cfg.max_file_bytes, side)
 
     # --- the run --------------------------------------------------------------------------------
@@ -690,7 +690,11 @@ class _Builder:
             on_progress=lambda n: self.progress.advance(task, n),
         )
         self.stage.update(
-            decode_thread_seconds=times.decode, embed=times.embed, write=times.write, pipeline=times.wall
+            decode_thread_seconds=times.decode,
+            preprocess=times.preprocess,
+            embed=times.embed,
+            write=times.write,
+            pipeline=times.wall,
         )
         return times.items - times.failed
 

@@ -32,7 +32,8 @@ class IndexCfg:
     max_pixels: int = 89_478_485  # refuse larger images (decompression bombs); Pillow's own limit
     max_side: int = 50_000  # refuse images with a side longer than this (absurd dimensions)
     max_file_bytes: int = 512 * 1024 * 1024  # refuse files larger than this
-    jpeg_draft: bool = True  # decode large JPEGs at 1/2..1/8 scale, never below the model's input side
+    downscale: bool = True  # shrink large images before preprocessing (JPEG DCT scaling, box reduce),
+    # never below the model's input side: several times less decoding work, the same picture to the model
     exact_max: int = 100_000  # up to this many vectors: exact search (Flat)
     hnsw_max: int = 2_000_000  # up to this many: HNSW; above: IVF with scalar quantisation
     hnsw_m: int = 32  # HNSW graph degree

@@ -37,8 +37,9 @@ class DecodeOptions:
     max_pixels: int = 89_478_485  # width * height
     max_side: int = 50_000  # longest side
     max_file_bytes: int = 512 * 1024 * 1024  # file size
-    jpeg_min_side: int | None = None  # decode JPEGs at 1/2, 1/4 or 1/8 scale while the shortest side
-    # stays >= this (libjpeg's DCT scaling: several times faster); None = always full resolution
+    min_side: int | None = None  # shrink large images while their shortest side stays >= this: JPEGs
+    # are decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), others box-reduced by an integer
+    # factor; None = always full resolution
 
 
 @dataclass
@@ -120,8 +121,8 @@ def decode_bytes(data: bytes, options: DecodeOptions = DecodeOptions()) -> Image
 
 
 def _decode(data: bytes, options: DecodeOptions) -> tuple[Image.Image, tuple[int, int]]:
-    """-> (upright RGB image, upright full-resolution (width, height)); the image may be smaller than
-    that size when ``options.jpeg_min_side`` lets the JPEG decoder scale it down."""
+    """-> (upright RGB image, upright full-resolution (width, height)); the image is smaller than that
+    size when ``options.min_side`` lets it shrink."""
     limits = options
     try:
         # Pillow warns between 1x and 2x its pixel limit and raises above; the limit check below refuses
@@ -148,15 +149,10 @@ def _decode(data: bytes, options: DecodeOptions) -> tuple[Image.Image, tuple[int
     except Exception:  # malformed EXIF: treated as upright, like exif_transpose below
         orientation = 1
     upright_size = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-    if options.jpeg_min_side and image.format == "JPEG" and min(width, height) >= 2 * options.jpeg_min_side:
+    side = options.min_side
+    if side and image.format == "JPEG" and min(width, height) >= 2 * side:
         shortest = min(width, height)
-        image.draft(
-            None,
-            (
-                math.ceil(width * options.jpeg_min_side / shortest),
-                math.ceil(height * options.jpeg_min_side / shortest),
-            ),
-        )
+        image.draft(None, (math.ceil(width * side / shortest), math.ceil(height * side / shortest)))
     try:
         image.seek(0)  # animations: the first frame
         image.load()
@@ -169,7 +165,9 @@ def _decode(data: bytes, options: DecodeOptions) -> tuple[Image.Image, tuple[int
         ImageOps.exif_transpose(image, in_place=True)
     except Exception:  # malformed EXIF: keep the stored orientation rather than losing the image
         pass
-    return to_rgb(image), upright_size
+    rgb = to_rgb(image)
+    factor = min(rgb.size) // side if side else 1
+    return (rgb.reduce(factor) if factor >= 2 else rgb), upright_size
 
 
 def load_image(path: str | os.PathLike[str], options: DecodeOptions = DecodeOptions()) -> LoadedImage:

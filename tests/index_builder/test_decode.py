@@ -117,16 +117,16 @@ def test_non_utf8_name_round_trips(hard: tuple[Path, dict]) -> None:
     assert load_image(root / "good" / name).width == 48
 
 
-def test_jpeg_draft_keeps_the_full_size_and_the_look(tmp_path: Path) -> None:
+def test_downscale_keeps_the_full_size_and_the_look(tmp_path: Path) -> None:
     from ibhelpers import half_red_half_blue, noise_image
 
     noise_image(3, (256, 192)).save(tmp_path / "big.jpg", quality=95)
     full = load_image(tmp_path / "big.jpg")
-    drafted = load_image(tmp_path / "big.jpg", DecodeOptions(jpeg_min_side=60))
+    drafted = load_image(tmp_path / "big.jpg", DecodeOptions(min_side=60))
     assert (full.width, full.height) == (drafted.width, drafted.height) == (256, 192)
     assert full.image.size == (256, 192) and drafted.image.size == (128, 96)  # 1/2 (1/4 gives 48 < 60)
     for side, size in ((40, (64, 48)), (24, (32, 24)), (100, (256, 192))):  # 1/4, 1/8, too small to scale
-        assert load_image(tmp_path / "big.jpg", DecodeOptions(jpeg_min_side=side)).image.size == size
+        assert load_image(tmp_path / "big.jpg", DecodeOptions(min_side=side)).image.size == size
     smaller = np.asarray(full.image.resize(drafted.image.size, Image.Resampling.BOX), dtype=int)
     assert np.abs(smaller - np.asarray(drafted.image, dtype=int)).mean() < 4
     assert full.sha256 == drafted.sha256
@@ -134,10 +134,13 @@ def test_jpeg_draft_keeps_the_full_size_and_the_look(tmp_path: Path) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6
     half_red_half_blue(256, 96).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
-    rotated = load_image(tmp_path / "rotated.jpg", DecodeOptions(jpeg_min_side=24))
+    rotated = load_image(tmp_path / "rotated.jpg", DecodeOptions(min_side=24))
     assert (rotated.width, rotated.height) == (96, 256) and rotated.image.size == (24, 64)
     pixels = np.asarray(rotated.image, dtype=int)
     assert pixels[4, 12, 0] > 200 and pixels[60, 12, 2] > 200  # red on top, blue below
-    # other formats are never scaled
+    # other formats are box-reduced by an integer factor (shortest side 192 // 40 = 4)
     noise_image(4, (256, 192)).save(tmp_path / "big.png")
-    assert load_image(tmp_path / "big.png", DecodeOptions(jpeg_min_side=24)).image.size == (256, 192)
+    reduced = load_image(tmp_path / "big.png", DecodeOptions(min_side=40))
+    assert reduced.image.size == (64, 48) and (reduced.width, reduced.height) == (256, 192)
+    assert reduced.image.tobytes() == noise_image(4, (256, 192)).reduce(4).tobytes()
+    assert load_image(tmp_path / "big.png", DecodeOptions(min_side=100)).image.size == (256, 192)

@@ -64,7 +64,7 @@ def test_large_jpegs_are_decoded_at_reduced_scale_reproducibly(model, tmp_path: 
     noise_image(5, (256, 192)).save(root / "big.jpg", quality=95)
     build_index(root, tmp_path / "idx", model=model, progress=False)
     with Index.open(tmp_path / "idx") as idx:
-        assert idx.decode_options.jpeg_min_side == 32
+        assert idx.decode_options.min_side == 32
         meta = idx.image_meta(idx.image_ids())[0]
         assert (meta["width"], meta["height"]) == (256, 192)  # the file's size, not the decoded one
         loaded = idx.load_image("big.jpg")
