@@ -1,10 +1,10 @@
 """Robust image decoding: one file -> an upright RGB PIL image, or a one-line reason why not.
 
 `load_image` is what the index builder uses, and what anyone re-encoding an indexed file should use
-too (the engine's verification step), so that a file always gives the same pixels: EXIF orientation
-applied, first frame of animations, every mode converted to 8-bit RGB (transparency composited on
-white, 16-bit and float scaled, CMYK converted), decompression bombs and absurd sizes refused before the
-pixels are decoded.
+too, with the index's options (`Index.load_image` does), so that a file always gives the same pixels:
+EXIF orientation applied, first frame of animations, every mode converted to 8-bit RGB (transparency
+composited on white, 16-bit and float scaled, CMYK converted), decompression bombs and absurd sizes
+refused before the pixels are decoded, large images optionally shrunk (never below the model's input).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import math
 import os
 import stat
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -62,7 +61,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _read_bytes(path: str | os.PathLike[str], limits: DecodeOptions) -> bytes:
+def _read_bytes(path: str | os.PathLike[str], options: DecodeOptions) -> bytes:
     """The file's bytes, after checking it is a non-empty regular file within the size limit."""
     try:
         st = os.stat(path)
@@ -72,8 +71,8 @@ def _read_bytes(path: str | os.PathLike[str], limits: DecodeOptions) -> bytes:
         raise DecodeError("not a regular file")
     if st.st_size == 0:
         raise DecodeError("empty file (0 bytes)")
-    if st.st_size > limits.max_file_bytes:
-        raise DecodeError(f"file too large ({st.st_size} bytes > {limits.max_file_bytes})")
+    if st.st_size > options.max_file_bytes:
+        raise DecodeError(f"file too large ({st.st_size} bytes > {options.max_file_bytes})")
     try:
         with open(path, "rb") as handle:
             return handle.read()
@@ -123,7 +122,6 @@ def decode_bytes(data: bytes, options: DecodeOptions = DecodeOptions()) -> Image
 def _decode(data: bytes, options: DecodeOptions) -> tuple[Image.Image, tuple[int, int]]:
     """-> (upright RGB image, upright full-resolution (width, height)); the image is smaller than that
     size when ``options.min_side`` lets it shrink."""
-    limits = options
     try:
         # Pillow warns between 1x and 2x its pixel limit and raises above; the limit check below refuses
         # both, so the CLI silences that warning (a library must not touch the global warning filters).
@@ -137,13 +135,13 @@ def _decode(data: bytes, options: DecodeOptions) -> tuple[Image.Image, tuple[int
     width, height = image.size
     if width < 1 or height < 1:
         raise DecodeError(f"invalid dimensions {width}x{height}")
-    if width * height > limits.max_pixels:
+    if width * height > options.max_pixels:
         raise DecodeError(
-            f"image too large: {width}x{height} = {width * height} pixels > {limits.max_pixels} "
+            f"image too large: {width}x{height} = {width * height} pixels > {options.max_pixels} "
             "(possible decompression bomb)"
         )
-    if max(width, height) > limits.max_side:
-        raise DecodeError(f"absurd dimensions {width}x{height} (longest side > {limits.max_side})")
+    if max(width, height) > options.max_side:
+        raise DecodeError(f"absurd dimensions {width}x{height} (longest side > {options.max_side})")
     try:
         orientation = int(image.getexif().get(_ORIENTATION, 1))
     except Exception:  # malformed EXIF: treated as upright, like exif_transpose below
@@ -194,8 +192,3 @@ def load_image(path: str | os.PathLike[str], options: DecodeOptions = DecodeOpti
     data = _read_bytes(path, options)
     image, (width, height) = _decode(data, options)
     return LoadedImage(image, width, height, hashlib.sha256(data).hexdigest(), len(data))
-
-
-def open_rgb(path: str | Path) -> Image.Image:
-    """Just the upright RGB image of `load_image` (for callers that re-encode an indexed file)."""
-    return load_image(path).image
