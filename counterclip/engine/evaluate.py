@@ -194,14 +194,10 @@ def _image_side(
         for method, items, latency in _methods(result):
             top = id_attrs.get(items[0].id) if items else None
             per_method.setdefault(method, []).append(
-                {
-                    "returned": len(items),
-                    "verified": sum(i.verified for i in items),
+                _record(engine, method, items, latency, "image")
+                | {
                     "hit": bool(top is not None and getattr(top, attribute) == getattr(wanted, attribute)),
                     "minimal": bool(top is not None and top == wanted),
-                    "distance": items[0].distance if items else None,
-                    "diversity": _diversity(engine, items, "image") if method == OURS else None,
-                    "latency": latency,
                 }
             )
         if progress:
@@ -236,15 +232,11 @@ def _text_side(engine, indexed, n_queries, rng, k, progress, overrides) -> dict[
         for method, items, latency in _methods(result):
             top = parsed.get(items[0].id) if items else None
             per_method.setdefault(method, []).append(
-                {
-                    "returned": len(items),
-                    "verified": sum(i.verified for i in items),
+                _record(engine, method, items, latency, "caption")
+                | {
                     "hit": bool(top is not None and top != own_parsed),
                     "minimal": bool(top is not None and _one_attribute_differs(own_parsed, top)),
                     "minimal_swap": bool(top is not None and _one_attribute_apart(own_parsed, top)),
-                    "distance": items[0].distance if items else None,
-                    "diversity": _diversity(engine, items, "caption") if method == OURS else None,
-                    "latency": latency,
                 }
             )
         if progress:
@@ -252,6 +244,19 @@ def _text_side(engine, indexed, n_queries, rng, k, progress, overrides) -> dict[
     out = {"drawn": drawn, "skipped_no_minimal_answer": skipped}
     out.update({method: _summarise(rows) for method, rows in per_method.items()})
     return out
+
+
+def _record(
+    engine: Engine, method: str, items: list[ResultItem], latency: float | None, kind: str
+) -> dict[str, Any]:
+    """The per-query fields every method shares (the side-specific judgements are added by the caller)."""
+    return {
+        "returned": len(items),
+        "verified": sum(i.verified for i in items),
+        "distance": items[0].distance if items else None,
+        "diversity": _diversity(engine, items, kind) if method == OURS else None,
+        "latency": latency,
+    }
 
 
 def _methods(result: CounterfactualResult):
