@@ -163,7 +163,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         margin: float = typer.Option(
             None,
             "--margin",
-            help="increase: valid within this share of the best-typical spread of the best match.",
+            help="increase: valid within this share of the gap from the original's score to the best match "
+            "(default 0.2); decrease: at least this share of the best-typical spread below the best match "
+            "(default 0.25).",
         ),
         threshold: float = typer.Option(
             None, "--threshold", help="Absolute score threshold (overrides --margin)."
@@ -186,7 +188,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         """
         overrides = {}
         if margin is not None:
-            overrides["match_margin"] = margin
+            overrides["nomatch_margin" if mode == "decrease" else "match_margin"] = margin
         if threshold is not None:
             overrides["threshold"] = threshold
         label_list = [s for s in (labels or "").split(",") if s.strip()] or None
@@ -251,6 +253,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         k: int = typer.Option(5, "-k"),
         side: str = typer.Option("both", "--side", help="image | text | both"),
         margin: float = typer.Option(None, "--margin", help="Override the increase-mode validity margin."),
+        nomatch_margin: float = typer.Option(
+            None, "--nomatch-margin", help="Override the decrease-mode validity margin (text side)."
+        ),
         text_proximity: str = typer.Option(
             None, "--text-proximity", help="words | embedding (text-side ranking)."
         ),
@@ -284,6 +289,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             overrides = {}
             if margin is not None:
                 overrides["match_margin"] = margin
+            if nomatch_margin is not None:
+                overrides["nomatch_margin"] = nomatch_margin
             if text_proximity is not None:
                 if text_proximity not in ("words", "embedding"):
                     raise InputError(f"--text-proximity must be words or embedding, got {text_proximity!r}")

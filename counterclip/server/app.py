@@ -48,6 +48,7 @@ class CounterfactualRequest(BaseModel):
     target: str | None = None
     k: int = Field(5, ge=1, le=100)
     match_margin: float | None = Field(None, ge=0)
+    nomatch_margin: float | None = Field(None, ge=0)
     threshold: float | None = None
 
 
@@ -90,7 +91,7 @@ def create_app(engine: Any) -> FastAPI:
     def counterfactual(request: CounterfactualRequest) -> dict[str, Any]:
         overrides = {
             key: value
-            for key in ("match_margin", "threshold")
+            for key in ("match_margin", "nomatch_margin", "threshold")
             if (value := getattr(request, key)) is not None
         }
         try:

@@ -100,11 +100,45 @@ def test_default_validity_rule_uses_index_distribution(setup) -> None:
     result = engine.counterfactuals(image=0, text="red", mode="increase", match_margin=0.25)
     scores = np.array([colour_vector(c) @ t * 10 for c in colours.values()])
     best, typical = scores.max(), np.median(scores)
+    original = float(colour_vector(ORIGINAL) @ t * 10)
+    assert original < typical  # a blue original is a poor red: the gap runs from the typical score
     assert result.validity.best == pytest.approx(best, abs=1e-4)
     assert result.validity.typical == pytest.approx(typical, abs=1e-4)
     assert result.validity.threshold == pytest.approx(best - 0.25 * (best - typical), abs=1e-4)
     assert all(item.score_after >= result.validity.threshold for item in result.items)
-    assert "0.25" in result.validity.rule
+    assert "0.25" in result.validity.rule and "typical" in result.validity.rule
+
+
+def test_increase_gap_runs_from_an_original_that_nearly_matches(setup) -> None:
+    engine, index, model, colours = setup
+    t = model.texts["blue"]  # the original (90, 90, 200) is already quite blue
+    scores = np.array([colour_vector(c) @ t * 10 for c in colours.values()])
+    best, typical = scores.max(), np.median(scores)
+    original = float(colour_vector(ORIGINAL) @ t * 10)
+    assert typical < original < best
+    result = engine.counterfactuals(image=0, text="blue", mode="increase")  # default margin 0.2
+    assert result.validity.threshold == pytest.approx(best - 0.2 * (best - original), abs=1e-4)
+    assert "from the original" in result.validity.rule
+    valid = {i: float(colour_vector(c) @ t * 10) >= result.validity.threshold for i, c in colours.items()}
+    expected = _oracle(index, colour_vector(ORIGINAL), {}, valid)[:4]
+    assert expected and [item.id for item in result.items] == expected
+
+
+def test_default_decrease_rule_is_a_margin_below_the_best_match(setup) -> None:
+    engine, index, model, colours = setup
+    t = model.texts["blue"]
+    scores = {i: float(colour_vector(c) @ t) * 10 for i, c in colours.items()}
+    values = np.array(list(scores.values()))
+    best, typical = values.max(), np.median(values)
+    threshold = best - 0.25 * (best - typical)  # the documented default
+    result = engine.counterfactuals(image=0, text="blue", mode="decrease")
+    assert result.validity.threshold == pytest.approx(threshold, abs=1e-4)
+    valid = {i: s <= threshold and s < scores[0] for i, s in scores.items()}
+    assert len(result.items) == 4
+    assert [item.id for item in result.items] == _oracle(index, colour_vector(ORIGINAL), scores, valid)[:4]
+    looser = engine.counterfactuals(image=0, text="blue", mode="decrease", nomatch_margin=0.6)
+    assert looser.validity.threshold == pytest.approx(best - 0.6 * (best - typical), abs=1e-4)
+    assert all(item.score_after <= looser.validity.threshold for item in looser.items)
 
 
 def test_stale_entry_is_reported_and_skipped(setup, tmp_path) -> None:
