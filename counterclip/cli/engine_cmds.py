@@ -272,7 +272,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
           counterclip shapes generate shapes3k --n 3000 --seed 1
 
-          counterclip build shapes3k --index shapes3k.idx --model bundled:shapes
+          counterclip shapes vocabulary shapes-vocab.txt
+
+          counterclip build shapes3k --index shapes3k.idx --model bundled:shapes --vocab shapes-vocab.txt
 
           counterclip eval counterfactual --index shapes3k.idx --labels-file shapes3k/labels.jsonl --n-queries 200 --seed 0 --json
         """

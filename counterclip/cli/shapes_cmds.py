@@ -70,6 +70,29 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         records = generate_folder(out_dir, n=n, seed=seed, size=size, holdout_only=holdout_only)
         out.print(f"wrote {len(records)} images, captions and labels.jsonl to {out_dir}")
 
+    @shapes_app.command()
+    def vocabulary(
+        out_file: Path = typer.Argument(
+            ..., metavar="FILE", help="Text file to write (one caption per line)."
+        ),
+    ) -> None:
+        """Write one canonical caption for every attribute combination the shapes captions name.
+
+        Given to `counterclip build --vocab`, it gives the text side a caption for every one-attribute change.
+
+        Examples:
+
+          counterclip shapes vocabulary shapes-vocab.txt
+
+          counterclip build shapes3k --index shapes3k.idx --model bundled:shapes --vocab shapes-vocab.txt
+        """
+        from counterclip.engine.evaluate import shapes_vocabulary
+        from counterclip.report.html import write_text_atomic
+
+        texts = shapes_vocabulary()
+        write_text_atomic(out_file, "\n".join(texts) + "\n")
+        out.print(f"wrote {len(texts)} captions to {out_file}")
+
     @eval_app.command("model")
     def eval_model(
         model: str = typer.Option("bundled:shapes", "--model", help="Model spec (see `counterclip models`)."),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from counterclip.cli import run
-from counterclip.shapes import HOLDOUT, read_labels
+from counterclip.shapes import COLOURS, HOLDOUT, POSITIONS, SHAPES, SIZES, parse_caption, read_labels
 
 
 def test_generate_writes_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -23,6 +23,17 @@ def test_generate_writes_folder(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_generate_holdout_only(tmp_path: Path) -> None:
     assert run(["shapes", "generate", str(tmp_path), "--n", "9", "--seed", "0", "--holdout-only"]) == 0
     assert all((r["shape"], r["colour"]) in HOLDOUT for r in read_labels(tmp_path))
+
+
+def test_vocabulary_names_every_one_attribute_change(tmp_path: Path) -> None:
+    out = tmp_path / "vocab.txt"
+    assert run(["shapes", "vocabulary", str(out)]) == 0
+    texts = out.read_text().splitlines()
+    assert len(texts) == len(set(texts))
+    parsed = {tuple(sorted(parse_caption(t).items())) for t in texts}
+    # every full (size, colour, shape, position) combination is there, so every one-attribute change is
+    full = {p for p in parsed if len(p) == 4 and "background" not in dict(p)}
+    assert len(full) == len(SIZES) * len(COLOURS) * len(SHAPES) * len(POSITIONS)
 
 
 @pytest.mark.parametrize(
