@@ -74,8 +74,13 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         versus: str = typer.Option(
             None, "--versus", help="A second label: explain the margin target - versus."
         ),
-        blocks: int = typer.Option(None, "--blocks", help="relevance: use the last N blocks (default all)."),
-        layer: str = typer.Option(None, "--layer", help="gradcam: layer name (see --list-layers)."),
+        blocks: int = typer.Option(
+            None, "--blocks", help="relevance, gradcam on ViT: use the last N blocks (default all)."
+        ),
+        layer: str = typer.Option(None, "--layer", help="gradcam: one layer name (see --list-layers)."),
+        cam_rule: str = typer.Option(
+            None, "--cam-rule", help="gradcam: hirescam (default for ViT) or gradcam (default for ResNet)."
+        ),
         list_layers: bool = typer.Option(False, "--list-layers", help="Print Grad-CAM layer names and exit."),
         direction: str = typer.Option("increase", "--direction", help="pixel-cf: increase | decrease."),
         steps: int = typer.Option(None, "--steps", help="ig / pixel-cf: number of steps."),
@@ -133,10 +138,12 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         supported = ex.MODALITIES[method]
         mode = modality or ("both" if "both" in supported and not label_set else "image")
         options: dict[str, Any] = {}
-        if method == "relevance" and blocks is not None:
+        if method in ("relevance", "gradcam") and blocks is not None:
             options["blocks"] = blocks
         if method == "gradcam" and layer is not None:
             options["layer"] = layer
+        if method == "gradcam" and cam_rule is not None:
+            options["rule"] = cam_rule
         if method == "pixel-cf":
             options["direction"] = direction
         if steps is not None and method in ("ig", "pixel-cf"):

@@ -1,7 +1,7 @@
 """CLIP explainers behind one call: `explain(model, image, text, method=..., target=...) -> Explanation`.
 
 Methods: ``relevance`` (Chefer et al. 2021 gradient-weighted attention, ViT image and text towers),
-``gradcam`` (Captum LayerGradCam for ResNet towers, token-Grad-CAM for ViT towers), ``ig`` (integrated
+``gradcam`` (Captum LayerGradCam for ResNet towers, HiResCAM / Grad-CAM over tokens for ViT towers), ``ig`` (integrated
 gradients on pixels / token embeddings), ``lime`` (superpixels / word masking) and ``pixel-cf``
 (pixel-space counterfactual). Targets are small callables on embeddings (`PairSimilarity`,
 `LabelProbability`, `Margin`, `EmbeddingMargin`), so the same explainer serves a query, a
@@ -48,7 +48,7 @@ MODALITIES: dict[str, tuple[str, ...]] = {
 #: Options each method accepts (anything else raises).
 OPTIONS: dict[str, tuple[str, ...]] = {
     "relevance": ("blocks",),
-    "gradcam": ("layer",),
+    "gradcam": ("layer", "blocks", "rule"),
     "ig": ("steps", "internal_batch_size"),
     "lime": ("num_samples", "batch_size", "segmentation", "seed"),
     "pixel-cf": ("direction", "steps", "lr", "l2", "tv"),

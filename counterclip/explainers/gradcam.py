@@ -1,21 +1,37 @@
-"""Grad-CAM: Captum `LayerGradCam` for conv (ResNet) image towers, token-Grad-CAM for ViT towers.
+"""Grad-CAM family: Captum `LayerGradCam` for conv (ResNet) image towers, token-CAMs for ViT towers.
 
-Token-Grad-CAM takes the normalised tokens a transformer block feeds its attention (the output of the
-block's first LayerNorm, ``(n, L, D)``; the block input when there is none), weights each channel by its
-gradient averaged over the patch tokens, sums over channels, keeps the positive part, and reshapes the
-patch tokens to the model's grid. This is pytorch-grad-cam's ViT recipe (``blocks[-1].norm1``). The
-default block is the last one: its attention is the deepest place where patch tokens still reach the
-class token (the outputs of the last block's patch tokens do not affect the embedding).
+Two rules, both on a layer's activations ``A`` and the score's gradient ``G`` over the same cells:
+
+- ``gradcam`` (Selvaraju et al.): channel weights are ``G`` averaged over the cells, the map is
+  ``relu(sum_c w_c A_c)``;
+- ``hirescam`` (Draelos & Carin 2020): the element-wise product summed over channels, ``relu(sum_c G_c A_c)``.
+
+On ViT towers the cells are the patch tokens a block feeds its attention (the output of the block's first
+LayerNorm; the block input when there is none). Averaging the gradient over tokens assumes a channel means
+the same thing at every position, which holds for conv features but not for tokens; with the bundled shapes
+model the classic rule on the last block gave a pointing game of 0.62, HiResCAM on the last block 0.82, and
+HiResCAM summed over the blocks' per-block positive parts 1.00 (last two blocks 1.00, all four 1.00 with the
+better deletion curve; 50 images, ``counterclip eval explainers``). So ViT towers default to ``hirescam`` over
+all blocks (like the relevance maps, ``blocks`` picks them); conv towers default to classic Grad-CAM on the
+last stage. ``layer`` picks one named block or conv layer instead.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from counterclip.errors import InputError
-from counterclip.explainers._core.attention import capture_block_input, capture_norm_output, first_norm
+from counterclip.explainers._core.attention import (
+    capture_block_input,
+    capture_norm_output,
+    first_norm,
+    select_blocks,
+)
 from counterclip.explainers._core.common import Cost, PreparedInputs, model_guard, text_embedding, upsample
 from counterclip.explainers._core.targets import Target
 from counterclip.explainers.base import Explanation
@@ -72,30 +88,54 @@ def _resolve_layer(model: ClipModel, layer: str | None) -> tuple[str, nn.Module]
     return name, modules[name]
 
 
+RULES: tuple[str, ...] = ("gradcam", "hirescam")
+
+
 def gradcam(
-    model: ClipModel, inputs: PreparedInputs, target: Target, layer: str | None = None
+    model: ClipModel,
+    inputs: PreparedInputs,
+    target: Target,
+    layer: str | None = None,
+    blocks: int | Sequence[int] | None = None,
+    rule: str | None = None,
 ) -> Explanation:
-    """Grad-CAM map of the image for ``target``.
+    """Grad-CAM-family map of the image for ``target``.
 
     Args:
         model: a CLIP model (ViT or ResNet image tower).
         inputs: from `prepare`.
         target: the score explained.
-        layer: layer name from `list_layers` (default `default_layer`). For ViT towers the map is computed
-            on that block's input.
+        layer: one layer name from `list_layers` (a transformer block or a conv layer).
+        blocks: ViT towers, instead of ``layer``: None = all blocks (default), k = the last k, or indices;
+            the per-block maps are summed.
+        rule: ``hirescam`` (default for ViT towers) or ``gradcam`` (default for conv towers).
 
     Returns:
-        `Explanation` with ``pixel_map (H, W)`` at the image's size and ``patch_map (gh, gw)`` (the
-        conv layer's cell grid for ResNet); ``extras['layer']``.
+        `Explanation` with ``pixel_map (H, W)`` at the image's size and ``patch_map`` (the patch grid for ViT,
+        the conv layer's cell grid for ResNet); ``extras['layer']`` (names joined by ``+`` when several)
+        and ``extras['rule']``.
     """
-    name, module = _resolve_layer(model, layer)
+    vit = bool(model.vision_blocks())
+    rule = rule or ("hirescam" if vit else "gradcam")
+    if rule not in RULES:
+        raise InputError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+    if layer is not None and blocks is not None:
+        raise InputError("give either a layer name or blocks, not both")
+    if vit and layer is None:
+        names = list_layers(model)
+        chosen = [names[i] for i in select_blocks(len(names), blocks)]
+    elif blocks is not None:
+        raise InputError("blocks applies to ViT towers; pick a conv layer with layer= (see --list-layers)")
+    else:
+        chosen = [layer or default_layer(model)]
+    modules = [_resolve_layer(model, name)[1] for name in chosen]
     cost = Cost()
     with model_guard(model):
         text_emb = text_embedding(model, inputs.tokens)
-        if model.vision_blocks():
-            cell_map, score = _token_gradcam(model, inputs, target, module, text_emb)
+        if vit:
+            cell_map, score = _token_cam(model, inputs, target, modules, text_emb, rule)
         else:
-            cell_map, score = _conv_gradcam(model, inputs, target, module, text_emb)
+            cell_map, score = _conv_cam(model, inputs, target, modules[0], text_emb, rule)
     cost.forward, cost.backward = 1, 1
     return Explanation(
         method="gradcam",
@@ -107,38 +147,63 @@ def gradcam(
         forward_passes=cost.forward,
         backward_passes=cost.backward,
         seconds=cost.seconds,
-        extras={"layer": name},
+        extras={"layer": "+".join(chosen), "rule": rule},
     )
 
 
-def _token_gradcam(
-    model: ClipModel, inputs: PreparedInputs, target: Target, block: nn.Module, text_emb: torch.Tensor
+def _token_cam(
+    model: ClipModel,
+    inputs: PreparedInputs,
+    target: Target,
+    blocks: Sequence[nn.Module],
+    text_emb: torch.Tensor,
+    rule: str,
 ) -> tuple[np.ndarray, float]:
+    """Sum over ``blocks`` of each block's positive token map (one forward and one backward pass)."""
     geometry = model.vision_geometry
     pixels = inputs.pixels.clone().requires_grad_(True)  # gives the graph a path even with frozen weights
-    capture = capture_norm_output if first_norm(block) is not None else capture_block_input
-    with capture(block) as store:
+    with contextlib.ExitStack() as stack:
+        stores = [
+            stack.enter_context(
+                capture_norm_output(block) if first_norm(block) is not None else capture_block_input(block)
+            )
+            for block in blocks
+        ]
         score = target(model.image_features(inputs.codec.to_model(pixels)), text_emb)[0]
-    hidden = store["x"]
-    (grad,) = torch.autograd.grad(score, hidden)
+    hidden = [store["x"] for store in stores]
+    grads = torch.autograd.grad(score, hidden)
     prefix = geometry.num_prefix_tokens
-    acts, grads = hidden[0, prefix:].detach(), grad[0, prefix:]
-    weights = grads.mean(dim=0)  # (D,) channel weights, averaged over patch tokens
-    cam = torch.relu(acts @ weights)
+    cam = torch.zeros(hidden[0].shape[1] - prefix, dtype=torch.float64)
+    for states, grad in zip(hidden, grads, strict=True):
+        acts, grad = states[0, prefix:].detach().double(), grad[0, prefix:].double()
+        if rule == "gradcam":
+            contribution = acts @ grad.mean(dim=0)  # (D,) channel weights, averaged over patch tokens
+        else:
+            contribution = (acts * grad).sum(dim=-1)
+        cam += torch.relu(contribution).cpu()
     gh, gw = geometry.grid_size
-    return cam.double().cpu().numpy().reshape(gh, gw), float(score.detach())
+    return cam.numpy().reshape(gh, gw), float(score.detach())
 
 
-def _conv_gradcam(
-    model: ClipModel, inputs: PreparedInputs, target: Target, layer: nn.Module, text_emb: torch.Tensor
+def _conv_cam(
+    model: ClipModel,
+    inputs: PreparedInputs,
+    target: Target,
+    layer: nn.Module,
+    text_emb: torch.Tensor,
+    rule: str,
 ) -> tuple[np.ndarray, float]:
-    from captum.attr import LayerGradCam
+    from captum.attr import LayerGradCam, LayerGradientXActivation
 
     def forward(model_input: torch.Tensor) -> torch.Tensor:
         return target(model.image_features(model_input), text_emb)
 
     model_input = inputs.codec.to_model(inputs.pixels).clone().requires_grad_(True)
-    attributions = LayerGradCam(forward, layer).attribute(model_input, relu_attributions=True)
+    if rule == "gradcam":
+        attributions = LayerGradCam(forward, layer).attribute(model_input, relu_attributions=True)[0, 0]
+    else:
+        products = LayerGradientXActivation(forward, layer).attribute(model_input)
+        attributions = torch.relu(products[0].sum(dim=0))
     with torch.no_grad():
         score = float(forward(model_input)[0])
-    return attributions[0, 0].detach().double().cpu().numpy(), score
+    return attributions.detach().double().cpu().numpy(), score
