@@ -181,7 +181,8 @@ class Engine:
         if not path.is_file():
             raise InputError(f"query image not found: {path}")
         try:
-            pil = self._decode(path).image
+            # absolute: the index resolves relative paths against its own root, a user means the cwd
+            pil = self._decode(path.resolve()).image
         except DecodeError as exc:
             raise InputError(f"query image {path} is not a readable image: {exc}") from exc
         embedding = self.model.encode_pil([pil]).numpy()[0]

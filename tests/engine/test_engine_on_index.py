@@ -4,6 +4,7 @@ the CLI's JSON schema, and the HTML report."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,6 +49,18 @@ def test_engine_opens_with_its_model_and_verifies(shapes_index) -> None:
         distances = [i.distance for i in result.items]
         assert distances == sorted(distances)  # diversity=0.2 keeps near-sorted; first is the closest
         assert distances[0] == pytest.approx(min(distances))
+
+
+def test_a_query_path_relative_to_the_cwd_is_the_users_file(shapes_index, monkeypatch) -> None:
+    # The index resolves relative paths against its own root; a query path means the working directory.
+    folder, index_dir = shapes_index
+    monkeypatch.chdir(folder.parent)
+    with Engine.open(index_dir, device="cpu") as engine:
+        relative = Path(folder.name) / "000003.png"
+        vec, image_id, _ = engine.resolve_image(str(relative))
+        stored = engine.index.image_vectors([engine.index.image_id_for_path(folder / "000003.png")])[0]
+        assert image_id is not None
+        assert float(vec @ stored) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_exact_search_equals_brute_force(shapes_index) -> None:
