@@ -238,18 +238,13 @@ def _text_side(engine, indexed, n_queries, rng, k, progress, overrides) -> dict[
         drawn += 1
         for method, items, latency in _methods(result):
             top = parsed.get(items[0].id) if items else None
+            hit = top is not None and _wrong_about(top, attrs)
             per_method.setdefault(method, []).append(
                 _record(engine, method, items, latency, "caption")
                 | {
-                    "hit": bool(top is not None and _wrong_about(top, attrs)),
-                    "minimal": bool(
-                        top is not None
-                        and _wrong_about(top, attrs)
-                        and _one_attribute_differs(own_parsed, top)
-                    ),
-                    "minimal_swap": bool(
-                        top is not None and _wrong_about(top, attrs) and _one_attribute_apart(own_parsed, top)
-                    ),
+                    "hit": hit,
+                    "minimal": hit and _one_attribute_differs(own_parsed, top),
+                    "minimal_swap": hit and _one_attribute_apart(own_parsed, top),
                 }
             )
         if progress:

@@ -174,6 +174,15 @@ def test_cli_text_side_and_errors(shapes_index, tmp_path, capsys) -> None:
         i["text"] and i["verified"] and i["score_after"] <= payload["validity"]["threshold"]
         for i in payload["items"]
     )
+    # --margin applies to the mode in use: decrease takes it as the share of the spread below the best match
+    base = ["counterfactual", str(index_dir), "--image", str(folder / "000002.png"), "--text", "a red circle"]
+    assert (
+        run([*base, "--side", "text", "--mode", "decrease", "--margin", "0.6", "--device", "cpu", "--json"])
+        == 0
+    )
+    validity = json.loads(capsys.readouterr().out)["validity"]
+    spread = validity["best"] - validity["typical"]
+    assert validity["threshold"] == pytest.approx(validity["best"] - 0.6 * spread, abs=1e-3)
     assert (
         run(
             [

@@ -36,6 +36,18 @@ def test_counterfactual_matches_engine(client_engine) -> None:
     assert response.json()["validity"]["threshold"] == 5.0
 
 
+def test_counterfactual_takes_the_decrease_margin(client_engine) -> None:
+    client, engine = client_engine
+    body = {"image": {"id": 0}, "text": "red", "mode": "decrease", "nomatch_margin": 0.6}
+    response = client.post("/counterfactual", json=body)
+    assert response.status_code == 200
+    direct = engine.counterfactuals(image=0, text="red", mode="decrease", nomatch_margin=0.6)
+    assert response.json()["validity"]["threshold"] == pytest.approx(direct.validity.threshold)
+    default = engine.counterfactuals(image=0, text="red", mode="decrease")
+    assert direct.validity.threshold != pytest.approx(default.validity.threshold)
+    assert [i["id"] for i in response.json()["items"]] == [i.id for i in direct.items]
+
+
 def test_search_with_uploaded_image(client_engine) -> None:
     client, engine = client_engine
     buffer = io.BytesIO()
