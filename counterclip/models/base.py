@@ -19,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from counterclip.models.spec import ModelSpec
+from counterclip.scores import PairScore
 
 LOG = logging.getLogger(__name__)
 
@@ -106,6 +107,15 @@ class ClipModel(abc.ABC):
         """exp(learned log temperature)."""
 
     @property
+    def pair_score(self) -> PairScore:
+        """The model's pair score (`counterclip.scores.PairScore`): every score in counterclip is this one.
+
+        CLIP families: ``logit_scale * cos``; a family with a bias or an absolute (sigmoid) reading
+        overrides this property.
+        """
+        return PairScore(scale=self.logit_scale)
+
+    @property
     @abc.abstractmethod
     def vision_geometry(self) -> VisionGeometry:
         """Input size and patch grid of the image tower."""
@@ -182,10 +192,10 @@ class ClipModel(abc.ABC):
     def score(
         self, image_emb: torch.Tensor | np.ndarray, text_emb: torch.Tensor | np.ndarray
     ) -> torch.Tensor:
-        """Pair score ``logit_scale * cos`` for normalised embeddings (broadcasts like a matmul)."""
+        """`pair_score` of normalised embeddings: ``(n, d), (m, d) -> (n, m)``; ``(n, d), (d,) -> (n,)``."""
         a = torch.as_tensor(image_emb, dtype=torch.float32)
         b = torch.as_tensor(text_emb, dtype=torch.float32)
-        return self.logit_scale * (a @ b.T if b.dim() == 2 else a @ b)
+        return self.pair_score.matrix(a, b) if b.dim() == 2 else self.pair_score.against(a, b)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(spec={str(self.spec)!r}, d={self.embed_dim}, device={self.device})"
