@@ -17,10 +17,10 @@ def run_demo(out_dir: Path, n: int = 400, device: str = "auto", seed: int = 0) -
     """
     from counterclip.cli.engine_cmds import write_counterfactual_report
     from counterclip.engine import Engine, load_image
-    from counterclip.engine.evaluate import shapes_vocabulary
     from counterclip.index_builder import build_index
     from counterclip.report.html import write_text_atomic
     from counterclip.shapes import attrs_of, caption, generate_folder, read_labels
+    from counterclip.shapes import vocabulary as shapes_vocabulary
 
     started = time.perf_counter()
     out_dir = Path(out_dir)

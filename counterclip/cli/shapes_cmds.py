@@ -86,8 +86,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
           counterclip build shapes3k --index shapes3k.idx --model bundled:shapes --vocab shapes-vocab.txt
         """
-        from counterclip.engine.evaluate import shapes_vocabulary
         from counterclip.report.html import write_text_atomic
+        from counterclip.shapes import vocabulary as shapes_vocabulary
 
         texts = shapes_vocabulary()
         write_text_atomic(out_file, "\n".join(texts) + "\n")

@@ -10,7 +10,6 @@ drawn only where the index holds at least one minimal answer.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -26,29 +25,6 @@ LOG = logging.getLogger(__name__)
 CHANGEABLE = ("shape", "colour", "size", "position")
 FULL = ("size", "colour", "shape", "position")
 OURS = "gradient_path"
-
-
-def shapes_vocabulary() -> list[str]:
-    """Canonical captions for every combination of the caption subsets the shapes world uses.
-
-    Added to an index with ``--vocab`` they give the text side a caption for every one-attribute change.
-    """
-    subsets = [
-        FULL,
-        ("colour", "shape"),
-        ("size", "colour", "shape"),
-        ("colour", "shape", "position"),
-        ("colour", "shape", "background"),
-        ("size", "colour", "shape", "position", "background"),
-    ]
-    texts: list[str] = []
-    for subset in subsets:
-        for values in itertools.product(*(VALUES[a] for a in subset)):
-            base = ShapeAttrs("circle", "red", "small", "center", "dark").replace(
-                **dict(zip(subset, values, strict=True))
-            )
-            texts.append(caption(base, subset))
-    return list(dict.fromkeys(texts))
 
 
 def _one_attribute_apart(a: dict[str, str], b: dict[str, str]) -> bool:

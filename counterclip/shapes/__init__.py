@@ -28,6 +28,7 @@ from counterclip.shapes.world import (
     render,
     sample_attrs,
     seen_pairs,
+    vocabulary,
 )
 
 __all__ = [
@@ -54,4 +55,5 @@ __all__ = [
     "render",
     "sample_attrs",
     "seen_pairs",
+    "vocabulary",
 ]

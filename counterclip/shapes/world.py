@@ -12,6 +12,7 @@ generation produces only those, for compositional tests.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -415,3 +416,26 @@ def read_labels(path: str | os.PathLike[str]) -> list[dict]:
 def attrs_of(record: dict) -> ShapeAttrs:
     """The ShapeAttrs of a label record."""
     return ShapeAttrs(**{a: record[a] for a in ATTRIBUTES})
+
+
+def vocabulary() -> list[str]:
+    """Canonical captions for every combination of the caption subsets the shapes world uses.
+
+    Added to an index with ``--vocab`` they give the text side a caption for every one-attribute change.
+    """
+    subsets = [
+        ("size", "colour", "shape", "position"),
+        ("colour", "shape"),
+        ("size", "colour", "shape"),
+        ("colour", "shape", "position"),
+        ("colour", "shape", "background"),
+        ("size", "colour", "shape", "position", "background"),
+    ]
+    texts: list[str] = []
+    for subset in subsets:
+        for values in itertools.product(*(VALUES[a] for a in subset)):
+            base = ShapeAttrs("circle", "red", "small", "center", "dark").replace(
+                **dict(zip(subset, values, strict=True))
+            )
+            texts.append(caption(base, subset))
+    return list(dict.fromkeys(texts))
