@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from counterclip.scores import PairScore
+
 
 def colour_vector(rgb: tuple[int, int, int]) -> np.ndarray:
     v = np.asarray(rgb, dtype=np.float32) / 255.0 - 0.5
@@ -21,10 +23,11 @@ def colour_vector(rgb: tuple[int, int, int]) -> np.ndarray:
 
 
 class ColourModel:
-    """Stands in for a ClipModel where only encode_pil / encode_texts / logit_scale are used."""
+    """Stands in for a ClipModel where only encode_pil / encode_texts / pair_score are used."""
 
     embed_dim = 3
     logit_scale = 10.0
+    pair_score = PairScore(10.0)
 
     def __init__(self, texts: dict[str, np.ndarray]) -> None:
         self.texts = texts
@@ -43,8 +46,51 @@ class ColourModel:
         return torch.from_numpy(np.stack([self.texts[t] for t in texts]).astype(np.float32))
 
 
+class ArrayCollection:
+    """One collection of the test index: exact FAISS inner-product search, metadata in a dict."""
+
+    def __init__(self, name: str, root: Path, table: dict[int, tuple[str, np.ndarray]]) -> None:
+        self.name = name
+        self.root = root
+        self._table = table
+        self.ids = np.array(sorted(table), dtype=np.int64)
+        self._faiss = faiss.IndexIDMap2(faiss.IndexFlatIP(3))
+        if table:
+            self._faiss.add_with_ids(np.stack([table[i][1] for i in self.ids]).astype(np.float32), self.ids)
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+    def vectors(self, ids) -> np.ndarray:
+        if not len(ids):
+            return np.zeros((0, 3), np.float32)
+        return np.stack([self._table[int(i)][1] for i in ids]).astype(np.float32)
+
+    def search(self, xq: np.ndarray, k: int):
+        return self._faiss.search(np.ascontiguousarray(xq, dtype=np.float32), k)
+
+    def meta(self, ids) -> list[dict[str, Any]]:
+        if self.name == "captions":
+            return [
+                {"id": int(i), "text": self._table[int(i)][0], "source": "vocab", "image_id": None}
+                for i in ids
+            ]
+        for i in ids:
+            if int(i) not in self._table:
+                raise KeyError(f"unknown image id {int(i)}")
+        return [
+            {
+                "id": int(i),
+                "path": self._table[int(i)][0],
+                "abs_path": str(self.root / self._table[int(i)][0]),
+            }
+            for i in ids
+        ]
+
+
 class ArrayIndex:
-    """The engine's IndexLike over arrays: exact FAISS inner-product search, metadata in dicts."""
+    """The engine's IndexLike over arrays: two `ArrayCollection`s."""
 
     def __init__(
         self,
@@ -54,58 +100,8 @@ class ArrayIndex:
     ) -> None:
         self.root = root
         self.dim = 3
-        self._images = images
-        self._captions = captions
-        self._faiss = {}
-        for kind, table in (("image", images), ("caption", captions)):
-            index = faiss.IndexIDMap2(faiss.IndexFlatIP(3))
-            if table:
-                ids = np.array(sorted(table), dtype=np.int64)
-                index.add_with_ids(np.stack([table[i][1] for i in ids]).astype(np.float32), ids)
-            self._faiss[kind] = index
-
-    def image_ids(self) -> np.ndarray:
-        return np.array(sorted(self._images), dtype=np.int64)
-
-    def caption_ids(self) -> np.ndarray:
-        return np.array(sorted(self._captions), dtype=np.int64)
-
-    def image_vectors(self, ids) -> np.ndarray:
-        return (
-            np.stack([self._images[int(i)][1] for i in ids]).astype(np.float32)
-            if len(ids)
-            else np.zeros((0, 3), np.float32)
-        )
-
-    def caption_vectors(self, ids) -> np.ndarray:
-        return (
-            np.stack([self._captions[int(i)][1] for i in ids]).astype(np.float32)
-            if len(ids)
-            else np.zeros((0, 3), np.float32)
-        )
-
-    def search_images(self, xq: np.ndarray, k: int):
-        return self._faiss["image"].search(np.ascontiguousarray(xq, dtype=np.float32), k)
-
-    def search_captions(self, xq: np.ndarray, k: int):
-        return self._faiss["caption"].search(np.ascontiguousarray(xq, dtype=np.float32), k)
-
-    def image_meta(self, ids) -> list[dict[str, Any]]:
-        return [
-            {
-                "id": int(i),
-                "path": self._images[int(i)][0],
-                "abs_path": str(self.root / self._images[int(i)][0]),
-            }
-            for i in ids
-            if int(i) in self._images
-        ]
-
-    def caption_meta(self, ids) -> list[dict[str, Any]]:
-        return [
-            {"id": int(i), "text": self._captions[int(i)][0], "source": "vocab", "image_id": None}
-            for i in ids
-        ]
+        self.images = ArrayCollection("images", root, images)
+        self.captions = ArrayCollection("captions", root, captions)
 
     def image_id_for_path(self, path) -> int | None:
         rel = (
@@ -113,7 +109,7 @@ class ArrayIndex:
             if Path(path).is_absolute()
             else str(path)
         )
-        return next((i for i, (p, _) in self._images.items() if p == rel), None)
+        return next((int(i) for i in self.images.ids if self.images.meta([i])[0]["path"] == rel), None)
 
 
 def make_colour_index(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -145,19 +146,19 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             payload = {
                 "index": str(idx.path),
                 "root": str(idx.root),
-                "images": idx.num_images,
-                "captions": idx.num_captions,
+                "images": idx.images.count,
+                "captions": idx.captions.count,
                 "skipped": len(errors),
-                "model": manifest["model"]["spec_string"],
-                "model_spec": manifest["model"]["spec"],
+                "model": str(manifest.model.spec),
+                "model_spec": manifest.model.spec.to_dict(),
                 "fingerprint": idx.fingerprint,
                 "embed_dim": idx.dim,
-                "faiss": manifest["faiss"],
-                "created": manifest["created"],
-                "updated": manifest["updated"],
-                "generation": manifest["generation"],
-                "last_run": manifest["last_run"],
-                "settings": manifest["settings"],
+                "faiss": manifest.faiss,
+                "created": manifest.created,
+                "updated": manifest.updated,
+                "generation": manifest.generation,
+                "last_run": manifest.last_run,
+                "settings": dataclasses.asdict(manifest.settings),
                 "size_on_disk_bytes": idx.size_on_disk(),
                 "errors": [{"path": e["path"], "reason": e["reason"]} for e in errors],
             }

@@ -1,29 +1,33 @@
 """The counterfactual engine: verified counterfactuals and plain search over an index."""
 
-from counterclip.engine.engine import Engine, EngineOptions, IndexLike, load_image
-from counterclip.engine.path import (
-    PathSettings,
-    apply_edit,
-    gradient_path,
-    label_objective,
-    similarity_objective,
-)
+from counterclip.engine.criteria import MODES, Criterion, Decrease, Flip, Increase
+from counterclip.engine.engine import Engine, EngineOptions, IndexLike, QueryImage, load_image
+from counterclip.engine.path import PathSettings, apply_edit, gradient_path
 from counterclip.engine.ranking import mmr_order
 from counterclip.engine.results import CounterfactualResult, ResultItem, SearchResult, Validity
+from counterclip.engine.sides import SIDES, CaptionSide, ImageSide, Side
 
 __all__ = [
+    "MODES",
+    "SIDES",
+    "CaptionSide",
     "CounterfactualResult",
+    "Criterion",
+    "Decrease",
     "Engine",
     "EngineOptions",
+    "Flip",
+    "ImageSide",
+    "Increase",
     "IndexLike",
     "PathSettings",
+    "QueryImage",
     "ResultItem",
     "SearchResult",
+    "Side",
     "Validity",
     "apply_edit",
     "gradient_path",
-    "label_objective",
     "load_image",
     "mmr_order",
-    "similarity_objective",
 ]

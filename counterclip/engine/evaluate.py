@@ -79,7 +79,7 @@ def _diversity(engine: Engine, items: list[ResultItem], kind: str) -> float | No
     if len(items) < 2:
         return None
     ids = [i.id for i in items]
-    vecs = engine.index.image_vectors(ids) if kind == "image" else engine.index.caption_vectors(ids)
+    vecs = engine.index.images.vectors(ids) if kind == "image" else engine.index.captions.vectors(ids)
     sims = vecs @ vecs.T
     upper = sims[np.triu_indices(len(ids), 1)]
     return float(np.mean(1.0 - upper))
@@ -191,10 +191,10 @@ def _image_side(
 
 
 def _text_side(engine, indexed, n_queries, rng, k, progress, overrides) -> dict[str, Any]:
-    caption_ids = engine.index.caption_ids()
+    caption_ids = engine.index.captions.ids
     if len(caption_ids) == 0:
         return {"drawn": 0, "error": "the index holds no captions"}
-    parsed = {m["id"]: parse_caption(m["text"]) for m in engine.index.caption_meta(caption_ids)}
+    parsed = {m["id"]: parse_caption(m["text"]) for m in engine.index.captions.meta(caption_ids)}
     by_keys: dict[tuple[str, ...], list[dict[str, str]]] = {}
     for p in parsed.values():
         by_keys.setdefault(tuple(p), []).append(p)

@@ -1,7 +1,8 @@
 """Target embeddings by gradient ascent on the unit sphere (the first step of a counterfactual query).
 
 Plain functions over tensors, unit-tested on their own (STYLE.md #9): the objective is a small
-callable on an embedding, the walk is projected gradient ascent with a proximity penalty.
+callable on an embedding (built by a criterion, `counterclip.engine.criteria`), the walk is projected
+gradient ascent with a proximity penalty.
 """
 
 from __future__ import annotations
@@ -28,26 +29,6 @@ def normalize(x: np.ndarray) -> np.ndarray:
 def apply_edit(query: np.ndarray, delta: np.ndarray, weight: float) -> np.ndarray:
     """Embedding arithmetic: ``normalize(query + weight * delta)`` (clip-retrieval's query mixing)."""
     return normalize(np.asarray(query, np.float32) + weight * np.asarray(delta, np.float32))
-
-
-def similarity_objective(text_emb: np.ndarray, logit_scale: float, sign: float = 1.0) -> Objective:
-    """``sign * logit_scale * cos(e, text)``: raise (sign=+1) or lower (sign=-1) a pair score."""
-    target = torch.as_tensor(normalize(text_emb), dtype=torch.float32)
-
-    def objective(e: torch.Tensor) -> torch.Tensor:
-        return sign * logit_scale * (e @ target)
-
-    return objective
-
-
-def label_objective(label_embs: np.ndarray, target_index: int, logit_scale: float) -> Objective:
-    """Log-probability of label ``target_index`` under a softmax over ``label_embs`` (zero-shot classes)."""
-    labels = torch.as_tensor(normalize(label_embs), dtype=torch.float32)
-
-    def objective(e: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(logit_scale * (e @ labels.T), dim=-1)[..., target_index]
-
-    return objective
 
 
 @dataclass(frozen=True)

@@ -1,57 +1,14 @@
-"""File-system primitives for crash safety: atomic writes (temp, fsync, rename) and the writer lock."""
+"""The writer lock of an index directory (atomic writes live in `counterclip._fileio`)."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 from counterclip.errors import IndexLockedError
-
-TMP_SUFFIX = ".tmp"
-LOCK_NAME = ".lock"
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make renames inside ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` through ``write(fileobj)`` so that readers see the old file or the whole new one.
-
-    The bytes go to ``path.tmp``, are fsynced, renamed over ``path``, and the directory is fsynced. A
-    crash leaves at most a stale ``*.tmp`` file, which the next build deletes.
-    """
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """`atomic_write` of a bytes payload."""
-    atomic_write(path, lambda handle: handle.write(data))
-
-
-def remove_durably(path: Path) -> None:
-    """Delete ``path`` if present and fsync its directory."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return
-    fsync_dir(path.parent)
-
+from counterclip.index_builder.manifest import LOCK_NAME
 
 _HELD_FDS: set[int] = set()  # lock fds held by this process
 _FORK_HOOK = False

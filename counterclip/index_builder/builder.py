@@ -32,22 +32,29 @@ from typing import Any
 
 import numpy as np
 
+from counterclip._fileio import TMP_SUFFIX
 from counterclip.errors import IndexFormatError, InputError
 from counterclip.index_builder import captions as caption_sources
-from counterclip.index_builder._fs import TMP_SUFFIX, WriterLock
+from counterclip.index_builder._fs import WriterLock
 from counterclip.index_builder.config import IndexCfg, load_index_config
 from counterclip.index_builder.decode import DecodeOptions, file_sha256
 from counterclip.index_builder.faiss_index import FaissInfo, build_and_measure, write_index_atomic
 from counterclip.index_builder.manifest import (
+    DB_NAME,
+    EMBEDDINGS_DIR,
+    FAISS_FILES,
     FORMAT_VERSION,
+    KINDS,
+    LOCK_NAME,
     MANIFEST_NAME,
+    Manifest,
+    ModelRecord,
+    Settings,
     invalidate_manifest,
-    write_manifest,
 )
 from counterclip.index_builder.pipeline import ShardWriter, WorkItem, embed_images
 from counterclip.index_builder.scan import display_path, scan_folder
 from counterclip.index_builder.shards import (
-    EMBEDDINGS_DIR,
     delete_shards,
     iterate_shards,
     read_ids,
@@ -55,11 +62,10 @@ from counterclip.index_builder.shards import (
     shard_paths,
     write_shard,
 )
-from counterclip.index_builder.store import DB_NAME, KINDS, Store
+from counterclip.index_builder.store import Store
 from counterclip.models import ClipModel, ModelSpec, load_model
 
 LOG = logging.getLogger(__name__)
-FAISS_FILES = {"images": "images.faiss", "captions": "captions.faiss"}
 DEFAULT_MODEL = "bundled:shapes"
 FAISS_CFG_KEYS = (  # the config fields a FAISS index depends on (others never force a rebuild)
     "exact_max",
@@ -339,7 +345,7 @@ class _Builder:
             raise InputError(f"index path {self.index_dir} exists and is not a directory")
         if (self.index_dir / DB_NAME).exists():
             return
-        foreign = [p.name for p in self.index_dir.iterdir() if p.name not in (".lock", EMBEDDINGS_DIR)]
+        foreign = [p.name for p in self.index_dir.iterdir() if p.name not in (LOCK_NAME, EMBEDDINGS_DIR)]
         if foreign:
             raise InputError(
                 f"{self.index_dir} is not empty and is not a counterclip index (found {sorted(foreign)[:3]}); "
@@ -513,31 +519,23 @@ class _Builder:
         generation = int(store.get_meta("generation", 0)) + 1
         with store.transaction():
             store.set_meta(generation=generation, last_run=last_run)
-        write_manifest(
-            self.index_dir,
-            {
-                "generation": generation,
-                "created": created,
-                "updated": last_run["finished"],
-                "root": str(root),
-                "model": {
-                    "spec": self.spec.to_dict(),
-                    "spec_string": str(self.spec),
-                    "fingerprint": self.fingerprint,
-                    "embed_dim": self.dim,
-                },
-                "counts": counts,
-                "faiss": {kind: info.to_dict() for kind, info in infos.items()},
-                "settings": {
-                    "captions_file": str(captions_file) if captions_file else None,
-                    "vocab_file": str(vocab_file) if vocab_file else None,
-                    "index_kind": index_kind,
-                    "config": cfg.to_dict(),
-                    "decode": dataclasses.asdict(self.decode),
-                },
-                "last_run": last_run,
-            },
-        )
+        Manifest(
+            generation=generation,
+            created=created,
+            updated=last_run["finished"],
+            root=str(root),
+            model=ModelRecord(self.spec, self.fingerprint, self.dim),
+            counts=counts,
+            faiss={kind: info.to_dict() for kind, info in infos.items()},
+            settings=Settings(
+                captions_file=str(captions_file) if captions_file else None,
+                vocab_file=str(vocab_file) if vocab_file else None,
+                index_kind=index_kind,
+                config=cfg.to_dict(),
+                decode=dataclasses.asdict(self.decode),
+            ),
+            last_run=last_run,
+        ).write(self.index_dir)
         return BuildSummary(
             index_dir=str(self.index_dir),
             root=str(root),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,8 +17,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from counterclip._fileio import atomic_write
 from counterclip.errors import InputError
-from counterclip.index_builder._fs import TMP_SUFFIX, fsync_dir
 from counterclip.index_builder.config import IndexCfg
 
 LOG = logging.getLogger(__name__)
@@ -300,13 +299,14 @@ def build_and_measure(
 
 
 def write_index_atomic(index: faiss.Index, path: Path) -> None:
-    """``faiss.write_index`` to a temp file, fsync, rename."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    faiss.write_index(index, str(tmp))
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """``faiss.write_index`` through `atomic_write` (streamed: no second copy in memory)."""
+
+    def write(handle) -> None:
+        writer = faiss.PyCallbackIOWriter(handle.write)
+        faiss.write_index(index, writer)
+        del writer  # flushes FAISS's buffer into the handle
+
+    atomic_write(path, write)
 
 
 def read_index(path: Path) -> faiss.Index:

@@ -16,41 +16,56 @@ import numpy as np
 
 from counterclip.errors import IndexFormatError, IndexLockedError
 from counterclip.index_builder._fs import writer_pid
-from counterclip.index_builder.builder import FAISS_FILES
 from counterclip.index_builder.decode import DecodeOptions, LoadedImage, load_image
 from counterclip.index_builder.faiss_index import FaissInfo, make_search_params, read_index, search
-from counterclip.index_builder.manifest import MANIFEST_NAME, read_manifest
-from counterclip.index_builder.shards import EMBEDDINGS_DIR, ShardReader
-from counterclip.index_builder.store import DB_NAME, SqliteMetadataProvider
-from counterclip.models import ClipModel, ModelSpec
+from counterclip.index_builder.manifest import DB_NAME, EMBEDDINGS_DIR, FAISS_FILES, MANIFEST_NAME, Manifest
+from counterclip.index_builder.shards import ShardReader
+from counterclip.index_builder.store import SqliteMetadataProvider
+from counterclip.models import ClipModel
 
 LOG = logging.getLogger(__name__)
 
 
-class _Kind:
-    """Ids, their shard locations and the FAISS index of one kind (images or captions)."""
+class Collection:
+    """One collection of an index, the images or the captions: ids, stored vectors, search, metadata.
 
-    def __init__(
-        self, index_dir: Path, kind: str, meta: SqliteMetadataProvider, dim: int, info: FaissInfo
-    ) -> None:
-        rows = meta.query(f"SELECT id, shard, row FROM {kind} WHERE status = 'indexed' ORDER BY id")
+    The engine moves one side of a pair against one collection (`Index.images` or `Index.captions`).
+
+    Attributes:
+        name: ``images`` or ``captions``.
+        ids: all ids, ascending, int64 (read-only).
+        info: the FAISS index's kind, parameters and measured recall.
+    """
+
+    name: str
+
+    def __init__(self, index_dir: Path, meta: SqliteMetadataProvider, dim: int, info: FaissInfo) -> None:
+        rows = meta.query(f"SELECT id, shard, row FROM {self.name} WHERE status = 'indexed' ORDER BY id")
         table = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
         self.ids = np.ascontiguousarray(table[:, 0])
-        self.shards = np.ascontiguousarray(table[:, 1])
-        self.rows = np.ascontiguousarray(table[:, 2])
-        self.reader = ShardReader(index_dir / EMBEDDINGS_DIR, kind)
-        self.faiss = read_index(index_dir / FAISS_FILES[kind])
+        self.ids.setflags(write=False)
+        self._shards = np.ascontiguousarray(table[:, 1])
+        self._rows = np.ascontiguousarray(table[:, 2])
+        self._reader = ShardReader(index_dir / EMBEDDINGS_DIR, self.name)
+        self._faiss = read_index(index_dir / FAISS_FILES[self.name])
+        self._meta = meta
         self.info = info
-        self.params = make_search_params(info.kind, info.search_params)
+        self._params = make_search_params(info.kind, info.search_params)
         self.dim = dim
-        if self.faiss.ntotal != len(self.ids) or self.faiss.d != dim:
+        if self._faiss.ntotal != len(self.ids) or self._faiss.d != dim:
             raise IndexFormatError(
-                f"index {index_dir}: {FAISS_FILES[kind]} holds {self.faiss.ntotal} vectors of width {self.faiss.d}, "
-                f"items.sqlite {len(self.ids)} of width {dim}; run `counterclip update {index_dir}` to rebuild it"
+                f"index {index_dir}: {FAISS_FILES[self.name]} holds {self._faiss.ntotal} vectors of width "
+                f"{self._faiss.d}, items.sqlite {len(self.ids)} of width {dim}; "
+                f"run `counterclip update {index_dir}` to rebuild it"
             )
 
-    def locate(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(shard, row) of each id; `KeyError` for ids that are not in this index."""
+    @property
+    def count(self) -> int:
+        """Number of items."""
+        return len(self.ids)
+
+    def _locate(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, row) of each id; `KeyError` for ids that are not in this collection."""
         wanted = np.asarray(ids, dtype=np.int64).reshape(-1)
         if len(self.ids) == 0:
             pos = np.zeros(len(wanted), dtype=np.int64)
@@ -59,18 +74,124 @@ class _Kind:
             pos = np.minimum(np.searchsorted(self.ids, wanted), len(self.ids) - 1)
             bad = self.ids[pos] != wanted
         if bad.any():
-            raise KeyError(f"unknown id(s) {wanted[bad][:10].tolist()}")
-        return self.shards[pos], self.rows[pos]
+            raise KeyError(f"unknown {self.name[:-1]} id(s) {wanted[bad][:10].tolist()}")
+        return self._shards[pos], self._rows[pos]
 
     def vectors(self, ids: Any) -> np.ndarray:
-        shards, rows = self.locate(ids)
-        return self.reader.rows(shards, rows, self.dim)
+        """Stored embeddings ``(n, d)`` float32, L2-normalised, read from the shards (not FAISS).
+
+        Raises:
+            KeyError: an id that is not in this collection.
+        """
+        shards, rows = self._locate(ids)
+        return self._reader.rows(shards, rows, self.dim)
 
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items by inner product.
+
+        Args:
+            xq: ``(nq, d)`` float32 queries (L2-normalised for cosine).
+            k: results per query.
+
+        Returns:
+            ``D (nq, k)`` float32 inner products, ``I (nq, k)`` int64 ids; ``-1`` / ``-inf`` padding.
+        """
         xq = np.asarray(xq, dtype=np.float32)
         if xq.ndim != 2 or xq.shape[1] != self.dim:
             raise ValueError(f"queries must have shape (nq, {self.dim}), got {xq.shape}")
-        return search(self.faiss, xq, k, self.params)
+        return search(self._faiss, xq, k, self._params)
+
+    def meta(self, ids: Any) -> list[dict[str, Any]]:
+        """Metadata per id, in order (see the subclasses); `KeyError` for an unknown id."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the memory maps."""
+        self._reader.close()
+
+
+class ImageCollection(Collection):
+    """The images of an index."""
+
+    name = "images"
+
+    def __init__(
+        self, index_dir: Path, meta: SqliteMetadataProvider, dim: int, info: FaissInfo, root: Path
+    ) -> None:
+        super().__init__(index_dir, meta, dim, info)
+        self.root = root
+
+    def meta(self, ids: Any) -> list[dict[str, Any]]:
+        """Per id, in order: id, path (relative to the root), abs_path, size, mtime, sha256, width, height.
+
+        Raises:
+            KeyError: an id that is not a valid image of this index.
+        """
+        wanted = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
+        rows = self._meta.get(
+            "images", wanted, ("path_key", "size", "mtime_ns", "sha256", "width", "height", "status")
+        )
+        out = []
+        for item_id, row in zip(wanted, rows, strict=True):
+            if row is None or row["status"] != "indexed":
+                raise KeyError(f"unknown image id {item_id}")
+            rel = os.fsdecode(row["path_key"])
+            out.append(
+                {
+                    "id": item_id,
+                    "path": rel,
+                    "abs_path": str(self.root / rel),
+                    "size": row["size"],
+                    "mtime": row["mtime_ns"] / 1e9,
+                    "sha256": row["sha256"],
+                    "width": row["width"],
+                    "height": row["height"],
+                }
+            )
+        return out
+
+
+class CaptionCollection(Collection):
+    """The captions of an index (sidecars, captions file, vocabulary)."""
+
+    name = "captions"
+
+    def meta(self, ids: Any) -> list[dict[str, Any]]:
+        """Per caption id, in order: id, text, source (the first occurrence's: "sidecar", "captions-file"
+        or "vocab"), image_id (int or None), and image_ids (every image it describes).
+
+        Raises:
+            KeyError: an id that is not a caption of this index.
+        """
+        wanted = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
+        rows = self._meta.get("captions", wanted, ("text",))
+        links: dict[int, list[tuple[str, int | None]]] = {}
+        unique = sorted(set(wanted))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for caption_id, source, image_id in self._meta.query(
+                f"SELECT caption_id, source, image_id FROM caption_links WHERE caption_id IN ({marks}) "
+                "ORDER BY caption_id, position",
+                chunk,
+            ):
+                links.setdefault(int(caption_id), []).append((source, image_id))
+        out = []
+        for caption_id, row in zip(wanted, rows, strict=True):
+            if row is None:
+                raise KeyError(f"unknown caption id {caption_id}")
+            occurrences = links.get(caption_id, [("vocab", None)])
+            first = occurrences[0]
+            out.append(
+                {
+                    "id": caption_id,
+                    "text": row["text"],
+                    "source": first[0],
+                    "image_id": first[1],
+                    "image_ids": sorted({i for _, i in occurrences if i is not None}),
+                }
+            )
+        return out
 
 
 class Index:
@@ -79,33 +200,36 @@ class Index:
     Attributes:
         path: the index directory.
         root: the image folder it was built from (absolute).
-        manifest: the parsed ``manifest.json``.
+        manifest: the typed ``manifest.json`` (`Manifest`).
         model_spec: the `ModelSpec` that built it (``load_model(idx.model_spec)`` reloads the model).
         fingerprint: that model's weights fingerprint.
         dim: embedding width.
         decode_options: how the build decoded files (`load_image` reproduces it).
+        images / captions: the two collections (`ImageCollection`, `CaptionCollection`): ids, vectors,
+            search, metadata.
 
     Examples::
 
         >>> with Index.open("photos.idx") as idx:
-        ...     D, I = idx.search_images(idx.image_vectors(idx.image_ids()[:1]), k=5)
-        ...     idx.image_meta(I[0])[0]["path"]
+        ...     D, I = idx.images.search(idx.images.vectors(idx.images.ids[:1]), k=5)
+        ...     idx.images.meta(I[0])[0]["path"]
         'cats/001.jpg'
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], meta: SqliteMetadataProvider) -> None:
+    def __init__(self, path: Path, manifest: Manifest, meta: SqliteMetadataProvider) -> None:
         self.path = path
         self.manifest = manifest
         self._meta = meta
-        model = manifest["model"]
-        self.model_spec = ModelSpec.from_dict(model["spec"])
-        self.fingerprint: str = model["fingerprint"]
-        self.dim = int(model["embed_dim"])
-        self.root = Path(manifest["root"])
-        self.decode_options = DecodeOptions(**manifest["settings"].get("decode", {}))
-        self._images = _Kind(path, "images", meta, self.dim, FaissInfo.from_dict(manifest["faiss"]["images"]))
-        self._captions = _Kind(
-            path, "captions", meta, self.dim, FaissInfo.from_dict(manifest["faiss"]["captions"])
+        self.model_spec = manifest.model.spec
+        self.fingerprint = manifest.model.fingerprint
+        self.dim = manifest.model.embed_dim
+        self.root = Path(manifest.root)
+        self.decode_options = DecodeOptions(**manifest.settings.decode)
+        self.images = ImageCollection(
+            path, meta, self.dim, FaissInfo.from_dict(manifest.faiss["images"]), self.root
+        )
+        self.captions = CaptionCollection(
+            path, meta, self.dim, FaissInfo.from_dict(manifest.faiss["captions"])
         )
         self._closed = False
 
@@ -138,14 +262,14 @@ class Index:
                 raise IndexFormatError(
                     f"{path} is not a counterclip index (run `counterclip build FOLDER --index {path}`)"
                 )
-        manifest = read_manifest(path)
+        manifest = Manifest.read(path)
         meta = SqliteMetadataProvider(path / DB_NAME)
         try:
             rows = meta.query("SELECT value FROM meta WHERE key = 'generation'")
             generation = int(rows[0][0]) if rows else None
-            if generation != manifest.get("generation"):
+            if generation != manifest.generation:
                 raise IndexFormatError(
-                    f"index {path} is inconsistent (manifest generation {manifest.get('generation')}, "
+                    f"index {path} is inconsistent (manifest generation {manifest.generation}, "
                     f"items.sqlite generation {generation}); run `counterclip update {path}`"
                 )
             index = cls(path, manifest, meta)
@@ -162,8 +286,8 @@ class Index:
         LOG.info(
             "opened %s: %d images, %d captions (%.2f s)",
             path,
-            index.num_images,
-            index.num_captions,
+            index.images.count,
+            index.captions.count,
             time.perf_counter() - started,
         )
         return index
@@ -172,8 +296,8 @@ class Index:
         """Release the SQLite connections and memory maps."""
         if not self._closed:
             self._meta.close()
-            self._images.reader.close()
-            self._captions.reader.close()
+            self.images.close()
+            self.captions.close()
             self._closed = True
 
     def __enter__(self) -> Index:
@@ -183,117 +307,10 @@ class Index:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Index({str(self.path)!r}, images={self.num_images}, captions={self.num_captions}, model={self.model_spec})"
-
-    # --- counts and ids -------------------------------------------------------------------------
-    @property
-    def num_images(self) -> int:
-        return len(self._images.ids)
-
-    @property
-    def num_captions(self) -> int:
-        return len(self._captions.ids)
-
-    def image_ids(self) -> np.ndarray:
-        """All valid image ids, ascending, int64."""
-        return self._images.ids.copy()
-
-    def caption_ids(self) -> np.ndarray:
-        """All caption ids, ascending, int64."""
-        return self._captions.ids.copy()
-
-    # --- vectors --------------------------------------------------------------------------------
-    def image_vectors(self, ids: Any) -> np.ndarray:
-        """Stored image embeddings ``(n, d)`` float32, L2-normalised, read from the shards (not FAISS).
-
-        Raises:
-            KeyError: an id that is not a valid image of this index.
-        """
-        return self._images.vectors(ids)
-
-    def caption_vectors(self, ids: Any) -> np.ndarray:
-        """Stored caption embeddings ``(n, d)`` float32."""
-        return self._captions.vectors(ids)
-
-    # --- search ---------------------------------------------------------------------------------
-    def search_images(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` images by inner product.
-
-        Args:
-            xq: ``(nq, d)`` float32 queries (L2-normalised for cosine).
-            k: results per query.
-
-        Returns:
-            ``D (nq, k)`` float32 inner products, ``I (nq, k)`` int64 image ids; ``-1`` / ``-inf`` padding.
-        """
-        return self._images.search(xq, k)
-
-    def search_captions(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` captions by inner product; see `search_images`."""
-        return self._captions.search(xq, k)
-
-    # --- metadata -------------------------------------------------------------------------------
-    def image_meta(self, ids: Any) -> list[dict[str, Any]]:
-        """Metadata per id, in order: id, path (relative to root), abs_path, size, mtime, sha256, width, height.
-
-        Raises:
-            KeyError: an id that is not a valid image of this index.
-        """
-        wanted = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
-        rows = self._meta.get(
-            "images", wanted, ("path_key", "size", "mtime_ns", "sha256", "width", "height", "status")
+        return (
+            f"Index({str(self.path)!r}, images={self.images.count}, captions={self.captions.count}, "
+            f"model={self.model_spec})"
         )
-        out = []
-        for item_id, row in zip(wanted, rows, strict=True):
-            if row is None or row["status"] != "indexed":
-                raise KeyError(f"unknown image id {item_id}")
-            rel = os.fsdecode(row["path_key"])
-            out.append(
-                {
-                    "id": item_id,
-                    "path": rel,
-                    "abs_path": str(self.root / rel),
-                    "size": row["size"],
-                    "mtime": row["mtime_ns"] / 1e9,
-                    "sha256": row["sha256"],
-                    "width": row["width"],
-                    "height": row["height"],
-                }
-            )
-        return out
-
-    def caption_meta(self, ids: Any) -> list[dict[str, Any]]:
-        """Metadata per caption id, in order: id, text, source (the first occurrence's: "sidecar",
-        "captions-file" or "vocab"), image_id (int or None), and image_ids (every image it describes)."""
-        wanted = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
-        rows = self._meta.get("captions", wanted, ("text",))
-        links: dict[int, list[tuple[str, int | None]]] = {}
-        unique = sorted(set(wanted))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for caption_id, source, image_id in self._meta.query(
-                f"SELECT caption_id, source, image_id FROM caption_links WHERE caption_id IN ({marks}) "
-                "ORDER BY caption_id, position",
-                chunk,
-            ):
-                links.setdefault(int(caption_id), []).append((source, image_id))
-        out = []
-        for caption_id, row in zip(wanted, rows, strict=True):
-            if row is None:
-                raise KeyError(f"unknown caption id {caption_id}")
-            occurrences = links.get(caption_id, [("vocab", None)])
-            first = occurrences[0]
-            out.append(
-                {
-                    "id": caption_id,
-                    "text": row["text"],
-                    "source": first[0],
-                    "image_id": first[1],
-                    "image_ids": sorted({i for _, i in occurrences if i is not None}),
-                }
-            )
-        return out
 
     def load_image(self, path: str | os.PathLike[str]) -> LoadedImage:
         """Decode a file exactly as this index decoded its images (same limits, same JPEG scaling), so
@@ -331,10 +348,6 @@ class Index:
         """Files skipped by the build: [{id, path, reason}]."""
         rows = self._meta.query("SELECT id, path, error FROM images WHERE status = 'error' ORDER BY path_key")
         return [{"id": int(i), "path": p, "reason": e} for i, p, e in rows]
-
-    def faiss_info(self, kind: str = "images") -> FaissInfo:
-        """Kind, parameters and measured recall of the ``images`` or ``captions`` FAISS index."""
-        return {"images": self._images, "captions": self._captions}[kind].info
 
     def size_on_disk(self) -> int:
         """Bytes used by the index directory."""

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from counterclip.index_builder._fs import TMP_SUFFIX, atomic_write, fsync_dir
+from counterclip._fileio import TMP_SUFFIX, atomic_write, fsync_dir
 
 LOG = logging.getLogger(__name__)
-EMBEDDINGS_DIR = "embeddings"
 _NAME = re.compile(r"^(images|captions)-(\d{5,})(\.ids)?\.npy$")
 
 
@@ -42,16 +41,6 @@ def write_shard(directory: Path, kind: str, number: int, vectors: np.ndarray, id
     vec_path, ids_path = shard_paths(directory, kind, number)
     atomic_write(ids_path, lambda h: np.save(h, np.ascontiguousarray(ids, dtype=np.int64)))
     atomic_write(vec_path, lambda h: np.save(h, np.ascontiguousarray(vectors, dtype=np.float32)))
-
-
-def shard_numbers_on_disk(directory: Path, kind: str) -> set[int]:
-    """Shard numbers that have at least one file in ``directory``."""
-    found = set()
-    for path in directory.glob(f"{kind}-*.npy"):
-        match = _NAME.match(path.name)
-        if match:
-            found.add(int(match.group(2)))
-    return found
 
 
 def remove_debris(directory: Path, kind: str, referenced: set[int]) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -18,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from counterclip.errors import IndexFormatError
+from counterclip.index_builder.manifest import DB_NAME, KINDS
 
 LOG = logging.getLogger(__name__)
-DB_NAME = "items.sqlite"
-KINDS = ("images", "captions")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -231,8 +229,3 @@ class SqliteMetadataProvider:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query on this thread's connection."""
         return self.conn().execute(sql, params).fetchall()
-
-
-def path_key(path: str) -> bytes:
-    """The database key of a relative path (its raw file-system bytes)."""
-    return os.fsencode(path)

@@ -43,7 +43,9 @@ def test_engine_opens_with_its_model_and_verifies(shapes_index) -> None:
             # the score was recomputed from the file, and equals the stored vector's score
             fresh = engine.model.encode_pil([Image.open(folder / item.path).convert("RGB")]).numpy()[0]
             assert item.verified
-            assert item.score_after == pytest.approx(float(fresh @ text_vec) * engine.logit_scale, abs=1e-3)
+            assert item.score_after == pytest.approx(
+                float(fresh @ text_vec) * engine.pair_score.scale, abs=1e-3
+            )
             assert item.score_after >= result.validity.threshold
         assert [i.rank for i in result.items] == list(range(1, len(result.items) + 1))
         distances = [i.distance for i in result.items]
@@ -57,19 +59,19 @@ def test_a_query_path_relative_to_the_cwd_is_the_users_file(shapes_index, monkey
     monkeypatch.chdir(folder.parent)
     with Engine.open(index_dir, device="cpu") as engine:
         relative = Path(folder.name) / "000003.png"
-        vec, image_id, _ = engine.resolve_image(str(relative))
-        stored = engine.index.image_vectors([engine.index.image_id_for_path(folder / "000003.png")])[0]
-        assert image_id is not None
-        assert float(vec @ stored) == pytest.approx(1.0, abs=1e-5)
+        query = engine.resolve_image(str(relative))
+        stored = engine.index.images.vectors([engine.index.image_id_for_path(folder / "000003.png")])[0]
+        assert query.id is not None
+        assert float(query.vector @ stored) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_exact_search_equals_brute_force(shapes_index) -> None:
     _, index_dir = shapes_index
     with Engine.open(index_dir, device="cpu") as engine:
         result = engine.search(text="a blue square", k=5)
-        ids = engine.index.image_ids()
+        ids = engine.index.images.ids
         text_vec = engine.model.encode_texts(["a blue square"]).numpy()[0]
-        scores = engine.index.image_vectors(ids) @ text_vec
+        scores = engine.index.images.vectors(ids) @ text_vec
         expected = ids[np.argsort(-scores, kind="stable")][:5]
         assert [i.id for i in result.items] == expected.tolist()
 
@@ -81,7 +83,7 @@ def test_stale_file_is_caught(tmp_path, tiny_openclip) -> None:
     generate_folder(folder, n=12, seed=5, size=48)
     build_index(folder, index_dir, model=tiny_openclip, device="cpu", progress=False)
     with Engine.open(index_dir, device="cpu") as engine:
-        query_id = int(engine.index.image_ids()[0])
+        query_id = int(engine.index.images.ids[0])
         first = engine.counterfactuals(image=query_id, text="a red circle", k=3, baselines=False)
         assert first.items
         changed = first.items[0]
@@ -252,13 +254,13 @@ def test_large_jpegs_verify_without_false_stale(tmp_path, tiny_openclip) -> None
         Image.fromarray(small).resize((640, 480), Image.BICUBIC).save(folder / f"p{i:02d}.jpg", quality=90)
     build_index(folder, index_dir, model=tiny_openclip, device="cpu", progress=False)
     with Engine.open(index_dir, device="cpu") as engine:
-        query = int(engine.index.image_ids()[0])
-        meta = engine.index.image_meta([query])[0]
+        query = int(engine.index.images.ids[0])
+        meta = engine.index.images.meta([query])[0]
         decoded = engine._decode(meta["abs_path"]).image
         assert decoded.size == engine.index.load_image(meta["abs_path"]).image.size
         assert decoded.size != full_decode(meta["abs_path"]).image.size  # the index really scaled it
         fresh = engine.model.encode_pil([decoded]).numpy()[0]
-        np.testing.assert_allclose(fresh, engine.index.image_vectors([query])[0], atol=1e-5)
+        np.testing.assert_allclose(fresh, engine.index.images.vectors([query])[0], atol=1e-5)
         result = engine.counterfactuals(
             image=query, text="a red circle", k=3, threshold=-100.0, baselines=False
         )

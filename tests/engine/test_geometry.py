@@ -38,8 +38,8 @@ def setup(tmp_path, colour_texts):
 
 
 def _oracle(index, e0, scores, valid_mask, exclude=0) -> list[int]:
-    ids = index.image_ids()
-    vecs = index.image_vectors(ids)
+    ids = index.images.ids
+    vecs = index.images.vectors(ids)
     order = [
         int(i) for i in ids[np.argsort(-(vecs @ e0), kind="stable")] if i != exclude and valid_mask[int(i)]
     ]

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from counterclip.engine import PathSettings, apply_edit, gradient_path, mmr_order, similarity_objective
+from counterclip.engine import PathSettings, apply_edit, gradient_path, mmr_order
+from counterclip.scores import PairScore
+
+
+def similarity_objective(text: np.ndarray, scale: float, sign: float = 1.0):
+    """``sign * scale * cos(e, text)`` through the one score module."""
+    target, score = torch.as_tensor(text), PairScore(scale)
+    return lambda e: sign * score.against(e, target)
 
 
 def _unit(v) -> np.ndarray:

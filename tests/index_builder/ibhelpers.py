@@ -221,19 +221,19 @@ def snapshot(index_dir: Path) -> dict[str, Any]:
     """What must be equal between two builds of the same folder: path -> (id, vector, w, h), caption
     text -> vector, errors, counts."""
     with Index.open(index_dir) as idx:
-        ids = idx.image_ids()
-        metas = idx.image_meta(ids)
-        vectors = idx.image_vectors(ids)
+        ids = idx.images.ids
+        metas = idx.images.meta(ids)
+        vectors = idx.images.vectors(ids)
         images = {
             m["path"]: (m["id"], vectors[i], m["width"], m["height"], m["sha256"])
             for i, m in enumerate(metas)
         }
-        cids = idx.caption_ids()
-        cmeta = idx.caption_meta(cids)
-        cvec = idx.caption_vectors(cids)
+        cids = idx.captions.ids
+        cmeta = idx.captions.meta(cids)
+        cvec = idx.captions.vectors(cids)
         captions = {m["text"]: (cvec[i], m["source"]) for i, m in enumerate(cmeta)}
         errors = {e["path"]: e["reason"] for e in idx.errors()}
-        counts = (idx.num_images, idx.num_captions, idx.faiss_info().ntotal)
+        counts = (idx.images.count, idx.captions.count, idx.images.info.ntotal)
     return {"images": images, "captions": captions, "errors": errors, "counts": counts}
 
 

@@ -49,7 +49,7 @@ def test_every_good_file_is_indexed_with_the_right_vector(built, model) -> None:
     root, index_dir, expected, summary = built
     assert summary.indexed == len(expected["good"])
     with Index.open(index_dir, model=model) as idx:
-        paths = {m["path"]: m for m in idx.image_meta(idx.image_ids())}
+        paths = {m["path"]: m for m in idx.images.meta(idx.images.ids)}
         assert set(paths) == set(expected["good"])
         for rel in expected["good"]:
             meta = paths[rel]
@@ -57,17 +57,17 @@ def test_every_good_file_is_indexed_with_the_right_vector(built, model) -> None:
             assert (meta["width"], meta["height"]) == (loaded.width, loaded.height), rel
             assert meta["sha256"] == loaded.sha256
             want = model.encode_images(model.preprocess(loaded.image)).numpy()
-            np.testing.assert_allclose(idx.image_vectors([meta["id"]])[0], want, atol=1e-5, err_msg=rel)
+            np.testing.assert_allclose(idx.images.vectors([meta["id"]])[0], want, atol=1e-5, err_msg=rel)
 
 
 def test_exif_rotated_image_is_stored_upright(built, model) -> None:
     _, index_dir, expected, _ = built
     with Index.open(index_dir) as idx:
         image_id = idx.image_id_for_path("good/exif_rotated.jpg")
-        meta = idx.image_meta([image_id])[0]
+        meta = idx.images.meta([image_id])[0]
         assert (meta["width"], meta["height"]) == (24, 40)
         upright = expected["good"]["good/exif_rotated.jpg"]
-        stored = idx.image_vectors([image_id])[0]
+        stored = idx.images.vectors([image_id])[0]
         sideways = model.encode_images(model.preprocess(upright.transpose(2))).numpy()  # ROTATE_90
         want = model.encode_images(model.preprocess(upright)).numpy()
         assert float(stored @ want) > float(stored @ sideways)
@@ -80,7 +80,7 @@ def test_non_utf8_name_round_trips(built) -> None:
     with Index.open(index_dir) as idx:
         image_id = idx.image_id_for_path(name)
         assert image_id is not None
-        meta = idx.image_meta([image_id])[0]
+        meta = idx.images.meta([image_id])[0]
         assert os.fsencode(meta["path"]) == b"good/" + NON_UTF8_NAME
         assert Path(meta["abs_path"]).read_bytes() == (root / name).read_bytes()
         assert idx.image_id_for_path(meta["abs_path"]) == image_id

@@ -35,7 +35,7 @@ def test_all_sources_and_duplicates_once(root: Path, tmp_path: Path, model) -> N
     texts = ["a red square", "the first photo", "a blue circle", "a free one", "a dog"]
     assert summary.captions == len(texts) and summary.captions_embedded == len(texts)
     with Index.open(tmp_path / "idx") as idx:
-        metas = idx.caption_meta(idx.caption_ids())
+        metas = idx.captions.meta(idx.captions.ids)
         by_text = {m["text"]: m for m in metas}
         assert sorted(by_text) == sorted(texts)
         ids = {
@@ -54,11 +54,11 @@ def test_all_sources_and_duplicates_once(root: Path, tmp_path: Path, model) -> N
         )
         assert by_text["a dog"]["source"] == "vocab" and by_text["a dog"]["image_id"] is None
         # vectors are the model's text embeddings; caption search equals the oracle
-        cids = idx.caption_ids()
-        stored = idx.caption_vectors(cids)
+        cids = idx.captions.ids
+        stored = idx.captions.vectors(cids)
         want = model.encode_texts([m["text"] for m in metas]).numpy()
         np.testing.assert_allclose(stored, want, atol=1e-5)
-        dist, labels = idx.search_captions(want[:2], 3)
+        dist, labels = idx.captions.search(want[:2], 3)
         order = np.argsort(-(want[:2] @ stored.T), axis=1)[:, :3]
         np.testing.assert_array_equal(labels, cids[order])
 
@@ -75,7 +75,7 @@ def test_jsonl_captions_and_unknown_paths(root: Path, tmp_path: Path, model) -> 
     assert summary.captions == 3
     assert any("not in the index" in w for w in summary.warnings)
     with Index.open(tmp_path / "idx") as idx:
-        by_text = {m["text"]: m for m in idx.caption_meta(idx.caption_ids())}
+        by_text = {m["text"]: m for m in idx.captions.meta(idx.captions.ids)}
         assert by_text["two"]["image_id"] == idx.image_id_for_path("img0002.jpg")
         assert by_text["three (absolute path)"]["image_id"] == idx.image_id_for_path("img0003.jpg")
         assert by_text["no such image"]["image_id"] is None
@@ -99,13 +99,13 @@ def test_caption_changes_follow_the_sources(root: Path, tmp_path: Path, model) -
     vocab.write_text("alpha\nbeta\n")
     build_index(root, tmp_path / "idx", model=model, vocab=vocab, progress=False)
     with Index.open(tmp_path / "idx") as idx:
-        alpha = next(m["id"] for m in idx.caption_meta(idx.caption_ids()) if m["text"] == "alpha")
+        alpha = next(m["id"] for m in idx.captions.meta(idx.captions.ids) if m["text"] == "alpha")
     vocab.write_text("alpha\ngamma\n")
     summary = build_index(
         root, tmp_path / "idx", model=model, progress=False
     )  # the recorded vocabulary is re-read
     assert summary.captions == 2 and summary.captions_embedded == 1
     with Index.open(tmp_path / "idx") as idx:
-        by_text = {m["text"]: m["id"] for m in idx.caption_meta(idx.caption_ids())}
+        by_text = {m["text"]: m["id"] for m in idx.captions.meta(idx.captions.ids)}
         assert set(by_text) == {"alpha", "gamma"} and by_text["alpha"] == alpha
-        assert idx.faiss_info("captions").ntotal == 2
+        assert idx.captions.info.ntotal == 2

@@ -36,7 +36,7 @@ def test_build_update_info_json(
     assert run(["info", str(index_dir), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     with Index.open(index_dir) as idx:
-        assert info["images"] == idx.num_images == 7
+        assert info["images"] == idx.images.count == 7
         assert info["fingerprint"] == idx.fingerprint and info["model"] == tiny_openclip
     assert info["faiss"]["images"]["recall_at_10"] == 1.0 and info["faiss"]["images"]["kind"] == "flat"
     assert info["skipped"] == 1 and info["errors"][0]["path"] == "bad.png"

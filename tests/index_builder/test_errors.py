@@ -44,7 +44,7 @@ def test_model_mismatch_names_both_models(built, model, other_model) -> None:
     with pytest.raises(IndexFormatError, match="was built with model"):
         build_index(root, index_dir, model=other_model, progress=False)
     with Index.open(index_dir, model=model) as idx:  # the right model opens it, and the index still works
-        assert idx.num_images == 6
+        assert idx.images.count == 6
         assert load_model(idx.model_spec, device="cpu").fingerprint == idx.fingerprint == model.fingerprint
 
 
@@ -137,7 +137,7 @@ def test_other_folder_and_vanished_folder(built, model, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no image files under"):
         update_index(index_dir, progress=False)
     with Index.open(index_dir) as idx:  # nothing lost: the index is still complete
-        assert idx.num_images == 6
+        assert idx.images.count == 6
 
 
 def test_lock_dies_with_its_process_not_with_forked_children(tmp_path: Path) -> None:

@@ -130,14 +130,14 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_index_exact_search_equals_brute_force(folder: Path, model, tmp_path: Path) -> None:
     build_index(folder, tmp_path / "idx", model=model, progress=False, config=SMALL_SHARDS)
     with Index.open(tmp_path / "idx") as idx:
-        assert idx.manifest["faiss"]["images"]["factory"] == "Flat"
-        assert idx.manifest["faiss"]["images"]["recall_at_10"] == 1.0
-        ids = idx.image_ids()
-        xb = idx.image_vectors(ids)
+        assert idx.manifest.faiss["images"]["factory"] == "Flat"
+        assert idx.manifest.faiss["images"]["recall_at_10"] == 1.0
+        ids = idx.images.ids
+        xb = idx.images.vectors(ids)
         np.testing.assert_allclose(np.linalg.norm(xb, axis=1), 1.0, atol=1e-5)
         xq = np.random.default_rng(0).normal(size=(7, idx.dim)).astype(np.float32)
         xq /= np.linalg.norm(xq, axis=1, keepdims=True)
-        dist, labels = idx.search_images(xq, 10)
+        dist, labels = idx.images.search(xq, 10)
         want_d, want_i = oracle(xb, ids, xq, 10)
         np.testing.assert_array_equal(labels, want_i)
         np.testing.assert_allclose(dist, want_d, atol=1e-4)
@@ -150,11 +150,11 @@ def test_large_collection_gets_hnsw_with_measured_recall(folder: Path, model, tm
     assert summary.images_index["recall_at_10"] >= cfg.recall_target
     assert summary.images_index["recall_queries"] == 60
     with Index.open(tmp_path / "idx") as idx:
-        info = idx.manifest["faiss"]["images"]
+        info = idx.manifest.faiss["images"]
         assert info["search_params"]["efSearch"] >= 16
-        ids = idx.image_ids()
-        xb = idx.image_vectors(ids)
-        dist, labels = idx.search_images(xb, 10)
+        ids = idx.images.ids
+        xb = idx.images.vectors(ids)
+        dist, labels = idx.images.search(xb, 10)
         want_d, want_i = oracle(xb, ids, xb, 10)
         assert recall_at_k(dist, labels, want_d, want_i, exact_scores=True) >= cfg.recall_target
 
@@ -167,7 +167,7 @@ def test_index_kind_override(folder: Path, model, tmp_path: Path) -> None:
     assert summary.images_index["search_params"]["nprobe"] in (1, 2, 4)
     assert summary.captions_index["factory"] == "Flat"  # the override is for the image index
     with Index.open(tmp_path / "idx") as idx:
-        assert idx.manifest["settings"]["index_kind"] == "IVF4,Flat"
+        assert idx.manifest.settings.index_kind == "IVF4,Flat"
 
 
 def test_empty_index_searches_to_padding(model, tmp_path: Path) -> None:
@@ -176,6 +176,6 @@ def test_empty_index_searches_to_padding(model, tmp_path: Path) -> None:
     summary = build_index(tmp_path / "photos", tmp_path / "idx", model=model, progress=False)
     assert summary.indexed == 0 and summary.skipped == 1 and summary.images_index["recall_at_10"] is None
     with Index.open(tmp_path / "idx") as idx:
-        dist, labels = idx.search_images(np.ones((2, idx.dim), np.float32), 3)
+        dist, labels = idx.images.search(np.ones((2, idx.dim), np.float32), 3)
         assert (labels == -1).all() and np.isneginf(dist).all()
-        assert idx.image_ids().shape == (0,)
+        assert idx.images.ids.shape == (0,)

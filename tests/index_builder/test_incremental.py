@@ -63,13 +63,13 @@ def test_update_after_add_change_delete_equals_fresh_build(base, model, tmp_path
             assert image_id > max_before, rel
     # removed items left every structure: shards, FAISS, SQLite, caption links
     with Index.open(index_dir) as idx:
-        assert shard_ids(index_dir) == sorted(idx.image_ids().tolist())
-        assert idx.faiss_info().ntotal == 35
+        assert shard_ids(index_dir) == sorted(idx.images.ids.tolist())
+        assert idx.images.info.ntotal == 35
         gone = {before["images"][f"img{i:04d}.jpg"][0] for i in (1, 2, 3, 4, 10, 11, 12, 13)}
-        assert not gone & set(idx.image_ids().tolist())
-        _, labels = idx.search_images(idx.image_vectors(idx.image_ids()), 35)
+        assert not gone & set(idx.images.ids.tolist())
+        _, labels = idx.images.search(idx.images.vectors(idx.images.ids), 35)
         assert not gone & set(labels.ravel().tolist())
-        by_text = {m["text"]: m for m in idx.caption_meta(idx.caption_ids())}
+        by_text = {m["text"]: m for m in idx.captions.meta(idx.captions.ids)}
         assert by_text["shared caption"]["image_ids"] == [
             after["images"]["img0003.jpg"][0]
         ]  # img0004 is gone
@@ -105,7 +105,7 @@ def test_ids_are_never_reused(base) -> None:
     root, index_dir, _ = base
     with Index.open(index_dir) as idx:
         old = idx.image_id_for_path("img0007.jpg")
-        highest = int(idx.image_ids().max())
+        highest = int(idx.images.ids.max())
     data = (root / "img0007.jpg").read_bytes()
     (root / "img0007.jpg").unlink()
     update_index(index_dir, progress=False)

@@ -18,14 +18,14 @@ def test_concurrent_queries_equal_serial(model, tmp_path: Path) -> None:
     (root / "img0001.txt").write_text("one\n")
     build_index(root, tmp_path / "idx", model=model, progress=False)
     with Index.open(tmp_path / "idx") as idx:
-        ids = idx.image_ids()
+        ids = idx.images.ids
 
         def query(i: int) -> tuple:
             chosen = ids[i % len(ids) : i % len(ids) + 3]
-            vectors = idx.image_vectors(chosen)
-            dist, labels = idx.search_images(vectors, 5)
-            meta = idx.image_meta(labels[:, 0])
-            caption = idx.caption_meta(idx.caption_ids())
+            vectors = idx.images.vectors(chosen)
+            dist, labels = idx.images.search(vectors, 5)
+            meta = idx.images.meta(labels[:, 0])
+            caption = idx.captions.meta(idx.captions.ids)
             return labels.tolist(), np.round(dist, 5).tolist(), [m["path"] for m in meta], caption
 
         serial = [query(i) for i in range(64)]
@@ -41,18 +41,18 @@ def test_unknown_ids_are_key_errors(model, tmp_path: Path) -> None:
     (root / "bad.jpg").write_bytes(b"")
     build_index(root, tmp_path / "idx", model=model, progress=False)
     with Index.open(tmp_path / "idx") as idx:
-        ids = idx.image_ids()
+        ids = idx.images.ids
         bad_id = idx.errors()[0]["id"]  # a skipped file has a row but no vector
         for wrong in (-1, bad_id, int(ids.max()) + 1):
             with pytest.raises(KeyError):
-                idx.image_vectors([ids[0], wrong])
+                idx.images.vectors([ids[0], wrong])
             with pytest.raises(KeyError):
-                idx.image_meta([wrong])
+                idx.images.meta([wrong])
         with pytest.raises(KeyError):
-            idx.caption_meta([1])
-        assert idx.image_vectors([]).shape == (0, idx.dim)
+            idx.captions.meta([1])
+        assert idx.images.vectors([]).shape == (0, idx.dim)
         assert idx.image_id_for_path("bad.jpg") is None and idx.image_id_for_path("/elsewhere/x.jpg") is None
-        np.testing.assert_array_equal(idx.image_vectors(ids[::-1]), idx.image_vectors(ids)[::-1])
+        np.testing.assert_array_equal(idx.images.vectors(ids[::-1]), idx.images.vectors(ids)[::-1])
 
 
 def test_large_jpegs_are_decoded_at_reduced_scale_reproducibly(model, tmp_path: Path) -> None:
@@ -65,11 +65,11 @@ def test_large_jpegs_are_decoded_at_reduced_scale_reproducibly(model, tmp_path: 
     build_index(root, tmp_path / "idx", model=model, progress=False)
     with Index.open(tmp_path / "idx") as idx:
         assert idx.decode_options.min_side == 32
-        meta = idx.image_meta(idx.image_ids())[0]
+        meta = idx.images.meta(idx.images.ids)[0]
         assert (meta["width"], meta["height"]) == (256, 192)  # the file's size, not the decoded one
         loaded = idx.load_image("big.jpg")
         assert loaded.image.size == (64, 48)
-        stored = idx.image_vectors(idx.image_ids())[0]
+        stored = idx.images.vectors(idx.images.ids)[0]
         np.testing.assert_allclose(stored, model.encode_pil([loaded.image]).numpy()[0], atol=1e-5)
         full = model.encode_pil([load_image(root / "big.jpg").image]).numpy()[0]
         assert float(stored @ full) > 0.99  # the same picture to the model

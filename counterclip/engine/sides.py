@@ -1,0 +1,178 @@
+"""Sides: which half of the (image, text) pair a counterfactual moves, and over which collection.
+
+The image side moves the image embedding through the index's images (answers are files); the caption
+side moves the text embedding through its captions (answers are texts). Everything that differs between
+the two lives here: which items are the query itself, how close an item is to the original, how an item
+is shown, and how it is re-scored from its source (the file, or the text). The engine itself never
+branches on the side.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+from PIL import Image
+
+from counterclip.engine.ranking import word_edit_distance
+from counterclip.engine.results import ResultItem
+from counterclip.index_builder.decode import DecodeError, LoadedImage
+
+SIDES = ("image", "text")
+
+Fresh = list[tuple[np.ndarray | None, str | None]]  # per id: a re-encoded vector, or why there is none
+
+
+class CollectionLike(Protocol):
+    """What a side needs from one collection of an index (`counterclip.index_builder.Collection`)."""
+
+    name: str
+    ids: np.ndarray
+
+    @property
+    def count(self) -> int: ...
+    def vectors(self, ids: Any) -> np.ndarray: ...
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def meta(self, ids: Any) -> list[dict[str, Any]]: ...
+
+
+class EncoderLike(Protocol):
+    """What a side needs from the model to re-score items from their source."""
+
+    def encode_pil(self, images: list[Image.Image]) -> Any: ...
+    def encode_texts(self, texts: list[str]) -> Any: ...
+
+
+class Side(abc.ABC):
+    """One moving side of a pair over its collection.
+
+    Attributes:
+        name: ``image`` or ``text``: what the user asked to move.
+        kind: ``image`` or ``caption``: what the returned items are.
+        collection: the collection searched.
+        start: ``(d,)`` the original embedding of the moving side (the path starts here).
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[str]
+
+    def __init__(self, collection: CollectionLike, start: np.ndarray) -> None:
+        self.collection = collection
+        self.start = np.asarray(start, dtype=np.float32)
+
+    @abc.abstractmethod
+    def is_query(self, ids: np.ndarray) -> np.ndarray:
+        """``(n,)`` bool: which ids are the query itself (never returned)."""
+
+    def proximity(self, ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """How close each item is to the original (higher is closer) and, for texts, the words changed.
+
+        Default: the cosine to the original embedding, no word counts.
+        """
+        return vectors @ self.start, None
+
+    @abc.abstractmethod
+    def item(self, item_id: int) -> ResultItem:
+        """A fresh `ResultItem` showing the item (path or text)."""
+
+    @abc.abstractmethod
+    def reencode(self, ids: np.ndarray) -> Fresh:
+        """Fresh embeddings from each item's source, each with the reason it cannot be trusted (or None)."""
+
+
+class ImageSide(Side):
+    """Move the image: answers are indexed image files, re-encoded from their files before returning."""
+
+    name = "image"
+    kind = "image"
+
+    def __init__(
+        self,
+        collection: CollectionLike,
+        start: np.ndarray,
+        query_id: int | None,
+        model: EncoderLike,
+        decode: Callable[[str], LoadedImage],
+    ) -> None:
+        super().__init__(collection, start)
+        self.query_id = query_id
+        self.model = model
+        self.decode = decode
+
+    def is_query(self, ids: np.ndarray) -> np.ndarray:
+        if self.query_id is None:
+            return np.zeros(len(ids), dtype=bool)
+        return ids == self.query_id
+
+    def item(self, item_id: int) -> ResultItem:
+        meta = self.collection.meta([item_id])[0]
+        return ResultItem(id=item_id, kind="image", path=meta["path"])
+
+    def reencode(self, ids: np.ndarray) -> Fresh:
+        """Decode each file as the index did; a missing, unreadable or changed file is a reason."""
+        loaded: list[tuple[Image.Image | None, str | None]] = []
+        for meta in self.collection.meta(ids):
+            try:
+                decoded = self.decode(meta["abs_path"])
+            except DecodeError:
+                loaded.append((None, "file missing or unreadable"))
+                continue
+            if meta.get("sha256") and decoded.sha256 != meta["sha256"]:
+                loaded.append((None, "changed since indexing"))
+                continue
+            loaded.append((decoded.image, None))
+        present = [image for image, _ in loaded if image is not None]
+        encoded = iter(self.model.encode_pil(present).numpy()) if present else iter(())
+        return [(next(encoded), None) if image is not None else (None, reason) for image, reason in loaded]
+
+
+class CaptionSide(Side):
+    """Move the text: answers are captions of the index, re-encoded from their text before returning."""
+
+    name = "text"
+    kind = "caption"
+
+    def __init__(
+        self,
+        collection: CollectionLike,
+        start: np.ndarray,
+        original_text: str,
+        model: EncoderLike,
+        by_words: bool = True,
+    ) -> None:
+        super().__init__(collection, start)
+        self.original_text = original_text
+        self.model = model
+        self.by_words = by_words
+
+    def is_query(self, ids: np.ndarray) -> np.ndarray:
+        """Captions that say the original text again (case, spacing and a final full stop aside)."""
+        if not len(ids):
+            return np.zeros(0, dtype=bool)
+        original = normalise_text(self.original_text)
+        return np.array([normalise_text(m["text"]) == original for m in self.collection.meta(ids)])
+
+    def proximity(self, ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fewest changed words first; embedding proximity breaks ties (it would otherwise prefer
+        captions that add wrong attributes over ones that swap one word). ``by_words=False``: the cosine."""
+        cosine = vectors @ self.start
+        if not self.by_words or not len(ids):
+            return cosine, None
+        texts = [m["text"] for m in self.collection.meta(ids)]
+        edits = np.array([word_edit_distance(self.original_text, t) for t in texts])
+        return -edits + 0.1 * cosine, edits
+
+    def item(self, item_id: int) -> ResultItem:
+        meta = self.collection.meta([item_id])[0]
+        return ResultItem(id=item_id, kind="caption", text=meta["text"])
+
+    def reencode(self, ids: np.ndarray) -> Fresh:
+        texts = [m["text"] for m in self.collection.meta(ids)]
+        return [(vec, None) for vec in self.model.encode_texts(texts).numpy()]
+
+
+def normalise_text(text: str) -> str:
+    """Lower case, single spaces, no final full stop: two captions that say the same thing compare equal."""
+    return " ".join(text.lower().split()).rstrip(".")
