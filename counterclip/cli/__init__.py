@@ -16,6 +16,7 @@ from typer.exceptions import TyperException
 from counterclip._version import __version__
 from counterclip.cli import (
     classic,
+    demo,
     engine_cmds,
     explain_cmds,
     index_cmds,
@@ -69,7 +70,7 @@ def _root(
     logging.getLogger("counterclip").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-for _module in (model_cmds, shapes_cmds, index_cmds, engine_cmds, explain_cmds, classic, serve_cmds):
+for _module in (model_cmds, shapes_cmds, index_cmds, engine_cmds, demo, explain_cmds, classic, serve_cmds):
     _module.register(app, eval_app)
 
 

@@ -18,11 +18,6 @@ class CliError(CounterclipError):
     """An error the user can fix: printed as one line, exit status 2 (no traceback unless --debug)."""
 
 
-def not_implemented(command: str) -> None:
-    """Fail loudly for a command whose issue has not landed yet."""
-    raise CliError(f"`counterclip {command}` is not implemented yet in this version.")
-
-
 def print_json(payload: Any) -> None:
     """Print JSON to stdout (machine-readable; never mixed with rich markup)."""
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")

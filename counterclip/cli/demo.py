@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import typer
+
 from counterclip.cli._common import out
 
 
@@ -64,3 +66,22 @@ def run_demo(out_dir: Path, n: int = 400, device: str = "auto", seed: int = 0) -
     out.print(f"\nreports: {written['image_report']}\n         {written['text_report']}")
     out.print(f"done in {time.perf_counter() - started:.0f} s")
     return written
+
+
+def register(app: typer.Typer, eval_app: typer.Typer) -> None:
+    @app.command()
+    def demo(
+        out_dir: Path = typer.Option(
+            Path("demo-out"), "--out", help="Where the demo writes its folder, index and reports."
+        ),
+        n: int = typer.Option(400, "--n", help="Images to generate."),
+        device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    ) -> None:
+        """Generate a shapes folder, index it with bundled:shapes, run one image-side and one text-side
+        counterfactual query, and write the reports.
+
+        Examples:
+
+          counterclip demo --out demo-out
+        """
+        run_demo(out_dir, n=n, device=device)

@@ -1,4 +1,4 @@
-"""CLI: search, counterfactual, demo, eval counterfactual."""
+"""CLI: search, counterfactual, eval counterfactual."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             raise InputError("give exactly one of --text or --image")
         with _open_engine(index, device) as engine:
             result = engine.search(
-                text=text, image=_parse_image(image), k=k, target="captions" if captions else "images"
+                text=text, image=_parse_image(image), k=k, collection="captions" if captions else "images"
             )
         if as_json:
             print_json(result.to_dict())
@@ -225,25 +225,6 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         if report is not None:
             out.print(f"report: {report}")
 
-    @app.command()
-    def demo(
-        out_dir: Path = typer.Option(
-            Path("demo-out"), "--out", help="Where the demo writes its folder, index and reports."
-        ),
-        n: int = typer.Option(400, "--n", help="Images to generate."),
-        device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    ) -> None:
-        """Generate a shapes folder, index it with bundled:shapes, run one image-side and one text-side
-        counterfactual query, and write the reports.
-
-        Examples:
-
-          counterclip demo --out demo-out
-        """
-        from counterclip.cli.demo import run_demo
-
-        run_demo(out_dir, n=n, device=device)
-
     @eval_app.command("counterfactual")
     def eval_counterfactual(
         index: Path = typer.Option(..., "--index", help="Index built from a shapes folder."),
@@ -278,7 +259,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
           counterclip eval counterfactual --index shapes3k.idx --labels-file shapes3k/labels.jsonl --n-queries 200 --seed 0 --json
         """
-        from counterclip.engine.evaluate import evaluate_counterfactuals
+        from counterclip.evaluation.counterfactuals import evaluate_counterfactuals
 
         if not labels_file.is_file():
             raise InputError(f"labels file not found: {labels_file}")

@@ -230,7 +230,7 @@ class Engine:
         text: str | None = None,
         image: str | Path | Image.Image | int | None = None,
         k: int = 10,
-        target: str = "images",
+        collection: str = "images",
     ) -> SearchResult:
         """Plain retrieval by text or by image.
 
@@ -238,12 +238,12 @@ class Engine:
             text: a query text, or
             image: a query image (path, PIL, or index id).
             k: results. Default: 10.
-            target: ``images`` or ``captions``: which collection to search.
+            collection: ``images`` or ``captions``: which collection of the index to search.
         """
         if (text is None) == (image is None):
             raise InputError("give exactly one of text or image to search by")
-        if target not in ("images", "captions"):
-            raise InputError(f"target must be images or captions, got {target!r}")
+        if collection not in ("images", "captions"):
+            raise InputError(f"collection must be images or captions, got {collection!r}")
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"k must be a positive number of results, got {k!r}")
         watch = _Stopwatch()
@@ -253,10 +253,10 @@ class Engine:
         else:
             resolved = self.resolve_image(image)
             query_vec, query = resolved.vector, resolved.described
-            exclude = resolved.id if target == "images" else None
+            exclude = resolved.id if collection == "images" else None
         watch.lap("encode")
         side = self._side(
-            "image" if target == "images" else "text", query_vec, exclude, text or "", self.options
+            "image" if collection == "images" else "text", query_vec, exclude, text or "", self.options
         )
         scores, ids = side.collection.search(query_vec[None].astype(np.float32), k + (exclude is not None))
         items = []

@@ -10,7 +10,7 @@ import base64
 import io
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
@@ -18,6 +18,9 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
 from counterclip.errors import CounterclipError
+
+if TYPE_CHECKING:
+    from counterclip.engine import Engine
 
 LOG = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ def _image(ref: ImageRef | None) -> int | Image.Image | None:
         raise HTTPException(422, f"image.base64 is not a readable image: {exc}") from exc
 
 
-def create_app(engine: Any) -> FastAPI:
+def create_app(engine: Engine) -> FastAPI:
     """Build the FastAPI app around an open `Engine`."""
     app = FastAPI(title="counterclip", version="1")
 
@@ -74,15 +77,15 @@ def create_app(engine: Any) -> FastAPI:
     def health() -> dict[str, Any]:
         return {
             "status": "ok",
-            "images": len(engine.index.image_ids()),
-            "captions": len(engine.index.caption_ids()),
+            "images": engine.index.images.count,
+            "captions": engine.index.captions.count,
         }
 
     @app.post("/search")
     def search(request: SearchRequest) -> dict[str, Any]:
         try:
             return engine.search(
-                text=request.text, image=_image(request.image), k=request.k, target=request.target
+                text=request.text, image=_image(request.image), k=request.k, collection=request.target
             ).to_dict()
         except CounterclipError as exc:
             raise HTTPException(422, str(exc)) from exc
@@ -111,7 +114,10 @@ def create_app(engine: Any) -> FastAPI:
 
     @app.get("/images/{image_id}")
     def image_file(image_id: int) -> FileResponse:
-        meta = engine.index.image_meta([image_id])
+        try:
+            meta = engine.index.images.meta([image_id])
+        except KeyError:
+            meta = []
         if not meta or not Path(meta[0]["abs_path"]).is_file():
             raise HTTPException(404, f"no image with id {image_id}")
         return FileResponse(meta[0]["abs_path"])

@@ -104,7 +104,7 @@ def test_search_goldens(shapes_engine):
     engine, _ = shapes_engine
     by_text = engine.search(text="a small yellow star", k=5)
     by_image = engine.search(image=12, k=5)
-    captions = engine.search(text="a blue square", k=5, target="captions")
+    captions = engine.search(text="a blue square", k=5, collection="captions")
     _check(
         "search",
         {
