@@ -28,6 +28,8 @@ class ColourModel:
     embed_dim = 3
     logit_scale = 10.0
     pair_score = PairScore(10.0)
+    fingerprint = "colour-model"
+    calibration = None
 
     def __init__(self, texts: dict[str, np.ndarray]) -> None:
         self.texts = texts

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from counterclip.cli._common import out, print_json
@@ -42,7 +43,8 @@ def _items_table(title: str, items) -> Table:
         "delta",
         "distance",
         "step",
-        "verified",
+        "verdict",
+        "p(match)",
     ):
         table.add_column(column)
     for i in items:
@@ -55,7 +57,8 @@ def _items_table(title: str, items) -> Table:
             f"{i.delta:+.3f}",
             f"{i.distance:.3f}",
             "" if i.step is None else str(i.step),
-            "yes" if i.verified else "no",
+            i.verdict or "",
+            "" if i.p_match is None else f"{i.p_match:.2f}",
         )
     return table
 
@@ -214,7 +217,10 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             payload["report"] = str(report) if report else None
             print_json(payload)
             return
-        out.print(f"[bold]valid when[/] {result.validity.rule}")
+        out.print(f"[bold]valid when[/] {result.validity.rule}", highlight=False)
+        out.print(f"[bold]verdicts[/] by {result.calibration or 'no calibration'}", highlight=False)
+        for warning in result.warnings:
+            out.print(f"[yellow]warning[/] {escape(warning)}", highlight=False)
         out.print(_items_table(f"{len(result.items)} verified counterfactual(s)", result.items))
         for name, items in result.baselines.items():
             out.print(_items_table(f"baseline: {name}", items))
@@ -232,7 +238,11 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         n_queries: int = typer.Option(200, "--n-queries", help="Queries per side."),
         seed: int = typer.Option(0, "--seed"),
         k: int = typer.Option(5, "-k"),
-        side: str = typer.Option("both", "--side", help="image | text | both"),
+        side: str = typer.Option(
+            "all",
+            "--side",
+            help="image | text | both (the two sides) | verdicts | diversity | all (every figure).",
+        ),
         margin: float = typer.Option(None, "--margin", help="Override the increase-mode validity margin."),
         nomatch_margin: float = typer.Option(
             None, "--nomatch-margin", help="Override the decrease-mode validity margin (text side)."
@@ -263,7 +273,17 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
         if not labels_file.is_file():
             raise InputError(f"labels file not found: {labels_file}")
-        sides = ("image", "text") if side == "both" else (side,)
+        choices = {
+            "both": ("image", "text"),
+            "all": ("image", "text", "verdicts", "diversity"),
+            "image": ("image",),
+            "text": ("text",),
+            "verdicts": ("verdicts",),
+            "diversity": ("diversity",),
+        }
+        if side not in choices:
+            raise InputError(f"--side must be one of {', '.join(choices)}, got {side!r}")
+        sides = choices[side]
         if threads is not None:
             import torch
 
@@ -311,3 +331,10 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                         method, *[("" if values.get(m) is None else f"{values[m]:.3f}") for m in metrics]
                     )
             out.print(table)
+        for name in ("verdicts", "decrease_diversity"):
+            if name in report:
+                figures = ", ".join(
+                    f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
+                    for key, value in report[name].items()
+                )
+                out.print(f"[bold]{name}[/]: {figures}", highlight=False)

@@ -125,6 +125,41 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         _print_summary(summary, as_json)
 
     @app.command()
+    def calibrate(
+        index: Path = typer.Argument(..., help="Index directory."),
+        captions: Path = typer.Option(
+            ..., "--captions", help="Captions of indexed images: CSV (path,caption) or JSONL."
+        ),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+        as_json: bool = typer.Option(False, "--json", help="Print the calibration as JSON."),
+    ) -> None:
+        """Fit p(match | score) on images with known captions and record it in the index: verdicts of
+        counterfactual queries then say "verified" only for answers this calibration calls a match.
+
+        The captions are not added to the index. Paths are relative to the indexed folder.
+
+        Examples:
+
+          counterclip calibrate photos.idx --captions photo-captions.csv
+        """
+        from counterclip.index_builder.calibrate import calibrate_index
+        from counterclip.index_builder.manifest import Manifest
+        from counterclip.models import load_model
+
+        model = load_model(Manifest.read(index).model.spec, device=device)
+        calibration = calibrate_index(index, captions, model)
+        if as_json:
+            print_json(calibration.to_dict())
+            return
+        out.print(
+            f"{calibration.name()}\nmatch line: score {calibration.score_at():.2f} "
+            f"(true pairs {calibration.positives.p10:.1f}-{calibration.positives.p90:.1f}, "
+            f"others {calibration.negatives.p10:.1f}-{calibration.negatives.p90:.1f})",
+            highlight=False,
+            markup=False,
+        )
+
+    @app.command()
     def info(
         index: Path = typer.Argument(..., help="Index directory."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -159,6 +194,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                 "generation": manifest.generation,
                 "last_run": manifest.last_run,
                 "settings": dataclasses.asdict(manifest.settings),
+                "calibration": manifest.calibration,
                 "size_on_disk_bytes": idx.size_on_disk(),
                 "errors": [{"path": e["path"], "reason": e["reason"]} for e in errors],
             }
@@ -186,6 +222,12 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             f"{payload['last_run'].get('added', 0)} new, {payload['last_run'].get('changed', 0)} changed, "
             f"{payload['last_run'].get('removed', 0)} removed, {payload['last_run'].get('seconds', 0):.1f} s",
             f"on disk    {payload['size_on_disk_bytes'] / 1e6:.1f} MB",
+            "calibration "
+            + (
+                f"{idx.calibration.name()}: match line at score {idx.calibration.score_at():.2f}"
+                if idx.calibration is not None
+                else "none recorded (captions give one at build time; or `counterclip calibrate`)"
+            ),
         ]
         lines += [f"skipped    {e['path']}: {e['reason']}" for e in payload["errors"][:20]]
         if len(payload["errors"]) > 20:

@@ -50,6 +50,11 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         holdout_only: bool = typer.Option(
             False, "--holdout-only", help="Only the held-out (shape, colour) pairs, for compositional tests."
         ),
+        exclude: list[str] = typer.Option(
+            None,
+            "--exclude",
+            help="A combination never generated, e.g. colour=blue,shape=circle (repeat for several).",
+        ),
     ) -> None:
         """Write N shapes-world images (PNG), one caption .txt per image, and labels.jsonl.
 
@@ -58,8 +63,15 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
           counterclip shapes generate shapes-out --n 500 --seed 0
 
           counterclip shapes generate heldout --n 100 --seed 1 --holdout-only
+
+          counterclip shapes generate no-blue-squares --n 2000 --seed 3 --exclude colour=blue,shape=square
         """
-        from counterclip.shapes import generate_folder
+        from counterclip.shapes import generate_folder, parse_exclusion
+
+        try:
+            combinations = [parse_exclusion(text) for text in exclude or []]
+        except ValueError as exc:
+            raise InputError(f"--exclude {exc}") from None
 
         if n < 1:
             raise InputError(f"--n must be at least 1, got {n}")
@@ -67,7 +79,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             raise InputError(f"--size must be at least 16 pixels, got {size}")
         if out_dir.exists() and not out_dir.is_dir():
             raise InputError(f"{out_dir} exists and is not a directory")
-        records = generate_folder(out_dir, n=n, seed=seed, size=size, holdout_only=holdout_only)
+        records = generate_folder(
+            out_dir, n=n, seed=seed, size=size, holdout_only=holdout_only, exclude=combinations
+        )
         out.print(f"wrote {len(records)} images, captions and labels.jsonl to {out_dir}")
 
     @shapes_app.command()

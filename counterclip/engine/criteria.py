@@ -16,6 +16,7 @@ import abc
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -37,6 +38,10 @@ class Criterion(abc.ABC):
     """
 
     validity: Validity
+
+    #: The verdict's question: does a valid answer have to really match (increase, flip), or really not
+    #: match (decrease), by the calibrated probability of `match_score`?
+    wants_match: ClassVar[bool] = True
 
     @property
     def mode(self) -> str:
@@ -62,6 +67,15 @@ class Criterion(abc.ABC):
     @abc.abstractmethod
     def valid(self, vectors: np.ndarray) -> np.ndarray:
         """``(n,)`` bool: which candidates satisfy the criterion."""
+
+    def match_score(self, vectors: np.ndarray) -> np.ndarray:
+        """The pair score whose calibrated probability decides the verdict (default: `score`)."""
+        return self.score(vectors)
+
+    @property
+    def best_match_score(self) -> float | None:
+        """The best pair score the index holds for the asked match (None when not measured)."""
+        return self.validity.best
 
     @property
     @abc.abstractmethod
@@ -155,6 +169,8 @@ class Increase(_PairCriterion):
 class Decrease(_PairCriterion):
     """Near-original items that stop matching the text: the score falls well below the best match."""
 
+    wants_match: ClassVar[bool] = False
+
     @classmethod
     def build(
         cls,
@@ -246,6 +262,15 @@ class Flip(Criterion):
 
     def score(self, vectors: np.ndarray) -> np.ndarray:
         return self.probabilities(vectors)[:, self.target_index]
+
+    def match_score(self, vectors: np.ndarray) -> np.ndarray:
+        """The pair score of each image with the target label: a flip is verified when the image really
+        matches the label it flips to, not only when that label beats the others."""
+        return self.pair_score.against(vectors, self.label_vecs[self.target_index])
+
+    @property
+    def best_match_score(self) -> None:
+        return None
 
     def valid(self, vectors: np.ndarray) -> np.ndarray:
         return np.argmax(self.probabilities(vectors), axis=-1) == self.target_index

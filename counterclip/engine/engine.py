@@ -20,11 +20,14 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from counterclip.calibration import MIN_PAIRS, Calibration, native_calibration, self_calibration
 from counterclip.engine.criteria import MODES, Criterion, Decrease, Flip, Increase, check_labels
 from counterclip.engine.path import PathSettings, gradient_path
 from counterclip.engine.ranking import mmr_order
 from counterclip.engine.results import CounterfactualResult, ResultItem, SearchResult
 from counterclip.engine.sides import SIDES, CaptionSide, CollectionLike, ImageSide, Side
+from counterclip.engine.verdicts import Evidence, misspelt, no_match_warning, query_warnings, text_warnings
+from counterclip.engine.words import Lexicon
 from counterclip.errors import InputError
 from counterclip.index_builder.decode import DecodeError, LoadedImage
 from counterclip.index_builder.decode import load_image as decode_image
@@ -42,6 +45,7 @@ class IndexLike(Protocol):
     dim: int
     images: CollectionLike
     captions: CollectionLike
+    calibration: Calibration | None  # fitted on the index's known pairs, if any
 
     def image_id_for_path(self, path: str | Path) -> int | None: ...
     def load_image(self, path: str | Path) -> LoadedImage: ...
@@ -69,7 +73,10 @@ class EngineOptions:
     # 0.25 -> minimal@1 1.0; 0.4 -> 0.68; 0.5 -> 0.17.
     nomatch_margin: float = 0.25
     threshold: float | None = None  # absolute score threshold overriding the two rules above
-    diversity: float = 0.2  # MMR weight on diversity among the k (0 = closest first, no diversity)
+    # Distinct changes among the k: MMR weight on how unlike the already picked changes (embedding
+    # difference directions; edited word positions for captions) the next answer is; 0 = closest first.
+    diversity: float = 0.3
+    change_pool: int = 256  # closest valid candidates the distinct-change ranking chooses among
     verify: bool = True  # re-encode returned items from their files / texts before returning them
     baseline_pool: int = 50  # "closest valid among the text's top N" baseline
     baselines: bool = True  # compute the baselines alongside
@@ -131,11 +138,19 @@ class Engine:
             raise InputError(
                 f"index vectors have dimension {index.dim} but the model embeds to {model.embed_dim}"
             )
+        built_with = getattr(index, "fingerprint", None)
+        if built_with is not None and built_with != model.fingerprint:
+            raise InputError(
+                f"the index was built with another model (fingerprint {built_with[:12]}) than {model.spec} "
+                f"({model.fingerprint[:12]}); open it with Engine.open(INDEX) to load its own model"
+            )
         self.index = index
         self.model = model
         self.options = options or EngineOptions()
-        self._sample_lock = threading.Lock()
+        self._lock = threading.RLock()  # guards the lazily computed, then read-only, state below
         self._samples: dict[str, np.ndarray] = {}
+        self._evidence: Evidence | None = None
+        self._lexicon: Lexicon | None = None
 
     @classmethod
     def open(
@@ -212,7 +227,7 @@ class Engine:
 
     def _typical_sample(self, collection: CollectionLike) -> np.ndarray:
         """A fixed random sample of a collection's vectors (cached) for the typical-score estimate."""
-        with self._sample_lock:
+        with self._lock:
             if collection.name not in self._samples:
                 ids = np.asarray(collection.ids)
                 rng = np.random.default_rng(0)
@@ -223,6 +238,75 @@ class Engine:
                 )
                 self._samples[collection.name] = collection.vectors(np.sort(take))
             return self._samples[collection.name]
+
+    # --- evidence ---------------------------------------------------------------------------------
+    @property
+    def evidence(self) -> Evidence:
+        """The calibration the verdicts use, chosen once per engine.
+
+        In order: the model's own absolute score (a sigmoid link); a calibration the user fitted with
+        ``counterclip calibrate``; the one shipped with the model; the one fitted at build time on the
+        index's captions; one fitted from the index itself (images against the index's captions); none.
+        """
+        with self._lock:
+            if self._evidence is None:
+                self._evidence = Evidence(self._choose_calibration())
+            return self._evidence
+
+    def _choose_calibration(self) -> Calibration | None:
+        if self.pair_score.absolute:
+            return native_calibration()
+        fingerprint = self.model.fingerprint
+        from_index = getattr(self.index, "calibration", None)
+        if from_index is not None and from_index.fingerprint != fingerprint:
+            from_index = None  # fitted for another model: never applied
+        shipped = getattr(self.model, "calibration", None)
+        if shipped is not None and shipped.fingerprint != fingerprint:
+            shipped = None
+        if from_index is not None and from_index.extras.get("origin") == "calibrate":
+            return from_index
+        if shipped is not None or from_index is not None:
+            return shipped or from_index
+        images, captions = self.index.images, self.index.captions
+        if captions.count < 2 or images.count < MIN_PAIRS:
+            return None
+        rng = np.random.default_rng(0)
+        image_ids = np.sort(rng.choice(images.ids, min(images.count, 1000), replace=False))
+        caption_ids = np.sort(rng.choice(captions.ids, min(captions.count, 20000), replace=False))
+        try:
+            return self_calibration(
+                images.vectors(image_ids), captions.vectors(caption_ids), self.pair_score, fingerprint
+            )
+        except InputError:
+            return None
+
+    @property
+    def lexicon(self) -> Lexicon | None:
+        """The words of the index's captions (None when it holds none), built once."""
+        with self._lock:
+            if self._lexicon is None and self.index.captions.count:
+                ids = np.asarray(self.index.captions.ids)
+                if len(ids) > 200_000:  # enough to know a collection's words
+                    ids = np.sort(np.random.default_rng(0).choice(ids, 200_000, replace=False))
+                texts = [
+                    m["text"]
+                    for start in range(0, len(ids), 5000)
+                    for m in self.index.captions.meta(ids[start : start + 5000])
+                ]
+                self._lexicon = Lexicon(texts)
+            return self._lexicon
+
+    def _token_counts(self, texts: list[str]) -> tuple[dict[str, int], int | None]:
+        """Tokens per text and the model's context (the context-length warning), where the model says."""
+        count = getattr(self.model, "count_tokens", None)
+        context = getattr(self.model, "context_length", None)
+        if count is None or context is None:
+            return {}, None
+        return {t: int(count(t)) for t in texts}, int(context)
+
+    def _warnings(self, texts: list[str], criterion: Criterion, evidence: Evidence) -> list[str]:
+        tokens, context = self._token_counts(texts)
+        return query_warnings(texts, criterion, evidence, self.lexicon, tokens, context)
 
     # --- plain search ---------------------------------------------------------------------------
     def search(
@@ -259,19 +343,29 @@ class Engine:
             "image" if collection == "images" else "text", query_vec, exclude, text or "", self.options
         )
         scores, ids = side.collection.search(query_vec[None].astype(np.float32), k + (exclude is not None))
+        cross_modal = (text is not None) == (collection == "images")  # an image-text pair: p(match) applies
+        evidence = self.evidence if cross_modal else Evidence(None)
         items = []
         for score, item_id in zip(scores[0], ids[0], strict=True):
             if item_id < 0 or int(item_id) == exclude:
                 continue
             item = side.item(int(item_id))
             item.score_after = float(self.pair_score.of_cos(float(score)))
+            item.p_match = evidence.p_match(item.score_after) if evidence.usable else None
             item.distance = float(1.0 - score)
             item.rank = len(items) + 1
             items.append(item)
             if len(items) == k:
                 break
         watch.lap("search")
-        return SearchResult(query, items, watch.total())
+        warnings = []
+        if text is not None:
+            warnings = text_warnings([text], self.lexicon, *self._token_counts([text]))
+            if cross_modal and evidence.usable and items:
+                warnings += [
+                    w for w in [no_match_warning(text, items[0].score_after, evidence.calibration)] if w
+                ]
+        return SearchResult(query, items, watch.total(), warnings)
 
     # --- counterfactuals ------------------------------------------------------------------------
     def counterfactuals(
@@ -315,9 +409,11 @@ class Engine:
         path, values = gradient_path(moving.start, criterion.objective(), opts.path, stop=criterion.stop)
         watch.lap("path")
         candidates = self._candidates(moving, criterion, path, opts)
-        items, stale = self._rank_and_verify(moving, criterion, candidates, opts)
+        texts = list(query.get("labels") or [text])
+        evidence = self.evidence.doubting(misspelt(texts, self.lexicon))
+        items, stale = self._rank_and_verify(moving, criterion, candidates, opts, evidence)
         watch.lap("search_verify")
-        baselines = self._baselines(moving, criterion, opts) if opts.baselines else {}
+        baselines = self._baselines(moving, criterion, opts, evidence) if opts.baselines else {}
         if opts.baselines:
             watch.lap("baselines")
         return CounterfactualResult(
@@ -329,6 +425,8 @@ class Engine:
             items=items,
             baselines=baselines,
             stale=stale,
+            warnings=self._warnings(texts, criterion, evidence),
+            calibration=evidence.describe(),
             candidates=len(candidates.ids),
             path_values=values.tolist(),
             timings=watch.total(),
@@ -450,24 +548,24 @@ class Engine:
         self, side: Side, criterion: Criterion, found: _Candidates, opts: EngineOptions
     ) -> tuple[list[int], dict[int, int]]:
         """Rows of ``found`` that pass the criterion on their stored vectors, closest to the original first,
-        with diversity among the head (MMR over ``4 k``, room for items that fail verification); and the
-        words each row changes from the original caption (caption side ranked by words)."""
+        with distinct changes among the head (MMR over the ``4 k`` closest, room for items that fail
+        verification); and the words each row changes from the original caption (caption side by words)."""
         valid = np.flatnonzero(criterion.valid(found.vectors))
         relevance, edits = side.proximity(found.ids[valid], found.vectors[valid])
         words = {} if edits is None else dict(zip(valid.tolist(), edits.tolist(), strict=True))
         by_relevance = np.argsort(-relevance, kind="stable")
         valid, relevance = valid[by_relevance], relevance[by_relevance]
-        head = mmr_order(
-            side.start, found.vectors[valid], min(len(valid), 4 * opts.k), opts.diversity, relevance
-        )
+        pool = valid[: opts.change_pool]
+        changes = side.changes(found.ids[pool], found.vectors[pool])
+        head = mmr_order(relevance[: len(pool)], changes, min(len(pool), 4 * opts.k), opts.diversity)
         in_head = set(head)
         ranked = [int(valid[i]) for i in head] + [int(row) for i, row in enumerate(valid) if i not in in_head]
         return ranked, words
 
     def _rank_and_verify(
-        self, side: Side, criterion: Criterion, found: _Candidates, opts: EngineOptions
+        self, side: Side, criterion: Criterion, found: _Candidates, opts: EngineOptions, evidence: Evidence
     ) -> tuple[list[ResultItem], list[dict[str, Any]]]:
-        """The first ``k`` ranked candidates that still pass when re-scored from their source."""
+        """The first ``k`` ranked candidates that still pass when re-scored from their source, judged."""
         if not len(found.ids):
             return [], []
         ranked, words = self._rank(side, criterion, found, opts)
@@ -482,6 +580,9 @@ class Engine:
                 item = self._checked_item(side, criterion, found, row, new, reason, opts.verify, stale)
                 if item is None:
                     continue
+                evidence.judge(
+                    item, criterion, new if new is not None else found.vectors[row], new is not None
+                )
                 item.word_edits = words.get(row)
                 item.rank = len(items) + 1
                 items.append(item)
@@ -500,30 +601,29 @@ class Engine:
         verify: bool,
         stale: list[dict[str, Any]],
     ) -> ResultItem | None:
-        """The item of ``row`` scored from its fresh vector (verified) or its stored one; None when it is
-        stale (recorded in ``stale``) or no longer passes the criterion."""
+        """The item of ``row`` scored from its fresh vector or, when there is none to make (no verification
+        asked, or no source to re-score from), its stored one; None when it is stale (recorded in
+        ``stale``) or no longer passes the criterion."""
         stored = found.vectors[row]
         item = side.item(int(found.ids[row]))
-        if verify:
-            if fresh is not None and float(fresh @ stored) < STALE_COS:
-                reason = "changed since indexing"  # same bytes, another vector: not this model's
-            if reason is not None:
-                stale.append({"id": item.id, "path": item.path, "text": item.text, "reason": reason})
-                return None
-            if not bool(criterion.valid(fresh[None])[0]):
-                return None
-        vector = fresh if verify else stored
+        if verify and fresh is not None and float(fresh @ stored) < STALE_COS:
+            reason = "changed since indexing"  # same bytes, another vector: not this model's
+        if verify and reason is not None:
+            stale.append({"id": item.id, "path": item.path, "text": item.text, "reason": reason})
+            return None
+        vector = fresh if fresh is not None else stored
+        if fresh is not None and not bool(criterion.valid(fresh[None])[0]):
+            return None
         item.score_before = criterion.original
         item.score_after = float(criterion.score(vector[None])[0])
         item.delta = item.score_after - criterion.original
         item.distance = float(1.0 - stored @ side.start)
         item.step = int(found.steps[row]) if found.steps is not None else None
-        item.verified = verify
         return item
 
     # --- baselines --------------------------------------------------------------------------------
     def _baselines(
-        self, side: Side, criterion: Criterion, opts: EngineOptions
+        self, side: Side, criterion: Criterion, opts: EngineOptions, evidence: Evidence
     ) -> dict[str, list[ResultItem]]:
         """Nearest unlike neighbour (search by the criterion's probe alone, first valid in search order)
         and the closest valid candidate among the probe's top ``baseline_pool``."""
@@ -533,10 +633,12 @@ class Engine:
         nearest: list[ResultItem] = []
         for item_id in self._without_query(side, ids, None).ids:
             single = self._without_query(side, np.array([item_id]), None)
-            nearest, _ = self._rank_and_verify(side, criterion, single, first)
+            nearest, _ = self._rank_and_verify(side, criterion, single, first, evidence)
             if nearest:
                 break
-        closest, _ = self._rank_and_verify(side, criterion, self._without_query(side, ids, None), first)
+        closest, _ = self._rank_and_verify(
+            side, criterion, self._without_query(side, ids, None), first, evidence
+        )
         return {"nearest_unlike_neighbour": nearest, f"closest_valid_in_top{opts.baseline_pool}": closest}
 
 

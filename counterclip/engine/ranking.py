@@ -1,50 +1,91 @@
-"""Ranking of valid candidates: proximity to the original with diversity (maximal marginal relevance)."""
+"""Ranking of valid candidates: closest to the original first, with *distinct changes* among the k.
+
+Five answers that all change the same thing (five shades of the same colour swap) show one way to move
+the score, not five. Each candidate's *change* from the original is a feature vector (for images the
+direction of its embedding difference; for captions the word positions it edits), and maximal marginal
+relevance picks the next answer for being close to the original *and* unlike the changes already picked.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 
-def mmr_order(
-    original: np.ndarray,
-    candidates: np.ndarray,
-    k: int,
-    diversity: float,
-    relevance: np.ndarray | None = None,
-) -> list[int]:
-    """Greedy MMR: pick ``k`` rows of ``candidates`` close to ``original`` and unlike each other.
+def mmr_order(relevance: np.ndarray, features: np.ndarray, k: int, diversity: float) -> list[int]:
+    """Greedy MMR: pick ``k`` rows that are relevant and unlike each other in ``features``.
 
-    Each pick maximises ``(1 - diversity) * relevance(c) - diversity * max_{s in picked} cos(c, s)``, with
-    ``relevance(c) = cos(c, original)`` unless given; the first pick is therefore always the most relevant.
+    Each pick maximises ``(1 - diversity) * relevance(c) - diversity * max_{s in picked} cos(f_c, f_s)``;
+    the first pick is therefore always the most relevant (ties to the smaller row).
 
     Args:
-        original: ``(d,)`` unit vector.
-        candidates: ``(n, d)`` unit vectors.
+        relevance: ``(n,)`` how close each candidate is to the original (higher is closer).
+        features: ``(n, m)`` unit rows; their cosine says how alike two candidates are.
         k: how many to pick.
-        diversity: 0 = pure proximity order, 1 = pure novelty after the first.
-        relevance: ``(n,)`` proximity scores overriding the cosine (e.g. fewest word edits for captions).
+        diversity: 0 = relevance order, 1 = pure novelty after the first.
 
     Returns:
-        Row indices into ``candidates`` in pick order (``min(k, n)`` of them).
+        Row indices in pick order (``min(k, n)`` of them).
     """
-    n = len(candidates)
+    n = len(relevance)
     if n == 0 or k <= 0:
         return []
-    assert candidates.shape[1] == original.shape[0]
-    relevance = candidates @ original if relevance is None else np.asarray(relevance, dtype=np.float32)
+    assert features.shape[0] == n, (features.shape, n)
+    relevance = np.asarray(relevance, dtype=np.float64)
     picked: list[int] = []
-    max_sim = np.full(n, -np.inf, dtype=np.float32)
+    max_sim = np.full(n, -np.inf)
     available = np.ones(n, dtype=bool)
     for _ in range(min(k, n)):
         redundancy = np.where(np.isfinite(max_sim), max_sim, 0.0)
-        gain = (1.0 - diversity) * relevance - diversity * redundancy
-        gain = np.where(available, gain, -np.inf)
-        # ties go to the smaller row index (candidates arrive sorted by distance)
+        gain = np.where(available, (1.0 - diversity) * relevance - diversity * redundancy, -np.inf)
         best = int(np.argmax(gain))
         picked.append(best)
         available[best] = False
-        max_sim = np.maximum(max_sim, candidates @ candidates[best])
+        max_sim = np.maximum(max_sim, features @ features[best])
     return picked
+
+
+def change_directions(original: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """``(n, d)`` unit directions of each candidate's change from the original embedding."""
+    diff = np.asarray(candidates, dtype=np.float64) - np.asarray(original, dtype=np.float64)
+    return diff / np.maximum(np.linalg.norm(diff, axis=1, keepdims=True), 1e-12)
+
+
+def edited_positions(original: str, candidate: str) -> set[int]:
+    """Where a candidate caption edits the original, by word: ``2 i`` for the original's word ``i``
+    substituted or deleted, ``2 i + 1`` for words inserted after it (``-1`` before the first)."""
+    x, y = _words(original), _words(candidate)
+    table = np.zeros((len(x) + 1, len(y) + 1), dtype=np.int64)
+    table[:, 0] = np.arange(len(x) + 1)
+    table[0, :] = np.arange(len(y) + 1)
+    for i, wx in enumerate(x, 1):
+        for j, wy in enumerate(y, 1):
+            table[i, j] = min(table[i - 1, j] + 1, table[i, j - 1] + 1, table[i - 1, j - 1] + (wx != wy))
+    edits: set[int] = set()
+    i, j = len(x), len(y)
+    while i or j:
+        if i and j and table[i, j] == table[i - 1, j - 1] + (x[i - 1] != y[j - 1]):
+            if x[i - 1] != y[j - 1]:
+                edits.add(2 * (i - 1))
+            i, j = i - 1, j - 1
+        elif i and table[i, j] == table[i - 1, j] + 1:
+            edits.add(2 * (i - 1))
+            i -= 1
+        else:
+            edits.add(2 * i - 1)
+            j -= 1
+    return edits
+
+
+def edit_features(original: str, candidates: list[str]) -> np.ndarray:
+    """``(n, m)`` unit rows: which word positions of the original each candidate edits (one-hot)."""
+    positions = [edited_positions(original, text) for text in candidates]
+    width = 2 * len(_words(original)) + 2
+    features = np.zeros((len(candidates), width + 1))
+    for row, edits in enumerate(positions):
+        for p in edits:
+            features[row, p + 1] = 1.0  # + 1: the "before the first word" insertion is -1
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return features / np.maximum(norms, 1e-12)
 
 
 def word_edit_distance(a: str, b: str) -> int:

@@ -6,6 +6,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+#: What a returned item's verdict means.
+VERDICTS: dict[str, str] = {
+    "verified": "passes the rule, re-scored from its file or text, and the calibrated probability agrees "
+    "(a match for increase and flip, no match for decrease)",
+    "weak": "passes the rule relative to what the index holds, but the calibrated probability does not "
+    "agree (or no calibration holds): the index holds nothing better, not necessarily a real match",
+    "unverifiable": "no file to re-score it from",
+}
+
 
 @dataclass
 class ResultItem:
@@ -25,7 +34,9 @@ class ResultItem:
     delta: float = 0.0
     distance: float = 0.0
     rank: int = 0
-    verified: bool = False
+    verified: bool = False  # the verdict is "verified" (kept as a flag for filters)
+    verdict: str | None = None  # counterfactuals: verified | weak | unverifiable (see VERDICTS)
+    p_match: float | None = None  # calibrated probability that the item and the fixed side really match
     step: int | None = None
     probabilities: dict[str, float] | None = None  # flip mode: softmax over the labels
     word_edits: int | None = None  # text side: words changed from the original caption
@@ -62,6 +73,8 @@ class CounterfactualResult:
     items: list[ResultItem]
     baselines: dict[str, list[ResultItem]] = field(default_factory=dict)
     stale: list[dict[str, Any]] = field(default_factory=list)  # index entries whose file changed
+    warnings: list[str] = field(default_factory=list)  # what a user should know before trusting it
+    calibration: str | None = None  # the calibration the verdicts used, in words (None: none held)
     candidates: int = 0  # distinct candidates re-scored
     path_values: list[float] = field(default_factory=list)  # objective along the path
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
@@ -76,6 +89,8 @@ class CounterfactualResult:
             "items": [item.to_dict() for item in self.items],
             "baselines": {name: [item.to_dict() for item in items] for name, items in self.baselines.items()},
             "stale": self.stale,
+            "warnings": self.warnings,
+            "calibration": self.calibration,
             "candidates": self.candidates,
             "path_values": self.path_values,
             "timings": self.timings,
@@ -89,10 +104,12 @@ class SearchResult:
     query: dict[str, Any]
     items: list[ResultItem]
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "query": self.query,
             "items": [item.to_dict() for item in self.items],
+            "warnings": self.warnings,
             "timings": self.timings,
         }

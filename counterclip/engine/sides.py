@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 from PIL import Image
 
-from counterclip.engine.ranking import word_edit_distance
+from counterclip.engine.ranking import change_directions, edit_features, word_edit_distance
 from counterclip.engine.results import ResultItem
 from counterclip.index_builder.decode import DecodeError, LoadedImage
 
@@ -72,6 +72,11 @@ class Side(abc.ABC):
         Default: the cosine to the original embedding, no word counts.
         """
         return vectors @ self.start, None
+
+    def changes(self, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """``(n, m)`` unit features of each item's change from the original: alike rows are the same way
+        of moving the score. Default: the direction of the embedding difference."""
+        return change_directions(self.start, vectors)
 
     @abc.abstractmethod
     def item(self, item_id: int) -> ResultItem:
@@ -163,6 +168,10 @@ class CaptionSide(Side):
         texts = [m["text"] for m in self.collection.meta(ids)]
         edits = np.array([word_edit_distance(self.original_text, t) for t in texts])
         return -edits + 0.1 * cosine, edits
+
+    def changes(self, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """The word positions each caption edits (two captions that swap the same word are one change)."""
+        return edit_features(self.original_text, [m["text"] for m in self.collection.meta(ids)])
 
     def item(self, item_id: int) -> ResultItem:
         meta = self.collection.meta([item_id])[0]

@@ -139,6 +139,13 @@ def evaluate_counterfactuals(
             "differs from the original caption in exactly one attribute (one value changed, or one wrong "
             "attribute added)",
             "minimal_swap_at_1": "text side, strict: same attributes named, exactly one value changed",
+            "absent_verified_rate": "image side, increase: share of queries whose text names a combination "
+            "the index does not hold that still return at least one 'verified' answer (should be near 0)",
+            "present_verified_right_rate": "the same for combinations the index holds: share whose top answer "
+            "is 'verified' and has every value the text names",
+            "distinct_changes_at_4": "image side, decrease on the image's full caption: distinct attributes "
+            "changed among the top 4 answers (mean over queries)",
+            "one_attribute_rate": "share of those answers that change exactly one attribute of the image",
         },
     }
     if "image" in sides:
@@ -147,7 +154,96 @@ def evaluate_counterfactuals(
         )
     if "text" in sides:
         report["text_side"] = _text_side(engine, indexed, n_queries, rng, k, progress, overrides)
+    # own generators: the figures above stay the same draws whether or not these run
+    if "verdicts" in sides:
+        report["verdicts"] = _verdicts(
+            engine, indexed, n_queries, np.random.default_rng([seed, 1]), k, overrides
+        )
+    if "diversity" in sides:
+        report["decrease_diversity"] = _decrease_diversity(
+            engine, indexed, id_attrs, n_queries, np.random.default_rng([seed, 2]), overrides
+        )
     return report
+
+
+def _named_values(attrs: ShapeAttrs, named: tuple[str, ...]) -> dict[str, str]:
+    return {a: getattr(attrs, a) for a in named}
+
+
+def _verdicts(engine, indexed, n_queries, rng, k, overrides) -> dict[str, Any]:
+    """Absent and present combinations: does "verified" mean what it says?
+
+    Each query changes one attribute of an indexed image and names a random subset of the attributes (as
+    `_image_side` does); it is *absent* when no other indexed image has every value the text names.
+    """
+    present_rows, absent_rows = [], []
+    combos = [attrs for _, attrs, _ in indexed]
+    attempts = 0
+    while min(len(present_rows), len(absent_rows)) < n_queries and attempts < n_queries * 50:
+        attempts += 1
+        image_id, attrs, _ = indexed[int(rng.integers(len(indexed)))]
+        attribute = CHANGEABLE[int(rng.integers(len(CHANGEABLE)))]
+        choices = [v for v in VALUES[attribute] if v != getattr(attrs, attribute)]
+        wanted = attrs.replace(**{attribute: choices[int(rng.integers(len(choices)))]})
+        others = [a for a in ("colour", "shape") if a != attribute]
+        named = tuple(a for a in FULL if a == attribute or a in others or rng.random() < 0.3)
+        values = _named_values(wanted, named)
+        holders = sum(all(getattr(c, a) == v for a, v in values.items()) for c in combos)
+        rows = present_rows if holders else absent_rows
+        if len(rows) >= n_queries:
+            continue
+        result = engine.counterfactuals(
+            image=image_id, text=caption(wanted, named), mode="increase", k=k, **overrides
+        )
+        by_id = {i: a for i, a, _ in indexed}
+        top = result.items[0] if result.items else None
+        right = top is not None and all(getattr(by_id[top.id], a) == v for a, v in values.items())
+        rows.append(
+            {
+                "any_verified": any(item.verdict == "verified" for item in result.items),
+                "top_verified_right": bool(top is not None and top.verdict == "verified" and right),
+                "warned": any("nothing that matches" in w for w in result.warnings),
+            }
+        )
+    return {
+        "absent_queries": len(absent_rows),
+        "absent_verified_rate": float(np.mean([r["any_verified"] for r in absent_rows]))
+        if absent_rows
+        else None,
+        "absent_warned_rate": float(np.mean([r["warned"] for r in absent_rows])) if absent_rows else None,
+        "present_queries": len(present_rows),
+        "present_verified_right_rate": (
+            float(np.mean([r["top_verified_right"] for r in present_rows])) if present_rows else None
+        ),
+        "present_warned_rate": float(np.mean([r["warned"] for r in present_rows])) if present_rows else None,
+    }
+
+
+def _decrease_diversity(engine, indexed, id_attrs, n_queries, rng, overrides) -> dict[str, Any]:
+    """Decrease on the image's full caption, top 4: how many different attributes do the answers change,
+    and is each still a one-attribute change?"""
+    distinct, one_attribute, answered = [], [], 0
+    for _ in range(n_queries):
+        image_id, attrs, _ = indexed[int(rng.integers(len(indexed)))]
+        result = engine.counterfactuals(
+            image=image_id, text=caption(attrs, FULL), mode="decrease", k=4, **overrides
+        )
+        changed = []
+        for item in result.items[:4]:
+            other = id_attrs.get(item.id)
+            if other is None:
+                continue
+            diff = [a for a in (*CHANGEABLE, "background") if getattr(other, a) != getattr(attrs, a)]
+            one_attribute.append(len(diff) == 1)
+            changed.extend(diff if len(diff) == 1 else [])
+        answered += bool(result.items)
+        distinct.append(len(set(changed)))
+    return {
+        "queries": n_queries,
+        "answered_rate": answered / n_queries if n_queries else None,
+        "distinct_changes_at_4": float(np.mean(distinct)) if distinct else None,
+        "one_attribute_rate": float(np.mean(one_attribute)) if one_attribute else None,
+    }
 
 
 def _image_side(

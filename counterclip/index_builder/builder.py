@@ -33,9 +33,11 @@ from typing import Any
 import numpy as np
 
 from counterclip._fileio import TMP_SUFFIX
+from counterclip.calibration import Calibration
 from counterclip.errors import IndexFormatError, InputError
 from counterclip.index_builder import captions as caption_sources
 from counterclip.index_builder._fs import WriterLock
+from counterclip.index_builder.calibrate import calibration_from_pairs
 from counterclip.index_builder.config import IndexCfg, load_index_config
 from counterclip.index_builder.decode import DecodeOptions, file_sha256
 from counterclip.index_builder.faiss_index import FaissInfo, build_and_measure, write_index_atomic
@@ -64,6 +66,7 @@ from counterclip.index_builder.shards import (
 )
 from counterclip.index_builder.store import Store
 from counterclip.models import ClipModel, ModelSpec, load_model
+from counterclip.scores import PairScore
 
 LOG = logging.getLogger(__name__)
 DEFAULT_MODEL = "bundled:shapes"
@@ -318,6 +321,7 @@ class _Builder:
         self.stage: dict[str, float] = {}
         self.started = time.perf_counter()
         self._model: ClipModel | None = None
+        self._score: PairScore | None = None
         self.spec: ModelSpec | None = None
         self.fingerprint = ""
         self.dim = 0
@@ -375,6 +379,8 @@ class _Builder:
             self.spec = ModelSpec.from_dict(recorded_spec)
             self.fingerprint = recorded_fp
             self.dim = int(store.get_meta("embed_dim"))
+            recorded_score = store.get_meta("pair_score")
+            self._score = PairScore.from_dict(recorded_score) if recorded_score else None
         else:
             arg = DEFAULT_MODEL if self.model_arg is None else self.model_arg
             model = arg if isinstance(arg, ClipModel) else load_model(arg, device=self.device)
@@ -386,12 +392,20 @@ class _Builder:
                 )
             self._model = model
             self.spec, self.fingerprint, self.dim = model.spec, model.fingerprint, model.embed_dim
+            self._score = model.pair_score
         recorded_cfg = store.get_meta("config")
         if self.config_arg is None and recorded_cfg is not None:
             cfg = IndexCfg.from_dict(recorded_cfg)
         else:
             cfg = load_index_config(self.config_arg)
         return self.root, load_index_config(cfg, **self.overrides)
+
+    @property
+    def pair_score(self) -> PairScore:
+        """The model's pair score (recorded; the model is loaded only for an index that predates it)."""
+        if self._score is None:
+            self._score = self.model.pair_score
+        return self._score
 
     @property
     def model(self) -> ClipModel:
@@ -474,6 +488,7 @@ class _Builder:
                 model_spec=self.spec.to_dict(),
                 fingerprint=self.fingerprint,
                 embed_dim=self.dim,
+                pair_score=self.pair_score.to_dict() if self._score is not None else None,
                 root=str(root),
                 captions_file=str(captions_file) if captions_file else None,
                 vocab_file=str(vocab_file) if vocab_file else None,
@@ -496,6 +511,7 @@ class _Builder:
         t0 = time.perf_counter()
         infos = {kind: self._faiss(store, kind, index_kind if kind == "images" else "auto") for kind in KINDS}
         self.stage["faiss"] = time.perf_counter() - t0
+        calibration = self._calibration(store)
 
         counts = {
             "images": store.count("images", "indexed"),
@@ -524,7 +540,7 @@ class _Builder:
             created=created,
             updated=last_run["finished"],
             root=str(root),
-            model=ModelRecord(self.spec, self.fingerprint, self.dim),
+            model=ModelRecord(self.spec, self.fingerprint, self.dim, self.pair_score.to_dict()),
             counts=counts,
             faiss={kind: info.to_dict() for kind, info in infos.items()},
             settings=Settings(
@@ -535,6 +551,7 @@ class _Builder:
                 decode=dataclasses.asdict(self.decode),
             ),
             last_run=last_run,
+            calibration=calibration.to_dict() if calibration is not None else None,
         ).write(self.index_dir)
         return BuildSummary(
             index_dir=str(self.index_dir),
@@ -828,6 +845,27 @@ class _Builder:
             delete_shards(self.emb_dir, kind, rewrite)
             LOG.info("compacted %d %s shard(s) into %d", len(rewrite), kind, len(set(m[1] for m in moves)))
         remove_debris(self.emb_dir, kind, set(store.referenced_shards(kind)))
+
+    # --- 7b. calibration ---------------------------------------------------------------------------
+    def _calibration(self, store: Store) -> Calibration | None:
+        """The calibration recorded with the index: one the user fitted (``counterclip calibrate``), else
+        one fitted here on the images' own captions (sidecars, captions file) when there are enough."""
+        user = store.get_meta("user_calibration")
+        if user is not None:
+            calibration = Calibration.from_dict(user, f"index {self.index_dir}: the recorded calibration")
+            if calibration.fingerprint == self.fingerprint:
+                return calibration
+        t0 = time.perf_counter()
+        pairs = store.conn.execute(
+            "SELECT l.image_id, l.caption_id FROM caption_links l JOIN images i ON i.id = l.image_id "
+            "JOIN captions c ON c.id = l.caption_id WHERE l.image_id IS NOT NULL "
+            "AND i.status = 'indexed' AND c.status = 'indexed' ORDER BY l.image_id, l.position"
+        ).fetchall()
+        calibration = calibration_from_pairs(
+            self.index_dir, pairs, self.pair_score, self.fingerprint, "build", store=store, dim=self.dim
+        )
+        self.stage["calibration"] = time.perf_counter() - t0
+        return calibration
 
     # --- 7. FAISS ---------------------------------------------------------------------------------
     def _faiss(self, store: Store, kind: str, index_kind: str) -> FaissInfo:

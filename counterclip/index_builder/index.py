@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from counterclip.calibration import Calibration
 from counterclip.errors import IndexFormatError, IndexLockedError
 from counterclip.index_builder._fs import writer_pid
 from counterclip.index_builder.decode import DecodeOptions, LoadedImage, load_image
@@ -207,6 +208,7 @@ class Index:
         decode_options: how the build decoded files (`load_image` reproduces it).
         images / captions: the two collections (`ImageCollection`, `CaptionCollection`): ids, vectors,
             search, metadata.
+        calibration: the `Calibration` fitted on the index's known pairs (captions), or None.
 
     Examples::
 
@@ -227,6 +229,11 @@ class Index:
         self.decode_options = DecodeOptions(**manifest.settings.decode)
         self.images = ImageCollection(
             path, meta, self.dim, FaissInfo.from_dict(manifest.faiss["images"]), self.root
+        )
+        self.calibration = (
+            Calibration.from_dict(manifest.calibration, f"index {path}: the manifest's calibration")
+            if manifest.calibration
+            else None
         )
         self.captions = CaptionCollection(
             path, meta, self.dim, FaissInfo.from_dict(manifest.faiss["captions"])

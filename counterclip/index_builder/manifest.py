@@ -41,6 +41,7 @@ class ModelRecord:
     spec: ModelSpec  # load_model(spec) reloads it
     fingerprint: str  # weights fingerprint (`ClipModel.fingerprint`)
     embed_dim: int  # embedding width d
+    score: dict[str, Any] | None = None  # the model's `PairScore.to_dict()`: scores without loading it
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (``spec_string`` is for people; ``spec`` is what is read back)."""
@@ -49,12 +50,18 @@ class ModelRecord:
             "spec_string": str(self.spec),
             "fingerprint": self.fingerprint,
             "embed_dim": self.embed_dim,
+            "score": self.score,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelRecord:
         """Inverse of `to_dict`."""
-        return cls(ModelSpec.from_dict(data["spec"]), str(data["fingerprint"]), int(data["embed_dim"]))
+        return cls(
+            ModelSpec.from_dict(data["spec"]),
+            str(data["fingerprint"]),
+            int(data["embed_dim"]),
+            data.get("score"),
+        )
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,7 @@ class Manifest:
     faiss: dict[str, dict[str, Any]] = field(default_factory=dict)
     settings: Settings = field(default_factory=Settings)
     last_run: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None  # `counterclip.calibration.Calibration.to_dict()`, if any
 
     # --- writing ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +110,7 @@ class Manifest:
             "faiss": dict(self.faiss),
             "settings": dataclasses.asdict(self.settings),
             "last_run": dict(self.last_run),
+            "calibration": self.calibration,
         }
 
     def write(self, index_dir: Path) -> None:
@@ -157,6 +166,7 @@ class Manifest:
                 faiss={k: dict(v) for k, v in (data.get("faiss") or {}).items()},
                 settings=Settings(**settings),
                 last_run=dict(data.get("last_run") or {}),
+                calibration=data.get("calibration"),
             )
         except (KeyError, TypeError, ValueError, ModelLoadError) as exc:
             detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)

@@ -83,6 +83,7 @@ class ClipModel(abc.ABC):
 
     def __init__(self) -> None:
         self._fingerprint: str | None = None
+        self.calibration = None  # a `counterclip.calibration.Calibration` shipped with the weights, if any
 
     # --- backend hooks -------------------------------------------------------------------------
     @abc.abstractmethod

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from counterclip.calibration import Calibration
 from counterclip.errors import ModelLoadError
 from counterclip.models.base import ClipModel, resolve_device
 from counterclip.models.spec import ModelSpec, parse_model_spec
@@ -15,6 +16,7 @@ from counterclip.models.spec import ModelSpec, parse_model_spec
 LOG = logging.getLogger(__name__)
 BUNDLED_CONFIG = "config.json"  # bare open_clip model config
 BUNDLED_WEIGHTS = "weights.safetensors"  # fp16 state dict of that architecture
+BUNDLED_CALIBRATION = "calibration.json"  # p(match | score) fitted on the model's own world (optional)
 
 
 def bundled_dir(name: str) -> Path:
@@ -44,6 +46,10 @@ def _load_bundled(spec: ModelSpec, device: torch.device) -> ClipModel:
     resolved = ModelSpec("open_clip", str(config), str(weights), source="local")
     model = OpenClipModel(resolved, device, checkpoint=str(weights))
     model.spec = spec
+    if (directory / BUNDLED_CALIBRATION).is_file():  # fitted by scripts/calibrate_bundled.py
+        model.calibration = Calibration.read(directory / BUNDLED_CALIBRATION).check_model(
+            model.fingerprint, str(spec)
+        )
     return model
 
 

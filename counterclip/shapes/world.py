@@ -362,8 +362,36 @@ def random_caption(attrs: ShapeAttrs, rng: np.random.Generator) -> str:
 LABELS_FILE = "labels.jsonl"
 
 
+def parse_exclusion(text: str) -> dict[str, str]:
+    """``"colour=blue,shape=circle"`` -> ``{"colour": "blue", "shape": "circle"}`` (checked against the world).
+
+    Raises:
+        ValueError: an unknown attribute or value, or a malformed pair (the message names it).
+    """
+    combination: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        attribute, sep, value = (x.strip() for x in part.partition("="))
+        if not sep or attribute not in VALUES:
+            raise ValueError(f"{part!r}: expected ATTRIBUTE=VALUE with ATTRIBUTE one of {', '.join(VALUES)}")
+        if value not in VALUES[attribute]:
+            raise ValueError(f"{part!r}: {attribute} is one of {', '.join(VALUES[attribute])}")
+        combination[attribute] = value
+    if not combination:
+        raise ValueError(f"{text!r}: empty combination")
+    return combination
+
+
+def _excluded(attrs: ShapeAttrs, exclude: Sequence[dict[str, str]]) -> bool:
+    return any(all(getattr(attrs, a) == v for a, v in combination.items()) for combination in exclude)
+
+
 def generate_folder(
-    out_dir: str | os.PathLike[str], n: int, seed: int, size: int = 128, holdout_only: bool = False
+    out_dir: str | os.PathLike[str],
+    n: int,
+    seed: int,
+    size: int = 128,
+    holdout_only: bool = False,
+    exclude: Sequence[dict[str, str]] = (),
 ) -> list[dict]:
     """Write ``n`` shapes images with captions and labels to ``out_dir``; deterministic for ``seed``.
 
@@ -377,6 +405,8 @@ def generate_folder(
         seed: random seed; the same seed gives the same bytes.
         size: image side in pixels. Default 128.
         holdout_only: generate only held-out (shape, colour) pairs. Default False.
+        exclude: attribute combinations never generated (``[{"colour": "blue", "shape": "square"}]``: no
+            blue squares), to test what an index that lacks them answers. Default none.
 
     Returns:
         The label records, in file order.
@@ -390,6 +420,12 @@ def generate_folder(
     records: list[dict] = []
     for i in range(n):
         attrs = sample_attrs(rng, holdout_only=holdout_only)
+        for _ in range(1000):
+            if not _excluded(attrs, exclude):
+                break
+            attrs = sample_attrs(rng, holdout_only=holdout_only)
+        else:
+            raise ValueError("the exclusions leave no combination to generate")
         image, bbox = render(attrs, rng, size)
         text = random_caption(attrs, rng)
         stem = f"{i:0{width}d}"

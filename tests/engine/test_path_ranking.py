@@ -73,9 +73,45 @@ def test_apply_edit_renormalises() -> None:
 def test_mmr_order() -> None:
     original = _unit([1, 0, 0])
     candidates = np.stack([_unit([1, 0.1, 0]), _unit([1, 0.11, 0]), _unit([1, 0, 0.3]), _unit([0, 1, 0])])
-    assert mmr_order(original, candidates, 4, 0.0) == [0, 1, 2, 3]  # pure proximity
-    assert mmr_order(original, candidates, 2, 0.5) == [0, 2]  # the near-copy of the first is skipped
-    assert mmr_order(original, candidates[:0], 3, 0.5) == []
+    relevance = candidates @ original
+    assert mmr_order(relevance, candidates, 4, 0.0) == [0, 1, 2, 3]  # pure proximity
+    assert mmr_order(relevance, candidates, 2, 0.5) == [0, 2]  # the near-copy of the first is skipped
+    assert mmr_order(relevance[:0], candidates[:0], 3, 0.5) == []
+
+
+def test_distinct_changes_come_before_repeats() -> None:
+    # two ways to leave the original: along y (three shades of it) and along z (one, a little further)
+    from counterclip.engine.ranking import change_directions
+
+    original = _unit([1, 0, 0])
+    candidates = np.stack(
+        [_unit([1, 0.30, 0]), _unit([1, 0.31, 0.01]), _unit([1, 0.32, 0]), _unit([1, 0, 0.35])]
+    )
+    relevance = candidates @ original
+    changes = change_directions(original, candidates)
+    assert np.allclose(np.linalg.norm(changes, axis=1), 1.0)
+    assert mmr_order(relevance, changes, 4, 0.0) == [0, 1, 2, 3]  # closest first
+    assert mmr_order(relevance, changes, 4, 0.5)[:2] == [0, 3]  # the other direction second
+
+
+def test_edited_positions_name_the_changed_words() -> None:
+    from counterclip.engine.ranking import edit_features, edited_positions
+
+    original = "a large red circle on the left"
+    assert edited_positions(original, "a large blue circle on the left") == {4}  # word 2 ("red")
+    assert edited_positions(original, "a large red square on the left") == {6}
+    assert edited_positions(original, "a red circle on the left") == {2}  # "large" deleted
+    assert edited_positions(original, "a large red circle on the far left") == {11}  # inserted after "the"
+    features = edit_features(
+        original,
+        [
+            "a large blue circle on the left",
+            "a large green circle on the left",
+            "a large red square on the left",
+        ],
+    )
+    sims = features @ features.T
+    assert sims[0, 1] == pytest.approx(1.0) and sims[0, 2] == pytest.approx(0.0)
 
 
 def test_word_edit_distance() -> None:
@@ -88,7 +124,7 @@ def test_word_edit_distance() -> None:
 
 
 def test_mmr_with_given_relevance() -> None:
-    original = _unit([1, 0, 0])
+
     candidates = np.stack([_unit([1, 0.1, 0]), _unit([0, 1, 0]), _unit([1, 0, 0.2])])
     # relevance says the orthogonal candidate is the best: it goes first whatever its cosine
-    assert mmr_order(original, candidates, 3, 0.0, relevance=np.array([0.0, 1.0, 0.5])) == [1, 2, 0]
+    assert mmr_order(np.array([0.0, 1.0, 0.5]), candidates, 3, 0.0) == [1, 2, 0]

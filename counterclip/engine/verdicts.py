@@ -1,0 +1,158 @@
+"""Verdicts and warnings: what a user may conclude from a counterfactual answer, in words.
+
+`verified` is an absolute claim: the answer passes the query's rule, was re-scored from its own file or
+text, and a calibration of the model says it really matches (increase, flip) or really does not (decrease).
+An answer that passes the rule only relative to what the index holds is `weak`; one that has no file to
+re-score is `unverifiable`. The warnings say why a user should look twice: no calibration, nothing in the
+index that really matches, words the index has never seen, a text cut at the model's context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from counterclip.calibration import Calibration
+from counterclip.engine.criteria import Criterion
+from counterclip.engine.results import ResultItem
+from counterclip.engine.words import Lexicon
+
+MATCH = 0.5  # p(match) at or above this reads as a match
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The calibration a query's verdicts use (None: none holds for this model and index)."""
+
+    calibration: Calibration | None
+    doubt: str | None = None  # why this query's scores cannot be trusted (e.g. misspelt words), if so
+
+    @property
+    def usable(self) -> bool:
+        return self.calibration is not None and self.calibration.informative and self.doubt is None
+
+    def doubting(self, reason: str | None) -> Evidence:
+        """The same evidence for a query whose text gives ``reason`` to doubt its scores."""
+        return Evidence(self.calibration, reason) if reason else self
+
+    def p_match(self, score: float) -> float | None:
+        if self.calibration is None:
+            return None
+        return float(self.calibration.probability(score))
+
+    def judge(self, item: ResultItem, criterion: Criterion, vector: np.ndarray, rescored: bool) -> None:
+        """Set ``item.verdict``, ``item.p_match`` and ``item.verified`` for an answer that passed the rule."""
+        item.p_match = self.p_match(float(criterion.match_score(vector[None])[0]))
+        agrees = self.usable and item.p_match is not None and (item.p_match >= MATCH) == criterion.wants_match
+        item.verdict = "unverifiable" if not rescored else ("verified" if agrees else "weak")
+        item.verified = item.verdict == "verified"
+
+    def describe(self) -> str | None:
+        return None if self.calibration is None else self.calibration.name()
+
+
+def query_warnings(
+    texts: list[str],
+    criterion: Criterion,
+    evidence: Evidence,
+    lexicon: Lexicon | None,
+    tokens: dict[str, int],
+    context: int | None,
+) -> list[str]:
+    """The warnings of one query, most important first.
+
+    Args:
+        texts: the query's texts (the text, or the flip labels).
+        criterion: the query's criterion (its numbers: best and original scores).
+        evidence: the calibration in use.
+        lexicon: the words of the index's captions (None: the index holds no captions).
+        tokens: tokens per text as the model's tokenizer counts them (for the context-length warning).
+        context: the model's context length in tokens (None: unknown).
+    """
+    out: list[str] = [evidence.doubt] if evidence.doubt else []
+    calibration = evidence.calibration
+    shown = texts[0] if len(texts) == 1 else criterion.validity.target or texts[0]
+    if calibration is None:
+        out.append(
+            "no calibration holds for this model and index, so no answer is 'verified' (only 'weak'): "
+            "build the index with captions or run `counterclip calibrate IDX --captions FILE`"
+        )
+    elif not calibration.informative:
+        out.append(
+            f"the {calibration.name()} hardly separates true pairs from others, so no answer is 'verified' "
+            "(is the model trained?)"
+        )
+    else:
+        out += _absolute_warnings(shown, criterion, calibration)
+    return out + text_warnings(texts, lexicon, tokens, context)
+
+
+def misspelt(texts: list[str], lexicon: Lexicon | None) -> str | None:
+    """Why a query's verdicts stay 'weak' when its texts use words the index never does but that are one
+    or two edits from words it does (likely misspellings: the model scores them, but not as meant)."""
+    if lexicon is None or not len(lexicon):
+        return None
+    words = [word for text in texts for word, closest in lexicon.unknown(text) if closest]
+    if not words:
+        return None
+    return (
+        f"the text uses {', '.join(map(repr, words))}, which the index's captions never do: no answer is "
+        "'verified' until the text uses words the index knows"
+    )
+
+
+def text_warnings(
+    texts: list[str], lexicon: Lexicon | None, tokens: dict[str, int], context: int | None
+) -> list[str]:
+    """Words the index's captions never use (with the closest ones they do) and texts cut at the model's
+    context length."""
+    out = []
+    for text in texts:
+        if lexicon is not None and len(lexicon):
+            for word, closest in lexicon.unknown(text):
+                if closest:
+                    suggestion = " or ".join(repr(c) for c in closest)
+                    out.append(
+                        f"the index's captions never use {word!r}; did you mean {suggestion}? ({word} -> {closest[0]})"
+                    )
+                else:
+                    out.append(f"the index's captions never use {word!r}: its score may mean little")
+        count = tokens.get(text)
+        if context is not None and count is not None and count > context:
+            out.append(
+                f"{text[:40]!r}... is {count} tokens long and the model reads {context}: the rest was cut"
+            )
+    return out
+
+
+def no_match_warning(text: str, best: float, calibration: Calibration) -> str | None:
+    """The warning for an index whose best item for ``text`` is not a match (None when it is one)."""
+    p = float(calibration.probability(best))
+    if p >= MATCH:
+        return None
+    true_pairs = (
+        f", true pairs score {calibration.positives.p10:.1f}-{calibration.positives.p90:.1f}"
+        if calibration.positives is not None
+        else ""
+    )
+    return (
+        f"the index holds nothing that matches {text!r} well: best score {best:.1f}{true_pairs} "
+        f"(p(match) {p:.2f}); answers are the closest the index has, marked 'weak'"
+    )
+
+
+def _absolute_warnings(text: str, criterion: Criterion, calibration: Calibration) -> list[str]:
+    """Nothing in the index matches (increase); the original does not match to begin with (decrease)."""
+    best = criterion.best_match_score
+    if criterion.wants_match and best is not None:
+        warning = no_match_warning(text, best, calibration)
+        return [warning] if warning else []
+    if not criterion.wants_match:
+        p = float(calibration.probability(criterion.original))
+        if p < MATCH:
+            return [
+                f"the original does not match {text!r} to begin with: score {criterion.original:.1f} "
+                f"(p(match) {p:.2f}), so there is no match to take away"
+            ]
+    return []

@@ -1,0 +1,76 @@
+"""Words a query uses that the index's captions never do, with the closest words they do use.
+
+A misspelt word ("bleu", "cirlce") gives the model a text it has rarely seen: its score means little, and
+the answers a counterfactual query returns for it are answers to another question. The caption
+collection tells which words the index knows; a word it has never seen is named, with the known words
+one or two edits away ("bleu -> blue").
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections import Counter
+from collections.abc import Iterable
+
+_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?", re.UNICODE)
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-case words of a text (letters only; numbers and punctuation dropped)."""
+    return _WORD.findall(text.lower())
+
+
+def edit_distance(a: str, b: str, limit: int) -> int:
+    """Optimal-string-alignment distance (insert, delete, substitute, swap two neighbours), or
+    ``limit + 1`` as soon as it exceeds ``limit``."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        current = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        if min(current) > limit:
+            return limit + 1
+        previous2, previous = previous, current
+    return previous[-1]
+
+
+class Lexicon:
+    """The words of a caption collection, with how often each occurs."""
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        self.counts: Counter[str] = Counter(w for text in texts for w in words_of(text))
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def closest(self, word: str, n: int = 3) -> list[str]:
+        """Known words within one edit (words up to 5 letters) or two (longer), closest first, then the
+        most frequent; difflib's close matches when no word is that close."""
+        limit = 1 if len(word) <= 5 else 2
+        near = [(edit_distance(word, known, limit), known) for known in self.counts]
+        near = [(d, known) for d, known in near if d <= limit]
+        if near:
+            near.sort(key=lambda pair: (pair[0], -self.counts[pair[1]], pair[1]))
+            return [known for _, known in near[:n]]
+        return difflib.get_close_matches(word, self.counts, n=n, cutoff=0.8)
+
+    def unknown(self, text: str) -> list[tuple[str, list[str]]]:
+        """``(word, closest known words)`` for each word of ``text`` the collection never uses.
+
+        One- and two-letter words are skipped (articles and prepositions say little about a match).
+        """
+        seen: set[str] = set()
+        out = []
+        for word in words_of(text):
+            if len(word) <= 2 or word in self.counts or word in seen:
+                continue
+            seen.add(word)
+            out.append((word, self.closest(word)))
+        return out
