@@ -150,7 +150,9 @@ def load_bytes(data: bytes, options: DecodeOptions = DecodeOptions()) -> LoadedI
         raise DecodeError("empty file (0 bytes)")
     if len(data) > options.max_file_bytes:
         raise ImageTooLarge(f"file too large ({len(data)} bytes > {options.max_file_bytes})")
-    image, (width, height) = _decode(data, options, formats=UPLOAD_FORMATS)
+    Image.init()  # registers every plugin (idempotent): an explicit format list needs them loaded
+    formats = tuple(f for f in UPLOAD_FORMATS if f in Image.OPEN)
+    image, (width, height) = _decode(data, options, formats=formats)
     return LoadedImage(image, width, height, hashlib.sha256(data).hexdigest(), len(data))
 
 
