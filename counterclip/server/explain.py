@@ -130,8 +130,8 @@ def item_maps(
 
     Returns:
         ``[{kind, title, caption, png, width, height, legend}]`` (``tokens`` too for a word map; ``legend``
-        None for the plain image): the answer (or the image), why it matches, and why it rather than
-        the original.
+        None for the plain images): the original and the answer (or the image), why the answer
+        matches, and why it rather than the original.
     """
     _needs_vit(model)
     query_image = _display(query_image)
@@ -140,7 +140,8 @@ def item_maps(
         result_image = _display(result_image)
         pair, margin = image_counterfactual_maps(model, query_image, result_image, text, method=METHOD)
         return [
-            _plain("The answer", "The answer image, as the model saw it.", result_image),
+            _plain("The original", "The original image, for comparison.", query_image),
+            _plain("The answer", "The answer image.", result_image),
             _image_map(
                 "Why it matches",
                 f"The parts of the answer that make the model score it for \u201c{text}\u201d.",

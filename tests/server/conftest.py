@@ -1,83 +1,19 @@
-"""Server test fixtures: a colour-world engine (no model weights), a TestClient, a live uvicorn server in
-a thread (for keep-alive, concurrency and memory checks), and a small real shapes index with the
-bundled model (for maps, reports and the Client)."""
+"""Server test fixtures: the colour engine and a TestClient, and a small real shapes index with the
+bundled model (for maps, reports and the Client). Helpers live in `server_kit`."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import socket
-import threading
-import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
-from doubles import ArrayIndex, ColourModel, colour_vector, make_colour_index
 
 pytest.importorskip("fastapi")
-import uvicorn  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from server_kit import LOCAL, ColourEngine, ThreadServer, make_colour_engine  # noqa: E402
 
-from counterclip.engine import Engine, EngineOptions  # noqa: E402
+from counterclip.engine import Engine  # noqa: E402
 from counterclip.server.app import create_app  # noqa: E402
 from counterclip.server.settings import ServerSettings  # noqa: E402
-
-LOCAL = "http://127.0.0.1:8000"  # TestClient base URL: a Host the default allow-list accepts
-COLOURS = {0: (90, 90, 200), 1: (200, 60, 60), 2: (250, 20, 20), 3: (100, 100, 220), 4: (20, 200, 20)}
-
-
-class MetaIndex(ArrayIndex):
-    """The colour index with what a built index records per file (size, mtime, sha256, pixels) and its
-    unknown-id behaviour (KeyError)."""
-
-    def __init__(self, base: ArrayIndex) -> None:
-        super().__init__(base.root, base._images, base._captions)
-        self.recorded: dict[int, dict[str, Any]] = {}
-        for item_id, (name, _) in self._images.items():
-            path = Path(self.root) / name
-            st = path.stat()
-            self.recorded[item_id] = {
-                "size": st.st_size,
-                "mtime": st.st_mtime_ns / 1e9,
-                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                "width": 8,
-                "height": 8,
-            }
-
-    def image_meta(self, ids) -> list[dict[str, Any]]:
-        out = []
-        for i in np.asarray(ids, dtype=np.int64).reshape(-1):
-            if int(i) not in self._images:
-                raise KeyError(f"unknown image id {int(i)}")
-            out.append({**super().image_meta([int(i)])[0], **self.recorded[int(i)]})
-        return out
-
-
-class ColourEngine(Engine):
-    """The colour engine, plus two texts that misbehave on purpose: "boom" raises an unexpected error,
-    "block" waits until `release` is set (to fill the worker pool)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.release = threading.Event()
-        self.blocked = threading.Event()
-
-    def search(self, text=None, image=None, k=10, target="images"):
-        if text == "boom":
-            raise RuntimeError("a bug, not a user error")
-        if text == "block":
-            self.blocked.set()
-            self.release.wait(30)
-            text = "red"
-        return super().search(text=text, image=image, k=k, target=target)
-
-
-def make_colour_engine(root: Path) -> ColourEngine:
-    texts = {"red": colour_vector((255, 0, 0)), "blue": colour_vector((0, 0, 255))}
-    index = MetaIndex(make_colour_index(root, COLOURS))
-    return ColourEngine(index, ColourModel(texts), EngineOptions(k=3, diversity=0.0))
 
 
 @pytest.fixture()
@@ -91,45 +27,6 @@ def colour_engine(tmp_path: Path) -> ColourEngine:
 def client(colour_engine: ColourEngine) -> TestClient:
     with TestClient(create_app(colour_engine, ServerSettings(workers=2)), base_url=LOCAL) as test_client:
         yield test_client
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ThreadServer:
-    """A real uvicorn server for ``app`` on a free loopback port, in a thread (``with`` starts and stops it)."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ThreadServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
-def rss_bytes(pid: int | str = "self") -> int:
-    """Resident memory of a process (Linux /proc)."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +57,3 @@ def shapes_engine(shapes_index: Path) -> Engine:
 def shapes_server(shapes_engine: Engine) -> ThreadServer:
     with ThreadServer(create_app(shapes_engine, ServerSettings(workers=2))) as server:
         yield server
-
-
-def has_proc() -> bool:
-    return os.path.exists("/proc/self/status")

@@ -8,8 +8,8 @@ import io
 import re
 
 import pytest
-from conftest import COLOURS
 from PIL import Image
+from server_kit import COLOURS
 
 from counterclip.server.routes import STATIC
 

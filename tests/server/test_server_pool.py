@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from conftest import ThreadServer
+from server_kit import ThreadServer
 
 from counterclip.server.app import create_app
 from counterclip.server.pool import ServerBusy, WorkerPool

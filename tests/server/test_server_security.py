@@ -16,9 +16,9 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import LOCAL, ThreadServer, has_proc, rss_bytes
 from fastapi.testclient import TestClient
 from PIL import Image
+from server_kit import LOCAL, ThreadServer, has_proc, rss_bytes
 
 from counterclip.errors import InputError
 from counterclip.index_builder.scan import scan_folder
@@ -92,7 +92,7 @@ def test_symlink_swaps_are_refused(client, colour_engine, tmp_path) -> None:
 
 
 def test_a_symlinked_folder_out_of_the_root_is_refused(tmp_path) -> None:
-    from conftest import make_colour_engine
+    from server_kit import make_colour_engine
 
     root = tmp_path / "images"
     (root / "sub").mkdir(parents=True)

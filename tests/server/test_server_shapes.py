@@ -10,9 +10,9 @@ import re
 
 import numpy as np
 import pytest
-from conftest import LOCAL, ThreadServer
 from fastapi.testclient import TestClient
 from PIL import Image
+from server_kit import LOCAL, ThreadServer
 
 import counterclip
 from counterclip.client import Client, ServerError
@@ -111,16 +111,14 @@ def test_maps_are_the_explainers_maps(shapes_engine) -> None:
         answer = client.post("/maps", json={**query, "item": item})
         assert answer.status_code == 200
         maps = answer.json()["maps"]
-        assert [m["title"] for m in maps] == [
-            "The answer",
-            "Why it matches",
-            "Why it rather than the original",
-        ]
+        titles = ["The original", "The answer", "Why it matches", "Why it rather than the original"]
+        assert [m["title"] for m in maps] == titles
         original = load_indexed(shapes_engine.index, 3, full_resolution=True)
         image = load_indexed(shapes_engine.index, item, full_resolution=True)
-        assert np.array_equal(np.asarray(decode(maps[0]["png"])), np.asarray(image))
+        assert np.array_equal(np.asarray(decode(maps[0]["png"])), np.asarray(original))
+        assert np.array_equal(np.asarray(decode(maps[1]["png"])), np.asarray(image))
         pair, margin = image_counterfactual_maps(shapes_engine.model, original, image, "a red circle")
-        for shown, explanation in ((maps[1], pair), (maps[2], margin)):
+        for shown, explanation in ((maps[2], pair), (maps[3], margin)):
             expected = np.asarray(overlay(image, explanation.pixel_map), dtype=np.int16)
             got = np.asarray(decode(shown["png"]), dtype=np.int16)
             assert got.shape == expected.shape == (image.height, image.width, 3)

@@ -245,7 +245,10 @@ async function downloadReport() {
 
 async function openMaps(item) {
   const dialog = $("maps-dialog");
-  $("maps-title").textContent = item.kind === "caption" ? `Maps for \u201c${item.text}\u201d` : `Maps for ${item.path}`;
+  const query = state.lastQuery.mode === "flip" ? state.lastQuery.target : state.lastQuery.text;
+  $("maps-title").textContent = item.kind === "caption"
+    ? `Why \u201c${item.text}\u201d? Maps for this image`
+    : `Why ${item.path}? Maps for \u201c${query}\u201d`;
   $("maps-body").replaceChildren();
   if (!dialog.open) dialog.showModal();
   if (state.info && !state.info.maps) {

@@ -97,10 +97,10 @@ export function originalView(original) {
 // --- counterfactual results ---------------------------------------------------------------------------
 
 const VERDICTS = {
-  verified: "Passes the rule, and the model re-scored the answer from its file.",
-  weak: "Passes the rule only relative to what this index holds: nothing in it really matches.",
-  unverifiable: "Passes the rule on the stored vector, but there is no file to re-score.",
-  unverified: "Not re-scored from its file.",
+  verified: { image: "Passes the rule, and the model re-scored the answer from its file.", caption: "Passes the rule, and the model re-scored the caption from its text." },
+  weak: { image: "Passes the rule only relative to what this index holds: nothing in it really matches.", caption: "Passes the rule only relative to what this index holds: nothing in it really matches." },
+  unverifiable: { image: "Passes the rule on the stored vector, but there is no file to re-score it from.", caption: "Passes the rule on the stored vector, but it could not be re-scored." },
+  unverified: { image: "Not re-scored from its file.", caption: "Not re-scored from its text." },
 };
 
 /** The verdict of an item: the engine's `verdict` when present, else its `verified` flag. */
@@ -189,7 +189,7 @@ export function answer(item, result, original, handlers) {
       { class: "facts" },
       el("div", {}, el("span", { class: `verdict ${verdict}` }, verdict), " ", details(item)),
       numbers(item, result),
-      el("div", { class: "verdict-text" }, VERDICTS[verdict] || ""),
+      el("div", { class: "verdict-text" }, (VERDICTS[verdict] || {})[item.kind === "caption" ? "caption" : "image"] || ""),
       el(
         "div",
         { class: "links" },
