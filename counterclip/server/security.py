@@ -126,7 +126,10 @@ class AccessGuard:
             )
             return
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+        if length is not None and not length.strip().isdigit():
+            await send_json(send, 400, f"Content-Length is not a number: {length[:40]!r}")
+            return
+        if length is not None and int(length) > self.max_body:
             await send_json(send, 413, f"request body larger than the limit of {self.max_body} bytes")
             return
 

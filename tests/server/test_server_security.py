@@ -399,3 +399,40 @@ def test_cors_is_off_unless_asked(colour_engine) -> None:
             preflight.status_code == 200
             and "authorization" in preflight.headers["access-control-allow-headers"].lower()
         )
+
+
+def test_serve_refuses_a_network_address_without_a_token(tmp_path, capsys, monkeypatch) -> None:
+    from counterclip.cli import run
+
+    monkeypatch.delenv("COUNTERCLIP_TOKEN", raising=False)
+    assert run(["serve", str(tmp_path), "--host", "0.0.0.0"]) == 2
+    out = capsys.readouterr()
+    assert "--token" in out.out + out.err and "exposes the API" in out.out + out.err
+
+
+def test_a_chunked_body_is_cut_at_the_limit(colour_engine) -> None:
+    settings = ServerSettings(limits=Limits(max_body_bytes=64 * 1024, max_upload_bytes=32 * 1024))
+    sent = [0]
+
+    def chunks():
+        for _ in range(200):  # 200 x 16 kB = 3.2 MB offered, no Content-Length
+            sent[0] += 1
+            yield b'{"text": "' + b"a" * 16_000 if sent[0] == 1 else b"a" * 16_384
+
+    with ThreadServer(create_app(colour_engine, settings)) as server:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            connection.request(
+                "POST",
+                "/search",
+                body=chunks(),
+                headers={"content-type": "application/json"},
+                encode_chunked=True,
+            )
+            response = connection.getresponse()
+            status, body = response.status, json.loads(response.read())
+        except (BrokenPipeError, ConnectionResetError):  # the server may close before all is sent
+            status, body = 413, {"detail": "request body larger than the limit (connection closed)"}
+        finally:
+            connection.close()
+    assert status == 413 and "larger than the limit" in body["detail"]
