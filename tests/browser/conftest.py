@@ -146,6 +146,7 @@ def screenshot(page: Any, request: pytest.FixtureRequest) -> Callable[[str], Pat
             "return Math.max(document.documentElement.scrollHeight, window.innerHeight)"
         )
         page.set_window_size(size["width"], min(int(height) + 20, 6000))
+        page.execute_script("window.scrollTo(0, 0)")
         time.sleep(0.2)
         path = OUTPUT / f"{name}.png"
         page.save_screenshot(str(path))

@@ -286,3 +286,36 @@ def test_docs_render_offline(page, live_server, screenshot) -> None:
     resources = page.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert all(r.startswith(live_server.url) for r in resources), resources
     screenshot("09-docs")
+
+
+def test_a_token_server_asks_for_the_token_once(page, shapes_site, screenshot) -> None:
+    from browser_kit import ThreadedServer
+
+    from counterclip.engine import Engine
+    from counterclip.server.app import create_app
+    from counterclip.server.settings import ServerSettings
+
+    token = "browser-test-token-123"
+    with Engine.open(shapes_site.index, device="cpu") as engine:
+        with ThreadedServer(create_app(engine, ServerSettings(token=token, workers=1))) as server:
+            page.get(server.url + "/?q=a+red+circle")
+            form = wait_for(
+                page,
+                lambda d: (
+                    d.find_element(By.ID, "token-form").is_displayed() and d.find_element(By.ID, "token-form")
+                ),
+                30,
+                "token form",
+            )
+            assert "token" in page.find_element(By.ID, "message-text").text
+            screenshot("10-token-asked")
+            form.find_element(By.ID, "token-input").send_keys(token)
+            form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            wait_for(page, lambda d: css(d, "#search-results .card"), 60, "search after sign-in")
+            assert not page.find_element(By.ID, "token-form").is_displayed()
+            # thumbnails are plain <img> requests: they load with the same-site cookie the page obtained
+            wait_for(
+                page, lambda d: images_loaded(d, "#search-results img"), 30, "thumbnails with the cookie"
+            )
+            errors = console_errors(page)
+            assert errors and all("401" in e["message"] for e in errors)  # only the first, refused calls
