@@ -145,6 +145,7 @@ def real_bomb() -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_bombs_and_oversized_uploads_are_4xx(client) -> None:
     bomb = real_bomb()
     assert len(bomb) < 40_000  # 144 megapixels in a few kB
@@ -275,6 +276,7 @@ def test_a_500_is_json_and_drops_nothing(colour_engine) -> None:
 
 
 @pytest.mark.skipif(not has_proc(), reason="reads /proc for the resident memory")
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_concurrent_bombs_keep_memory_bounded(colour_engine) -> None:
     bomb = json.dumps({"image": {"base64": base64.b64encode(real_bomb()).decode()}}).encode()
     with ThreadServer(create_app(colour_engine, ServerSettings(workers=2, queue=16))) as server:
