@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format install clean
+.PHONY: demo test lint format install install-browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e '.[dev,server]'
+	$(BIN)/pip install -q -e '.[dev,server,browser]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,7 +33,14 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix counterclip tests scripts
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+	  echo "NOTE: the browser tests (tests/browser) will be SKIPPED: Chromium or chromedriver is not installed; install them with 'make install-browser' (as root: apt-get install -y chromium chromium-driver)"
+	$(BIN)/python -m pytest -q -rs
+
+# Debian's Chromium and its driver, for the browser tests (needs root; no browser is ever downloaded by a tool)
+install-browser:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-out test-output .pytest_cache .ruff_cache

@@ -22,6 +22,7 @@ from counterclip.errors import CounterclipError
 
 # public name -> the module that defines it
 _LAZY: dict[str, str] = {
+    "Client": "counterclip.client",
     "ClipModel": "counterclip.models",
     "Engine": "counterclip.engine",
     "EngineOptions": "counterclip.engine",
@@ -33,6 +34,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "Client",
     "ClipModel",
     "CounterclipError",
     "Engine",
@@ -46,6 +48,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real imports
+    from counterclip.client import Client
     from counterclip.engine import Engine, EngineOptions
     from counterclip.index_builder import Index, build_index, update_index
     from counterclip.models import ClipModel, ModelSpec, load_model

@@ -48,14 +48,20 @@ def pairs(model, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         other = sample_attrs(rng, include_holdout=True)
         false_other = any(getattr(other, a) != getattr(attrs, a) for a in named)
         texts.append(
-            [caption(attrs, named, template), caption(wrong, named, template), caption(other, named, template)]
+            [
+                caption(attrs, named, template),
+                caption(wrong, named, template),
+                caption(other, named, template),
+            ]
         )
         truth.append(false_other)
     image_vecs = model.encode_pil(images).numpy()
     flat = model.encode_texts([t for row in texts for t in row]).numpy().reshape(n, 3, -1)
     score = model.pair_score
     positives = score.pairs(image_vecs, flat[:, 0])
-    negatives = np.concatenate([score.pairs(image_vecs, flat[:, 1]), score.pairs(image_vecs, flat[:, 2])[truth]])
+    negatives = np.concatenate(
+        [score.pairs(image_vecs, flat[:, 1]), score.pairs(image_vecs, flat[:, 2])[truth]]
+    )
     return positives, negatives
 
 

@@ -104,6 +104,7 @@ class ArrayIndex:
         self.dim = 3
         self.images = ArrayCollection("images", root, images)
         self.captions = ArrayCollection("captions", root, captions)
+        self.calibration = None  # no known pairs
 
     def image_id_for_path(self, path) -> int | None:
         rel = (

@@ -9,11 +9,13 @@ import counterclip
 
 
 def test_public_names_are_the_defining_objects() -> None:
+    from counterclip.client import Client
     from counterclip.engine import Engine, EngineOptions
     from counterclip.index_builder import Index, build_index, update_index
     from counterclip.models import ClipModel, ModelSpec, load_model
 
     expected = {
+        "Client": Client,
         "ClipModel": ClipModel,
         "Engine": Engine,
         "EngineOptions": EngineOptions,

@@ -29,6 +29,10 @@ class DecodeError(Exception):
     """A file that cannot be indexed; ``str(exc)`` is the one-line reason stored in the index."""
 
 
+class ImageTooLarge(DecodeError):
+    """Over a byte, pixel or side limit, or a decompression bomb: refused before its pixels are decoded."""
+
+
 @dataclass(frozen=True)
 class DecodeOptions:
     """What `load_image` refuses, and how much resolution it may drop (see `IndexCfg`)."""
@@ -119,15 +123,50 @@ def decode_bytes(data: bytes, options: DecodeOptions = DecodeOptions()) -> Image
     return _decode(data, options)[0]
 
 
-def _decode(data: bytes, options: DecodeOptions) -> tuple[Image.Image, tuple[int, int]]:
+#: What `load_bytes` opens: the formats of `scan.IMAGE_EXTENSIONS` (never EPS or PDF, whose decoders run
+#: external programs).
+UPLOAD_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "MPO")
+
+
+def load_bytes(data: bytes, options: DecodeOptions = DecodeOptions()) -> LoadedImage:
+    """Decode image bytes from outside (an upload) the way `load_image` decodes a file.
+
+    The byte limit is checked first, then the header's size against ``options.max_pixels`` and
+    ``max_side`` (and Pillow's own bomb guard, ``Image.MAX_IMAGE_PIXELS``) before any pixel is decoded,
+    so a small file that claims a huge image costs nothing. Only `UPLOAD_FORMATS` are opened.
+
+    Args:
+        data: the encoded image.
+        options: limits and JPEG scaling; pass the index's (`Index.decode_options`) with tighter limits
+            to get the pixels an indexed copy of the same file would give.
+
+    Returns:
+        LoadedImage (upright RGB image, full-resolution upright size, sha256 and length of ``data``).
+
+    Raises:
+        DecodeError: one-line reason (empty, too large, not an image, bomb, truncated...).
+    """
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    if len(data) > options.max_file_bytes:
+        raise ImageTooLarge(f"file too large ({len(data)} bytes > {options.max_file_bytes})")
+    Image.init()  # registers every plugin (idempotent): an explicit format list needs them loaded
+    formats = tuple(f for f in UPLOAD_FORMATS if f in Image.OPEN)
+    image, (width, height) = _decode(data, options, formats=formats)
+    return LoadedImage(image, width, height, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def _decode(
+    data: bytes, options: DecodeOptions, formats: tuple[str, ...] | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
     """-> (upright RGB image, upright full-resolution (width, height)); the image is smaller than that
-    size when ``options.min_side`` lets it shrink."""
+    size when ``options.min_side`` lets it shrink. ``formats`` restricts what Pillow may open."""
     try:
         # Pillow warns between 1x and 2x its pixel limit and raises above; the limit check below refuses
         # both, so the CLI silences that warning (a library must not touch the global warning filters).
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=formats)
     except Image.DecompressionBombError as exc:
-        raise DecodeError(f"decompression bomb refused: {exc}") from None
+        raise ImageTooLarge(f"decompression bomb refused: {exc}") from None
     except UnidentifiedImageError:
         raise DecodeError("not an image (unknown or unsupported format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -136,12 +175,12 @@ def _decode(data: bytes, options: DecodeOptions) -> tuple[Image.Image, tuple[int
     if width < 1 or height < 1:
         raise DecodeError(f"invalid dimensions {width}x{height}")
     if width * height > options.max_pixels:
-        raise DecodeError(
+        raise ImageTooLarge(
             f"image too large: {width}x{height} = {width * height} pixels > {options.max_pixels} "
             "(possible decompression bomb)"
         )
     if max(width, height) > options.max_side:
-        raise DecodeError(f"absurd dimensions {width}x{height} (longest side > {options.max_side})")
+        raise ImageTooLarge(f"absurd dimensions {width}x{height} (longest side > {options.max_side})")
     try:
         orientation = int(image.getexif().get(_ORIENTATION, 1))
     except Exception:  # malformed EXIF: treated as upright, like exif_transpose below

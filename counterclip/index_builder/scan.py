@@ -2,7 +2,8 @@
 
 Deterministic (directory entries sorted), hidden files and folders skipped, directory symlinks followed
 once (a symlink loop is visited only once), file symlinks followed (a loop or a dangling link is reported,
-not raised). Paths are relative to the root, "/"-separated; names that are not valid UTF-8 are kept
+not raised). A symlink (to a file or a folder) whose target lies outside the root is never followed: it is
+reported as skipped, so an index never holds, and a server never serves, a file from outside its folder. Paths are relative to the root, "/"-separated; names that are not valid UTF-8 are kept
 losslessly (``os.fsdecode`` form, with the raw bytes as the database key).
 """
 
@@ -85,6 +86,7 @@ def scan_folder(
         unreadable directories).
     """
     excluded = {_identity(p) for p in exclude if p.exists()}
+    real_root = os.path.realpath(root)
     visited: set[tuple[int, int]] = set()
     stack: list[tuple[Path, str]] = [(root, "")]
     while stack:
@@ -116,6 +118,10 @@ def scan_folder(
             except OSError:
                 is_dir = False
             if is_dir:
+                outside = _outside(entry, real_root) if entry.is_symlink() else None
+                if outside:
+                    yield ScanEntry(rel, None, None, outside)
+                    continue
                 subdirs.append((Path(entry.path), rel + "/"))
                 continue
             if ext == SIDECAR_EXTENSION:
@@ -133,9 +139,22 @@ def scan_folder(
             if not stat.S_ISREG(st.st_mode):
                 yield ScanEntry(rel, None, None, f"not a regular file ({_kind(st.st_mode)})")
                 continue
+            outside = _outside(entry, real_root) if is_link else None
+            if outside:
+                yield ScanEntry(rel, None, None, outside)
+                continue
             yield ScanEntry(rel, st.st_size, st.st_mtime_ns)
         # Depth-first in sorted order: push in reverse so the first subdirectory is walked first.
         stack.extend(reversed(subdirs))
+
+
+def _outside(entry: os.DirEntry, real_root: str) -> str | None:
+    """The skip reason when ``entry`` resolves (through symlinks, its own or a parent folder's) to a path
+    outside the root; None when it stays inside."""
+    real = os.path.realpath(entry.path)
+    if real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep):
+        return None
+    return "symlink to a path outside the indexed folder (not followed)"
 
 
 def _identity(path: Path) -> tuple[int, int]:

@@ -1,23 +1,40 @@
-"""HTTP service for retrieval apps: search and counterfactuals over one index (FastAPI).
+"""HTTP service and web app for retrieval apps: search and counterfactuals over one index (FastAPI).
 
-One engine per process; FastAPI runs the sync endpoints in a thread pool, which the engine supports
-(queries never mutate it). Per-request settings go in the request body, never into shared state.
+One engine per process, shared by a bounded worker pool (`pool.WorkerPool`); per-request settings go
+in the request body, never into shared state. Guards (`security`) check the Host header, the token
+and the body size before any route runs, and turn any failure into a JSON error.
+
+Examples::
+
+    from counterclip.engine import Engine
+    from counterclip.server.app import create_app
+    from counterclip.server.settings import ServerSettings
+
+    app = create_app(Engine.open("photos.idx"), ServerSettings(workers=2))
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import FileResponse, HTMLResponse
-from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
+from counterclip._version import __version__
 from counterclip.errors import CounterclipError
+from counterclip.server.files import NotServed, UploadError
+from counterclip.server.pool import ServerBusy
+from counterclip.server.routes import STATIC, make_router, swagger_path
+from counterclip.server.security import AccessGuard, ErrorGuard
+from counterclip.server.service import Service
+from counterclip.server.settings import ServerSettings
 
 if TYPE_CHECKING:
     from counterclip.engine import Engine
@@ -25,129 +42,112 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 
-class ImageRef(BaseModel):
-    """A query image: an index id, or a base64-encoded file."""
-
-    model_config = ConfigDict(extra="forbid")
-    id: int | None = None
-    base64: str | None = None
+def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=status)
 
 
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text: str | None = None
-    image: ImageRef | None = None
-    k: int = Field(10, ge=1, le=1000)
-    target: Literal["images", "captions"] = "images"
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    return ".".join(parts) or "body"
 
 
-class CounterfactualRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    image: ImageRef
-    text: str | None = None
-    side: Literal["image", "text"] = "image"
-    mode: Literal["increase", "decrease", "flip"] = "increase"
-    labels: list[str] | None = None
-    target: str | None = None
-    k: int = Field(5, ge=1, le=100)
-    match_margin: float | None = Field(None, ge=0)
-    nomatch_margin: float | None = Field(None, ge=0)
-    threshold: float | None = None
+def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """One line naming the field and the problem; ``errors`` lists them all (never echoing the input)."""
+    errors = [
+        {"field": _field(tuple(e.get("loc", ()))), "message": str(e.get("msg", "")), "type": e.get("type")}
+        for e in exc.errors()
+    ]
+    first = errors[0] if errors else {"field": "body", "message": "invalid request"}
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return _error(422, f"{first['field']}: {first['message']}{more}", errors=errors)
 
 
-def _image(ref: ImageRef | None) -> int | Image.Image | None:
-    if ref is None:
-        return None
-    if (ref.id is None) == (ref.base64 is None):
-        raise HTTPException(422, "image needs exactly one of id or base64")
-    if ref.id is not None:
-        return ref.id
-    try:
-        with Image.open(io.BytesIO(base64.b64decode(ref.base64, validate=True))) as im:
-            return im.convert("RGB")
-    except (ValueError, UnidentifiedImageError, OSError) as exc:
-        raise HTTPException(422, f"image.base64 is not a readable image: {exc}") from exc
+def _install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+    @app.exception_handler(CounterclipError)
+    async def user_error(_: Request, exc: CounterclipError) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.exception_handler(NotServed)
+    async def not_served(request: Request, exc: NotServed) -> JSONResponse:
+        LOG.warning("refused %s: %s", request.url.path, exc)
+        return _error(
+            404, "no such image in the index (unknown id, or its file changed or moved since indexing)"
+        )
+
+    @app.exception_handler(UploadError)
+    async def upload_error(_: Request, exc: UploadError) -> JSONResponse:
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(ServerBusy)
+    async def busy(_: Request, exc: ServerBusy) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=503, headers={"retry-after": str(exc.retry_after)}
+        )
 
 
-def create_app(engine: Engine) -> FastAPI:
-    """Build the FastAPI app around an open `Engine`."""
-    app = FastAPI(title="counterclip", version="1")
+def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAPI:
+    """Build the FastAPI app around an open `Engine`.
 
-    @app.get("/health")
-    def health() -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "images": engine.index.images.count,
-            "captions": engine.index.captions.count,
-        }
+    Args:
+        engine: an open `Engine` (its index and model are shared by all requests).
+        settings: `ServerSettings`; default loopback only, no token, a pool sized to the machine.
 
-    @app.post("/search")
-    def search(request: SearchRequest) -> dict[str, Any]:
-        try:
-            return engine.search(
-                text=request.text, image=_image(request.image), k=request.k, collection=request.target
-            ).to_dict()
-        except CounterclipError as exc:
-            raise HTTPException(422, str(exc)) from exc
+    Returns:
+        The ASGI app: the page at ``/``, the JSON API, ``/images/ID``, ``/docs``.
 
-    @app.post("/counterfactual")
-    def counterfactual(request: CounterfactualRequest) -> dict[str, Any]:
-        overrides = {
-            key: value
-            for key in ("match_margin", "nomatch_margin", "threshold")
-            if (value := getattr(request, key)) is not None
-        }
-        try:
-            result = engine.counterfactuals(
-                image=_image(request.image),
-                text=request.text,
-                side=request.side,
-                mode=request.mode,
-                labels=request.labels,
-                target=request.target,
-                k=request.k,
-                **overrides,
+    Raises:
+        InputError: settings that would expose the API (a non-loopback host without a token).
+    """
+    settings = settings or ServerSettings()
+    service = Service(engine, settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.pool.shutdown()
+
+    app = FastAPI(
+        title="counterclip",
+        version=__version__,
+        description="Verified counterfactuals and search over one image index. The page is at `/`.",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.include_router(make_router(service))
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    swagger = swagger_path()
+    if swagger is not None:
+        app.mount("/static/swagger", StaticFiles(directory=swagger), name="swagger")
+        # mounted after /static: Starlette matches in order, so give the longer prefix precedence
+        app.router.routes.insert(0, app.router.routes.pop())
+    _install_error_handlers(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
             )
-        except CounterclipError as exc:
-            raise HTTPException(422, str(exc)) from exc
-        return result.to_dict()
+            if settings.token:
+                schema.setdefault("components", {})["securitySchemes"] = {
+                    "bearer": {"type": "http", "scheme": "bearer"}
+                }
+                schema["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
 
-    @app.get("/images/{image_id}")
-    def image_file(image_id: int) -> FileResponse:
-        try:
-            meta = engine.index.images.meta([image_id])
-        except KeyError:
-            meta = []
-        if not meta or not Path(meta[0]["abs_path"]).is_file():
-            raise HTTPException(404, f"no image with id {image_id}")
-        return FileResponse(meta[0]["abs_path"])
-
-    @app.get("/", response_class=HTMLResponse)
-    def page() -> str:
-        return _PAGE
-
+    app.openapi = openapi  # type: ignore[method-assign]
+    # added innermost first: ErrorGuard ends outermost, so nothing escapes it
+    app.add_middleware(AccessGuard, settings=settings)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+        )
+    app.add_middleware(ErrorGuard)
     return app
-
-
-_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>counterclip</title>
-<style>body{font-family:system-ui;margin:24px}img{width:120px;height:120px;object-fit:contain}
-.grid{display:flex;flex-wrap:wrap;gap:10px}.card{font-size:.8em;width:130px}</style></head><body>
-<h1>counterclip</h1>
-<p>Image id <input id="img" size="6" value="0"> text <input id="text" size="40" value="a photo of a dog">
-<select id="mode"><option>increase</option><option>decrease</option></select>
-<button onclick="go()">counterfactuals</button></p>
-<div id="rule"></div><div class="grid" id="out"></div>
-<script>
-async function go(){
-  const body={image:{id:parseInt(document.getElementById('img').value)},text:document.getElementById('text').value,
-              mode:document.getElementById('mode').value,k:8};
-  const r=await fetch('/counterfactual',{method:'POST',headers:{'Content-Type':'application/json'},body:JSON.stringify(body)});
-  const j=await r.json(); const out=document.getElementById('out'); out.innerHTML='';
-  if(!r.ok){document.getElementById('rule').textContent=j.detail;return;}
-  document.getElementById('rule').textContent='valid when '+j.validity.rule;
-  for(const it of j.items){const d=document.createElement('div');d.className='card';
-    const img=document.createElement('img');img.src='/images/'+it.id;d.appendChild(img);
-    d.appendChild(document.createTextNode('#'+it.rank+' '+it.score_before.toFixed(2)+' → '+it.score_after.toFixed(2)));
-    out.appendChild(d);}
-}
-</script></body></html>"""

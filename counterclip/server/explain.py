@@ -1,0 +1,251 @@
+"""The server's only door to the explainers and the report renderer (a rename there is an edit here).
+
+`item_maps` gives the maps the page shows for one answer; `report_html` the self-contained HTML report
+of a whole query. Maps use the relevance explainer, which needs a ViT image tower.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from counterclip.errors import InputError
+from counterclip.explainers import explain, image_counterfactual_maps, text_counterfactual_maps
+from counterclip.index_builder.decode import DecodeError, load_bytes
+from counterclip.report import colorize, overlay, png_data_uri, token_strip
+from counterclip.report.html import counterfactual_report
+
+METHOD = "relevance"
+LEGEND_WIDTH = 256
+MAP_SIDE = 768  # longest side of a map shown on the page (larger images are shrunk before explaining)
+
+
+def _display(image: Image.Image) -> Image.Image:
+    return ImageOps.contain(image, (MAP_SIDE, MAP_SIDE)) if max(image.size) > MAP_SIDE else image
+
+
+def _legend(values: np.ndarray) -> dict[str, Any]:
+    """How to read a map's colours: the colour bar (same scale `overlay` used) and its end values."""
+    values = np.nan_to_num(np.asarray(values, dtype=np.float64))
+    low, high = float(values.min()), float(values.max())
+    signed = low < 0 < high
+    if signed:
+        bound = max(-low, high)
+        low, high = -bound, bound
+    bar = colorize(
+        np.tile(np.linspace(low, high, LEGEND_WIDTH), (12, 1)) if high > low else np.zeros((12, 2))
+    )
+    return {
+        "signed": signed,
+        "low": low,
+        "high": high,
+        "bar": png_data_uri(bar),
+        "reading": (
+            "red: raises the score, blue: lowers it, white: no effect"
+            if signed
+            else "bright: counts most for the score, dark: counts least"
+        ),
+    }
+
+
+def _image_map(title: str, caption: str, image: Image.Image, pixel_map: np.ndarray) -> dict[str, Any]:
+    shown = overlay(image, pixel_map)
+    return {
+        "kind": "image",
+        "title": title,
+        "caption": caption,
+        "png": png_data_uri(shown),
+        "width": shown.width,
+        "height": shown.height,
+        "legend": _legend(pixel_map),
+    }
+
+
+def _plain(title: str, caption: str, image: Image.Image) -> dict[str, Any]:
+    return {
+        "kind": "image",
+        "title": title,
+        "caption": caption,
+        "png": png_data_uri(image.convert("RGB")),
+        "width": image.width,
+        "height": image.height,
+        "legend": None,
+    }
+
+
+def _token_map(title: str, caption: str, tokens: list[str], values: np.ndarray) -> dict[str, Any]:
+    """Tokens with their values and colours (the page draws them as text), and the same as a PNG strip."""
+    strip = token_strip(tokens, values)
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    colours = np.asarray(colorize(values.reshape(1, -1) if len(values) else np.zeros((1, 1))))[0]
+    return {
+        "kind": "tokens",
+        "title": title,
+        "caption": caption,
+        "tokens": [
+            {
+                "text": str(t),
+                "value": float(v),
+                "colour": "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb)),
+            }
+            for t, v, rgb in zip(tokens, values, colours, strict=False)
+        ],
+        "png": png_data_uri(strip),
+        "width": strip.width,
+        "height": strip.height,
+        "legend": _legend(values),
+    }
+
+
+def _needs_vit(model: Any) -> None:
+    blocks = getattr(model, "vision_blocks", None)
+    if blocks is None or not blocks():
+        raise InputError(
+            "explanation maps need a ViT image tower (relevance maps); this index's model has none"
+        )
+
+
+def item_maps(
+    model: Any,
+    side: str,
+    query_image: Image.Image,
+    text: str,
+    result_image: Image.Image | None = None,
+    result_text: str | None = None,
+) -> list[dict[str, Any]]:
+    """The maps of one counterfactual answer, each as a PNG data URI with a legend.
+
+    Args:
+        model: the index's `ClipModel`.
+        side: ``image`` (the answer is ``result_image``) or ``text`` (the answer is ``result_text``).
+        query_image: the original image.
+        text: the query text (for flip: the target label).
+        result_image / result_text: the answer.
+
+    Returns:
+        ``[{kind, title, caption, png, width, height, legend}]`` (``tokens`` too for a word map; ``legend``
+        None for the plain images): the original and the answer (or the image), why the answer
+        matches, and why it rather than the original.
+    """
+    _needs_vit(model)
+    query_image = _display(query_image)
+    if side == "image":
+        assert result_image is not None
+        result_image = _display(result_image)
+        pair, margin = image_counterfactual_maps(model, query_image, result_image, text, method=METHOD)
+        return [
+            _plain("The original", "The original image, for comparison.", query_image),
+            _plain("The answer", "The answer image.", result_image),
+            _image_map(
+                "Why it matches",
+                f"The parts of the answer that make the model score it for \u201c{text}\u201d.",
+                result_image,
+                pair.pixel_map,
+            ),
+            _image_map(
+                "Why it rather than the original",
+                f"The parts of the answer that pull it toward \u201c{text}\u201d and away from the original image.",
+                result_image,
+                margin.pixel_map,
+            ),
+        ]
+    assert result_text is not None
+    pair, margin = text_counterfactual_maps(model, query_image, text, result_text, method=METHOD)
+    maps = [
+        _plain("The image", "The original image both texts are scored against.", query_image),
+        _image_map(
+            "Why it matches",
+            f"The parts of the image the model links to \u201c{result_text}\u201d.",
+            query_image,
+            pair.pixel_map,
+        ),
+    ]
+    if pair.tokens is not None and pair.token_map is not None:
+        maps.append(
+            _token_map(
+                "Which words count",
+                f"How much each word of \u201c{result_text}\u201d counts for its score with the image.",
+                list(pair.tokens),
+                np.asarray(pair.token_map),
+            )
+        )
+    maps.append(
+        _image_map(
+            "Why it rather than the original text",
+            f"The parts of the image that favour \u201c{result_text}\u201d over \u201c{text}\u201d.",
+            query_image,
+            margin.pixel_map,
+        )
+    )
+    return maps
+
+
+def report_html(
+    model: Any,
+    result: Any,
+    query_image: Image.Image | None,
+    image_of: Callable[[int], tuple[str, bytes] | None],
+    with_maps: bool = True,
+) -> str:
+    """The self-contained HTML report of one counterfactual result.
+
+    Args:
+        model: the index's `ClipModel`.
+        result: the engine's `CounterfactualResult`.
+        query_image: the original image (shown at the top).
+        image_of: id -> ``(path relative to the root, checked file bytes)`` or None; the report reads
+            images only through it (copied into a private folder), never from the index root itself.
+        with_maps: add each answer's maps (ViT models only).
+
+    Returns:
+        HTML text.
+    """
+    data = result.to_dict()
+    maps: dict[int, list[Image.Image]] = {}
+    query_maps: list[Image.Image] = []
+    text = result.text if result.text is not None else result.query.get("target")
+    can_map = with_maps and bool(getattr(model, "vision_blocks", lambda: [])())
+    query_image = _display(query_image) if query_image is not None else None
+    with tempfile.TemporaryDirectory(prefix="counterclip-report-") as folder:
+        root = Path(folder)
+        kept: dict[int, Image.Image] = {}
+        items = list(data["items"]) + [i for group in data.get("baselines", {}).values() for i in group]
+        for item in items:
+            if item.get("kind") != "image" or item["id"] in kept:
+                continue
+            found = image_of(int(item["id"]))
+            if found is None:
+                continue
+            rel, payload = found
+            target = (root / rel).resolve()
+            if not str(target).startswith(str(root.resolve()) + os.sep):
+                continue
+            try:
+                kept[item["id"]] = _display(load_bytes(payload).image)
+            except DecodeError:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(payload)
+        if can_map and query_image is not None and text:
+            query_maps.append(
+                overlay(query_image, explain(model, query_image, text, method=METHOD).pixel_map)
+            )
+            for item in result.items:
+                if result.side == "image" and item.id in kept:
+                    pair, margin = image_counterfactual_maps(
+                        model, query_image, kept[item.id], text, method=METHOD
+                    )
+                    maps[item.id] = [
+                        overlay(kept[item.id], pair.pixel_map),
+                        overlay(kept[item.id], margin.pixel_map),
+                    ]
+                elif result.side == "text" and item.text:
+                    pair = explain(model, query_image, item.text, method=METHOD, modality="text")
+                    maps[item.id] = [token_strip(pair.tokens, pair.token_map)]
+        return counterfactual_report(data, root, query_image=query_image, maps=maps, query_maps=query_maps)
