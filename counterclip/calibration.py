@@ -20,6 +20,7 @@ model it belongs to: a calibration for another model is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -243,33 +244,48 @@ def self_calibration(
     """A calibration from the index itself, for indexes without known pairs.
 
     Each sampled image's best-scoring caption among the index's captions stands for its true description
-    (the model's own zero-shot reading) when the reading is mutual: the image is also among the top 5% of
-    images for that caption. Random (image, caption) pairs stand for the rest. An untrained model's best
-    caption is the extreme of noise and is mutual only by chance (5%); unless at least a quarter of the
-    images have mutual readings, there is no calibration to draw. Where the captions cover what the images
-    show (a vocabulary of the collection's concepts), the mutual best caption is the true one and the line
-    matches a calibration on known pairs.
+    (the model's own zero-shot reading) when the reading is mutual (the image is also among the top 5% of
+    images for that caption); random (image, caption) pairs stand for the rest. Where the captions cover
+    what the images show (a vocabulary of the collection's concepts), the best caption is the true one and
+    the line matches a calibration on known pairs.
+
+    It holds only if the readings mean something: the images' best scores must stand clearly above the
+    best scores the same images reach among *null* captions (the caption vectors with their dimensions
+    shuffled: the same spread of texts, no alignment with the images). An untrained model, or captions
+    unrelated to the images, fails that test (measured: the bundled shapes model separates them with
+    AUC 1.0, a random tiny open_clip model with 0.17).
 
     Args:
         image_vecs: ``(n, d)`` a sample of the index's images (``n >= MIN_PAIRS``).
         caption_vecs: ``(m, d)`` the index's captions (or a sample), ``m >= 2``.
 
     Raises:
-        InputError: too few mutual readings (an untrained model, or captions unrelated to the images).
+        InputError: the readings do not beat the null captions, or too few are mutual.
     """
+    from sklearn.metrics import roc_auc_score
+
     rng = np.random.default_rng(seed)
-    scores = np.concatenate(
-        [pair_score.matrix(image_vecs[i : i + 512], caption_vecs) for i in range(0, len(image_vecs), 512)]
-    )
+
+    def scores_with(captions: np.ndarray) -> np.ndarray:
+        return np.concatenate(
+            [pair_score.matrix(image_vecs[i : i + 512], captions) for i in range(0, len(image_vecs), 512)]
+        )
+
+    scores = scores_with(caption_vecs)
+    null = scores_with(np.ascontiguousarray(caption_vecs[:, rng.permutation(caption_vecs.shape[1])]))
     rows = np.arange(len(scores))
     best_caption = scores.argmax(axis=1)
     best = scores[rows, best_caption]
+    null_best = null.max(axis=1)
+    labels = np.concatenate([np.ones(len(best)), np.zeros(len(null_best))])
+    null_auc = float(roc_auc_score(labels, np.concatenate([best, null_best])))
     rank_among_images = (scores[:, best_caption] > best[None, :]).sum(axis=0)
     mutual = rank_among_images < max(1, int(0.05 * len(scores)))
-    if mutual.mean() < 0.25:
+    if null_auc < 0.9 or mutual.mean() < 0.25:
         raise InputError(
-            f"only {mutual.mean():.0%} of the images and their best captions agree both ways: the model's "
-            "own readings cannot calibrate it (is it trained? do the captions describe the images?)"
+            f"the model's own readings of the index do not hold (best captions beat null captions with AUC "
+            f"{null_auc:.2f}, {mutual.mean():.0%} agree both ways): is the model trained, and do the captions "
+            "describe the images?"
         )
     random_pairs = scores[rows, rng.integers(0, scores.shape[1], size=len(scores))]
     calibration = fit_calibration(
@@ -281,4 +297,6 @@ def self_calibration(
         "index's agrees both ways",
         seed=seed,
     )
-    return calibration
+    return dataclasses.replace(
+        calibration, extras={"null_auc": null_auc, "mutual_rate": float(mutual.mean())}
+    )

@@ -29,6 +29,7 @@ class ColourModel:
     logit_scale = 10.0
     pair_score = PairScore(10.0)
     fingerprint = "colour-model"
+    spec = "colour-model"
     calibration = None
 
     def __init__(self, texts: dict[str, np.ndarray]) -> None:

@@ -94,7 +94,11 @@ def test_upload_search(page, live_server, shapes_site, tmp_path, screenshot) -> 
     wait_for(page, lambda d: css(d, "#search-results .card"), 60, "upload results")
     import base64
 
-    body = {"image": {"base64": base64.b64encode(upload.read_bytes()).decode()}, "k": 24, "collection": "images"}
+    body = {
+        "image": {"base64": base64.b64encode(upload.read_bytes()).decode()},
+        "k": 24,
+        "collection": "images",
+    }
     expected = live_server.api("/search", body)
     assert card_ids(page) == [i["id"] for i in expected["items"]]
     assert "my photo.png" in page.find_element(By.ID, "original").text
