@@ -82,6 +82,9 @@ class EngineOptions:
     baselines: bool = True  # compute the baselines alongside
     typical_sample: int = 1024  # index vectors sampled to estimate a typical (non-matching) score
     text_proximity: str = "words"  # text side ranking: "words" (fewest word edits first) or "embedding"
+    # which calibration the verdicts use: "auto" (the best that holds, see Engine.evidence) or one source:
+    # "native", "captions" (recorded with the index), "model" (shipped with it), "self", "none"
+    calibration: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,17 @@ class QueryImage:
     vector: np.ndarray  # (d,)
     id: int | None
     described: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """What a counterfactual query asks, as given (checked by `Engine._check_query`)."""
+
+    text: str | None
+    side: str
+    mode: str
+    labels: Sequence[str] | None
+    target: str | None
 
 
 @dataclass
@@ -149,7 +163,7 @@ class Engine:
         self.options = options or EngineOptions()
         self._lock = threading.RLock()  # guards the lazily computed, then read-only, state below
         self._samples: dict[str, np.ndarray] = {}
-        self._evidence: Evidence | None = None
+        self._evidence: dict[str, Evidence] = {}
         self._lexicon: Lexicon | None = None
 
     @classmethod
@@ -242,19 +256,29 @@ class Engine:
     # --- evidence ---------------------------------------------------------------------------------
     @property
     def evidence(self) -> Evidence:
-        """The calibration the verdicts use, chosen once per engine.
+        """The calibration the verdicts use (with the engine's options), chosen once per engine.
 
-        In order: the model's own absolute score (a sigmoid link); a calibration the user fitted with
-        ``counterclip calibrate``; the one shipped with the model; the one fitted at build time on the
+        ``auto``, in order: the model's own absolute score (a sigmoid link); a calibration the user fitted
+        with ``counterclip calibrate``; the one shipped with the model; the one fitted at build time on the
         index's captions; one fitted from the index itself (images against the index's captions); none.
         """
-        with self._lock:
-            if self._evidence is None:
-                self._evidence = Evidence(self._choose_calibration())
-            return self._evidence
+        return self.evidence_for(self.options.calibration)
 
-    def _choose_calibration(self) -> Calibration | None:
-        if self.pair_score.absolute:
+    def evidence_for(self, source: str) -> Evidence:
+        """The calibration of ``source`` (see `EngineOptions.calibration`), computed once."""
+        with self._lock:
+            if source not in self._evidence:
+                self._evidence[source] = Evidence(self._choose_calibration(source))
+            return self._evidence[source]
+
+    def _choose_calibration(self, wanted: str) -> Calibration | None:
+        if wanted not in ("auto", "native", "captions", "model", "self", "none"):
+            raise InputError(
+                f"calibration must be auto, native, captions, model, self or none, got {wanted!r}"
+            )
+        if wanted == "none":
+            return None
+        if wanted in ("auto", "native") and self.pair_score.absolute:
             return native_calibration()
         fingerprint = self.model.fingerprint
         from_index = getattr(self.index, "calibration", None)
@@ -263,10 +287,17 @@ class Engine:
         shipped = getattr(self.model, "calibration", None)
         if shipped is not None and shipped.fingerprint != fingerprint:
             shipped = None
-        if from_index is not None and from_index.extras.get("origin") == "calibrate":
+        if wanted == "captions":
             return from_index
-        if shipped is not None or from_index is not None:
-            return shipped or from_index
+        if wanted == "model":
+            return shipped
+        if wanted == "auto":
+            if from_index is not None and from_index.extras.get("origin") == "calibrate":
+                return from_index
+            if shipped is not None or from_index is not None:
+                return shipped or from_index
+        if wanted not in ("auto", "self"):
+            return None
         images, captions = self.index.images, self.index.captions
         if captions.count < 2 or images.count < MIN_PAIRS:
             return None
@@ -399,18 +430,16 @@ class Engine:
             threshold used, the baselines, stale entries found, and timings.
         """
         opts = self._query_options(options, k, overrides)
-        self._check_query(side, mode, text, opts)
+        asked = _Asked(text, side, mode, labels, target)
+        self._check_query(asked, opts)
         watch = _Stopwatch()
-        query_image = self.resolve_image(image)
-        moving, criterion, query = self._side_and_criterion(
-            query_image, text, side, mode, labels, target, opts
-        )
+        moving, criterion, query = self._side_and_criterion(self.resolve_image(image), asked, opts)
         watch.lap("encode")
         path, values = gradient_path(moving.start, criterion.objective(), opts.path, stop=criterion.stop)
         watch.lap("path")
         candidates = self._candidates(moving, criterion, path, opts)
         texts = list(query.get("labels") or [text])
-        evidence = self.evidence.doubting(misspelt(texts, self.lexicon))
+        evidence = self.evidence_for(opts.calibration).doubting(misspelt(texts, self.lexicon))
         items, stale = self._rank_and_verify(moving, criterion, candidates, opts, evidence)
         watch.lap("search_verify")
         baselines = self._baselines(moving, criterion, opts, evidence) if opts.baselines else {}
@@ -439,7 +468,8 @@ class Engine:
             opts = dataclasses.replace(opts, **overrides)
         return dataclasses.replace(opts, k=k) if k is not None else opts
 
-    def _check_query(self, side: str, mode: str, text: str | None, opts: EngineOptions) -> None:
+    def _check_query(self, asked: _Asked, opts: EngineOptions) -> None:
+        side, mode, text = asked.side, asked.mode, asked.text
         if side not in SIDES:
             raise InputError(f"side must be one of {', '.join(SIDES)}, got {side!r}")
         if mode not in MODES:
@@ -465,18 +495,12 @@ class Engine:
         return CaptionSide(self.index.captions, start, text, self.model, opts.text_proximity == "words")
 
     def _side_and_criterion(
-        self,
-        query_image: QueryImage,
-        text: str | None,
-        side: str,
-        mode: str,
-        labels: Sequence[str] | None,
-        target: str | None,
-        opts: EngineOptions,
+        self, query_image: QueryImage, asked: _Asked, opts: EngineOptions
     ) -> tuple[Side, Criterion, dict[str, Any]]:
         """Encode the rest of the query; the moving side, the criterion and the query's description."""
+        text, mode = asked.text, asked.mode
         if mode == "flip":
-            labels, target = check_labels(labels, target)
+            labels, target = check_labels(asked.labels, asked.target)
             label_vecs = self.model.encode_texts(labels).numpy()
             criterion = Flip.build(self.pair_score, query_image.vector, labels, label_vecs, target)
             probabilities = criterion.probabilities(query_image.vector[None])[0]
@@ -488,7 +512,7 @@ class Engine:
             }
             return self._side("image", query_image.vector, query_image.id, "", opts), criterion, query
         text_vec = self.encode_text(text)
-        if side == "image":
+        if asked.side == "image":
             moving = self._side("image", query_image.vector, query_image.id, text, opts)
             fixed = text_vec
         else:
@@ -577,7 +601,13 @@ class Engine:
             batch = ranked[start : start + opts.k]
             fresh = side.reencode(found.ids[batch]) if opts.verify else [(None, None)] * len(batch)
             for row, (new, reason) in zip(batch, fresh, strict=True):
-                item = self._checked_item(side, criterion, found, row, new, reason, opts.verify, stale)
+                if opts.verify and new is not None and float(new @ found.vectors[row]) < STALE_COS:
+                    reason = "changed since indexing"  # same bytes, another vector: not this model's
+                if opts.verify and reason is not None:
+                    item = side.item(int(found.ids[row]))
+                    stale.append({"id": item.id, "path": item.path, "text": item.text, "reason": reason})
+                    continue
+                item = self._scored_item(side, criterion, found, row, new)
                 if item is None:
                     continue
                 evidence.judge(
@@ -590,30 +620,16 @@ class Engine:
                     break
         return items, stale
 
-    def _checked_item(
-        self,
-        side: Side,
-        criterion: Criterion,
-        found: _Candidates,
-        row: int,
-        fresh: np.ndarray | None,
-        reason: str | None,
-        verify: bool,
-        stale: list[dict[str, Any]],
+    def _scored_item(
+        self, side: Side, criterion: Criterion, found: _Candidates, row: int, fresh: np.ndarray | None
     ) -> ResultItem | None:
-        """The item of ``row`` scored from its fresh vector or, when there is none to make (no verification
-        asked, or no source to re-score from), its stored one; None when it is stale (recorded in
-        ``stale``) or no longer passes the criterion."""
+        """The item of ``row`` scored from its fresh vector or, when there is none (no verification asked,
+        or no source to re-score from), its stored one; None when the fresh vector no longer passes."""
         stored = found.vectors[row]
-        item = side.item(int(found.ids[row]))
-        if verify and fresh is not None and float(fresh @ stored) < STALE_COS:
-            reason = "changed since indexing"  # same bytes, another vector: not this model's
-        if verify and reason is not None:
-            stale.append({"id": item.id, "path": item.path, "text": item.text, "reason": reason})
-            return None
-        vector = fresh if fresh is not None else stored
         if fresh is not None and not bool(criterion.valid(fresh[None])[0]):
             return None
+        item = side.item(int(found.ids[row]))
+        vector = fresh if fresh is not None else stored
         item.score_before = criterion.original
         item.score_after = float(criterion.score(vector[None])[0])
         item.delta = item.score_after - criterion.original

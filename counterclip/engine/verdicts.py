@@ -48,8 +48,10 @@ class Evidence:
     def judge(self, item: ResultItem, criterion: Criterion, vector: np.ndarray, rescored: bool) -> None:
         """Set ``item.verdict``, ``item.p_match`` and ``item.verified`` for an answer that passed the rule."""
         item.p_match = self.p_match(float(criterion.match_score(vector[None])[0]))
-        agrees = self.usable and item.p_match is not None and (
-            item.p_match >= MATCH if criterion.wants_match else item.p_match <= NO_MATCH
+        agrees = (
+            self.usable
+            and item.p_match is not None
+            and (item.p_match >= MATCH if criterion.wants_match else item.p_match <= NO_MATCH)
         )
         item.verdict = "unverifiable" if not rescored else ("verified" if agrees else "weak")
         item.verified = item.verdict == "verified"
