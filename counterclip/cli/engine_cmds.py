@@ -173,6 +173,16 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         threshold: float = typer.Option(
             None, "--threshold", help="Absolute score threshold (overrides --margin)."
         ),
+        diversity: float = typer.Option(
+            None,
+            "--diversity",
+            min=0.0,
+            max=1.0,
+            help="Distinct changes before repeats among the k (default 0.3; 0 = closest first).",
+        ),
+        calibration: str = typer.Option(
+            "auto", "--calibration", help="The verdicts' calibration: auto | captions | model | self | none."
+        ),
         report: Path = typer.Option(None, "--report", help="Write a self-contained HTML report here."),
         device: str = typer.Option("auto", help="auto | cpu | cuda"),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -194,6 +204,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             overrides["nomatch_margin" if mode == "decrease" else "match_margin"] = margin
         if threshold is not None:
             overrides["threshold"] = threshold
+        if diversity is not None:
+            overrides["diversity"] = diversity
+        overrides["calibration"] = calibration
         label_list = [s for s in (labels or "").split(",") if s.strip()] or None
         with _open_engine(index, device) as engine:
             query = _parse_image(image)
