@@ -59,7 +59,7 @@ def test_explain_labels_margin_and_index(tiny_openclip, image_file, tmp_path, ca
         == 0
     )
     payload = json.loads(capsys.readouterr().out)
-    assert payload["target"] == "margin 'a blue square' over 'a red circle'"
+    assert payload["explains"] == "margin 'a blue square' over 'a red circle'"
     assert run([*args, "--target", "a green star"]) == 2
     assert "--target" in capsys.readouterr().err
 

@@ -1,4 +1,5 @@
-"""Shared plumbing: model-state guard, the [0, 1] pixel <-> model-input codec, prepared inputs, maps."""
+"""Shared plumbing: model-state guard, the [0, 1] pixel <-> model-input codec, prepared inputs, maps,
+block selection."""
 
 from __future__ import annotations
 
@@ -174,3 +175,21 @@ def image_embedding(model: ClipModel, codec: PixelCodec, pixels: torch.Tensor) -
     """Constant (no-graph) image embeddings ``(n, d)`` for [0, 1] pixels."""
     with torch.no_grad():
         return model.image_features(codec.to_model(pixels)).detach()
+
+
+def select_blocks(count: int, blocks: int | Sequence[int] | None) -> list[int]:
+    """Indices of the blocks to use: None = all, an int k = the last k, a sequence = those indices."""
+    if count == 0:
+        raise InputError(
+            "this tower has no transformer blocks (a conv tower?): use --method gradcam, ig or lime"
+        )
+    if blocks is None:
+        return list(range(count))
+    if isinstance(blocks, int):
+        if blocks < 1:
+            raise InputError(f"--blocks must be at least 1, got {blocks}")
+        return list(range(max(0, count - blocks), count))
+    chosen = sorted({b % count for b in blocks})
+    if not chosen:
+        raise InputError("no blocks selected")
+    return chosen

@@ -1,0 +1,54 @@
+"""The report package's one way to write a file: atomically (temp file beside it, fsync, rename)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one; returns the path.
+
+    The bytes go to a temp file in the same folder, are fsynced and renamed over ``path``; on any error
+    the temp file is removed and an existing ``path`` is left as it was.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """`write_bytes_atomic` of UTF-8 text."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    """``img`` encoded as PNG."""
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_png(img: Image.Image, path: str | os.PathLike[str]) -> Path:
+    """Write ``img`` as PNG atomically (encoded first, so a failed encoding never touches ``path``)."""
+    return write_bytes_atomic(path, png_bytes(img))
+
+
+def png_data_uri(img: Image.Image) -> str:
+    """``data:image/png;base64,...`` for embedding an image in a self-contained HTML page."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode("ascii")
