@@ -180,7 +180,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                 for name in names:
                     out.print(name + ("  (default)" if name == ex.default_layer(clip) else ""))
             return
-        chosen_method = ex.REGISTRY.get(method)
+        registered = ex.REGISTRY.get(method)
         if image is None:
             raise CliError("--image is required (unless --list-layers or --list-methods)")
         pil = _open_image(image)
@@ -189,19 +189,19 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             raise CliError("give --text or --labels, not both")
         if not label_set and not text:
             raise CliError("give --text CAPTION or --labels a,b,c")
-        chosen = None
+        explained = None  # the score explained: a Target (None: the default for the texts)
         if label_set:
             for name, flag in ((target, "--target"), (versus, "--versus")):
                 if name is not None and name not in label_set:
                     raise CliError(f"{flag} {name!r} is not one of --labels ({', '.join(label_set)})")
             index_a = label_set.index(target) if target else 0
             if versus is not None:
-                chosen = ex.Margin(index_a, label_set.index(versus), clip.pair_score)
+                explained = ex.Margin(index_a, label_set.index(versus), clip.pair_score)
             else:
-                chosen = ex.LabelProbability(index_a, clip.pair_score)
+                explained = ex.LabelProbability(index_a, clip.pair_score)
         elif target or versus:
             raise CliError("--target/--versus need --labels")
-        mode = modality or ("both" if "both" in chosen_method.modalities and not label_set else "image")
+        mode = modality or ("both" if "both" in registered.modalities and not label_set else "image")
         flags = {
             "--blocks": blocks,
             "--layer": layer,
@@ -210,9 +210,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             "--steps": steps,
             "--samples": samples,
         }
-        options = method_options(chosen_method, flags, option or [])
+        options = method_options(registered, flags, option or [])
         exp = ex.explain(
-            clip, pil, label_set or [text], method=method, target=chosen, modality=mode, **options
+            clip, pil, label_set or [text], method=method, target=explained, modality=mode, **options
         )
         written: dict[str, str] = {}
         if out_file is not None:

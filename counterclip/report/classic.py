@@ -241,13 +241,13 @@ def write_cnn_result(result: CnnResult, shown: Image.Image, out_dir: str | Path)
     """
     out_dir = Path(out_dir)
     explanations = result.explanations
-    if result.kind == "counterfactual":
+    if result.flow == "counterfactual":
         [edited] = explanations
         return [
             save_png(edited.extras["edited_image"], out_dir / "edited.png"),
             save_counterfactual(shown, edited, out_dir / "counterfactual.png"),
         ]
-    if result.kind == "sweep":
+    if result.flow == "sweep":
         titles = [f"{e.extras['layer']} ({e.extras['class_name']})" for e in explanations]
         return [save_panel(shown, explanations, out_dir / "sweep.png", titles=titles)]
     method = explanations[0].method

@@ -70,12 +70,6 @@ class PixelCodec:
         std = self.std.to(pixels.device, pixels.dtype).view(1, 3, 1, 1)
         return (pixels - mean) / std
 
-    def from_model(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Model input -> ``[0, 1]`` pixels."""
-        mean = self.mean.to(inputs.device, inputs.dtype).view(1, 3, 1, 1)
-        std = self.std.to(inputs.device, inputs.dtype).view(1, 3, 1, 1)
-        return inputs * std + mean
-
     def pil_to_pixels(self, image: Image.Image) -> torch.Tensor:
         """PIL image -> ``(1, 3, H, W)`` float32 in [0, 1] at the model's size (squashed, never cropped).
 

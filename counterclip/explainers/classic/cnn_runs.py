@@ -61,12 +61,12 @@ class CnnResult:
     """The explanations of one request, and how they relate.
 
     Attributes:
-        kind: ``maps`` (one map per class), ``sweep`` (one Grad-CAM per layer) or ``counterfactual``.
+        flow: ``maps`` (one map per class), ``sweep`` (one Grad-CAM per layer) or ``counterfactual``.
         explanations: the explanations, in the order asked.
         overlap: ``(k, k)`` IoU of the classes' top-20% regions when several classes were compared.
     """
 
-    kind: str
+    flow: str
     explanations: list[Explanation]
     overlap: np.ndarray | None = None
 
