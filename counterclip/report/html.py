@@ -159,4 +159,5 @@ def counterfactual_report(
     )
 
 
+# write_text_atomic lives in counterclip.report.files; it stays importable from here for older callers.
 __all__ = ["counterfactual_report", "image_data_uri", "write_text_atomic"]
