@@ -15,33 +15,11 @@ import typer
 from counterclip.cli._common import out, print_json
 from counterclip.errors import InputError
 
+# The choices each command accepts (the libraries hold the same tuples: CNN_RUN_METHODS, TEXT_METHODS,
+# TABULAR_METHODS; spelled here so `--help` needs no torch import).
 CNN_CHOICES = ("gradcam", "guided-backprop", "guided-gradcam", "saliency", "ig", "lrp", "counterfactual")
 TEXT_CHOICES = ("ig", "lime", "both")
 TABULAR_CHOICES = ("pdp", "ice", "pdp-2d", "lime", "compare")
-
-
-def _plain(value: Any) -> Any:
-    """Numpy values (also nested in lists and dicts) as JSON-ready Python values."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _explanation_json(explanation: Any, drop: tuple[str, ...] = ()) -> dict:
-    """An explanation as JSON (maps left out: they are in the PNGs), without the ``drop`` extras."""
-    payload = explanation.to_dict(include_maps=False)
-    payload["extras"] = {k: v for k, v in payload["extras"].items() if k not in drop}
-    if explanation.token_map is not None:
-        payload["token_map"] = explanation.token_map.tolist()
-    if explanation.feature_values is not None:
-        payload["feature_values"] = explanation.feature_values.tolist()
-    return _plain(payload)
 
 
 def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
@@ -112,11 +90,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
           counterclip explain-cnn --arch vgg11 --random-weights --list-layers
         """
-        from PIL import Image, UnidentifiedImageError
-
-        from counterclip.explainers.classic import cnn, layers, plots
-        from counterclip.explainers.classic.cnn_counterfactual import pixel_counterfactual
-        from counterclip.report import panel, save_png
+        from counterclip.explainers.classic import cnn, cnn_runs, layers
+        from counterclip.report.classic import write_cnn_result
 
         _choice(method, CNN_CHOICES, "--method")
         _choice(baseline, ("mean", "black"), "--baseline")
@@ -138,79 +113,36 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             return
         if image is None:
             raise InputError("give an IMAGE to explain (or --list-layers)")
-        if not image.is_file():
-            raise InputError(f"image {image} does not exist")
-        try:
-            picture = Image.open(image)
-            picture.load()
-        except (UnidentifiedImageError, OSError) as exc:
-            raise InputError(f"cannot read {image} as an image ({exc})") from exc
-        x, shown = cnn.preprocess_image(picture, size)
-        n_outputs = _n_outputs(model, x)
-        names = cnn.load_class_names(labels, n_outputs)
-        target_ids = cnn.resolve_targets(targets or [], names)
-        if layer is not None:
-            layers.get_layer(model, layer)
-        files: list[str] = []
+        x, shown = cnn.preprocess_image(cnn_runs.read_image(image), size)
+        names = cnn.load_class_names(labels, cnn_runs.num_outputs(model, x))
+        request = cnn_runs.CnnRequest(
+            method=method,
+            targets=tuple(cnn.resolve_targets(targets or [], names)),
+            layer=layer,
+            sweep=tuple(s.strip() for s in sweep.split(",")) if sweep is not None else None,
+            steps=steps,
+            baseline=baseline,
+            source=cnn.resolve_targets([from_class], names)[0] if from_class is not None else None,
+            proximity=proximity,
+        )
+        result = cnn_runs.run_cnn(model, x, shown, request, names)
+        explanations = result.explanations
+        files = [str(path) for path in write_cnn_result(result, shown, out_dir)]
         payload: dict[str, Any] = {
             "image": str(image),
             "arch": arch,
             "weights": str(weights) if weights else None,
         }
-        if method == "counterfactual":
-            if len(target_ids) != 1:
-                raise InputError("--method counterfactual needs exactly one --target (class B)")
-            source = cnn.resolve_targets([from_class], names)[0] if from_class is not None else None
-            result = pixel_counterfactual(
-                model,
-                shown,
-                target_class=target_ids[0],
-                source_class=source,
-                steps=steps or 100,
-                proximity=proximity,
-                class_names=names,
-            )
-            files.append(str(save_png(result.extras["edited_image"], out_dir / "edited.png")))
-            files.append(str(plots.save_counterfactual(shown, result, out_dir / "counterfactual.png")))
-            explanations = [result]
-        elif sweep is not None:
-            sweep_layers = layers.default_sweep_layers(model) if sweep == "auto" else sweep.split(",")
-            explanations = cnn.layer_sweep(
-                model, x, [s.strip() for s in sweep_layers], target_ids[0] if target_ids else None, names
-            )
-            titles = [f"{e.extras['layer']} ({e.extras['class_name']})" for e in explanations]
-            files.append(str(plots.save_panel(shown, explanations, out_dir / "sweep.png", titles=titles)))
-        else:
-            explanations = cnn.explain_cnn(
-                model,
-                x,
-                method,
-                target_ids or None,
-                layer,
-                names,
-                n_steps=steps or 50,
-                ig_baseline=cnn.black_baseline(size) if baseline == "black" else None,
-            )
-            if len(explanations) == 1:
-                files.append(str(save_png(panel(shown, explanations[0]), out_dir / f"{method}.png")))
-            else:
-                titles = [f"{e.extras['class_name']} (p={e.extras['probability']:.3f})" for e in explanations]
-                files.append(
-                    str(plots.save_panel(shown, explanations, out_dir / f"{method}.png", titles=titles))
-                )
-                iou = cnn.overlap_matrix(explanations, fraction=0.2)
-                payload["overlap_iou_top20"] = iou.tolist()
-                files.append(
-                    str(plots.save_overlap(shown, explanations, iou, out_dir / f"{method}-overlap.png"))
-                )
-        payload["explanations"] = [_explanation_json(e) for e in explanations]
+        if result.overlap is not None:
+            payload["overlap_iou_top20"] = result.overlap.tolist()
+        payload["explanations"] = [e.summary() for e in explanations]
         payload["files"] = files
         if as_json:
             print_json(payload)
             return
         for explanation in explanations:
             out.print(
-                f"[bold]{explanation.method}[/] {explanation.target}: score {explanation.score:.4f}"
+                f"[bold]{explanation.method}[/] {explanation.explains}: score {explanation.score:.4f}"
                 f"  ({explanation.forward_passes} forward / {explanation.backward_passes} backward passes,"
                 f" {explanation.seconds:.2f} s)",
                 highlight=False,
@@ -249,40 +181,21 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
           counterclip explain-text-classifier "not bad at all" --model ./sst2-model --method both --target POSITIVE --json
         """
-        from counterclip.explainers.classic import plots
-        from counterclip.explainers.classic.text_classifier import (
-            explain_text_ig,
-            explain_text_lime,
-            load_text_classifier,
-        )
-        from counterclip.report import panel, save_png
+        from counterclip.explainers.classic.text_classifier import explain_text, load_text_classifier
+        from counterclip.report.classic import write_token_result
 
         _choice(method, TEXT_CHOICES, "--method")
-        if not text.strip():
-            raise InputError("the text to explain is empty")
-        if steps < 1 or samples < 10:
-            raise InputError("--steps must be at least 1 and --samples at least 10")
         model, tokenizer = load_text_classifier(model_source)
-        explanations = []
-        if method in ("ig", "both"):
-            explanations.append(explain_text_ig(model, tokenizer, text, target, n_steps=steps))
-        if method in ("lime", "both"):
-            explanations.append(
-                explain_text_lime(model, tokenizer, text, target, num_samples=samples, seed=seed)
-            )
-        files = []
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for explanation in explanations:
-            files.append(str(save_png(panel(_blank(), explanation), out_dir / f"{explanation.method}.png")))
-        html_path = out_dir / "tokens.html"
-        html_path.write_text(plots.token_html(explanations, title=text), encoding="utf-8")
-        files.append(str(html_path))
+        explanations = explain_text(
+            model, tokenizer, text, method, target, steps=steps, samples=samples, seed=seed
+        )
+        files = [str(path) for path in write_token_result(explanations, text, out_dir)]
         if as_json:
             print_json(
                 {
                     "text": text,
                     "model": model_source,
-                    "explanations": [_explanation_json(e) for e in explanations],
+                    "explanations": [e.summary() for e in explanations],
                     "files": files,
                 }
             )
@@ -294,7 +207,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             )
             note = explanation.extras.get("convergence_delta")
             out.print(
-                f"[bold]{explanation.method}[/] {explanation.target} = {explanation.score:.4f}"
+                f"[bold]{explanation.method}[/] {explanation.explains} = {explanation.score:.4f}"
                 + (f" (convergence delta {note:+.2e})" if note is not None else ""),
                 highlight=False,
             )
@@ -342,7 +255,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
           counterclip explain-tabular --dataset diabetes --method compare --feature bmi --model random-forest --compare-model linear
         """
-        from counterclip.explainers.classic import plots, tabular
+        from counterclip.explainers.classic import tabular
+        from counterclip.report.classic import write_tabular_result
 
         _choice(method, TABULAR_CHOICES, "--method")
         if (csv_path is None) == (dataset is None):
@@ -353,56 +267,27 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             data = tabular.load_csv(csv_path, target, task)
         else:
             data = tabular.load_bundled(dataset)
-        for feature in features or []:
-            data.feature_index(feature)
-        model = tabular.fit_model(data, model_kind, seed=seed)
-        files: list[str] = []
-        if method == "lime":
-            explanations = [
-                tabular.explain_lime_tabular(model, data, row, target_class, num_samples=samples, seed=seed)
-            ]
-            files.append(str(plots.save_lime_bars(explanations[0], out_dir / f"lime-row{row}.png")))
-        else:
-            wanted = 2 if method == "pdp-2d" else 1
-            if len(features or []) != wanted:
-                raise InputError(
-                    f"--method {method} needs {wanted} --feature option(s), got {len(features or [])}"
-                )
-            kind = "both" if method == "ice" else "average"
-            explanations = [
-                tabular.explain_partial_dependence(
-                    model,
-                    data,
-                    features,
-                    kind=kind,
-                    centered=centered,
-                    grid_resolution=grid,
-                    target_class=target_class,
-                )
-            ]
-            labels = None
-            if method == "compare":
-                other = tabular.fit_model(data, compare_model, seed=seed)
-                explanations.append(
-                    tabular.explain_partial_dependence(
-                        other,
-                        data,
-                        features,
-                        centered=centered,
-                        grid_resolution=grid,
-                        target_class=target_class,
-                    )
-                )
-                labels = [model_kind, compare_model]
-            stem = f"{method}-{'-'.join(_safe(f) for f in features)}"
-            figure = plots.pdp_figure(explanations, labels=labels)
-            files.append(str(plots.save_figure(figure, out_dir / f"{stem}.png")))
+        request = tabular.TabularRequest(
+            method=method,
+            model=model_kind,
+            features=tuple(features or ()),
+            row=row,
+            centered=centered,
+            compare_model=compare_model,
+            target_class=target_class,
+            grid=grid,
+            samples=samples,
+            seed=seed,
+        )
+        result = tabular.run_tabular(data, request)
+        explanations = result.explanations
+        files = [str(path) for path in write_tabular_result(result, out_dir)]
         payload = {
             "data": data.source,
             "task": data.task,
             "rows": int(data.X.shape[0]),
             "model": model_kind,
-            "explanations": [_explanation_json(e, drop=("individual",)) for e in explanations],
+            "explanations": [e.summary(drop_extras=("individual",)) for e in explanations],
             "files": files,
         }
         if as_json:
@@ -411,7 +296,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         for explanation in explanations:
             subject = f"row {row}" if explanation.method == "lime" else ", ".join(explanation.feature_names)
             out.print(
-                f"[bold]{explanation.method}[/] {subject}: {explanation.target}, "
+                f"[bold]{explanation.method}[/] {subject}: {explanation.explains}, "
                 f"score {explanation.score:.4f} ({explanation.seconds:.2f} s)",
                 highlight=False,
             )
@@ -419,25 +304,3 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                 for text, weight in explanation.extras["conditions"][:8]:
                     out.print(f"  {weight:+.4f}  {text}", highlight=False)
         out.print("wrote " + ", ".join(files), highlight=False)
-
-
-def _n_outputs(model: Any, x: Any) -> int:
-    """Number of classes the model outputs for one input."""
-    import torch
-
-    from counterclip.explainers.classic.layers import scoped_eval
-
-    with scoped_eval(model), torch.no_grad():
-        return int(model(x).shape[1])
-
-
-def _blank() -> Any:
-    """A 1x1 white image: `report.panel` draws only the token strip when the explanation has no pixel map."""
-    from PIL import Image
-
-    return Image.new("RGB", (1, 1), "white")
-
-
-def _safe(name: str) -> str:
-    """A feature name usable in a file name."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)

@@ -17,8 +17,8 @@ def run_demo(out_dir: Path, n: int = 400, device: str = "auto", seed: int = 0) -
     Returns:
         Paths of what was written: ``folder``, ``index``, ``image_report``, ``text_report``.
     """
-    from counterclip.cli.engine_cmds import write_counterfactual_report
-    from counterclip.engine import Engine, load_image
+    from counterclip.cli.engine_cmds import write_report
+    from counterclip.engine import Engine
     from counterclip.index_builder import build_index
     from counterclip.report.html import write_text_atomic
     from counterclip.shapes import attrs_of, caption, generate_folder, read_labels
@@ -47,11 +47,11 @@ def run_demo(out_dir: Path, n: int = 400, device: str = "auto", seed: int = 0) -
         text_result = engine.counterfactuals(
             image=str(query_path), text=own, side="text", mode="decrease", k=5
         )
-        query_image = load_image(query_path)
-        written["image_report"] = write_counterfactual_report(
+        query_image = engine.indexed_image(query_path)
+        written["image_report"] = write_report(
             engine, image_result, out_dir / "report-image-side.html", query_image
         )
-        written["text_report"] = write_counterfactual_report(
+        written["text_report"] = write_report(
             engine, text_result, out_dir / "report-text-side.html", query_image
         )
     out.print(f"\n[bold]query[/] {query_path} ({own})")

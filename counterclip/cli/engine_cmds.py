@@ -63,62 +63,16 @@ def _items_table(title: str, items) -> Table:
     return table
 
 
-def explanation_maps(engine, result, query_image=None) -> tuple[dict[int, list], list]:
-    """Attribution images for the report: per image-side item its relevance overlay for the text and a
-    "why this rather than the original" margin map; per caption its token strip; and the query's own map.
+def write_report(engine, result, path: Path, query_image=None, with_maps: bool = True) -> Path:
+    """The self-contained HTML report of a result, with attribution maps (library: `counterclip.report`)."""
+    from counterclip.report.counterfactual import counterfactual_maps, write_counterfactual_report
 
-    Maps need a ViT tower (relevance); for other towers the report simply has none.
-    """
-    import torch
-
-    from counterclip.engine import load_image
-    from counterclip.explainers import EmbeddingMargin, explain
-    from counterclip.report import overlay, token_strip
-
-    model = engine.model
-    if not model.vision_blocks():
-        return {}, []
-    maps: dict[int, list] = {}
-    query_maps: list = []
-    text = result.text
-    if text is None:  # flip: explain the target label
-        text = result.query.get("target")
-    if query_image is not None and text:
-        exp = explain(model, query_image, text, method="relevance")
-        query_maps.append(overlay(query_image, exp.pixel_map))
-    if result.side == "image" and text:
-        # clone: tensors made under inference_mode cannot enter the explainer's autograd graph
-        text_emb = model.encode_texts([text])[0].clone()
-        original = model.encode_pil([query_image])[0].clone() if query_image is not None else None
-        for item in result.items:
-            image = load_image(engine.index.root / item.path)
-            if image is None:
-                continue
-            images = [overlay(image, explain(model, image, text, method="relevance").pixel_map)]
-            if original is not None:
-                margin = EmbeddingMargin(
-                    toward=text_emb, away=torch.as_tensor(original), scale=model.logit_scale
-                )
-                images.append(
-                    overlay(image, explain(model, image, text, method="relevance", target=margin).pixel_map)
-                )
-            maps[item.id] = images
-    elif result.side == "text" and query_image is not None:
-        for item in result.items:
-            exp = explain(model, query_image, item.text, method="relevance", modality="text")
-            maps[item.id] = [token_strip(exp.tokens, exp.token_map)]
-    return maps, query_maps
-
-
-def write_counterfactual_report(engine, result, path: Path, query_image=None, with_maps: bool = True) -> Path:
-    """Render a result to one self-contained HTML file, with attribution maps when the model allows."""
-    from counterclip.report.html import counterfactual_report, write_text_atomic
-
-    maps, query_maps = explanation_maps(engine, result, query_image) if with_maps else ({}, [])
-    html = counterfactual_report(
-        result.to_dict(), engine.index.root, query_image=query_image, maps=maps, query_maps=query_maps
+    maps = (
+        counterfactual_maps(engine.model, result, engine.index.root, query_image, engine.indexed_image)
+        if with_maps
+        else None
     )
-    return write_text_atomic(path, html)
+    return write_counterfactual_report(path, result, engine.index.root, query_image, maps)
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
@@ -221,10 +175,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                 **overrides,
             )
             if report is not None:
-                from counterclip.engine import load_image
-
-                query_image = load_image(Path(query)) if isinstance(query, str) else None
-                write_counterfactual_report(engine, result, report, query_image)
+                query_image = engine.indexed_image(Path(query)) if isinstance(query, str) else None
+                write_report(engine, result, report, query_image)
         if as_json:
             payload = result.to_dict()
             payload["report"] = str(report) if report else None

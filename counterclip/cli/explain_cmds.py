@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,24 +9,26 @@ import typer
 
 from counterclip.cli._common import CliError, console, out, print_json
 
-METHOD_HELP = "relevance | gradcam | ig | lime | pixel-cf"
+#: Convenience flags of ``explain`` and the method option each sets (any option: ``--option KEY=VALUE``).
+FLAG_OPTIONS: dict[str, str] = {
+    "--blocks": "blocks",
+    "--layer": "layer",
+    "--cam-rule": "rule",
+    "--direction": "direction",
+    "--steps": "steps",
+    "--samples": "num_samples",
+}
 
 
 def model_spec_from_index(index: Path) -> Any:
-    """The model spec recorded in ``INDEX/manifest.json`` (key ``model``: a spec string or dict)."""
-    manifest = index / "manifest.json"
-    if not manifest.is_file():
-        raise CliError(f"{manifest} not found: --index must be an index directory (or pass --model SPEC)")
-    try:
-        payload = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    """The model spec an index was built with (read through the index's one `Manifest` owner)."""
+    from counterclip.index_builder.manifest import MANIFEST_NAME, Manifest
+
+    if not (index / MANIFEST_NAME).is_file():
         raise CliError(
-            f"{manifest} is not valid JSON ({exc}); rebuild the index or pass --model SPEC"
-        ) from exc
-    spec = payload.get("model") if isinstance(payload, dict) else None
-    if not spec:
-        raise CliError(f"{manifest} has no 'model' field; rebuild the index or pass --model SPEC")
-    return spec
+            f"{index / MANIFEST_NAME} not found: --index must be an index directory (or pass --model SPEC)"
+        )
+    return Manifest.read(index).model.spec
 
 
 def _load(model: str | None, index: Path | None, device: str):
@@ -56,6 +57,50 @@ def _split(values: str | None) -> list[str]:
     return [v.strip() for v in values.split(",") if v.strip()] if values else []
 
 
+def method_options(method: Any, flags: dict[str, Any], pairs: list[str]) -> dict[str, Any]:
+    """The options of ``method`` (a registered `Method`) from the convenience flags given (not None) and
+    ``--option KEY=VALUE`` strings (typed by the method's options dataclass); one that does not apply raises."""
+    options: dict[str, Any] = {}
+    for flag, value in flags.items():
+        if value is None:
+            continue
+        name = FLAG_OPTIONS[flag]
+        if name not in method.option_names():
+            known = ", ".join(method.option_names()) or "none"
+            raise CliError(f"{flag} does not apply to method {method.name} (its options: {known})")
+        options[name] = value
+    texts: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"--option takes KEY=VALUE, got {pair!r}")
+        texts[key.strip().replace("-", "_")] = value
+    options.update(method.parse_options(texts))
+    return options
+
+
+def _print_methods(as_json: bool) -> None:
+    """The registered explainer methods with their modalities, options (defaults) and description."""
+    from counterclip.explainers import REGISTRY
+
+    rows = [
+        {
+            "method": m.name,
+            "modalities": list(m.modalities),
+            "options": m.defaults(),
+            "description": m.description,
+        }
+        for m in REGISTRY
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        options = ", ".join(f"{k}={v!r}" for k, v in row["options"].items()) or "none"
+        out.print(f"[bold]{row['method']}[/] ({' | '.join(row['modalities'])}): {row['description']}")
+        out.print(f"    options: {options}", highlight=False)
+
+
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     @app.command()
     def explain(
@@ -63,7 +108,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         index: Path = typer.Option(None, "--index", help="Index directory: use the model it was built with."),
         image: Path = typer.Option(None, "--image", help="Image file to explain."),
         text: str = typer.Option(None, "--text", help="Caption to explain (or use --labels)."),
-        method: str = typer.Option("relevance", "--method", help=METHOD_HELP),
+        method: str = typer.Option(
+            "relevance", "--method", help="Explanation method (--list-methods shows them and their options)."
+        ),
         modality: str = typer.Option(
             None, "--modality", help="image | text | both (default: both where the method supports it)."
         ),
@@ -81,10 +128,19 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         cam_rule: str = typer.Option(
             None, "--cam-rule", help="gradcam: hirescam (default for ViT) or gradcam (default for ResNet)."
         ),
-        list_layers: bool = typer.Option(False, "--list-layers", help="Print Grad-CAM layer names and exit."),
-        direction: str = typer.Option("increase", "--direction", help="pixel-cf: increase | decrease."),
+        direction: str = typer.Option(None, "--direction", help="pixel-cf: increase (default) | decrease."),
         steps: int = typer.Option(None, "--steps", help="ig / pixel-cf: number of steps."),
         samples: int = typer.Option(None, "--samples", help="lime: perturbed samples."),
+        option: list[str] = typer.Option(
+            None,
+            "--option",
+            "-o",
+            help="Any option of the method as KEY=VALUE (repeatable; see --list-methods).",
+        ),
+        list_layers: bool = typer.Option(False, "--list-layers", help="Print Grad-CAM layer names and exit."),
+        list_methods: bool = typer.Option(
+            False, "--list-methods", help="Print the methods, their modalities and options, and exit."
+        ),
         out_file: Path = typer.Option(
             None, "--out", help="Write a PNG panel (image | map | overlay, tokens)."
         ),
@@ -99,10 +155,15 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
           counterclip explain --index IDX --image x.png --labels "a red circle,a blue circle" --target "a blue circle" --method ig
 
-          counterclip explain --model bundled:shapes --list-layers
+          counterclip explain --model bundled:shapes --image x.png --text "a red circle" --method lime -o segmentation=slic
+
+          counterclip explain --list-methods
         """
         from counterclip import explainers as ex
 
+        if list_methods:
+            _print_methods(as_json)
+            return
         clip = _load(model, index, device)
         if list_layers:
             names = ex.list_layers(clip)
@@ -112,66 +173,51 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                 for name in names:
                     out.print(name + ("  (default)" if name == ex.default_layer(clip) else ""))
             return
-        if method not in ex.METHODS:
-            raise CliError(f"unknown --method {method!r}; expected one of {METHOD_HELP}")
+        registered = ex.REGISTRY.get(method)
         if image is None:
-            raise CliError("--image is required (unless --list-layers)")
+            raise CliError("--image is required (unless --list-layers or --list-methods)")
         pil = _open_image(image)
         label_set = _split(labels)
         if label_set and text:
             raise CliError("give --text or --labels, not both")
         if not label_set and not text:
             raise CliError("give --text CAPTION or --labels a,b,c")
-        texts = label_set or [text]
-        chosen = None
+        explained = None  # the score explained: a Target (None: the default for the texts)
         if label_set:
             for name, flag in ((target, "--target"), (versus, "--versus")):
                 if name is not None and name not in label_set:
                     raise CliError(f"{flag} {name!r} is not one of --labels ({', '.join(label_set)})")
             index_a = label_set.index(target) if target else 0
             if versus is not None:
-                chosen = ex.Margin(index_a, label_set.index(versus), clip.logit_scale)
+                explained = ex.Margin(index_a, label_set.index(versus), clip.pair_score)
             else:
-                chosen = ex.LabelProbability(index_a, clip.logit_scale)
+                explained = ex.LabelProbability(index_a, clip.pair_score)
         elif target or versus:
             raise CliError("--target/--versus need --labels")
-        supported = ex.MODALITIES[method]
-        mode = modality or ("both" if "both" in supported and not label_set else "image")
-        options: dict[str, Any] = {}
-        if method in ("relevance", "gradcam") and blocks is not None:
-            options["blocks"] = blocks
-        if method == "gradcam" and layer is not None:
-            options["layer"] = layer
-        if method == "gradcam" and cam_rule is not None:
-            options["rule"] = cam_rule
-        if method == "pixel-cf":
-            options["direction"] = direction
-        if steps is not None and method in ("ig", "pixel-cf"):
-            options["steps"] = steps
-        if samples is not None and method == "lime":
-            options["num_samples"] = samples
-        exp = ex.explain(clip, pil, texts, method=method, target=chosen, modality=mode, **options)
+        mode = modality or ("both" if "both" in registered.modalities and not label_set else "image")
+        flags = {
+            "--blocks": blocks,
+            "--layer": layer,
+            "--cam-rule": cam_rule,
+            "--direction": direction,
+            "--steps": steps,
+            "--samples": samples,
+        }
+        options = method_options(registered, flags, option or [])
+        exp = ex.explain(
+            clip, pil, label_set or [text], method=method, target=explained, modality=mode, **options
+        )
         written: dict[str, str] = {}
         if out_file is not None:
-            from counterclip.report import panel, save_png
+            from counterclip.report import save_explanation
 
-            written["panel"] = str(save_png(panel(pil, exp), out_file))
-            edited = exp.extras.get("edited_image")
-            if edited is not None:
-                written["edited"] = str(
-                    save_png(edited.resize(pil.size), out_file.with_suffix(".edited.png"))
-                )
-        payload = exp.to_dict(include_maps=False)
-        payload.pop("edited_image", None)
-        if exp.patch_map is not None:
-            payload["patch_map"] = exp.patch_map.tolist()
-        if exp.token_map is not None:
-            payload["token_map"] = exp.token_map.tolist()
+            written = {kind: str(path) for kind, path in save_explanation(pil, exp, out_file).items()}
+        payload = exp.summary()
         payload["files"] = written
         if as_json:
             print_json(payload)
             return
-        out.print(f"[bold]{exp.method}[/] score {exp.score:.4f} ({exp.target})")
+        out.print(f"[bold]{exp.method}[/] score {exp.score:.4f} ({exp.explains})")
         if exp.patch_map is not None:
             import numpy as np
 
@@ -198,7 +244,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         n: int = typer.Option(50, "--n", help="Number of shapes images."),
         seed: int = typer.Option(0, "--seed", help="Random seed."),
         methods: str = typer.Option(
-            "relevance,gradcam,ig,lime", "--methods", help="Comma-separated methods."
+            None, "--methods", help="Comma-separated methods (default: every attribution method)."
         ),
         sensitivity_images: int = typer.Option(
             5, "--sensitivity-images", help="Images used for max-sensitivity."
@@ -215,12 +261,12 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
           counterclip eval explainers --model bundled:shapes --n 50 --seed 0 --json
         """
-        from counterclip.explainers.evaluate import evaluate_explainers
+        from counterclip.evaluation.explainers import evaluate_explainers
         from counterclip.models import load_model
 
         clip = load_model(model, device=device)
         report = evaluate_explainers(
-            clip, n=n, seed=seed, methods=_split(methods), sensitivity_images=sensitivity_images
+            clip, n=n, seed=seed, methods=_split(methods) or None, sensitivity_images=sensitivity_images
         )
         if as_json:
             print_json(report)

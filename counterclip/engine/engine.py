@@ -209,6 +209,14 @@ class Engine:
         index_loader = getattr(self.index, "load_image", None)
         return index_loader(path) if index_loader is not None else decode_image(path)
 
+    def indexed_image(self, path: str | Path) -> Image.Image | None:
+        """The upright RGB image of a file as the index decoded it (what its stored vector embeds); None
+        when it is missing or unreadable. Relative paths are the index root's."""
+        try:
+            return self._decode(path).image
+        except DecodeError:
+            return None
+
     def encode_text(self, text: str) -> np.ndarray:
         """``(d,)`` normalised embedding of a non-empty text."""
         if not isinstance(text, str) or not text.strip():

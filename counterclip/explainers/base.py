@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ class Explanation:
         tokens: token strings for a text map, or None.
         token_map: ``(len(tokens),)`` relevance per token, or None.
         feature_names / feature_values: tabular attributions.
-        target: a short description of the target (``similarity to 'a red circle'``).
+        explains: what score the map explains, in a few words (``similarity to 'a red circle'``).
         forward_passes / backward_passes / seconds: cost of producing it.
         extras: method-specific data (convergence delta, trajectories, edited image...), JSON-friendly
             where possible.
@@ -37,7 +38,7 @@ class Explanation:
     token_map: np.ndarray | None = None
     feature_names: list[str] | None = None
     feature_values: np.ndarray | None = None
-    target: str = ""
+    explains: str = ""
     forward_passes: int = 0
     backward_passes: int = 0
     seconds: float = 0.0
@@ -59,6 +60,31 @@ class Explanation:
             if _jsonable(v)
         }
         return out
+
+    def summary(self, drop_extras: Sequence[str] = ()) -> dict[str, Any]:
+        """JSON-ready form for printing: the pixel map left out (it belongs in a PNG), the small maps
+        (patch map, token map, feature values) as lists, numpy values as Python values, and the extras
+        in ``drop_extras`` (and those that are not JSON, like images) left out."""
+        payload = self.to_dict(include_maps=False)
+        payload["extras"] = {k: v for k, v in payload["extras"].items() if k not in drop_extras}
+        for name in ("patch_map", "token_map", "feature_values"):
+            value = getattr(self, name)
+            if value is not None:
+                payload[name] = np.asarray(value).tolist()
+        return _plain(payload)
+
+
+def _plain(value: Any) -> Any:
+    """Numpy values (also nested in lists and dicts) as JSON-ready Python values."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> bool:

@@ -18,24 +18,27 @@ last stage. ``layer`` picks one named block or conv layer instead.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from counterclip.errors import InputError
-from counterclip.explainers._core.attention import (
-    capture_block_input,
-    capture_norm_output,
-    first_norm,
+from counterclip.explainers._core.common import (
+    Cost,
+    PreparedInputs,
+    model_guard,
     select_blocks,
+    text_embedding,
+    upsample,
 )
-from counterclip.explainers._core.common import Cost, PreparedInputs, model_guard, text_embedding, upsample
+from counterclip.explainers._core.registry import Method
 from counterclip.explainers._core.targets import Target
 from counterclip.explainers.base import Explanation
 from counterclip.models.base import ClipModel
+from counterclip.models.towers import TowerInternals
 
 
 def list_layers(model: ClipModel) -> list[str]:
@@ -43,49 +46,15 @@ def list_layers(model: ClipModel) -> list[str]:
 
     Names are relative to the image tower (``model.module.visual`` for open_clip, ``vision_model`` for HF).
     """
-    tower = _image_tower(model)
-    blocks = {id(b) for b in model.vision_blocks()}
-    if blocks:
-        return [name for name, module in tower.named_modules() if id(module) in blocks]
-    names = []
-    for name, module in tower.named_modules():
-        if (
-            name
-            and any(isinstance(c, nn.Conv2d) for c in module.modules())
-            and not isinstance(module, nn.Conv2d)
-        ):
-            names.append(name)
-    return names
-
-
-def _image_tower(model: ClipModel) -> nn.Module:
-    for attr in ("visual", "vision_model"):
-        tower = getattr(model.module, attr, None)
-        if isinstance(tower, nn.Module):
-            return tower
-    raise InputError(f"cannot find the image tower of {model!r}")
+    return model.image_tower().layer_names()
 
 
 def default_layer(model: ClipModel) -> str:
     """The last transformer block (ViT) or the last conv stage (ResNet, e.g. ``layer4``)."""
-    names = list_layers(model)
-    if not names:
+    name = model.image_tower().default_layer()
+    if name is None:
         raise InputError("the image tower has no transformer blocks or conv layers for Grad-CAM")
-    if model.vision_blocks():
-        return names[-1]
-    stages = [n for n in names if "." not in n and n.startswith("layer")]
-    return stages[-1] if stages else names[-1]
-
-
-def _resolve_layer(model: ClipModel, layer: str | None) -> tuple[str, nn.Module]:
-    name = layer or default_layer(model)
-    modules = dict(_image_tower(model).named_modules())
-    if name not in modules:
-        candidates = ", ".join(list_layers(model)[-6:])
-        raise InputError(
-            f"no layer named {name!r} in the image tower (some candidates: {candidates}; see --list-layers)"
-        )
-    return name, modules[name]
+    return name
 
 
 RULES: tuple[str, ...] = ("gradcam", "hirescam")
@@ -115,27 +84,30 @@ def gradcam(
         the conv layer's cell grid for ResNet); ``extras['layer']`` (names joined by ``+`` when several)
         and ``extras['rule']``.
     """
-    vit = bool(model.vision_blocks())
+    tower = model.image_tower()
+    vit = bool(tower.blocks)
     rule = rule or ("hirescam" if vit else "gradcam")
     if rule not in RULES:
         raise InputError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
     if layer is not None and blocks is not None:
         raise InputError("give either a layer name or blocks, not both")
+    names = tower.layer_names()
     if vit and layer is None:
-        names = list_layers(model)
-        chosen = [names[i] for i in select_blocks(len(names), blocks)]
+        indices = select_blocks(len(tower.blocks), blocks)
+        chosen = [names[i] for i in indices]
     elif blocks is not None:
         raise InputError("blocks applies to ViT towers; pick a conv layer with layer= (see --list-layers)")
     else:
         chosen = [layer or default_layer(model)]
-    modules = [_resolve_layer(model, name)[1] for name in chosen]
+        conv_layer = tower.layer(chosen[0])  # an unknown name raises, listing candidates
+        indices = [names.index(chosen[0])] if vit else []
     cost = Cost()
     with model_guard(model):
         text_emb = text_embedding(model, inputs.tokens)
         if vit:
-            cell_map, score = _token_cam(model, inputs, target, modules, text_emb, rule)
+            cell_map, score = _token_cam(model, inputs, target, tower, indices, text_emb, rule)
         else:
-            cell_map, score = _conv_cam(model, inputs, target, modules[0], text_emb, rule)
+            cell_map, score = _conv_cam(model, inputs, target, conv_layer, text_emb, rule)
     cost.forward, cost.backward = 1, 1
     return Explanation(
         method="gradcam",
@@ -143,7 +115,7 @@ def gradcam(
         score=score,
         pixel_map=upsample(cell_map, (inputs.image.height, inputs.image.width)),
         patch_map=cell_map,
-        target=target.describe(inputs.texts),
+        explains=target.describe(inputs.texts),
         forward_passes=cost.forward,
         backward_passes=cost.backward,
         seconds=cost.seconds,
@@ -155,24 +127,18 @@ def _token_cam(
     model: ClipModel,
     inputs: PreparedInputs,
     target: Target,
-    blocks: Sequence[nn.Module],
+    tower: TowerInternals,
+    indices: Sequence[int],
     text_emb: torch.Tensor,
     rule: str,
 ) -> tuple[np.ndarray, float]:
-    """Sum over ``blocks`` of each block's positive token map (one forward and one backward pass)."""
-    geometry = model.vision_geometry
+    """Sum over blocks ``indices`` of each block's positive token map (one forward and one backward pass)."""
     pixels = inputs.pixels.clone().requires_grad_(True)  # gives the graph a path even with frozen weights
-    with contextlib.ExitStack() as stack:
-        stores = [
-            stack.enter_context(
-                capture_norm_output(block) if first_norm(block) is not None else capture_block_input(block)
-            )
-            for block in blocks
-        ]
+    with tower.capture_attention_inputs(indices) as stores:
         score = target(model.image_features(inputs.codec.to_model(pixels)), text_emb)[0]
     hidden = [store["x"] for store in stores]
     grads = torch.autograd.grad(score, hidden)
-    prefix = geometry.num_prefix_tokens
+    prefix = tower.prefix_tokens
     cam = torch.zeros(hidden[0].shape[1] - prefix, dtype=torch.float64)
     for states, grad in zip(hidden, grads, strict=True):
         acts, grad = states[0, prefix:].detach().double(), grad[0, prefix:].double()
@@ -181,7 +147,7 @@ def _token_cam(
         else:
             contribution = (acts * grad).sum(dim=-1)
         cam += torch.relu(contribution).cpu()
-    gh, gw = geometry.grid_size
+    gh, gw = tower.grid
     return cam.numpy().reshape(gh, gw), float(score.detach())
 
 
@@ -207,3 +173,27 @@ def _conv_cam(
     with torch.no_grad():
         score = float(forward(model_input)[0])
     return attributions.detach().double().cpu().numpy(), score
+
+
+@dataclass(frozen=True)
+class GradcamOptions:
+    """Options of the ``gradcam`` method."""
+
+    layer: str | None = None  # one layer from list_layers; None: the blocks (ViT) or the last stage (conv)
+    blocks: int | tuple[int, ...] | None = None  # ViT: None = all blocks, k = the last k, or indices
+    rule: str | None = None  # hirescam | gradcam; None: hirescam for ViT towers, gradcam for conv towers
+
+
+def _run(
+    model: ClipModel, inputs: PreparedInputs, target: Target, modality: str, options: GradcamOptions
+) -> Explanation:
+    return gradcam(model, inputs, target, layer=options.layer, blocks=options.blocks, rule=options.rule)
+
+
+METHOD = Method(
+    name="gradcam",
+    description="HiResCAM over the ViT blocks' tokens, or Grad-CAM on a conv stage (Captum)",
+    modalities=("image",),
+    options=GradcamOptions,
+    run=_run,
+)

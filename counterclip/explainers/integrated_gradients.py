@@ -8,6 +8,8 @@ not move. Captum's convergence delta ``sum(attributions) - (f(x) - f(baseline))`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from PIL import Image
@@ -22,6 +24,7 @@ from counterclip.explainers._core.common import (
     pool_to_grid,
     text_embedding,
 )
+from counterclip.explainers._core.registry import Method, by_modality
 from counterclip.explainers._core.targets import Target
 from counterclip.explainers.base import Explanation
 from counterclip.models.base import ClipModel
@@ -73,7 +76,7 @@ def image_ig(
         score=score,
         pixel_map=pixel_map,
         patch_map=pool_to_grid(per_pixel, image_grid(model)),
-        target=target.describe(inputs.texts),
+        explains=target.describe(inputs.texts),
         forward_passes=cost.forward,
         backward_passes=cost.backward,
         seconds=cost.seconds,
@@ -95,15 +98,15 @@ def _resize(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def text_baseline(model: ClipModel, tokens: torch.Tensor) -> torch.Tensor:
-    """``tokens (1, L)`` with the content tokens (between start and end of text) set to a neutral id."""
-    eot = int(model.eot_positions(tokens)[0])
+    """``tokens (1, L)`` with the text's own tokens set to a neutral id (the read-out position kept)."""
+    positions = model.text_positions(tokens)[0]
     empty = model.tokenize([""]).to(tokens.device)
     pad_id = int(empty[0, -1])
-    eot_id = int(tokens[0, eot])
-    neutral = pad_id if pad_id != eot_id else int(model.tokenize(["."])[0, 1])
+    pooled_id = int(tokens[0, positions.pooled])
+    neutral = pad_id if pad_id != pooled_id else int(model.tokenize(["."])[0, 1])
     baseline = tokens.clone()
-    baseline[0, 1:eot] = neutral
-    if int(model.eot_positions(baseline)[0]) != eot:
+    baseline[0, positions.content] = neutral
+    if model.text_positions(baseline)[0].pooled != positions.pooled:
         raise InputError(
             "cannot build a text baseline that keeps the end-of-text position for this tokenizer"
         )
@@ -148,8 +151,8 @@ def text_ig(
         with torch.no_grad():
             score, base_score = float(forward(inputs.tokens)[0]), float(forward(baseline)[0])
     cost.forward, cost.backward = steps + 2, steps
-    eot = int(model.eot_positions(inputs.tokens)[0])
-    values = attributions[0, 1:eot].sum(dim=-1).detach().double().cpu().numpy()
+    content = model.text_positions(inputs.tokens)[0].content
+    values = attributions[0, content].sum(dim=-1).detach().double().cpu().numpy()
     tokens = model.token_strings(inputs.texts[0])
     count = min(len(tokens), len(values))
     return Explanation(
@@ -158,7 +161,7 @@ def text_ig(
         score=score,
         tokens=tokens[:count],
         token_map=values[:count],
-        target=target.describe(inputs.texts),
+        explains=target.describe(inputs.texts),
         forward_passes=cost.forward,
         backward_passes=cost.backward,
         seconds=cost.seconds,
@@ -169,3 +172,40 @@ def text_ig(
             "steps": steps,
         },
     )
+
+
+@dataclass(frozen=True)
+class IgOptions:
+    """Options of the ``ig`` method."""
+
+    steps: int = 32  # Riemann steps along the path from the baseline
+    internal_batch_size: int = 16  # path points per forward pass
+
+
+def _run(
+    model: ClipModel, inputs: PreparedInputs, target: Target, modality: str, options: IgOptions
+) -> Explanation:
+    def image_map() -> Explanation:
+        return image_ig(model, inputs, target, options.steps, options.internal_batch_size)
+
+    def text_map() -> Explanation:
+        return text_ig(model, inputs, target, options.steps, options.internal_batch_size)
+
+    return by_modality(modality, image_map, text_map)
+
+
+def _figures(explanation: Explanation) -> dict[str, float]:
+    """Captum's convergence delta, as its absolute value."""
+    return {"abs_delta": abs(explanation.extras["delta"])} if "delta" in explanation.extras else {}
+
+
+METHOD = Method(
+    name="ig",
+    description="integrated gradients (Captum) on pixels (black baseline) and token embeddings",
+    modalities=("image", "text", "both"),
+    options=IgOptions,
+    run=_run,
+    evaluation_options={"steps": 32},
+    cheap_options={"steps": 4},
+    figures=_figures,
+)

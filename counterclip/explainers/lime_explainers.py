@@ -7,6 +7,7 @@ fixed text embedding(s); for text maps each masked caption is scored against the
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from counterclip.explainers._core.common import (
     text_embedding,
     upsample,
 )
+from counterclip.explainers._core.registry import Method, by_modality
 from counterclip.explainers._core.targets import Target
 from counterclip.explainers.base import Explanation
 from counterclip.models.base import ClipModel
@@ -136,7 +138,7 @@ def image_lime(
         score=score,
         pixel_map=_resize_nearest(model_map, (inputs.image.height, inputs.image.width)),
         patch_map=pool_to_grid(model_map, image_grid(model)),
-        target=target.describe(inputs.texts),
+        explains=target.describe(inputs.texts),
         forward_passes=cost.forward + 1,
         seconds=cost.seconds,
         extras={"r2": r2, "segments": int(segments.max()) + 1, "num_samples": num_samples},
@@ -203,8 +205,56 @@ def text_lime(
         score=score,
         tokens=words,
         token_map=values,
-        target=target.describe(inputs.texts),
+        explains=target.describe(inputs.texts),
         forward_passes=cost.forward + 2,
         seconds=cost.seconds,
         extras={"r2": float(explanation.score), "num_samples": num_samples},
     )
+
+
+@dataclass(frozen=True)
+class LimeOptions:
+    """Options of the ``lime`` method."""
+
+    num_samples: int = 300  # perturbed images or captions
+    batch_size: int | None = None  # inputs per forward pass; None: 64 images, 128 captions
+    segmentation: str = "grid"  # image superpixels: grid (the patch grid) or slic
+    seed: int = 0  # sampler seed
+
+
+def _run(
+    model: ClipModel, inputs: PreparedInputs, target: Target, modality: str, options: LimeOptions
+) -> Explanation:
+    def image_map() -> Explanation:
+        return image_lime(
+            model,
+            inputs,
+            target,
+            num_samples=options.num_samples,
+            batch_size=options.batch_size or 64,
+            segmentation=options.segmentation,
+            seed=options.seed,
+        )
+
+    def text_map() -> Explanation:
+        return text_lime(
+            model,
+            inputs,
+            target,
+            num_samples=options.num_samples,
+            batch_size=options.batch_size or 128,
+            seed=options.seed,
+        )
+
+    return by_modality(modality, image_map, text_map)
+
+
+METHOD = Method(
+    name="lime",
+    description="LIME (the lime package): superpixels of the image, words of the caption",
+    modalities=("image", "text", "both"),
+    options=LimeOptions,
+    run=_run,
+    evaluation_options={"num_samples": 300},
+    cheap_options={"num_samples": 16},
+)

@@ -8,8 +8,9 @@ re-scored, so the reported effect is the effect of an image that can actually be
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from PIL import Image
 
 from counterclip.errors import InputError
 from counterclip.explainers._core.common import (
@@ -23,6 +24,7 @@ from counterclip.explainers._core.common import (
     text_embedding,
     upsample,
 )
+from counterclip.explainers._core.registry import Method
 from counterclip.explainers._core.targets import Target
 from counterclip.explainers.base import Explanation
 from counterclip.models.base import ClipModel
@@ -103,7 +105,7 @@ def pixel_counterfactual(
         score=start_score,
         pixel_map=upsample(difference, (inputs.image.height, inputs.image.width)),
         patch_map=pool_to_grid(difference, image_grid(model)),
-        target=target.describe(inputs.texts),
+        explains=target.describe(inputs.texts),
         forward_passes=cost.forward,
         backward_passes=cost.backward,
         seconds=cost.seconds,
@@ -119,6 +121,54 @@ def pixel_counterfactual(
     )
 
 
-def edited_to_original_size(explanation: Explanation, size: tuple[int, int]) -> Image.Image:
-    """The edited image resized to ``size`` ``(W, H)`` (e.g. the caller's image size) for display."""
-    return explanation.extras["edited_image"].resize(size, Image.BICUBIC)
+@dataclass(frozen=True)
+class PixelCounterfactualOptions:
+    """Options of the ``pixel-cf`` method."""
+
+    direction: str = "increase"  # increase | decrease the score
+    steps: int = 60  # Adam steps
+    lr: float = 0.01  # Adam step size in pixel units
+    l2: float = 1.0  # weight of the mean squared pixel change
+    tv: float = 0.1  # weight of the total variation of the change
+
+
+def _run(
+    model: ClipModel,
+    inputs: PreparedInputs,
+    target: Target,
+    modality: str,
+    options: PixelCounterfactualOptions,
+) -> Explanation:
+    return pixel_counterfactual(
+        model,
+        inputs,
+        target,
+        direction=options.direction,
+        steps=options.steps,
+        lr=options.lr,
+        l2=options.l2,
+        tv=options.tv,
+    )
+
+
+def _figures(explanation: Explanation) -> dict[str, float]:
+    """Whether the saved 8-bit image moved the score, by how much, and the RMS pixel change."""
+    extras = explanation.extras
+    return {
+        "verified": float(extras["verified"]),
+        "score_change_8bit": extras["score_8bit"] - explanation.score,
+        "l2_change": extras["l2_change"],
+    }
+
+
+METHOD = Method(
+    name="pixel-cf",
+    description="pixel-space counterfactual: the image edited to move the score, staying close",
+    modalities=("image",),
+    options=PixelCounterfactualOptions,
+    run=_run,
+    attribution=False,
+    evaluation_options={"steps": 30},
+    cheap_options={"steps": 2},
+    figures=_figures,
+)

@@ -12,20 +12,21 @@ one backward pass give both maps.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from counterclip.errors import InputError
-from counterclip.explainers._core.attention import capture_attention, select_blocks, tower_blocks
 from counterclip.explainers._core.common import (
     Cost,
     PreparedInputs,
     image_embedding,
     model_guard,
+    select_blocks,
     text_embedding,
     upsample,
 )
+from counterclip.explainers._core.registry import Method
 from counterclip.explainers._core.targets import Target
 from counterclip.explainers.base import Explanation
 from counterclip.models.base import ClipModel
@@ -74,16 +75,16 @@ def relevance(
     want_image, want_text = modality in ("image", "both"), modality in ("text", "both")
     if want_text and len(inputs.texts) != 1:
         raise InputError("text maps explain one caption: pass a single text (no label set)")
-    geometry = model.vision_geometry
-    if want_image and geometry.grid_size is None:
+    image_tower, text_tower = model.image_tower(), model.text_tower()
+    if want_image and image_tower.grid is None:
         raise InputError("relevance maps need a ViT image tower; use --method gradcam for conv towers")
-    image_ids = select_blocks(len(tower_blocks(model, "image")), blocks) if want_image else []
-    text_ids = select_blocks(len(tower_blocks(model, "text")), blocks) if want_text else []
+    image_ids = select_blocks(len(image_tower.blocks), blocks) if want_image else []
+    text_ids = select_blocks(len(text_tower.blocks), blocks) if want_text else []
     cost = Cost()
     with model_guard(model):
         with (
-            capture_attention(model, "image", image_ids) as image_cap,
-            capture_attention(model, "text", text_ids) as text_cap,
+            image_tower.capture_attention(image_ids) as image_cap,
+            text_tower.capture_attention(text_ids) as text_cap,
         ):
             if want_image:
                 image_emb = model.image_features(inputs.codec.to_model(inputs.pixels))
@@ -102,20 +103,20 @@ def relevance(
         method="relevance",
         modality=modality,
         score=float(score.detach()),
-        target=target.describe(inputs.texts),
+        explains=target.describe(inputs.texts),
         extras={"blocks": image_ids, "text_blocks": text_ids},
     )
     if want_image:
         r_image = rollout(captured[: len(image_ids)], grads[: len(image_ids)])[0]
-        prefix = geometry.num_prefix_tokens
-        gh, gw = geometry.grid_size
+        prefix = image_tower.prefix_tokens
+        gh, gw = image_tower.grid
         patch_map = r_image[0, prefix:].detach().double().cpu().numpy().reshape(gh, gw)
         explanation.patch_map = patch_map
         explanation.pixel_map = upsample(patch_map, (inputs.image.height, inputs.image.width))
     if want_text:
         r_text = rollout(captured[len(image_ids) :], grads[len(image_ids) :])[0]
-        eot = int(model.eot_positions(inputs.tokens)[0])
-        values = r_text[eot, 1:eot].detach().double().cpu().numpy()
+        positions = model.text_positions(inputs.tokens)[0]
+        values = r_text[positions.pooled, positions.content].detach().double().cpu().numpy()
         tokens = model.token_strings(inputs.texts[0])
         count = min(len(tokens), len(values))
         explanation.tokens = tokens[:count]
@@ -128,8 +129,23 @@ def relevance(
     return explanation
 
 
-def normalise(values: np.ndarray) -> np.ndarray:
-    """Scale a map to [0, 1] (min-max; a constant map becomes zeros)."""
-    values = np.asarray(values, dtype=np.float64)
-    span = values.max() - values.min() if values.size else 0.0
-    return (values - values.min()) / span if span > 0 else np.zeros_like(values)
+@dataclass(frozen=True)
+class RelevanceOptions:
+    """Options of the ``relevance`` method."""
+
+    blocks: int | tuple[int, ...] | None = None  # None: all blocks; k: the last k; or block indices
+
+
+def _run(
+    model: ClipModel, inputs: PreparedInputs, target: Target, modality: str, options: RelevanceOptions
+) -> Explanation:
+    return relevance(model, inputs, target, modality=modality, blocks=options.blocks)
+
+
+METHOD = Method(
+    name="relevance",
+    description="gradient-weighted attention relevance (Chefer et al. 2021), ViT patches and text tokens",
+    modalities=("image", "text", "both"),
+    options=RelevanceOptions,
+    run=_run,
+)

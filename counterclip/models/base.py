@@ -1,8 +1,8 @@
 """The one protocol every CLIP backend implements: `ClipModel`.
 
 Backends differ only in how they build the torch module, preprocess, tokenize, and where their
-towers keep the pieces explainers need. Everything else (batching, normalisation, inference mode,
-fingerprints) lives here once.
+towers keep the pieces explainers need (`TowerInternals`, `TextPositions`). Everything else (batching,
+normalisation, inference mode, fingerprints) lives here once.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from counterclip.models.spec import ModelSpec
+from counterclip.models.towers import TowerInternals
 from counterclip.scores import PairScore
 
 LOG = logging.getLogger(__name__)
@@ -58,6 +59,14 @@ class VisionGeometry:
     patch_size: tuple[int, int] | None  # ViT patch size, None for conv towers
     grid_size: tuple[int, int] | None  # ViT patch grid for image_size, None for conv towers
     num_prefix_tokens: int  # class (and register) tokens before the patch tokens
+
+
+@dataclass(frozen=True)
+class TextPositions:
+    """Where one tokenized text keeps what explainers read."""
+
+    pooled: int  # the position the text embedding is read from (CLIP: the end-of-text token)
+    content: slice  # the text's own tokens (CLIP: between the start and the end-of-text tokens)
 
 
 class ClipModel(abc.ABC):
@@ -122,12 +131,12 @@ class ClipModel(abc.ABC):
         """Input size and patch grid of the image tower."""
 
     @abc.abstractmethod
-    def vision_blocks(self) -> list[nn.Module]:
-        """The image tower's transformer blocks, input to output ([] for conv towers)."""
+    def image_tower(self) -> TowerInternals:
+        """The image tower's internals: blocks, attention recompute, norms, layout, patch grid, CAM layers."""
 
     @abc.abstractmethod
-    def text_blocks(self) -> list[nn.Module]:
-        """The text tower's transformer blocks, input to output."""
+    def text_tower(self) -> TowerInternals:
+        """The text tower's internals (blocks, attention recompute, norms, layout)."""
 
     @abc.abstractmethod
     def token_embedding(self) -> nn.Module:
@@ -137,11 +146,23 @@ class ClipModel(abc.ABC):
     def eot_positions(self, tokens: torch.Tensor) -> torch.Tensor:
         """Index of the end-of-text token in each row of ``tokens`` (the text embedding is read there)."""
 
+    def text_positions(self, tokens: torch.Tensor) -> list[TextPositions]:
+        """Per row of ``tokens (n, L)``: where the embedding is read and where the text's own tokens are.
+
+        CLIP layout: a start token, the text, then the end-of-text token the embedding is read from. A
+        family with another layout (BERT reads ``[CLS]`` at 0) overrides this.
+        """
+        return [TextPositions(int(eot), slice(1, int(eot))) for eot in self.eot_positions(tokens)]
+
     @abc.abstractmethod
     def token_strings(self, text: str) -> list[str]:
         """Human-readable tokens of ``text`` in order, aligned with the ids between start and end tokens."""
 
     # --- shared behaviour ----------------------------------------------------------------------
+    def vision_blocks(self) -> list[nn.Module]:
+        """The image tower's transformer blocks ([] for conv towers): ``image_tower().blocks``."""
+        return list(self.image_tower().blocks)
+
     @property
     def fingerprint(self) -> str:
         """Stable hash of the weights (computed once per load)."""

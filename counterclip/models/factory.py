@@ -1,4 +1,4 @@
-"""`load_model`: spec string -> loaded `ClipModel`, in steps (parse -> resolve -> build -> load)."""
+"""`load_model`: spec string -> loaded `ClipModel`, in steps (parse -> the registered backend -> load)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from counterclip.calibration import Calibration
 from counterclip.errors import ModelLoadError
 from counterclip.models.base import ClipModel, resolve_device
+from counterclip.models.registry import get_backend
 from counterclip.models.spec import ModelSpec, parse_model_spec
 
 LOG = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ def list_bundled_models() -> list[str]:
     )
 
 
-def _load_bundled(spec: ModelSpec, device: torch.device) -> ClipModel:
+def load_bundled(spec: ModelSpec, device: torch.device) -> ClipModel:
+    """The ``bundled`` backend: a model shipped in ``counterclip/data/NAME`` (an open_clip config + weights)."""
     from counterclip.models.open_clip_backend import OpenClipModel
 
     directory = bundled_dir(spec.name)
@@ -59,7 +61,8 @@ def load_model(spec: str | ModelSpec | dict, device: str | torch.device = "auto"
     Args:
         spec: a spec string (``bundled:shapes``, ``ViT-B-32:laion2b_s34b_b79k``, ``ViT-B-32:/path/w.pt``,
             ``arch.json:/path/w.safetensors``, ``hf:openai/clip-vit-base-patch32``, ``hf:/local/dir``,
-            ``local-dir:/dir``), a `ModelSpec` or its dict form.
+            ``local-dir:/dir``, or ``SCHEME:...`` of a backend registered with
+            `counterclip.models.registry.register_backend`), a `ModelSpec` or its dict form.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``... Default: ``auto``.
 
     Returns:
@@ -75,13 +78,4 @@ def load_model(spec: str | ModelSpec | dict, device: str | torch.device = "auto"
         torch.Size([1, 128])
     """
     parsed = parse_model_spec(spec)
-    dev = resolve_device(device)
-    if parsed.backend == "bundled":
-        return _load_bundled(parsed, dev)
-    if parsed.backend == "hf":
-        from counterclip.models.hf_backend import HFClipModel
-
-        return HFClipModel(parsed, dev)
-    from counterclip.models.open_clip_backend import OpenClipModel
-
-    return OpenClipModel(parsed, dev)
+    return get_backend(parsed.backend).load(parsed, resolve_device(device))

@@ -12,8 +12,9 @@ from torch import nn
 
 from counterclip.errors import ModelLoadError
 from counterclip.models.base import ClipModel, VisionGeometry
-from counterclip.models.open_clip_backend import OFFLINE_HINT
+from counterclip.models.registry import OFFLINE_HINT
 from counterclip.models.spec import ModelSpec
+from counterclip.models.towers import SplitProjectionRecompute, TowerInternals
 
 LOG = logging.getLogger(__name__)
 
@@ -100,11 +101,25 @@ class HFClipModel(ClipModel):
         size, patch = int(cfg.image_size), int(cfg.patch_size)
         return VisionGeometry((size, size), (patch, patch), (size // patch, size // patch), 1)
 
-    def vision_blocks(self) -> list[nn.Module]:
-        return list(self.module.vision_model.encoder.layers)
+    def image_tower(self) -> TowerInternals:
+        geometry = self.vision_geometry
+        return self._tower(self.module.vision_model, geometry.grid_size, geometry.num_prefix_tokens)
 
-    def text_blocks(self) -> list[nn.Module]:
-        return list(self.module.text_model.encoder.layers)
+    def text_tower(self) -> TowerInternals:
+        return self._tower(self.module.text_model)
+
+    @staticmethod
+    def _tower(tower: nn.Module, grid: tuple[int, int] | None = None, prefix: int = 0) -> TowerInternals:
+        """``CLIPEncoderLayer`` blocks: ``layer_norm1`` -> ``self_attn`` (``CLIPAttention``), batch first."""
+        return TowerInternals(
+            tower,
+            tuple(tower.encoder.layers),
+            attention_of=lambda block: block.self_attn,
+            recompute=SplitProjectionRecompute(),
+            norm_of=lambda block: block.layer_norm1,
+            grid=grid,
+            prefix_tokens=prefix,
+        )
 
     def token_embedding(self) -> nn.Module:
         return self.module.text_model.embeddings.token_embedding

@@ -18,10 +18,15 @@ from torch import nn
 
 from counterclip.errors import ModelLoadError
 from counterclip.models.base import ClipModel, VisionGeometry
+from counterclip.models.registry import OFFLINE_HINT
 from counterclip.models.spec import ModelSpec
+from counterclip.models.towers import (
+    MultiheadAttentionRecompute,
+    TowerInternals,
+    conv_layer_names,
+)
 
 LOG = logging.getLogger(__name__)
-OFFLINE_HINT = "offline? pass a local checkpoint (ARCH:/path/to/weights.safetensors) or use `bundled:shapes`"
 
 
 def register_config_file(path: Path) -> str:
@@ -121,6 +126,31 @@ def _explain_load_failure(spec: ModelSpec, arch: str, exc: Exception) -> ModelLo
     )
 
 
+def resblocks_tower(
+    tower: nn.Module,
+    blocks: Sequence[nn.Module],
+    grid: tuple[int, int] | None = None,
+    prefix_tokens: int = 0,
+) -> TowerInternals:
+    """`TowerInternals` of a tower made of open_clip ``ResidualAttentionBlock``s (``ln_1`` -> ``attn``).
+
+    Blocks whose ``attn`` is open_clip's own ``Attention`` (scaled-cosine or head-scaled variants) keep
+    no recompute: attention maps then raise a clear error, Grad-CAM, IG and LIME still work.
+    """
+    blocks = tuple(blocks)
+    standard = all(isinstance(b.attn, nn.MultiheadAttention) for b in blocks)
+    return TowerInternals(
+        tower,
+        blocks,
+        attention_of=lambda block: block.attn,
+        recompute=MultiheadAttentionRecompute() if standard else None,
+        norm_of=lambda block: block.ln_1,
+        batch_first=bool(getattr(blocks[0].attn, "batch_first", True)) if blocks else True,
+        grid=grid,
+        prefix_tokens=prefix_tokens,
+    )
+
+
 class OpenClipModel(ClipModel):
     """A `ClipModel` over an open_clip ``CLIP`` / ``CustomTextCLIP``."""
 
@@ -199,17 +229,27 @@ class OpenClipModel(ClipModel):
             num_prefix_tokens=prefix if grid is not None else 0,
         )
 
-    def vision_blocks(self) -> list[nn.Module]:
-        transformer = getattr(self.module.visual, "transformer", None)
-        return list(transformer.resblocks) if transformer is not None else []
+    def image_tower(self) -> TowerInternals:
+        visual = self.module.visual
+        transformer = getattr(visual, "transformer", None)
+        if transformer is None:  # ModifiedResNet: a conv tower with stages layer1..layer4
+            names = conv_layer_names(visual)
+            stages = [n for n in names if "." not in n and n.startswith("layer")]
+            return TowerInternals(
+                visual, conv_layers=names, default_conv_layer=stages[-1] if stages else None
+            )
+        geometry = self.vision_geometry
+        return resblocks_tower(visual, transformer.resblocks, geometry.grid_size, geometry.num_prefix_tokens)
 
     def _text_tower(self) -> nn.Module:
         return getattr(self.module, "text", self.module)
 
-    def text_blocks(self) -> list[nn.Module]:
-        transformer = getattr(self._text_tower(), "transformer", None)
-        resblocks = getattr(transformer, "resblocks", None)
-        return list(resblocks) if resblocks is not None else []
+    def text_tower(self) -> TowerInternals:
+        tower = self._text_tower()
+        resblocks = getattr(getattr(tower, "transformer", None), "resblocks", None)
+        if resblocks is None:  # e.g. a Hugging Face text encoder inside CustomTextCLIP
+            return TowerInternals(tower)
+        return resblocks_tower(tower, resblocks)
 
     def token_embedding(self) -> nn.Module:
         tower = self._text_tower()

@@ -2,6 +2,7 @@
 
 Grammar (one shared parser, used by the CLI, the index manifest and the Python API):
 
+- ``SCHEME:REST``               a registered backend (`counterclip.models.registry`), among them:
 - ``bundled:NAME``              a model shipped inside the package (``bundled:shapes``)
 - ``hf:ID_OR_DIR``              a Hugging Face ``CLIPModel`` from the hub or a local directory
 - ``local-dir:PATH``            a local directory: Hugging Face (``config.json``) or open_clip
@@ -22,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from counterclip.errors import ModelLoadError
+from counterclip.models.registry import backend_names, get_backend
 
-BACKENDS = ("open_clip", "hf", "bundled")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
@@ -31,16 +32,13 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 class ModelSpec:
     """A resolved description of a model; JSON-serialisable so an index can record what built it."""
 
-    backend: str  # "open_clip" | "hf" | "bundled"
+    backend: str  # a registered backend: "open_clip" | "hf" | "bundled" | ...
     name: str  # architecture name, config-JSON path, hub id, local directory, or bundled name
     pretrained: str | None = None  # open_clip pretrained tag, or local checkpoint path; None = random init
     source: str | None = None  # where weights come from: "hub", "local", "tag", "random", "bundled"
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ModelLoadError(
-                f"unknown model backend {self.backend!r}; expected one of {', '.join(BACKENDS)}"
-            )
+        get_backend(self.backend)  # an unknown backend raises, naming the registered ones
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
@@ -66,10 +64,8 @@ class ModelSpec:
 
     def __str__(self) -> str:
         """The spec string that parses back to this spec."""
-        if self.backend == "bundled":
-            return f"bundled:{self.name}"
-        if self.backend == "hf":
-            return f"hf:{self.name}"
+        if self.backend != "open_clip":
+            return f"{self.backend}:{self.name}"
         if self.source == "hub":  # open_clip from the HF hub
             return f"hf-hub:{self.name}"
         return self.name if self.pretrained is None else f"{self.name}:{self.pretrained}"
@@ -105,14 +101,12 @@ def parse_model_spec(spec: str | ModelSpec | dict[str, Any]) -> ModelSpec:
         )
     text = spec.strip()
     schema, sep, rest = text.partition(":")
-    if sep and schema == "bundled":
-        return ModelSpec("bundled", rest, source="bundled")
-    if sep and schema == "hf":
+    if sep and schema in backend_names() and get_backend(schema).prefixed:
+        backend = get_backend(schema)
         if not rest:
-            raise ModelLoadError(
-                "`hf:` needs a hub id or a local directory, e.g. hf:openai/clip-vit-base-patch32"
-            )
-        return ModelSpec("hf", rest, source="local" if Path(rest).expanduser().is_dir() else "hub")
+            example = f", e.g. {backend.example}" if backend.example else ""
+            raise ModelLoadError(f"`{schema}:` needs a name after the colon{example}")
+        return ModelSpec(schema, rest, source=backend.source(rest) if backend.source else None)
     if sep and schema == "hf-hub":
         return ModelSpec("open_clip", rest, source="hub")
     if sep and schema == "local-dir":

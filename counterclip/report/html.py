@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageOps
+
+from counterclip.report.files import png_data_uri, write_text_atomic
 
 THUMB = 160  # thumbnail side in pixels
 
@@ -31,10 +29,7 @@ table{border-collapse:collapse;font-size:.85em} td,th{padding:3px 8px;border-bot
 
 def image_data_uri(image: Image.Image, size: int = THUMB) -> str:
     """PNG thumbnail of ``image`` as a ``data:`` URI."""
-    thumb = ImageOps.contain(image.convert("RGB"), (size, size))
-    buffer = io.BytesIO()
-    thumb.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return png_data_uri(ImageOps.contain(image.convert("RGB"), (size, size)))
 
 
 def _thumb_for(path: Path) -> str | None:
@@ -164,18 +159,5 @@ def counterfactual_report(
     )
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+# write_text_atomic lives in counterclip.report.files; it stays importable from here for older callers.
+__all__ = ["counterfactual_report", "image_data_uri", "write_text_atomic"]

@@ -1,11 +1,8 @@
-"""Rendering of explanations as images: heat-map overlay, side-by-side panel, token strip, atomic PNG save."""
+"""Rendering of explanations as images: heat-map overlay, side-by-side panel, token strip, PNG files."""
 
 from __future__ import annotations
 
-import base64
-import io
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from counterclip.explainers.base import Explanation
+from counterclip.report.files import save_png
 
 _GAP = 4  # pixels between panel tiles
 _BACKGROUND = (255, 255, 255)
@@ -137,7 +135,7 @@ def panel(image: Image.Image, explanation: Explanation, alpha: float = 0.5) -> I
         rows.append(row)
     if explanation.tokens is not None and explanation.token_map is not None:
         rows.append(token_strip(explanation.tokens, explanation.token_map))
-    title = f"{explanation.method}  score={explanation.score:.3f}  {explanation.target}"
+    title = f"{explanation.method}  score={explanation.score:.3f}  {explanation.explains}"
     title_height = 14
     width = max(
         [r.width for r in rows]
@@ -153,25 +151,17 @@ def panel(image: Image.Image, explanation: Explanation, alpha: float = 0.5) -> I
     return canvas
 
 
-def save_png(img: Image.Image, path: str | os.PathLike[str]) -> Path:
-    """Write ``img`` as PNG atomically (temp file in the same directory, fsync, rename); returns the path."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            img.save(fh, format="PNG")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+def save_explanation(
+    image: Image.Image, explanation: Explanation, path: str | os.PathLike[str]
+) -> dict[str, Path]:
+    """Write the `panel` of ``explanation`` over ``image`` to ``path`` (PNG), and for a pixel-space
+    counterfactual also its edited image at the image's size beside it (``NAME.edited.png``).
 
-
-def png_data_uri(img: Image.Image) -> str:
-    """``data:image/png;base64,...`` for embedding an image in a self-contained HTML page."""
-    buffer = io.BytesIO()
-    img.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    Returns:
+        The files written: ``{"panel": path}`` and, when there is one, ``"edited"``.
+    """
+    written = {"panel": save_png(panel(image, explanation), path)}
+    edited = explanation.extras.get("edited_image")
+    if isinstance(edited, Image.Image):
+        written["edited"] = save_png(edited.resize(image.size), Path(path).with_suffix(".edited.png"))
+    return written

@@ -11,7 +11,9 @@ from PIL import Image
 from torch import nn
 
 from counterclip.models.base import ClipModel, VisionGeometry
+from counterclip.models.open_clip_backend import resblocks_tower
 from counterclip.models.spec import ModelSpec
+from counterclip.models.towers import TowerInternals
 
 WIDTH = 8  # token width: 0-2 patch mean RGB, 3 "target patch" flag, 4 "class token" flag, 5-7 values
 GRID = 4  # 32 px image, 8 px patches
@@ -101,11 +103,11 @@ class OnePatchModel(ClipModel):
     def vision_geometry(self) -> VisionGeometry:
         return VisionGeometry((32, 32), (8, 8), (GRID, GRID), 1)
 
-    def vision_blocks(self) -> list[nn.Module]:
-        return list(self.module.visual.blocks)
+    def image_tower(self) -> TowerInternals:
+        return resblocks_tower(self.module.visual, self.module.visual.blocks, (GRID, GRID), 1)
 
-    def text_blocks(self) -> list[nn.Module]:
-        return []
+    def text_tower(self) -> TowerInternals:
+        return TowerInternals(self.module)  # no text transformer: every text embeds to one vector
 
     def token_embedding(self) -> nn.Module:
         raise NotImplementedError("the one-patch double has no text tower")

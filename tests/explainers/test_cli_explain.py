@@ -42,9 +42,14 @@ def test_explain_json_and_panel(tiny_openclip, image_file, tmp_path, capsys) -> 
 
 
 def test_explain_labels_margin_and_index(tiny_openclip, image_file, tmp_path, capsys) -> None:
-    index = tmp_path / "idx"
-    index.mkdir()
-    (index / "manifest.json").write_text(json.dumps({"model": tiny_openclip}))
+    # an index `build` really wrote: explain --index loads the model its manifest records
+    from counterclip.index_builder import build_index
+
+    folder, index = tmp_path / "photos", tmp_path / "idx"
+    folder.mkdir()
+    for n, colour in enumerate(("red", "blue", "green")):
+        Image.new("RGB", (40, 40), colour).save(folder / f"{n}.png")
+    build_index(folder, index, model=tiny_openclip, progress=False, device="cpu")
     args = [
         "explain",
         "--index",
@@ -59,7 +64,7 @@ def test_explain_labels_margin_and_index(tiny_openclip, image_file, tmp_path, ca
         == 0
     )
     payload = json.loads(capsys.readouterr().out)
-    assert payload["target"] == "margin 'a blue square' over 'a red circle'"
+    assert payload["explains"] == "margin 'a blue square' over 'a red circle'"
     assert run([*args, "--target", "a green star"]) == 2
     assert "--target" in capsys.readouterr().err
 

@@ -62,13 +62,14 @@ def _manual_token_maps(model, image, text) -> tuple[list[torch.Tensor], list[tor
     inputs = prepare(model, image, text)
     outputs: list[torch.Tensor] = []
     handles = [
-        block.ln_1.register_forward_hook(lambda m, i, o: outputs.append(o)) for block in model.vision_blocks()
+        block.ln_1.register_forward_hook(lambda m, i, o: outputs.append(o))
+        for block in model.module.visual.transformer.resblocks
     ]
     try:
         with torch.no_grad():
             text_emb = model.text_features(inputs.tokens)
         pixels = inputs.codec.to_model(inputs.pixels).clone().requires_grad_(True)
-        score = model.logit_scale * (model.image_features(pixels) @ text_emb.T)[0, 0]
+        score = model.pair_score.matrix(model.image_features(pixels), text_emb)[0, 0]
         grads = torch.autograd.grad(score, outputs)
     finally:
         for handle in handles:
@@ -131,10 +132,9 @@ def test_resnet_layer_gradcam_matches_a_manual_gradcam(tiny_resnet, rgb_images) 
     try:
         with torch.no_grad():
             text_emb = model.text_features(inputs.tokens)
-        score = (
-            model.logit_scale
-            * (model.image_features(inputs.codec.to_model(inputs.pixels)) @ text_emb.T)[0, 0]
-        )
+        score = model.pair_score.matrix(model.image_features(inputs.codec.to_model(inputs.pixels)), text_emb)[
+            0, 0
+        ]
         (grad,) = torch.autograd.grad(score, store["a"])
     finally:
         handle.remove()

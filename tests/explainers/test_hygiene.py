@@ -1,4 +1,5 @@
-"""Contract tests for every method: no hook survives (also on errors), model state and inputs unchanged."""
+"""Contract tests for every registered method (run with its ``cheap_options``): no hook survives (also on
+errors), model state and inputs unchanged."""
 
 from __future__ import annotations
 
@@ -7,16 +8,14 @@ import pytest
 import torch
 from clip_doubles import patch_image
 
-from counterclip.explainers import METHODS, explain
+from counterclip.explainers import REGISTRY, explain
 from counterclip.models.base import weights_fingerprint
 
-FAST_OPTIONS = {
-    "relevance": {},
-    "gradcam": {},
-    "ig": {"steps": 4},
-    "lime": {"num_samples": 16},
-    "pixel-cf": {"steps": 2},
-}
+METHODS = REGISTRY.names()
+
+
+def _cheap(method: str) -> dict:
+    return dict(REGISTRY.get(method).cheap_options)
 
 
 def _hook_count(module: torch.nn.Module) -> int:
@@ -46,7 +45,7 @@ def test_model_and_inputs_come_back_unchanged(method: str, backend: str, request
     model.module.train()
     try:
         before = _state(model)
-        explain(model, image, "a red circle", method=method, **FAST_OPTIONS[method])
+        explain(model, image, "a red circle", method=method, **_cheap(method))
         after = _state(model)
     finally:
         params[0].requires_grad_(True)
@@ -75,9 +74,7 @@ def test_no_hook_survives_a_failing_call(method: str, tiny_vit) -> None:
     hooks_before = _hook_count(tiny_vit.module)
     modes = [m.training for m in tiny_vit.module.modules()]
     with pytest.raises(_Boom):
-        explain(
-            tiny_vit, patch_image(1), "x", method=method, target=_exploding_target, **FAST_OPTIONS[method]
-        )
+        explain(tiny_vit, patch_image(1), "x", method=method, target=_exploding_target, **_cheap(method))
     assert _hook_count(tiny_vit.module) == hooks_before
     assert [m.training for m in tiny_vit.module.modules()] == modes
 

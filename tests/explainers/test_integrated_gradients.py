@@ -47,9 +47,7 @@ def test_text_ig_completeness_and_baseline_keeps_end_of_text(tiny_vit, rgb_image
 
 def test_ig_on_a_label_probability_target(tiny_hf, rgb_images) -> None:
     labels = ["a red circle", "a blue square", "a green star"]
-    exp = explain(
-        tiny_hf, rgb_images[0], labels, method="ig", target=LabelProbability(1, tiny_hf.logit_scale)
-    )
+    exp = explain(tiny_hf, rgb_images[0], labels, method="ig", target=LabelProbability(1, tiny_hf.pair_score))
     assert 0.0 < exp.score < 1.0
     assert (
         abs(exp.extras["attribution_sum"] - (exp.score - exp.extras["baseline_score"]))

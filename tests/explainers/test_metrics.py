@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from counterclip.explainers.evaluate import evaluate_explainers
+from counterclip.evaluation.explainers import evaluate_explainers
 from counterclip.explainers.metrics import (
     auc,
     cell_masks,

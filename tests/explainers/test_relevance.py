@@ -8,8 +8,7 @@ import torch
 from clip_doubles import OnePatchModel, patch_image
 
 from counterclip.explainers import PairSimilarity, explain
-from counterclip.explainers._core.attention import capture_attention, select_blocks
-from counterclip.explainers._core.common import prepare
+from counterclip.explainers._core.common import prepare, select_blocks
 from counterclip.explainers.relevance import rollout
 
 
@@ -59,27 +58,6 @@ def test_select_blocks() -> None:
     assert select_blocks(4, [0, -1]) == [0, 3]
 
 
-@pytest.mark.parametrize("backend", ["tiny_vit", "tiny_hf"])
-def test_capturing_attention_does_not_change_the_embeddings(backend: str, request, rgb_images) -> None:
-    model = request.getfixturevalue(backend)
-    inputs = prepare(model, rgb_images[0], "a red circle on the left")
-    x = inputs.codec.to_model(inputs.pixels)
-    with torch.no_grad():
-        image_ref, text_ref = model.image_features(x), model.text_features(inputs.tokens)
-    blocks = list(range(len(model.vision_blocks())))
-    with (
-        capture_attention(model, "image", blocks) as image_cap,
-        capture_attention(model, "text", blocks) as text_cap,
-    ):
-        image_hooked, text_hooked = model.image_features(x), model.text_features(inputs.tokens)
-    assert torch.allclose(image_ref, image_hooked, atol=1e-5)
-    assert torch.allclose(text_ref, text_hooked, atol=1e-5)
-    for probs in image_cap.ordered() + text_cap.ordered():
-        assert torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5)  # rows are distributions
-    causal = text_cap.ordered()[0][0, 0]
-    assert torch.all(causal.triu(1) == 0)  # the text tower's causal mask was applied
-
-
 def test_hf_relevance_matches_reference_from_output_attentions(tiny_hf, rgb_images) -> None:
     model = tiny_hf
     image, text = rgb_images[2], "a small blue square"
@@ -91,7 +69,7 @@ def test_hf_relevance_matches_reference_from_output_attentions(tiny_hf, rgb_imag
     text_out = model.module.text_model(input_ids=inputs.tokens, output_attentions=True)
     image_emb = torch.nn.functional.normalize(model.module.visual_projection(vision.pooler_output), dim=-1)
     text_emb = torch.nn.functional.normalize(model.module.text_projection(text_out.pooler_output), dim=-1)
-    score = PairSimilarity(model.logit_scale)(image_emb, text_emb)[0]
+    score = PairSimilarity(model.pair_score)(image_emb, text_emb)[0]
     attentions = list(vision.attentions) + list(text_out.attentions)
     grads = torch.autograd.grad(score, attentions)
     n_image = len(vision.attentions)
@@ -136,10 +114,13 @@ def test_counterfactual_maps(tiny_vit, rgb_images) -> None:
         for name, im in (("q", query), ("r", result))
     }
     text = tiny_vit.text_features(tiny_vit.tokenize(["a red circle"])).detach()[0]
-    expected = EmbeddingMargin(text, emb["q"], tiny_vit.logit_scale)(emb["r"][None], text[None])
+    expected = EmbeddingMargin(text, emb["q"], tiny_vit.pair_score)(emb["r"][None], text[None])
     assert margin_map.score == pytest.approx(float(expected), abs=1e-4)
+    # the shorthand scale= builds the same pair score (kept for callers written before PairScore)
+    shorthand = EmbeddingMargin(text, emb["q"], scale=tiny_vit.logit_scale)(emb["r"][None], text[None])
+    assert float(shorthand) == float(expected)
     pair, margin = text_counterfactual_maps(tiny_vit, query, "a red circle", "a blue circle")
     assert (
         pair.tokens == ["a", "blue", "circle"]
-        and margin.target == "margin 'a blue circle' over 'a red circle'"
+        and margin.explains == "margin 'a blue circle' over 'a red circle'"
     )

@@ -39,10 +39,12 @@ def test_open_clip_properties(tiny_openclip: str, rgb_images: list) -> None:
     model = load_model(tiny_openclip, device="cpu")
     assert model.embed_dim == 32 and model.context_length == 16
     assert model.vision_geometry.grid_size == (4, 4)
-    assert len(model.vision_blocks()) == 2 and len(model.text_blocks()) == 2
+    assert len(model.image_tower().blocks) == 2 and len(model.text_tower().blocks) == 2
     _check_common_properties(model, rgb_images)
     tokens = model.tokenize(["a red circle"])
     assert int(model.eot_positions(tokens)[0]) == 4  # <sot> a red circle <eot>
+    [positions] = model.text_positions(tokens)
+    assert positions.pooled == 4 and positions.content == slice(1, 4)
     assert model.token_strings("a red circle") == ["a", "red", "circle"]
 
 

@@ -57,7 +57,7 @@ def test_panel_layout_and_png(rgb_images, tmp_path) -> None:
         pixel_map=np.random.default_rng(0).random((image.height, image.width)),
         tokens=["a", "red", "circle"],
         token_map=np.array([0.1, 0.5, 0.9]),
-        target="similarity to 'a red circle'",
+        explains="similarity to 'a red circle'",
     )
     out = panel(image, exp)
     reopened = _reopen(save_png(out, tmp_path / "panel.png"))

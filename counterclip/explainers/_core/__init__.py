@@ -1,1 +1,1 @@
-"""Internals of the CLIP explainers (targets, attention capture, model guards, pixel codec)."""
+"""Internals of the CLIP explainers (method registry, targets, model guard, pixel codec)."""

@@ -1,4 +1,5 @@
-"""Shared plumbing: model-state guard, the [0, 1] pixel <-> model-input codec, prepared inputs, maps."""
+"""Shared plumbing: model-state guard, the [0, 1] pixel <-> model-input codec, prepared inputs, maps,
+block selection."""
 
 from __future__ import annotations
 
@@ -68,12 +69,6 @@ class PixelCodec:
         mean = self.mean.to(pixels.device, pixels.dtype).view(1, 3, 1, 1)
         std = self.std.to(pixels.device, pixels.dtype).view(1, 3, 1, 1)
         return (pixels - mean) / std
-
-    def from_model(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Model input -> ``[0, 1]`` pixels."""
-        mean = self.mean.to(inputs.device, inputs.dtype).view(1, 3, 1, 1)
-        std = self.std.to(inputs.device, inputs.dtype).view(1, 3, 1, 1)
-        return inputs * std + mean
 
     def pil_to_pixels(self, image: Image.Image) -> torch.Tensor:
         """PIL image -> ``(1, 3, H, W)`` float32 in [0, 1] at the model's size (squashed, never cropped).
@@ -174,3 +169,21 @@ def image_embedding(model: ClipModel, codec: PixelCodec, pixels: torch.Tensor) -
     """Constant (no-graph) image embeddings ``(n, d)`` for [0, 1] pixels."""
     with torch.no_grad():
         return model.image_features(codec.to_model(pixels)).detach()
+
+
+def select_blocks(count: int, blocks: int | Sequence[int] | None) -> list[int]:
+    """Indices of the blocks to use: None = all, an int k = the last k, a sequence = those indices."""
+    if count == 0:
+        raise InputError(
+            "this tower has no transformer blocks (a conv tower?): use --method gradcam, ig or lime"
+        )
+    if blocks is None:
+        return list(range(count))
+    if isinstance(blocks, int):
+        if blocks < 1:
+            raise InputError(f"--blocks must be at least 1, got {blocks}")
+        return list(range(max(0, count - blocks), count))
+    chosen = sorted({b % count for b in blocks})
+    if not chosen:
+        raise InputError("no blocks selected")
+    return chosen

@@ -3,14 +3,18 @@
 A target is called as ``target(image_emb, text_emb) -> scores`` with L2-normalised embeddings
 ``image_emb (n, d)`` and ``text_emb (m, d)`` and returns ``(max(n, m),)`` scores. Explainers never know
 what the score means, so one explainer serves a query, a counterfactual result, and "why A rather than B".
+Every target scores through the model's `PairScore` (``model.pair_score``), so an explanation explains the
+same score the engine moves.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
 from typing import Protocol
 
 import torch
+
+from counterclip.scores import PairScore
 
 
 class Target(Protocol):
@@ -23,13 +27,13 @@ class Target(Protocol):
 
 @dataclass(frozen=True)
 class PairSimilarity:
-    """``scale * cos(image, text)`` for one text against a batch of images (or one image, many texts).
+    """The pair score of one text against a batch of images (or one image against many texts).
 
     Attributes:
-        scale: the model's logit scale (``ClipModel.logit_scale``); 1.0 gives the plain cosine.
+        score: the model's pair score (``model.pair_score``); the default, ``PairScore()``, is the cosine.
     """
 
-    scale: float = 1.0
+    score: PairScore = field(default_factory=PairScore)
 
     def __call__(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """``(n, d), (m, d) -> (max(n, m),)``; one side must have a single row (or both the same count)."""
@@ -37,7 +41,7 @@ class PairSimilarity:
             raise ValueError(
                 f"pair similarity needs 1 or equal rows, got {image_emb.shape[0]} and {text_emb.shape[0]}"
             )
-        return self.scale * (image_emb * text_emb).sum(dim=-1)
+        return self.score.pairs(image_emb, text_emb)
 
     def describe(self, texts: list[str]) -> str:
         """One line for reports."""
@@ -46,22 +50,21 @@ class PairSimilarity:
 
 @dataclass(frozen=True)
 class LabelProbability:
-    """Softmax probability of label ``index`` among the texts (zero-shot classification).
+    """Probability of label ``index`` among the texts (zero-shot classification over a label set).
 
     Attributes:
         index: which text (row of ``text_emb``) is the label explained.
-        scale: the model's logit scale (softmax temperature).
+        score: the model's pair score; its softmax over the labels gives the probability.
     """
 
     index: int
-    scale: float = 100.0
+    score: PairScore = field(default_factory=PairScore)
 
     def __call__(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """``(n, d), (k, d) -> (n,)`` probability of label ``index`` for each image."""
         if not 0 <= self.index < text_emb.shape[0]:
             raise ValueError(f"label index {self.index} out of range for {text_emb.shape[0]} labels")
-        logits = self.scale * image_emb @ text_emb.T
-        return torch.softmax(logits, dim=-1)[:, self.index]
+        return self.score.label_probabilities(image_emb, text_emb)[:, self.index]
 
     def describe(self, texts: list[str]) -> str:
         """One line for reports."""
@@ -71,21 +74,21 @@ class LabelProbability:
 
 @dataclass(frozen=True)
 class Margin:
-    """``scale * (cos(image, text[a]) - cos(image, text[b]))``: "why A rather than B".
+    """``score(image, text[a]) - score(image, text[b])``: "why A rather than B".
 
     Attributes:
         a: index of the text the image should match.
         b: index of the text it is contrasted with.
-        scale: the model's logit scale.
+        score: the model's pair score.
     """
 
     a: int = 0
     b: int = 1
-    scale: float = 1.0
+    score: PairScore = field(default_factory=PairScore)
 
     def __call__(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """``(n, d), (k, d) -> (n,)``."""
-        return self.scale * (image_emb @ text_emb[self.a] - image_emb @ text_emb[self.b])
+        return self.score.margin(image_emb, text_emb[self.a], text_emb[self.b])
 
     def describe(self, texts: list[str]) -> str:
         """One line for reports."""
@@ -96,7 +99,7 @@ class Margin:
 
 @dataclass(frozen=True)
 class EmbeddingMargin:
-    """``scale * (cos(image, toward) - cos(image, away))`` for two fixed embeddings; ignores the texts.
+    """``score(image, toward) - score(image, away)`` for two fixed embeddings; ignores the texts.
 
     For "why this counterfactual rather than the original": explain the counterfactual image with
     ``toward`` = the text (or target) embedding and ``away`` = the original image's embedding.
@@ -104,18 +107,23 @@ class EmbeddingMargin:
     Attributes:
         toward: ``(d,)`` L2-normalised embedding the image should be close to.
         away: ``(d,)`` L2-normalised embedding it is contrasted with.
-        scale: the model's logit scale.
+        score: the model's pair score (``scale=`` builds one from a bare scale).
     """
 
     toward: torch.Tensor
     away: torch.Tensor
-    scale: float = 1.0
+    score: PairScore = field(default_factory=PairScore)
+    scale: InitVar[float | None] = None
+
+    def __post_init__(self, scale: float | None) -> None:
+        if scale is not None:  # shorthand kept for callers written before PairScore (cli/engine_cmds)
+            object.__setattr__(self, "score", PairScore(scale=float(scale)))
 
     def __call__(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """``(n, d), ignored -> (n,)``."""
         toward = self.toward.to(image_emb.device, image_emb.dtype)
         away = self.away.to(image_emb.device, image_emb.dtype)
-        return self.scale * (image_emb @ toward - image_emb @ away)
+        return self.score.margin(image_emb, toward, away)
 
     def describe(self, texts: list[str]) -> str:
         """One line for reports."""

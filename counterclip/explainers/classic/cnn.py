@@ -302,7 +302,7 @@ def explain_cnn(
                 score=float(logits[0, target]),
                 pixel_map=maps[row],
                 patch_map=cells[row] if cells is not None else None,
-                target=f"logit of {names[target]!r} (class {target})",
+                explains=f"logit of {names[target]!r} (class {target})",
                 forward_passes=passes.forward // len(target_list),
                 backward_passes=passes.backward // len(target_list),
                 seconds=seconds / len(target_list),

@@ -125,7 +125,7 @@ def pixel_counterfactual(
         modality="image",
         score=float(start_probabilities[target_class]),
         pixel_map=difference.sum(dim=0).numpy(),
-        target=f"probability of {names[target_class]!r} (class {target_class}) rather than {names[source]!r}",
+        explains=f"probability of {names[target_class]!r} (class {target_class}) rather than {names[source]!r}",
         forward_passes=passes.forward,
         backward_passes=passes.backward,
         seconds=time.perf_counter() - started,

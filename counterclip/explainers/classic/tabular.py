@@ -312,7 +312,7 @@ def explain_partial_dependence(
         modality="tabular",
         score=_mean_prediction(model, data.X, output_index),
         feature_names=names,
-        target=_target_description(data, class_label),
+        explains=_target_description(data, class_label),
         forward_passes=data.X.shape[0] * grid_points if used_method == "brute" else 0,
         seconds=time.perf_counter() - started,
         extras=extras,
@@ -470,7 +470,7 @@ def explain_lime_tabular(
         score=score,
         feature_names=list(data.feature_names),
         feature_values=weights,
-        target=target,
+        explains=target,
         forward_passes=calls["forward"],
         seconds=time.perf_counter() - started,
         extras={
@@ -483,3 +483,67 @@ def explain_lime_tabular(
             "num_samples": num_samples,
         },
     )
+
+
+#: What ``explain-tabular --method`` takes.
+TABULAR_METHODS: tuple[str, ...] = ("pdp", "ice", "pdp-2d", "lime", "compare")
+
+
+@dataclass(frozen=True)
+class TabularRequest:
+    """What to compute on one data set."""
+
+    method: str = "pdp"  # pdp | ice | pdp-2d | lime | compare (two models' PDPs on one axes)
+    model: str = "random-forest"  # model kind fitted on the data (MODEL_KINDS)
+    features: tuple[str, ...] = ()  # one feature (pdp, ice, compare) or two (pdp-2d)
+    row: int = 0  # lime: the row explained
+    centered: bool = False  # pdp / ice: curves centred at the first grid point
+    compare_model: str = "linear"  # compare: the second model kind
+    target_class: str | None = None  # classifiers: the class explained
+    grid: int = 100  # grid points per feature
+    samples: int = 2000  # lime: perturbed samples
+    seed: int = 0  # model and LIME seed
+
+
+@dataclass
+class TabularResult:
+    """The explanations of one request and the model kind behind each."""
+
+    request: TabularRequest
+    explanations: list[Explanation]
+    models: list[str]
+
+
+def run_tabular(data: TabularData, request: TabularRequest) -> TabularResult:
+    """Fit the model(s) the request names on ``data`` and explain it (them) as asked."""
+    if request.method not in TABULAR_METHODS:
+        raise InputError(
+            f"unknown tabular method {request.method!r}; choose one of {', '.join(TABULAR_METHODS)}"
+        )
+    for feature in request.features:
+        data.feature_index(feature)
+    model = fit_model(data, request.model, seed=request.seed)
+    if request.method == "lime":
+        lime = explain_lime_tabular(
+            model, data, request.row, request.target_class, num_samples=request.samples, seed=request.seed
+        )
+        return TabularResult(request, [lime], [request.model])
+    wanted = 2 if request.method == "pdp-2d" else 1
+    if len(request.features) != wanted:
+        raise InputError(
+            f"--method {request.method} needs {wanted} --feature option(s), got {len(request.features)}"
+        )
+    kinds = [request.model] + ([request.compare_model] if request.method == "compare" else [])
+    explanations = [
+        explain_partial_dependence(
+            model if index == 0 else fit_model(data, kind, seed=request.seed),
+            data,
+            list(request.features),
+            kind="both" if request.method == "ice" else "average",
+            centered=request.centered,
+            grid_resolution=request.grid,
+            target_class=request.target_class,
+        )
+        for index, kind in enumerate(kinds)
+    ]
+    return TabularResult(request, explanations, kinds)

@@ -135,7 +135,7 @@ def explain_text_ig(
         score=float(logits[label]),
         tokens=tokenizer.convert_ids_to_tokens(input_ids[0].tolist()),
         token_map=attributions[0].sum(dim=-1).detach().float().cpu().numpy(),
-        target=f"logit of {names[label]!r} (label {label})",
+        explains=f"logit of {names[label]!r} (label {label})",
         forward_passes=passes.forward,
         backward_passes=passes.backward,
         seconds=time.perf_counter() - started,
@@ -232,7 +232,7 @@ def explain_text_lime(
         score=float(probabilities[label]),
         tokens=[str(word) for word in words],
         token_map=weights,
-        target=f"probability of {names[label]!r} (label {label})",
+        explains=f"probability of {names[label]!r} (label {label})",
         forward_passes=calls["forward"],
         backward_passes=0,
         seconds=time.perf_counter() - started,
@@ -245,3 +245,45 @@ def explain_text_lime(
             "num_samples": num_samples,
         },
     )
+
+
+#: What ``explain-text-classifier --method`` takes.
+TEXT_METHODS: tuple[str, ...] = ("ig", "lime", "both")
+
+
+def explain_text(
+    model: nn.Module,
+    tokenizer: object,
+    text: str,
+    method: str = "ig",
+    target: str | int | None = None,
+    steps: int = 50,
+    samples: int = 500,
+    seed: int = 0,
+) -> list[Explanation]:
+    """Token attributions of ``text`` by ``method`` (``ig``, ``lime`` or ``both``: IG first, then LIME).
+
+    Args:
+        model, tokenizer: from `load_text_classifier`.
+        text: the input text (not empty).
+        method: one of `TEXT_METHODS`.
+        target: label name or index (default: the predicted label).
+        steps: integrated-gradients steps (at least 1).
+        samples: LIME perturbed samples (at least 10).
+        seed: LIME random seed.
+
+    Returns:
+        One `Explanation` per method.
+    """
+    if method not in TEXT_METHODS:
+        raise InputError(f"unknown text method {method!r}; choose one of {', '.join(TEXT_METHODS)}")
+    if not text.strip():
+        raise InputError("the text to explain is empty")
+    if steps < 1 or samples < 10:
+        raise InputError("--steps must be at least 1 and --samples at least 10")
+    explanations = []
+    if method in ("ig", "both"):
+        explanations.append(explain_text_ig(model, tokenizer, text, target, n_steps=steps))
+    if method in ("lime", "both"):
+        explanations.append(explain_text_lime(model, tokenizer, text, target, num_samples=samples, seed=seed))
+    return explanations

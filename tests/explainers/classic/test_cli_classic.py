@@ -231,3 +231,16 @@ def test_explain_tabular_csv_errors_exit_2(
     assert run(["explain-tabular", "--csv", str(houses), *args, "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith(message) and len(error.splitlines()) == 1
+
+
+def test_cli_choices_are_the_libraries_methods() -> None:
+    from counterclip.cli import classic
+    from counterclip.explainers.classic.cnn_runs import CNN_RUN_METHODS
+    from counterclip.explainers.classic.tabular import TABULAR_METHODS
+    from counterclip.explainers.classic.text_classifier import TEXT_METHODS
+
+    assert (classic.CNN_CHOICES, classic.TEXT_CHOICES, classic.TABULAR_CHOICES) == (
+        CNN_RUN_METHODS,
+        TEXT_METHODS,
+        TABULAR_METHODS,
+    )

@@ -19,7 +19,7 @@ from counterclip.explainers.classic import (
     load_bundled,
     load_csv,
 )
-from counterclip.explainers.classic.plots import pdp_figure
+from counterclip.report.classic import pdp_figure
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from counterclip.errors import InputError
-from counterclip.explainers import METHODS, MODALITIES, LabelProbability, PairSimilarity, explain
+from counterclip.explainers import REGISTRY, LabelProbability, PairSimilarity, explain
 from counterclip.explainers._core.common import PixelCodec, image_grid, model_guard, pool_to_grid
 from counterclip.explainers.metrics import (
     auc,
@@ -40,15 +40,10 @@ from counterclip.shapes import COLOURS, FULL_CAPTION, SHAPES, ShapeAttrs, captio
 
 LOG = logging.getLogger(__name__)
 
-DEFAULT_METHODS: tuple[str, ...] = ("relevance", "gradcam", "ig", "lime")
-#: Per-method options used by the evaluation (kept modest so a run over 50 images takes minutes).
-EVAL_OPTIONS: dict[str, dict[str, Any]] = {
-    "relevance": {},
-    "gradcam": {},
-    "ig": {"steps": 32},
-    "lime": {"num_samples": 300},
-    "pixel-cf": {"steps": 30},
-}
+
+def default_methods() -> tuple[str, ...]:
+    """The registered attribution methods (maps of evidence, not of a change), in registration order."""
+    return tuple(method.name for method in REGISTRY if method.attribution)
 
 
 def _colour_shape_labels() -> list[str]:
@@ -99,7 +94,7 @@ def evaluate_explainers(
     model: ClipModel,
     n: int = 50,
     seed: int = 0,
-    methods: Sequence[str] = DEFAULT_METHODS,
+    methods: Sequence[str] | None = None,
     sensitivity_images: int = 10,
     sensitivity_radius: float = 0.02,
     random_orders: int = 3,
@@ -111,7 +106,8 @@ def evaluate_explainers(
         model: the CLIP model explained.
         n: number of images (>= 1). Default 50.
         seed: random seed (images, random orders, noise).
-        methods: methods to measure (subset of `METHODS`).
+        methods: registered method names to measure; None: `default_methods` (each method runs with its
+            ``evaluation_options``).
         sensitivity_images: images used for max-sensitivity (it costs 3 extra explanations each). Default 10.
         sensitivity_radius: max absolute pixel noise in [0, 1] units. Default 0.02 (about 5/255).
         random_orders: random cell orders averaged for the baselines. Default 3.
@@ -121,9 +117,10 @@ def evaluate_explainers(
         JSON-friendly dict: settings, ``forward_seconds``, per-method figures under ``methods``, and
         ``text_test`` per text-capable method.
     """
-    unknown = [m for m in methods if m not in METHODS]
+    methods = default_methods() if methods is None else tuple(methods)
+    unknown = [m for m in methods if m not in REGISTRY.names()]
     if unknown or not methods:
-        raise InputError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        raise InputError(f"unknown method(s) {unknown}; choose from {', '.join(REGISTRY.names())}")
     if n < 1:
         raise InputError(f"--n must be at least 1, got {n}")
     rng = np.random.default_rng(seed)
@@ -135,14 +132,14 @@ def evaluate_explainers(
         samples.append((attrs, image, bbox))
     codec = PixelCodec.of(model)
     grid = image_grid(model)
-    scale = model.logit_scale
+    pair_score = model.pair_score
     label_tokens = model.tokenize(labels).to(model.device)
     with torch.no_grad():
         label_emb = model.text_features(label_tokens)
     seconds_per_forward = forward_seconds(model, samples[0][1], labels)  # the inputs every explanation sees
 
     def prob_fn_for(index: int):
-        target = LabelProbability(index, scale)
+        target = LabelProbability(index, pair_score)
 
         def score(pixels: torch.Tensor) -> torch.Tensor:
             out = []
@@ -161,8 +158,12 @@ def evaluate_explainers(
                 [
                     int(
                         torch.argmax(
-                            model.image_features(codec.to_model(codec.pil_to_pixels(im).to(model.device)))
-                            @ label_emb.T
+                            pair_score.label_logits(
+                                model.image_features(
+                                    codec.to_model(codec.pil_to_pixels(im).to(model.device))
+                                ),
+                                label_emb,
+                            )
                         )
                     )
                     == labels.index(f"a {a.colour} {a.shape}")
@@ -171,18 +172,20 @@ def evaluate_explainers(
             )
         )
     for method in methods:
+        spec = REGISTRY.get(method)
+        options = dict(spec.evaluation_options)
         LOG.info("evaluating %s on %d images", method, n)
         hits, strict_hits, seconds, forwards, backwards, cost_ratios = [], [], [], [], [], []
         deletion, deletion_random, insertion, insertion_random, sensitivity = [], [], [], [], []
         extra: dict[str, list[float]] = {}
         for i, (attrs, image, bbox) in enumerate(samples):
             index = labels.index(f"a {attrs.colour} {attrs.shape}")
-            target = LabelProbability(index, scale)
+            target = LabelProbability(index, pair_score)
             # Cost as CPU time (all threads of this process) relative to a forward pass of the same inputs
             # measured just before: a ratio of CPU times stays meaningful on a machine shared with others.
             reference = _forward_cpu_seconds(model, codec, image, label_tokens)
             started = time.process_time()
-            exp = explain(model, image, labels, method=method, target=target, **EVAL_OPTIONS[method])
+            exp = explain(model, image, labels, method=method, target=target, **options)
             cost_ratios.append((time.process_time() - started) / max(reference, 1e-6))
             hits.append(
                 pointing_hit_cells(pool_to_grid(exp.pixel_map, grid), bbox, (image.height, image.width))
@@ -191,13 +194,10 @@ def evaluate_explainers(
             seconds.append(exp.seconds)
             forwards.append(exp.forward_passes)
             backwards.append(exp.backward_passes)
-            if method == "pixel-cf":
-                extra.setdefault("verified", []).append(float(exp.extras["verified"]))
-                extra.setdefault("score_change_8bit", []).append(exp.extras["score_8bit"] - exp.score)
-                extra.setdefault("l2_change", []).append(exp.extras["l2_change"])
+            for name, value in (spec.figures(exp) if spec.figures else {}).items():
+                extra.setdefault(name, []).append(value)
+            if not spec.attribution:  # a map of a change: no evidence order to delete or insert by
                 continue
-            if method == "ig" and "delta" in exp.extras:
-                extra.setdefault("abs_delta", []).append(abs(exp.extras["delta"]))
             cells = pool_to_grid(exp.pixel_map, grid).reshape(-1)
             order = np.argsort(-cells, kind="stable")
             pixels = codec.pil_to_pixels(image).to(model.device)
@@ -226,9 +226,7 @@ def evaluate_explainers(
                         array + rng.uniform(-sensitivity_radius, sensitivity_radius, array.shape), 0, 1
                     )
                     noisy_image = Image.fromarray((noisy * 255).round().astype(np.uint8))
-                    again = explain(
-                        model, noisy_image, labels, method=method, target=target, **EVAL_OPTIONS[method]
-                    )
+                    again = explain(model, noisy_image, labels, method=method, target=target, **options)
                     other = (
                         again.patch_map
                         if again.patch_map is not None
@@ -259,7 +257,9 @@ def evaluate_explainers(
         figures.update({k: float(np.mean(v)) for k, v in extra.items()})
         results[method] = figures
     text_results = {
-        method: _text_test(model, samples, method) for method in methods if "text" in MODALITIES[method]
+        method: _text_test(model, samples, method)
+        for method in methods
+        if "text" in REGISTRY.get(method).modalities
     }
     return {
         "model": str(model.spec),
@@ -281,7 +281,7 @@ def _text_test(
 ) -> dict[str, Any]:
     """Share of images where the wrong colour word of a full caption gets the lowest relevance."""
     wrong_hits, control_hits, skipped = [], [], 0
-    options = {k: v for k, v in EVAL_OPTIONS[method].items() if k != "segmentation"}
+    options = dict(REGISTRY.get(method).evaluation_options)
     for attrs, image, _ in samples:
         wrong_colour = next(
             c for c in COLOURS[COLOURS.index(attrs.colour) + 1 :] + COLOURS if c != attrs.colour
@@ -294,7 +294,7 @@ def _text_test(
                 image,
                 text,
                 method=method,
-                target=PairSimilarity(model.logit_scale),
+                target=PairSimilarity(model.pair_score),
                 modality="text",
                 **options,
             )

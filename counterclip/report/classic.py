@@ -1,12 +1,14 @@
 """Figures for the classical explainers: multi-map panels, class-overlap figure, token-strip HTML,
 partial dependence / ICE (scikit-learn's ``PartialDependenceDisplay``), LIME bars, and the counterfactual
-trajectory. Single overlays, panels and token strips come from `counterclip.report` so every explainer's
-pictures look alike. Matplotlib runs on the Agg backend; nothing is shown on screen.
+trajectory; and the files of each ``explain-cnn`` / ``explain-text-classifier`` / ``explain-tabular`` run
+(``write_*_result``). Single overlays, panels and token strips come from `counterclip.report.images` so
+every explainer's pictures look alike. Matplotlib runs on the Agg backend; nothing is shown on screen.
 """
 
 from __future__ import annotations
 
 import html
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,11 @@ import numpy as np
 from PIL import Image
 
 from counterclip.explainers.base import Explanation
-from counterclip.report import colorize, overlay
+from counterclip.explainers.classic.cnn import top_region_mask
+from counterclip.explainers.classic.cnn_runs import OVERLAP_FRACTION, CnnResult
+from counterclip.explainers.classic.tabular import TabularResult
+from counterclip.report.files import save_png, write_bytes_atomic, write_text_atomic
+from counterclip.report.images import colorize, overlay, panel
 
 
 def _pyplot():
@@ -43,7 +49,7 @@ def save_panel(
     axes[0, 0].set_title("input", fontsize=9)
     for column, explanation in enumerate(explanations, start=1):
         axes[0, column].imshow(overlay(image, explanation.pixel_map))
-        title = titles[column - 1] if titles else f"{explanation.method}: {explanation.target}"
+        title = titles[column - 1] if titles else f"{explanation.method}: {explanation.explains}"
         axes[0, column].set_title(title, fontsize=9)
     for axis in axes.ravel():
         axis.axis("off")
@@ -60,8 +66,6 @@ def save_overlap(
     fraction: float = 0.2,
 ) -> Path:
     """Top-``fraction`` regions of several class maps in one picture (one colour per class), plus IoUs."""
-    from counterclip.explainers.classic.cnn import top_region_mask
-
     plt = _pyplot()
     colours = np.array([[1.0, 0.1, 0.1], [0.1, 0.4, 1.0], [0.1, 0.8, 0.2], [1.0, 0.8, 0.0], [0.8, 0.2, 0.9]])
     base = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0 * 0.5
@@ -76,7 +80,7 @@ def save_overlap(
     axes[0].imshow(np.clip(shown, 0, 1))
     axes[0].set_title(f"top {fraction:.0%} regions", fontsize=9)
     axes[0].axis("off")
-    labels = [e.extras.get("class_name", e.target) for e in explanations]
+    labels = [e.extras.get("class_name", e.explains) for e in explanations]
     axes[1].imshow(iou, vmin=0, vmax=1, cmap="viridis")
     axes[1].set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
     axes[1].set_yticks(range(len(labels)), labels, fontsize=8)
@@ -131,7 +135,7 @@ def token_html(explanations: Sequence[Explanation], title: str = "") -> str:
         delta = explanation.extras.get("convergence_delta")
         note = f", convergence delta {delta:+.2e}" if delta is not None else ""
         parts.append(
-            f"<h2>{html.escape(explanation.method)}: {html.escape(explanation.target)}</h2>"
+            f"<h2>{html.escape(explanation.method)}: {html.escape(explanation.explains)}</h2>"
             f"<p>score {explanation.score:.4f}{html.escape(note)}</p><p>{spans}</p>"
         )
     return "\n".join(parts) + "\n"
@@ -191,7 +195,7 @@ def pdp_figure(explanations: Explanation | Sequence[Explanation], labels: Sequen
     if labels:
         for ax in np.ravel(target_axes):
             ax.legend(fontsize=8)
-    figure.suptitle(items[0].target, fontsize=10)
+    figure.suptitle(items[0].explains, fontsize=10)
     return figure
 
 
@@ -209,7 +213,7 @@ def save_lime_bars(explanation: Explanation, path: str | Path, top: int = 12) ->
     )
     axis.set_xlabel("LIME weight")
     axis.set_title(
-        f"row {explanation.extras['row']}: {explanation.target} = {explanation.score:.3f}", fontsize=9
+        f"row {explanation.extras['row']}: {explanation.explains} = {explanation.score:.3f}", fontsize=9
     )
     return _save(figure, path)
 
@@ -221,9 +225,66 @@ def save_figure(figure: Any, path: str | Path) -> Path:
 
 def _save(figure: Any, path: str | Path) -> Path:
     plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
-    return path
+    return write_bytes_atomic(path, buffer.getvalue())
+
+
+def write_cnn_result(result: CnnResult, shown: Image.Image, out_dir: str | Path) -> list[Path]:
+    """The PNG files of one ``explain-cnn`` run, in ``out_dir``.
+
+    ``counterfactual``: ``edited.png`` (the 8-bit edited image) and ``counterfactual.png``; ``sweep``:
+    ``sweep.png``; ``maps``: ``METHOD.png`` (a panel, or one overlay per class) and, for several classes,
+    ``METHOD-overlap.png``.
+    """
+    out_dir = Path(out_dir)
+    explanations = result.explanations
+    if result.flow == "counterfactual":
+        [edited] = explanations
+        return [
+            save_png(edited.extras["edited_image"], out_dir / "edited.png"),
+            save_counterfactual(shown, edited, out_dir / "counterfactual.png"),
+        ]
+    if result.flow == "sweep":
+        titles = [f"{e.extras['layer']} ({e.extras['class_name']})" for e in explanations]
+        return [save_panel(shown, explanations, out_dir / "sweep.png", titles=titles)]
+    method = explanations[0].method
+    if len(explanations) == 1:
+        return [save_png(panel(shown, explanations[0]), out_dir / f"{method}.png")]
+    titles = [f"{e.extras['class_name']} (p={e.extras['probability']:.3f})" for e in explanations]
+    files = [save_panel(shown, explanations, out_dir / f"{method}.png", titles=titles)]
+    if result.overlap is not None:
+        files.append(
+            save_overlap(
+                shown, explanations, result.overlap, out_dir / f"{method}-overlap.png", OVERLAP_FRACTION
+            )
+        )
+    return files
+
+
+def write_token_result(explanations: Sequence[Explanation], text: str, out_dir: str | Path) -> list[Path]:
+    """The files of one ``explain-text-classifier`` run: ``METHOD.png`` (a token strip) per explanation,
+    and ``tokens.html`` with every strip."""
+    out_dir = Path(out_dir)
+    blank = Image.new("RGB", (1, 1), "white")  # `panel` draws only the token strip without a pixel map
+    files = [save_png(panel(blank, e), out_dir / f"{e.method}.png") for e in explanations]
+    files.append(write_text_atomic(out_dir / "tokens.html", token_html(explanations, title=text)))
+    return files
+
+
+def write_tabular_result(result: TabularResult, out_dir: str | Path) -> list[Path]:
+    """The figure of one ``explain-tabular`` run: ``lime-rowN.png`` or ``METHOD-FEATURE[-FEATURE].png``."""
+    out_dir = Path(out_dir)
+    request = result.request
+    if request.method == "lime":
+        return [save_lime_bars(result.explanations[0], out_dir / f"lime-row{request.row}.png")]
+    labels = result.models if request.method == "compare" else None
+    stem = f"{request.method}-{'-'.join(_safe(f) for f in request.features)}"
+    return [save_figure(pdp_figure(result.explanations, labels=labels), out_dir / f"{stem}.png")]
+
+
+def _safe(name: str) -> str:
+    """A feature name usable in a file name."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
