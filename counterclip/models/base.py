@@ -159,10 +159,6 @@ class ClipModel(abc.ABC):
         """Human-readable tokens of ``text`` in order, aligned with the ids between start and end tokens."""
 
     # --- shared behaviour ----------------------------------------------------------------------
-    def vision_blocks(self) -> list[nn.Module]:
-        """The image tower's transformer blocks ([] for conv towers): ``image_tower().blocks``."""
-        return list(self.image_tower().blocks)
-
     @property
     def fingerprint(self) -> str:
         """Stable hash of the weights (computed once per load)."""

@@ -1,7 +1,7 @@
 """The server's only door to the explainers and the report renderer (a rename there is an edit here).
 
 `item_maps` gives the maps the page shows for one answer; `report_html` the self-contained HTML report
-of a whole query. Maps use the relevance explainer, which needs a ViT image tower.
+of a whole query. Maps use the report's choice of explainer (relevance on a ViT tower, Grad-CAM otherwise).
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from counterclip.errors import InputError
-from counterclip.explainers import explain, image_counterfactual_maps, text_counterfactual_maps
+from counterclip.explainers import image_counterfactual_maps, text_counterfactual_maps
 from counterclip.index_builder.decode import DecodeError, load_bytes
 from counterclip.report import colorize, overlay, png_data_uri, token_strip
+from counterclip.report.counterfactual import CounterfactualMaps, counterfactual_maps, map_method
 from counterclip.report.html import counterfactual_report
 
-METHOD = "relevance"
 LEGEND_WIDTH = 256
 MAP_SIDE = 768  # longest side of a map shown on the page (larger images are shrunk before explaining)
 
@@ -103,14 +102,6 @@ def _token_map(title: str, caption: str, tokens: list[str], values: np.ndarray) 
     }
 
 
-def _needs_vit(model: Any) -> None:
-    blocks = getattr(model, "vision_blocks", None)
-    if blocks is None or not blocks():
-        raise InputError(
-            "explanation maps need a ViT image tower (relevance maps); this index's model has none"
-        )
-
-
 def item_maps(
     model: Any,
     side: str,
@@ -133,12 +124,12 @@ def item_maps(
         None for the plain images): the original and the answer (or the image), why the answer
         matches, and why it rather than the original.
     """
-    _needs_vit(model)
+    method, text_method = map_method(model), map_method(model, "text")
     query_image = _display(query_image)
     if side == "image":
         assert result_image is not None
         result_image = _display(result_image)
-        pair, margin = image_counterfactual_maps(model, query_image, result_image, text, method=METHOD)
+        pair, margin = image_counterfactual_maps(model, query_image, result_image, text, method=method)
         return [
             _plain("The original", "The original image, for comparison.", query_image),
             _plain("The answer", "The answer image.", result_image),
@@ -156,7 +147,7 @@ def item_maps(
             ),
         ]
     assert result_text is not None
-    pair, margin = text_counterfactual_maps(model, query_image, text, result_text, method=METHOD)
+    pair, margin = text_counterfactual_maps(model, query_image, text, result_text, method=text_method)
     maps = [
         _plain("The image", "The original image both texts are scored against.", query_image),
         _image_map(
@@ -207,10 +198,6 @@ def report_html(
         HTML text.
     """
     data = result.to_dict()
-    maps: dict[int, list[Image.Image]] = {}
-    query_maps: list[Image.Image] = []
-    text = result.text if result.text is not None else result.query.get("target")
-    can_map = with_maps and bool(getattr(model, "vision_blocks", lambda: [])())
     query_image = _display(query_image) if query_image is not None else None
     with tempfile.TemporaryDirectory(prefix="counterclip-report-") as folder:
         root = Path(folder)
@@ -232,20 +219,12 @@ def report_html(
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(payload)
-        if can_map and query_image is not None and text:
-            query_maps.append(
-                overlay(query_image, explain(model, query_image, text, method=METHOD).pixel_map)
-            )
-            for item in result.items:
-                if result.side == "image" and item.id in kept:
-                    pair, margin = image_counterfactual_maps(
-                        model, query_image, kept[item.id], text, method=METHOD
-                    )
-                    maps[item.id] = [
-                        overlay(kept[item.id], pair.pixel_map),
-                        overlay(kept[item.id], margin.pixel_map),
-                    ]
-                elif result.side == "text" and item.text:
-                    pair = explain(model, query_image, item.text, method=METHOD, modality="text")
-                    maps[item.id] = [token_strip(pair.tokens, pair.token_map)]
-        return counterfactual_report(data, root, query_image=query_image, maps=maps, query_maps=query_maps)
+        by_path = {str((root / i["path"]).resolve()): kept[i["id"]] for i in items if i["id"] in kept}
+        maps = (
+            counterfactual_maps(model, data, root, query_image, lambda p: by_path.get(str(Path(p).resolve())))
+            if with_maps
+            else CounterfactualMaps()
+        )
+        return counterfactual_report(
+            data, root, query_image=query_image, maps=maps.items, query_maps=maps.query
+        )

@@ -115,13 +115,12 @@ class Service:
         index = self.engine.index
         model = getattr(self.engine, "model", None)
         spec = getattr(model, "spec", None)
-        blocks = getattr(model, "vision_blocks", None)
         return {
             "name": os.path.basename(os.path.normpath(str(index.root))),
             "images": index.images.count,
             "captions": index.captions.count,
             "model": str(spec) if spec is not None else type(model).__name__,
-            "maps": bool(blocks is not None and blocks()),
+            "maps": hasattr(model, "image_tower"),  # every ClipModel: relevance on ViT, Grad-CAM otherwise
             "token_required": self.settings.token is not None,
             "limits": {
                 "max_upload_bytes": self.limits.max_upload_bytes,

@@ -116,9 +116,6 @@ def test_counterfactual_maps(tiny_vit, rgb_images) -> None:
     text = tiny_vit.text_features(tiny_vit.tokenize(["a red circle"])).detach()[0]
     expected = EmbeddingMargin(text, emb["q"], tiny_vit.pair_score)(emb["r"][None], text[None])
     assert margin_map.score == pytest.approx(float(expected), abs=1e-4)
-    # the shorthand scale= builds the same pair score (kept for callers written before PairScore)
-    shorthand = EmbeddingMargin(text, emb["q"], scale=tiny_vit.logit_scale)(emb["r"][None], text[None])
-    assert float(shorthand) == float(expected)
     pair, margin = text_counterfactual_maps(tiny_vit, query, "a red circle", "a blue circle")
     assert (
         pair.tokens == ["a", "blue", "circle"]

@@ -9,7 +9,7 @@ same score the engine moves.
 
 from __future__ import annotations
 
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -107,17 +107,12 @@ class EmbeddingMargin:
     Attributes:
         toward: ``(d,)`` L2-normalised embedding the image should be close to.
         away: ``(d,)`` L2-normalised embedding it is contrasted with.
-        score: the model's pair score (``scale=`` builds one from a bare scale).
+        score: the model's pair score.
     """
 
     toward: torch.Tensor
     away: torch.Tensor
     score: PairScore = field(default_factory=PairScore)
-    scale: InitVar[float | None] = None
-
-    def __post_init__(self, scale: float | None) -> None:
-        if scale is not None:  # shorthand kept for callers written before PairScore (cli/engine_cmds)
-            object.__setattr__(self, "score", PairScore(scale=float(scale)))
 
     def __call__(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """``(n, d), ignored -> (n,)``."""
