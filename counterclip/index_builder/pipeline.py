@@ -4,7 +4,8 @@
 - mapper (`DecodeMapper`): read, hash and decode one file in a worker thread (Pillow releases the GIL),
   returning a fixed-key dict; a bounded window keeps ``prefetch_batches`` batches ready while the model
   runs on the current one, so memory depends on the batch size, not on the number of images;
-- model: the model's own preprocessing, then batched ``encode_images``, in the calling thread;
+- model: the model's own preprocessing, then batched ``encode_images``, in the calling thread (any
+  `Encoder`: a torch `ClipModel` or an `OnnxEncoder`);
 - writer (`ShardWriter`): buffers vectors, writes a shard every ``shard_size`` rows and commits the rows
   that point at it in one transaction (the unit of resume after a crash).
 
@@ -33,6 +34,7 @@ import torch
 from counterclip.index_builder.decode import DecodeError, DecodeOptions, load_image
 from counterclip.index_builder.shards import write_shard
 from counterclip.index_builder.store import Store
+from counterclip.models.encoder import Encoder
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -198,7 +200,7 @@ class StageTimes:
 
 def embed_images(
     items: Iterable[WorkItem],
-    model: Any,
+    model: Encoder,
     writer: ShardWriter,
     options: DecodeOptions,
     batch_size: int,
@@ -210,7 +212,7 @@ def embed_images(
 
     Args:
         items: `WorkItem` s in id order.
-        model: a `ClipModel`.
+        model: an `Encoder` (``preprocess`` and ``encode_images``): a `ClipModel` or an `OnnxEncoder`.
         writer: the images `ShardWriter`.
         options: decode options.
         batch_size: images per forward pass.
@@ -218,6 +220,10 @@ def embed_images(
         prefetch_batches: decoded batches kept ready ahead of the model.
         on_progress: called with the number of items just finished.
     """
+    if not (callable(getattr(model, "preprocess", None)) and callable(getattr(model, "encode_images", None))):
+        raise TypeError(
+            f"embed_images needs an encoder with preprocess and encode_images, got {type(model).__name__}"
+        )
     times = StageTimes()
     started = time.perf_counter()
     mapper = DecodeMapper(options)
