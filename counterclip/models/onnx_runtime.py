@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -55,13 +54,18 @@ from torch import nn
 
 from counterclip.errors import InputError, QuantizationRefusedError, RuntimeExportError
 from counterclip.models.base import ClipModel, VisionGeometry
+from counterclip.models.onnx_common import (  # noqa: F401 - re-exported
+    CACHE_ENV,
+    CACHE_FORMAT,
+    OPSET,
+    default_cache_dir,
+    onnxruntime_available,
+    unit,
+)
 from counterclip.models.spec import ModelSpec
 
 LOG = logging.getLogger(__name__)
 
-CACHE_ENV = "COUNTERCLIP_ONNX_CACHE"  # overrides the cache directory
-CACHE_FORMAT = 1  # bump when the layout or the exported graphs change meaning
-OPSET = 17  # LayerNormalization is a native op from 17 on
 TOWERS = ("image", "text")
 PRECISIONS = ("fp32", "int8-dynamic", "int8-static")
 FP32_MIN_COSINE = 0.9999  # every exported embedding vs torch's
@@ -81,13 +85,6 @@ CHECK_TEXTS = (
 _TRACE_BATCH = 2  # batch size the graph is traced with; the check uses others, so a baked-in batch shows
 
 
-def onnxruntime_available() -> bool:
-    """True when the ``onnx`` extra (onnxruntime and onnx) is installed."""
-    return (
-        importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
-    )
-
-
 def _require_onnxruntime() -> Any:
     if not onnxruntime_available():
         raise RuntimeExportError(
@@ -96,14 +93,6 @@ def _require_onnxruntime() -> Any:
     import onnxruntime
 
     return onnxruntime
-
-
-def default_cache_dir() -> Path:
-    """``$COUNTERCLIP_ONNX_CACHE``, else ``$XDG_CACHE_HOME/counterclip/onnx``, else ``~/.cache/counterclip/onnx``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "counterclip" / "onnx"
 
 
 # --- measuring agreement ---------------------------------------------------------------------------------
@@ -120,17 +109,12 @@ class Agreement:
         return dataclasses.asdict(self)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def compare(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
     """Cosine per row and max abs difference of ``candidate`` ``(n, d)`` against ``reference`` ``(n, d)``."""
     assert reference.shape == candidate.shape, (reference.shape, candidate.shape)
     reference = np.asarray(reference, dtype=np.float64)
     candidate = np.asarray(candidate, dtype=np.float64)
-    cos = (_unit(reference) * _unit(candidate)).sum(axis=1)
+    cos = (unit(reference) * unit(candidate)).sum(axis=1)
     if not np.isfinite(candidate).all():
         cos = np.where(np.isfinite(cos), cos, -1.0)
     diff = np.abs(reference - candidate)
@@ -153,9 +137,9 @@ def recall_at_k(reference: np.ndarray, candidate: np.ndarray, k: int = RECALL_K)
     n = len(reference)
     if n <= k:
         raise InputError(f"recall@{k} needs more than {k} items, got {n}")
-    queries = _unit(reference)
+    queries = unit(reference)
     found = []
-    for vectors in (_unit(reference), _unit(candidate)):
+    for vectors in (unit(reference), unit(candidate)):
         scores = queries @ vectors.T
         np.fill_diagonal(scores, -np.inf)  # a query is not its own neighbour
         found.append(np.argsort(-scores, axis=1, kind="stable")[:, :k])
@@ -552,7 +536,7 @@ class OnnxEncoder:
             session.run(None, {name: inputs[i : i + batch_size]})[0]
             for i in range(0, len(inputs), batch_size)
         ]
-        return torch.from_numpy(_unit(np.concatenate(chunks)))
+        return torch.from_numpy(unit(np.concatenate(chunks)))
 
     def session(self, tower: str) -> Any:
         """The tower's ``InferenceSession`` (exported, checked and created on first call, then kept)."""
@@ -598,10 +582,17 @@ class OnnxEncoder:
             export_tower(self.torch_model, tower, tmp)
             session = self._new_session(tmp)
             agreement = self._check_against_torch(tower, session)
+        extra: dict[str, Any] = {}
+        if tower == "text":  # what lets OnnxTextEncoder run this tower later without torch
+            from counterclip.models.onnx_text import standalone_entry
+
+            entry, reason = standalone_entry(self.torch_model, self.cache.directory)
+            extra = {"standalone": entry} if entry else {"standalone": None, "standalone_reason": reason}
         record = self.cache.write_record(
             tower,
             "fp32",
             {
+                **extra,
                 "opset": OPSET,
                 "spec": self.spec.to_dict(),
                 "torch": torch.__version__,
@@ -739,7 +730,7 @@ class OnnxEncoder:
             session.run(None, {name: pixels[i : i + batch_size]})[0]
             for i in range(0, len(pixels), batch_size)
         ]
-        return _unit(np.concatenate(out))
+        return unit(np.concatenate(out))
 
 
 RUNTIMES = ("torch", "onnx")

@@ -344,3 +344,94 @@ def test_build_pipeline_runs_with_the_onnx_encoder(openclip_model, tmp_path: Pat
         embed_images(
             items, object(), _RecordingWriter(), DecodeOptions(), batch_size=2, workers=0, prefetch_batches=1
         )
+
+
+# --- the text tower without torch (cold queries) ----------------------------------------------------------
+STANDALONE_CHILD = """
+import json, sys
+from counterclip.models import OnnxTextEncoder
+encoder, reason = OnnxTextEncoder.open(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3])
+out = encoder.encode_texts(json.loads(sys.argv[4]))
+print(json.dumps({"reason": reason, "out": out.tolist(), "dtype": str(out.dtype),
+                  "heavy": sorted(m for m in ("torch", "open_clip", "transformers") if m in sys.modules)}))
+"""
+
+
+@pytest.mark.parametrize("which", ["openclip_model", "hf_model"])
+def test_text_tower_runs_from_the_cache_without_torch(
+    which: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    model = request.getfixturevalue(which)
+    texts = [*TEXTS, "Fish &amp; chips, naïve café 🐶", "MiXeD   CaSe"]
+    OnnxEncoder(model, cache_dir=tmp_path).encode_texts(["warm"])  # exports the text tower
+    record = json.loads((tmp_path / model.fingerprint / "text.fp32.json").read_text())
+    assert record["standalone"]["tokenizer"]["kind"] == ("hf-fast" if which == "hf_model" else "clip-bpe")
+    args = [json.dumps(model.spec.to_dict()), model.fingerprint, str(tmp_path), json.dumps(texts)]
+    done = subprocess.run(
+        [sys.executable, "-c", STANDALONE_CHILD, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["reason"] == "" and result["heavy"] == []  # no torch, open_clip or transformers imported
+    assert result["dtype"] == "float32"
+    assert np.abs(np.asarray(result["out"]) - model.encode_texts(texts).numpy()).max() < 1e-5
+
+
+def test_clip_bpe_port_matches_open_clip() -> None:
+    import open_clip
+
+    from counterclip.models.onnx_text import TOKENIZER_CHECK_TEXTS, ClipBpeTokenizer
+
+    texts = [
+        *TOKENIZER_CHECK_TEXTS,
+        "  leading and trailing  ",
+        "x" * 300,
+        "tabs\tand\nnewlines",
+        "日本語のテキスト",
+    ]
+    ours = ClipBpeTokenizer(context_length=77)(texts)
+    assert ours.dtype == np.int64
+    assert np.array_equal(ours, open_clip.tokenize(texts).numpy())
+
+
+def test_standalone_is_refused_when_it_cannot_be_trusted(openclip_model, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from counterclip.models.onnx_text import OnnxTextEncoder
+
+    # a copy of the tiny model's files, so they can be changed
+    config, weights = (Path(p) for p in str(openclip_model.spec).split(":"))
+    local = tmp_path / "m"
+    local.mkdir()
+    (local / config.name).write_bytes(config.read_bytes())
+    (local / weights.name).write_bytes(weights.read_bytes())
+    model = load_model(f"{local / config.name}:{local / weights.name}", device="cpu")
+    cache = tmp_path / "cache"
+    OnnxEncoder(model, cache_dir=cache).encode_texts(["a"])
+    encoder, reason = OnnxTextEncoder.open(model.spec, model.fingerprint, cache)
+    assert encoder is not None and reason == ""
+    assert np.allclose(
+        encoder.encode_texts("a red circle"), model.encode_texts("a red circle").numpy(), atol=1e-5
+    )
+    # another fingerprint: nothing cached
+    encoder, reason = OnnxTextEncoder.open(model.spec, "0" * 32, cache)
+    assert encoder is None and "no text tower of fingerprint" in reason
+    # the weight file changed after the export: loading it would give other weights
+    state = load_file(str(local / weights.name))
+    state["text_projection"] = state["text_projection"] * 2
+    save_file(state, str(local / weights.name))
+    encoder, reason = OnnxTextEncoder.open(model.spec, model.fingerprint, cache)
+    assert encoder is None and "changed since the export" in reason
+    # random weights (no file): exported and usable through torch, but no torch-free entry
+    random_model = load_model(str(local / config.name), device="cpu")
+    OnnxEncoder(random_model, cache_dir=cache).encode_texts(["a"])
+    record = json.loads((cache / random_model.fingerprint / "text.fp32.json").read_text())
+    assert record["standalone"] is None and "does not load from local files" in record["standalone_reason"]
+    encoder, reason = OnnxTextEncoder.open(random_model.spec, random_model.fingerprint, cache)
+    assert encoder is None and "no standalone entry" in reason
