@@ -375,6 +375,7 @@ def test_text_tower_runs_from_the_cache_without_torch(
         capture_output=True,
         text=True,
         check=True,
+        cwd=Path(__file__).resolve().parents[2],  # this checkout's counterclip
         timeout=120,
     )
     result = json.loads(done.stdout.strip().splitlines()[-1])
