@@ -19,6 +19,10 @@ torch, run it on the CPU; optionally an int8 image tower, accepted only if it pa
 - **Run**: one ``InferenceSession`` per tower, created on first use and kept; CPU provider; intra-op
   threads settable.
 
+- **Without torch**: the text export's record also says how `onnx_text.OnnxTextEncoder` may later run it
+  with no torch at all (cold text queries): the SHA-256 of the spec's weight files and a torch-free
+  tokenizer that reproduced the model's token ids.
+
 The cache directory is ``$COUNTERCLIP_ONNX_CACHE``, else ``$XDG_CACHE_HOME/counterclip/onnx``, else
 ``~/.cache/counterclip/onnx``; a ``cache_dir`` argument overrides all of them.
 
