@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +196,25 @@ class StageTimes:
     items: int = 0
     failed: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+
+
+def sample_pixels(
+    items: Sequence[WorkItem], model: Encoder, options: DecodeOptions, n: int = 128, seed: int = 0
+) -> torch.Tensor:
+    """Preprocessed pixels ``(m, 3, H, W)`` of up to ``n`` of ``items`` drawn at random (seeded), in id order;
+    files that fail to decode are skipped. The sample an int8 `OnnxEncoder` is calibrated and checked on.
+    """
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(items), size=min(n, len(items)), replace=False).tolist()) if items else []
+    mapper = DecodeMapper(options)
+    pixels = []
+    for index in chosen:
+        result = mapper(items[index])
+        if result["error"] is None:
+            pixels.append(model.preprocess(result["image"]))
+    if not pixels:
+        return torch.empty(0)
+    return torch.stack(pixels)
 
 
 def embed_images(

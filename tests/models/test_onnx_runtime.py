@@ -19,7 +19,7 @@ if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("
 
 from counterclip.errors import InputError, QuantizationRefusedError, RuntimeExportError  # noqa: E402
 from counterclip.index_builder.decode import DecodeOptions  # noqa: E402
-from counterclip.index_builder.pipeline import WorkItem, embed_images  # noqa: E402
+from counterclip.index_builder.pipeline import WorkItem, embed_images, sample_pixels  # noqa: E402
 from counterclip.models import load_model  # noqa: E402
 from counterclip.models import onnx_runtime as ort_mod  # noqa: E402
 from counterclip.models.encoder import Encoder  # noqa: E402
@@ -340,6 +340,13 @@ def test_build_pipeline_runs_with_the_onnx_encoder(openclip_model, tmp_path: Pat
         assert writer.ids == [0, 1, 2, 3, 4] and writer.failed == [5]
         results[name] = np.concatenate(writer.vectors)
     assert np.abs(results["onnx"] - results["torch"]).max() < 1e-5
+    # the int8 sample: seeded random draw, in id order, undecodable files skipped, the model's transform
+    sample = sample_pixels(items, openclip_model, DecodeOptions(), n=4, seed=0)
+    again = sample_pixels(items, openclip_model, DecodeOptions(), n=4, seed=0)
+    assert torch.equal(sample, again) and 3 <= len(sample) <= 4
+    everything = sample_pixels(items, openclip_model, DecodeOptions(), n=100)
+    assert len(everything) == 5  # 6 items, one undecodable
+    assert np.abs(openclip_model.encode_images(everything).numpy() - results["torch"]).max() < 1e-5
     with pytest.raises(TypeError, match="preprocess and encode_images"):
         embed_images(
             items, object(), _RecordingWriter(), DecodeOptions(), batch_size=2, workers=0, prefetch_batches=1
