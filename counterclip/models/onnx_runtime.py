@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -441,9 +442,9 @@ class OnnxEncoder:
         )
         self._sessions: dict[str, Any] = {}
         self._records: dict[str, dict[str, Any]] = {}
-        self.exported: list[
-            str
-        ] = []  # "<tower>.<precision>" files written by this encoder (not read from cache)
+        self._lock = threading.Lock()  # one export / session per tower, also when threads share the encoder
+        # "<tower>.<precision>" files this encoder wrote (not read from the cache)
+        self.exported: list[str] = []
 
     # --- what the pipeline and the engine use ----------------------------------------------------------
     @property
@@ -546,12 +547,13 @@ class OnnxEncoder:
         """The tower's ``InferenceSession`` (exported, checked and created on first call, then kept)."""
         if tower not in TOWERS:
             raise InputError(f"unknown tower {tower!r}; expected image or text")
-        if tower not in self._sessions:
-            record = self._ensure(tower)
-            path = self.cache.onnx_path(tower, record["precision"])
-            self._sessions[tower] = self._new_session(path)
-            self._records[tower] = record
-        return self._sessions[tower]
+        with self._lock:
+            if tower not in self._sessions:
+                record = self._ensure(tower)
+                path = self.cache.onnx_path(tower, record["precision"])
+                self._sessions[tower] = self._new_session(path)
+                self._records[tower] = record
+            return self._sessions[tower]
 
     def _new_session(self, path: Path) -> Any:
         ort = self._ort
