@@ -199,10 +199,13 @@ class StageTimes:
 
 
 def sample_pixels(
-    items: Sequence[WorkItem], model: Encoder, options: DecodeOptions, n: int = 128, seed: int = 0
+    items: Sequence[WorkItem], model: Encoder, options: DecodeOptions, n: int = 256, seed: int = 0
 ) -> torch.Tensor:
     """Preprocessed pixels ``(m, 3, H, W)`` of up to ``n`` of ``items`` drawn at random (seeded), in id order;
     files that fail to decode are skipped. The sample an int8 `OnnxEncoder` is calibrated and checked on.
+
+    Take it large: the int8 check measures recall@10 on an index of the sample alone, which is sparser than
+    the collection's (ViT-B-32, random weights: 0.986 on 64 images, 0.977 on all 256).
     """
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(items), size=min(n, len(items)), replace=False).tolist()) if items else []
