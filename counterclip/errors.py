@@ -26,3 +26,12 @@ class IndexFormatError(CounterclipError):
 
 class IndexLockedError(CounterclipError):
     """Another process holds the index's write lock."""
+
+
+class RuntimeExportError(CounterclipError):
+    """A model tower that cannot be exported to (or run with) ONNX Runtime as asked, or whose export does not
+    match torch within the accepted tolerance."""
+
+
+class QuantizationRefusedError(RuntimeExportError):
+    """An int8 tower that misses the accuracy bars against fp32 (cosine, recall@10) on the user's sample."""

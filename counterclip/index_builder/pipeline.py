@@ -4,7 +4,8 @@
 - mapper (`DecodeMapper`): read, hash and decode one file in a worker thread (Pillow releases the GIL),
   returning a fixed-key dict; a bounded window keeps ``prefetch_batches`` batches ready while the model
   runs on the current one, so memory depends on the batch size, not on the number of images;
-- model: the model's own preprocessing, then batched ``encode_images``, in the calling thread;
+- model: the model's own preprocessing, then batched ``encode_images``, in the calling thread (any
+  `Encoder`: a torch `ClipModel` or an `OnnxEncoder`);
 - writer (`ShardWriter`): buffers vectors, writes a shard every ``shard_size`` rows and commits the rows
   that point at it in one transaction (the unit of resume after a crash).
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ import torch
 from counterclip.index_builder.decode import DecodeError, DecodeOptions, load_image
 from counterclip.index_builder.shards import write_shard
 from counterclip.index_builder.store import Store
+from counterclip.models.encoder import Encoder
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -196,9 +198,31 @@ class StageTimes:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+def sample_pixels(
+    items: Sequence[WorkItem], model: Encoder, options: DecodeOptions, n: int = 256, seed: int = 0
+) -> torch.Tensor:
+    """Preprocessed pixels ``(m, 3, H, W)`` of up to ``n`` of ``items`` drawn at random (seeded), in id order;
+    files that fail to decode are skipped. The sample an int8 `OnnxEncoder` is calibrated and checked on.
+
+    Take it large: the int8 check measures recall@10 on an index of the sample alone, which is sparser than
+    the collection's (ViT-B-32, random weights: 0.986 on 64 images, 0.977 on all 256).
+    """
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(items), size=min(n, len(items)), replace=False).tolist()) if items else []
+    mapper = DecodeMapper(options)
+    pixels = []
+    for index in chosen:
+        result = mapper(items[index])
+        if result["error"] is None:
+            pixels.append(model.preprocess(result["image"]))
+    if not pixels:
+        return torch.empty(0)
+    return torch.stack(pixels)
+
+
 def embed_images(
     items: Iterable[WorkItem],
-    model: Any,
+    model: Encoder,
     writer: ShardWriter,
     options: DecodeOptions,
     batch_size: int,
@@ -210,7 +234,7 @@ def embed_images(
 
     Args:
         items: `WorkItem` s in id order.
-        model: a `ClipModel`.
+        model: an `Encoder` (``preprocess`` and ``encode_images``): a `ClipModel` or an `OnnxEncoder`.
         writer: the images `ShardWriter`.
         options: decode options.
         batch_size: images per forward pass.
@@ -218,6 +242,10 @@ def embed_images(
         prefetch_batches: decoded batches kept ready ahead of the model.
         on_progress: called with the number of items just finished.
     """
+    if not (callable(getattr(model, "preprocess", None)) and callable(getattr(model, "encode_images", None))):
+        raise TypeError(
+            f"embed_images needs an encoder with preprocess and encode_images, got {type(model).__name__}"
+        )
     times = StageTimes()
     started = time.perf_counter()
     mapper = DecodeMapper(options)

@@ -12,6 +12,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -214,6 +215,16 @@ class ClipModel(abc.ABC):
         a = torch.as_tensor(image_emb, dtype=torch.float32)
         b = torch.as_tensor(text_emb, dtype=torch.float32)
         return self.pair_score.matrix(a, b) if b.dim() == 2 else self.pair_score.against(a, b)
+
+    def runtime_info(self) -> dict[str, Any]:
+        """What runs the model, for the index manifest (the same keys as `OnnxEncoder.runtime_info`)."""
+        return {
+            "runtime": "torch",
+            "version": torch.__version__,
+            "device": str(self.device),
+            "precision": {"image": "fp32", "text": "fp32"},
+            "threads": torch.get_num_threads(),
+        }
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(spec={str(self.spec)!r}, d={self.embed_dim}, device={self.device})"

@@ -1,0 +1,484 @@
+"""Benchmark the ONNX Runtime encoder against torch, in one run; prints ratios, agreement and timings.
+
+Part 1, building (ViT-B-32, random weights: speed does not depend on the values):
+- 256 photo-sized JPEGs (640x480) generated into a temp folder;
+- each runtime embeds them through the real build pipeline (`pipeline.embed_images`: threaded decode,
+  the model's preprocessing, batched encode; the vectors go to an in-memory writer, not to shards):
+  torch fp32, onnx fp32, onnx int8-dynamic, onnx int8-static;
+- the runtimes alternate: the photos are split into ``--rounds`` parts, every runtime embeds each part in
+  turn (the order reversed every other part), because this machine's speed drifts within minutes; each
+  runtime embeds every photo once; throughput = photos / summed seconds per runtime;
+- agreement over all 256 pipeline outputs: cosine of each runtime's embeddings to torch's, and recall@10
+  of an exact index of the int8 embeddings against the torch fp32 index (each image a query, itself left out);
+- the int8 towers are first accepted or refused by `OnnxEncoder` on a 64-image sample of the same
+  folder (its bars: every cosine >= 0.99, recall@10 >= 0.98); a refused tower is reported with its figures
+  and not timed.
+Targets (issue 19): onnx fp32 / torch >= 1.1x with cosine >= 0.9999; int8 / torch >= 1.5x with cosine
+>= 0.99 and recall@10 >= 0.98.
+
+Part 2, a cold text query with the bundled model: a fresh process per runtime (after one warm-up
+process, so the ONNX cache and the page cache are warm, as for a user's second query) opens a
+120-image shapes index, encodes one text and searches; the breakdown is: process start (to the first line
+of the child), imports, index open, model load (weights + fingerprint), runtime start (ONNX text session
+from the cache; nothing for torch), encode, search. A warm query (second query in the same process) is
+timed too. The CLI is not wired to the ONNX runtime yet, so this measures the library path it will take.
+
+Usage::
+
+    python scripts/bench_runtime.py                 # both parts (~5 min on 2 loaded CPUs)
+    python scripts/bench_runtime.py --n 64 --rounds 1 --skip-cold
+    python scripts/bench_runtime.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ARCH = "ViT-B-32"
+RUNTIMES = ("torch", "onnx-fp32", "onnx-int8-dynamic", "onnx-int8-static")
+
+
+def generate(folder: Path, n: int, size: tuple[int, int] = (640, 480), seed: int = 0) -> None:
+    """``n`` photo-like JPEGs (smooth colour fields and grain) of ``size`` = (w, h)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w, h = size
+    for i in range(n):
+        coarse = Image.fromarray(rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)).resize(
+            (w, h), Image.Resampling.BICUBIC
+        )
+        pixels = np.asarray(coarse, dtype=np.int16) + rng.integers(-12, 13, size=(h, w, 3))
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{i:06d}.jpg", quality=90)
+
+
+class MemoryWriter:
+    """The `ShardWriter` calls `embed_images` makes, keeping the vectors in memory."""
+
+    def __init__(self) -> None:
+        self.vectors: list[np.ndarray] = []
+        self.ids: list[int] = []
+
+    def add(self, vectors: np.ndarray, ids: list[int], columns: list[dict]) -> None:
+        self.vectors.append(vectors)
+        self.ids += ids
+
+    def fail(self, item_id: int, reason: str, size=None, sha256=None) -> None:
+        raise RuntimeError(f"image {item_id} failed: {reason}")
+
+    def close(self) -> None:
+        pass
+
+
+def run_pipeline(encoder, paths: list[Path], batch_size: int, workers: int) -> tuple[float, np.ndarray]:
+    """One pass of the build pipeline over ``paths``; -> (seconds, (n, d) embeddings in path order)."""
+    from counterclip.index_builder.decode import DecodeOptions
+    from counterclip.index_builder.pipeline import WorkItem, embed_images
+
+    writer = MemoryWriter()
+    items = [WorkItem(i, str(p)) for i, p in enumerate(paths)]
+    started = time.perf_counter()
+    embed_images(
+        items, encoder, writer, DecodeOptions(), batch_size=batch_size, workers=workers, prefetch_batches=2
+    )
+    seconds = time.perf_counter() - started
+    assert writer.ids == list(range(len(paths)))
+    return seconds, np.concatenate(writer.vectors)
+
+
+def build_part(args: argparse.Namespace, work: Path) -> dict:
+    import torch
+
+    from counterclip.errors import QuantizationRefusedError
+    from counterclip.index_builder import load_image
+    from counterclip.models import load_model
+    from counterclip.models.onnx_runtime import OnnxEncoder, compare, recall_at_k
+
+    folder = work / "photos"
+    generate(folder, args.n)
+    paths = sorted(folder.glob("*.jpg"))
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    model = load_model(ARCH, device="cpu")
+    model.fingerprint  # noqa: B018 - hashed once per load, as the builder does
+    load_seconds = time.perf_counter() - t0
+    threads = torch.get_num_threads()
+    cache = work / "onnx-cache"
+    sample = torch.stack([model.preprocess(load_image(p).image) for p in paths[: args.sample]])
+    encoders: dict[str, object] = {"torch": model}
+    setup: dict[str, dict] = {}
+    for name, precision in (
+        ("onnx-fp32", "fp32"),
+        ("onnx-int8-dynamic", "int8-dynamic"),
+        ("onnx-int8-static", "int8-static"),
+    ):
+        t0 = time.perf_counter()
+        encoder = OnnxEncoder(
+            model,
+            precision=precision,
+            sample=None if precision == "fp32" else sample,
+            cache_dir=cache,
+            threads=threads,
+            calibration_size=args.sample,
+            check_batch_size=args.batch_size,
+        )
+        try:
+            encoder.session("image")
+        except QuantizationRefusedError as exc:
+            setup[name] = {"refused": str(exc), "seconds": time.perf_counter() - t0}
+            print(f"  {name}: REFUSED in {setup[name]['seconds']:.1f} s: {exc}", flush=True)
+            continue
+        info = encoder.runtime_info()["towers"]["image"]
+        setup[name] = {"seconds": time.perf_counter() - t0, **info}
+        print(
+            f"  {name}: ready in {setup[name]['seconds']:.1f} s ({', '.join(encoder.exported) or 'cached'})",
+            flush=True,
+        )
+        encoders[name] = encoder
+    warm = sample[: args.batch_size]
+    for encoder in encoders.values():  # first-call costs (allocations, kernels) out of the timed runs
+        encoder.encode_images(warm, batch_size=args.batch_size)
+    seconds = {name: 0.0 for name in encoders}
+    per_round: dict[str, list[float]] = {name: [] for name in encoders}
+    pieces: dict[str, list[np.ndarray]] = {name: [] for name in encoders}
+    chunks = np.array_split(np.arange(len(paths)), args.rounds)
+    for r, chunk in enumerate(chunks):
+        order = list(encoders) if r % 2 == 0 else list(reversed(encoders))
+        chunk_paths = [paths[i] for i in chunk]
+        for name in order:
+            took, vectors = run_pipeline(encoders[name], chunk_paths, args.batch_size, args.workers)
+            seconds[name] += took
+            per_round[name].append(len(chunk_paths) / took)
+            pieces[name].append(vectors)
+            print(f"  round {r + 1} {name}: {len(chunk_paths) / took:.2f} img/s", flush=True)
+    outputs = {name: np.concatenate(v) for name, v in pieces.items()}
+    ips = {name: len(paths) / s for name, s in seconds.items()}
+    reference = outputs["torch"]
+    agreement = {}
+    for name in encoders:
+        if name == "torch":
+            continue
+        figures = compare(reference, outputs[name]).to_dict()
+        if "int8" in name:
+            figures["recall_at_10_vs_fp32_index"] = recall_at_k(reference, outputs[name], 10)
+            figures["vs_onnx_fp32"] = (
+                compare(outputs["onnx-fp32"], outputs[name]).to_dict() if "onnx-fp32" in outputs else None
+            )
+        agreement[name] = figures
+    # How crowded the fp32 embeddings are: random weights put every image in a narrow cone, so the 10th and
+    # 11th neighbours are close and small int8 errors reorder them (a harder case than trained weights).
+    unit_ref = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    sims = unit_ref @ unit_ref.T
+    np.fill_diagonal(sims, -np.inf)
+    top = -np.sort(-sims, axis=1)[:, :11]
+    crowding = {
+        "mean_pairwise_cosine": float(sims[np.isfinite(sims)].mean()),
+        "median_gap_10th_11th_neighbour": float(np.median(top[:, 9] - top[:, 10])),
+    }
+    return {
+        "crowding": crowding,
+        "images": len(paths),
+        "image_size": [640, 480],
+        "batch_size": args.batch_size,
+        "decode_workers": args.workers,
+        "rounds": args.rounds,
+        "threads": threads,
+        "model_load_seconds": load_seconds,
+        "setup": setup,
+        "images_per_s": ips,
+        "images_per_s_per_round": per_round,
+        "ratio_to_torch": {name: ips[name] / ips["torch"] for name in ips},
+        "agreement_to_torch": agreement,
+    }
+
+
+# --- part 2: cold query --------------------------------------------------------------------------------
+COLD_CHILD = r"""
+import sys, time, json
+entered = time.time()
+stamps = {}
+runtime, index_dir, cache = sys.argv[1], sys.argv[2], sys.argv[3]
+TEXTS = ["a small red circle on a blue background", "a big green triangle"]
+if runtime == "onnx-standalone":
+    # What a torch-free query path does: the index's manifest, FAISS and SQLite, and the cached text tower.
+    t = time.perf_counter()
+    import sqlite3
+    import faiss
+    import numpy as np
+    from counterclip.models import OnnxTextEncoder
+    stamps["imports"] = time.perf_counter() - t
+    t = time.perf_counter()
+    manifest = json.load(open(f"{index_dir}/manifest.json"))
+    conn = sqlite3.connect(f"file:{index_dir}/items.sqlite?mode=ro", uri=True)
+    stamps["index_open_probe"] = time.perf_counter() - t
+    stamps["model_load"] = 0.0
+    t = time.perf_counter()
+    encoder, reason = OnnxTextEncoder.open(manifest["model"]["spec"], manifest["model"]["fingerprint"], cache)
+    assert encoder is not None, reason
+    stamps["runtime_start"] = time.perf_counter() - t
+    t = time.perf_counter()
+    images = faiss.read_index(f"{index_dir}/images.faiss")
+    stamps["index_open"] = time.perf_counter() - t
+
+    def query(text):
+        vector = encoder.encode_texts([text])
+        return vector, images.search(vector.astype(np.float32), 10)
+
+    def meta(ids):
+        marks = ",".join("?" * len(ids))
+        return conn.execute(f"SELECT id, path FROM images WHERE id IN ({marks})", ids).fetchall()
+else:
+    t = time.perf_counter()
+    import numpy as np
+    from counterclip.index_builder import Index
+    from counterclip.models import load_model
+    stamps["imports"] = time.perf_counter() - t
+    t = time.perf_counter()
+    probe = Index.open(index_dir)
+    spec = probe.model_spec
+    probe.close()
+    stamps["index_open_probe"] = time.perf_counter() - t
+    t = time.perf_counter()
+    model = load_model(spec, device="cpu")
+    model.fingerprint
+    stamps["model_load"] = time.perf_counter() - t
+    t = time.perf_counter()
+    encoder = model
+    if runtime == "onnx":
+        from counterclip.models.onnx_runtime import OnnxEncoder
+        encoder = OnnxEncoder(model, cache_dir=cache, threads=0)
+        encoder.session("text")
+    stamps["runtime_start"] = time.perf_counter() - t
+    t = time.perf_counter()
+    index = Index.open(index_dir, model=encoder)
+    stamps["index_open"] = time.perf_counter() - t
+
+    def query(text):
+        vector = np.asarray(encoder.encode_texts([text]))
+        return vector, index.search_images(vector.astype(np.float32), 10)
+
+    def meta(ids):
+        return index.image_meta(ids)
+t = time.perf_counter()
+vector, (scores, ids) = query(TEXTS[0])
+stamps["encode_and_search"] = time.perf_counter() - t
+t = time.perf_counter()
+found = [int(i) for i in ids[0]]
+meta(found)
+stamps["metadata"] = time.perf_counter() - t
+t = time.perf_counter()
+meta([int(i) for i in query(TEXTS[1])[1][1][0]])
+stamps["warm_query"] = time.perf_counter() - t
+heavy = sorted(m for m in ("torch", "open_clip", "transformers") if m in sys.modules)
+print(json.dumps({"entered": entered, "stamps": stamps, "ids": found, "heavy": heavy, "finished": time.time()}))
+"""
+
+
+def cold_part(args: argparse.Namespace, work: Path) -> dict:
+    from counterclip.index_builder import build_index
+    from counterclip.shapes.evaluate import render_set
+
+    folder = work / "shapes"
+    folder.mkdir()
+    for i, image in enumerate(render_set(args.cold_images, 11)[1]):
+        image.save(folder / f"{i:04d}.png")
+    index_dir = work / "shapes-index"
+    build_index(folder, index_dir, model="bundled:shapes", device="cpu", progress=False)
+    cache = work / "onnx-cache-bundled"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    script = work / "cold_child.py"
+    script.write_text(COLD_CHILD)
+
+    def child(runtime: str) -> dict:
+        started = time.time()
+        out = subprocess.run(
+            [sys.executable, str(script), runtime, str(index_dir), str(cache)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        wall = time.time() - started
+        record = json.loads(out.stdout.strip().splitlines()[-1])
+        stamps = {"process_start": record["entered"] - started, **record["stamps"]}
+        stamps["exit"] = wall - (record["finished"] - started)
+        return {"wall": wall, "stamps": stamps, "ids": record["ids"], "heavy_modules": record["heavy"]}
+
+    results: dict[str, list] = {"torch": [], "onnx": [], "onnx-standalone": []}
+    child("onnx")  # warm-up: exports the text tower into the cache, fills the page cache
+    child("torch")
+    for _ in range(args.cold_repeats):
+        for runtime in results:
+            results[runtime].append(child(runtime))
+    same = all(r["ids"] == results["torch"][0]["ids"] for rs in results.values() for r in rs)
+    pass_start = time.time()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return {
+        "index_images": args.cold_images,
+        "interpreter_alone_seconds": time.time() - pass_start,
+        "runs": results,
+        "same_top10_every_runtime": same,
+        "median_wall": {k: float(np.median([r["wall"] for r in v])) for k, v in results.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=256, help="generated photos (part 1)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="the photos are split into this many parts, each embedded by every "
+        "runtime in turn (order reversed every other part): each runtime embeds every photo once",
+    )
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="decode threads")
+    parser.add_argument(
+        "--sample", type=int, default=64, help="images the int8 towers are calibrated/checked on"
+    )
+    parser.add_argument("--cold-images", type=int, default=120)
+    parser.add_argument("--cold-repeats", type=int, default=3)
+    parser.add_argument("--skip-build", action="store_true")
+    parser.add_argument("--skip-cold", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
+    parser.add_argument("--json-out", type=Path, default=None, help="also write the raw figures to this file")
+    args = parser.parse_args()
+
+    import onnxruntime
+    import torch
+
+    report: dict = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "load_average_start": os.getloadavg(),
+        }
+    }
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="cc-bench-runtime-") as tmp:
+        work = Path(tmp)
+        if not args.skip_build:
+            print(
+                f"part 1: {ARCH} (random weights), {args.n} photos 640x480, {args.rounds} rounds", flush=True
+            )
+            report["build"] = build_part(args, work)
+        if not args.skip_cold:
+            print("part 2: cold text query, bundled:shapes", flush=True)
+            report["cold"] = cold_part(args, work)
+    report["machine"]["load_average_end"] = os.getloadavg()
+    report["seconds"] = time.perf_counter() - started
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps(report, indent=2))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print_report(report)
+
+
+def print_report(report: dict) -> None:
+    m = report["machine"]
+    print(
+        f"\nmachine: {m['cpus']} CPUs, torch {m['torch']}, onnxruntime {m['onnxruntime']}, load average "
+        f"{m['load_average_start'][0]:.2f} at start, {m['load_average_end'][0]:.2f} at end; total {report['seconds']:.0f} s"
+    )
+    if "build" in report:
+        b = report["build"]
+        print(
+            f"\nbuild pipeline, {ARCH}: {b['images']} JPEGs {b['image_size'][0]}x{b['image_size'][1]}, batch "
+            f"{b['batch_size']}, {b['decode_workers']} decode threads, {b['threads']} compute threads, {b['rounds']} rounds"
+        )
+        for name, setup in b["setup"].items():
+            if "refused" in setup:
+                print(f"  {name:18s} REFUSED: {setup['refused']}")
+        for name, ips in b["images_per_s"].items():
+            rounds = ", ".join(f"{x:.2f}" for x in b["images_per_s_per_round"][name])
+            line = f"  {name:18s} {ips:6.2f} img/s  x{b['ratio_to_torch'][name]:.2f} of torch  (rounds: {rounds})"
+            agreement = b["agreement_to_torch"].get(name)
+            if agreement:
+                line += (
+                    f"  cosine to torch min {agreement['cosine_min']:.5f} mean {agreement['cosine_mean']:.5f}"
+                )
+                if "recall_at_10_vs_fp32_index" in agreement:
+                    line += f"  recall@10 vs fp32 index {agreement['recall_at_10_vs_fp32_index']:.3f}"
+            print(line)
+        for name, setup in b["setup"].items():
+            if "refused" not in setup:
+                check = setup.get("vs_fp32")
+                accepted = (
+                    f"; accepted on its {check['check_images']}-image check: cosine min {check['cosine_min']:.5f}, "
+                    f"recall@10 {check['recall_at_10']:.3f}"
+                    if check
+                    else ""
+                )
+                print(f"  set-up {name}: {setup['seconds']:.1f} s (export/quantise + check){accepted}")
+        crowd = b["crowding"]
+        print(
+            f"  fp32 embeddings: mean pairwise cosine {crowd['mean_pairwise_cosine']:.4f}, median gap between "
+            f"the 10th and 11th neighbour {crowd['median_gap_10th_11th_neighbour']:.5f}"
+        )
+        print("  targets (issue 19) on all the photos:")
+        for name, agreement in b["agreement_to_torch"].items():
+            ratio = b["ratio_to_torch"][name]
+            if "int8" in name:
+                parts = [
+                    ("speed >= 1.5x", ratio >= 1.5, f"{ratio:.2f}x"),
+                    ("cosine >= 0.99", agreement["cosine_min"] >= 0.99, f"{agreement['cosine_min']:.5f}"),
+                    (
+                        "recall@10 >= 0.98",
+                        agreement["recall_at_10_vs_fp32_index"] >= 0.98,
+                        f"{agreement['recall_at_10_vs_fp32_index']:.3f}",
+                    ),
+                ]
+            else:
+                parts = [
+                    ("speed >= 1.1x", ratio >= 1.1, f"{ratio:.2f}x"),
+                    ("cosine >= 0.9999", agreement["cosine_min"] >= 0.9999, f"{agreement['cosine_min']:.6f}"),
+                ]
+            verdicts = "; ".join(
+                f"{label}: {value} {'met' if ok else 'MISSED'}" for label, ok, value in parts
+            )
+            print(f"    {name:18s} {verdicts}")
+    if "cold" in report:
+        c = report["cold"]
+        print(
+            f"\ncold text query, bundled:shapes, {c['index_images']}-image index (same top 10 on every runtime: "
+            f"{c['same_top10_every_runtime']}); python -c pass alone: {c['interpreter_alone_seconds']:.2f} s"
+        )
+        keys = [
+            "process_start",
+            "imports",
+            "index_open_probe",
+            "model_load",
+            "runtime_start",
+            "index_open",
+            "encode_and_search",
+            "metadata",
+            "exit",
+        ]
+        print("  " + " ".join(f"{k[:15]:>15s}" for k in ["runtime", "wall", *keys, "warm_query"]))
+        for runtime, runs in c["runs"].items():
+            for run in runs:
+                s = run["stamps"]
+                cells = [f"{runtime[:15]:>15s}", f"{run['wall']:15.3f}", *(f"{s[k]:15.3f}" for k in keys)]
+                print("  " + " ".join([*cells, f"{s['warm_query']:15.4f}"]))
+        print("  median wall: " + ", ".join(f"{k} {v:.2f} s" for k, v in c["median_wall"].items()))
+        for runtime, runs in c["runs"].items():
+            print(f"  {runtime}: heavy modules imported: {', '.join(runs[0]['heavy_modules']) or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
