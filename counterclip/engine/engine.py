@@ -27,7 +27,7 @@ from counterclip.engine.ranking import mmr_order
 from counterclip.engine.results import CounterfactualResult, ResultItem, SearchResult
 from counterclip.engine.sides import SIDES, CaptionSide, CollectionLike, ImageSide, Side
 from counterclip.engine.verdicts import Evidence, misspelt, no_match_warning, query_warnings, text_warnings
-from counterclip.engine.words import Lexicon
+from counterclip.engine.words import Lexicon, Swaps
 from counterclip.errors import InputError
 from counterclip.index_builder.decode import DecodeError, LoadedImage
 from counterclip.index_builder.decode import load_image as decode_image
@@ -165,6 +165,7 @@ class Engine:
         self._samples: dict[str, np.ndarray] = {}
         self._evidence: dict[str, Evidence] = {}
         self._lexicon: Lexicon | None = None
+        self._swaps: Swaps | None = None
 
     @classmethod
     def open(
@@ -322,18 +323,37 @@ class Engine:
     @property
     def lexicon(self) -> Lexicon | None:
         """The words of the index's captions (None when it holds none), built once."""
+        return self._caption_words()[0]
+
+    def _caption_words(self) -> tuple[Lexicon | None, Swaps | None]:
+        """The lexicon and the one-word-swap table of the index's captions, built once (a sample of 200k
+        captions for larger collections: enough to know their words)."""
         with self._lock:
             if self._lexicon is None and self.index.captions.count:
                 ids = np.asarray(self.index.captions.ids)
-                if len(ids) > 200_000:  # enough to know a collection's words
+                if len(ids) > 200_000:
                     ids = np.sort(np.random.default_rng(0).choice(ids, 200_000, replace=False))
                 texts = [
                     m["text"]
                     for start in range(0, len(ids), 5000)
                     for m in self.index.captions.meta(ids[start : start + 5000])
                 ]
-                self._lexicon = Lexicon(texts)
-            return self._lexicon
+                self._lexicon, self._swaps = Lexicon(texts), Swaps(ids, texts)
+            return self._lexicon, self._swaps
+
+    def _with_rivals(
+        self, evidence: Evidence, criterion: Criterion, side: Side, texts: list[str]
+    ) -> Evidence:
+        """Evidence that checks image answers against the index's one-word swaps of the asked text."""
+        _, swaps = self._caption_words()
+        if swaps is None or side.kind != "image" or not criterion.wants_match:
+            return evidence
+        asked = criterion.validity.target or texts[0]
+        ids = np.asarray(swaps.of(asked), dtype=np.int64)
+        if not len(ids):
+            return evidence
+        rivals = [m["text"] for m in self.index.captions.meta(ids)]
+        return evidence.with_rivals(self.index.captions.vectors(ids), rivals)
 
     def _token_counts(self, texts: list[str]) -> tuple[dict[str, int], int | None]:
         """Tokens per text and the model's context (the context-length warning), where the model says."""
@@ -343,9 +363,11 @@ class Engine:
             return {}, None
         return {t: int(count(t)) for t in texts}, int(context)
 
-    def _warnings(self, texts: list[str], criterion: Criterion, evidence: Evidence) -> list[str]:
+    def _warnings(
+        self, texts: list[str], criterion: Criterion, evidence: Evidence, rivalled: list[str]
+    ) -> list[str]:
         tokens, context = self._token_counts(texts)
-        return query_warnings(texts, criterion, evidence, self.lexicon, tokens, context)
+        return query_warnings(texts, criterion, evidence, self.lexicon, tokens, context, rivalled)
 
     # --- plain search ---------------------------------------------------------------------------
     def search(
@@ -448,6 +470,7 @@ class Engine:
         candidates = self._candidates(moving, criterion, path, opts)
         texts = list(query.get("labels") or [text])
         evidence = self.evidence_for(opts.calibration).doubting(misspelt(texts, self.lexicon))
+        evidence = self._with_rivals(evidence, criterion, moving, texts)
         items, stale = self._rank_and_verify(moving, criterion, candidates, opts, evidence)
         watch.lap("search_verify")
         baselines = self._baselines(moving, criterion, opts, evidence) if opts.baselines else {}
@@ -462,7 +485,7 @@ class Engine:
             items=items,
             baselines=baselines,
             stale=stale,
-            warnings=self._warnings(texts, criterion, evidence),
+            warnings=self._warnings(texts, criterion, evidence, [repr(i.rival) for i in items if i.rival]),
             calibration=evidence.describe(),
             candidates=len(candidates.ids),
             path_values=values.tolist(),

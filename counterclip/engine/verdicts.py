@@ -9,6 +9,7 @@ index that really matches, words the index has never seen, a text cut at the mod
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,10 @@ from counterclip.engine.words import Lexicon
 # a small red triangle scored p(match) 0.50 for "a red square").
 MATCH = 0.9  # p(match) at or above this: verified as a match
 NO_MATCH = 0.1  # p(match) at or below this: verified as no match
+# A CLIP score is relative to other texts: an image that scores "a yellow star" high but "a yellow cross"
+# (a caption of the index one word away) clearly higher is read by the model as a yellow cross. Clearly:
+# the rival wins a two-way softmax with probability >= 0.75, i.e. by more than ln 3 in score units.
+RIVAL_MARGIN = float(np.log(3.0))
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,8 @@ class Evidence:
 
     calibration: Calibration | None
     doubt: str | None = None  # why this query's scores cannot be trusted (e.g. misspelt words), if so
+    rivals: np.ndarray | None = None  # (r, d) the asked text's one-word swaps among the index's captions
+    rival_texts: tuple[str, ...] = ()
 
     @property
     def usable(self) -> bool:
@@ -38,7 +45,11 @@ class Evidence:
 
     def doubting(self, reason: str | None) -> Evidence:
         """The same evidence for a query whose text gives ``reason`` to doubt its scores."""
-        return Evidence(self.calibration, reason) if reason else self
+        return dataclasses.replace(self, doubt=reason) if reason else self
+
+    def with_rivals(self, vectors: np.ndarray, texts: list[str]) -> Evidence:
+        """The same evidence, checking image answers against these rival captions of the asked text."""
+        return dataclasses.replace(self, rivals=vectors, rival_texts=tuple(texts)) if len(texts) else self
 
     def p_match(self, score: float) -> float | None:
         if self.calibration is None:
@@ -47,12 +58,19 @@ class Evidence:
 
     def judge(self, item: ResultItem, criterion: Criterion, vector: np.ndarray, rescored: bool) -> None:
         """Set ``item.verdict``, ``item.p_match`` and ``item.verified`` for an answer that passed the rule."""
-        item.p_match = self.p_match(float(criterion.match_score(vector[None])[0]))
+        match = float(criterion.match_score(vector[None])[0])
+        item.p_match = self.p_match(match)
         agrees = (
             self.usable
             and item.p_match is not None
             and (item.p_match >= MATCH if criterion.wants_match else item.p_match <= NO_MATCH)
         )
+        if criterion.wants_match and self.rivals is not None and item.kind == "image":
+            rival_scores = criterion.pair_score.against(self.rivals, vector)
+            best = int(np.argmax(rival_scores))
+            if float(rival_scores[best]) - match > RIVAL_MARGIN:
+                item.rival = self.rival_texts[best]
+                agrees = False
         item.verdict = "unverifiable" if not rescored else ("verified" if agrees else "weak")
         item.verified = item.verdict == "verified"
 
@@ -67,6 +85,7 @@ def query_warnings(
     lexicon: Lexicon | None,
     tokens: dict[str, int],
     context: int | None,
+    rivalled: list[str] = (),
 ) -> list[str]:
     """The warnings of one query, most important first.
 
@@ -77,8 +96,14 @@ def query_warnings(
         lexicon: the words of the index's captions (None: the index holds no captions).
         tokens: tokens per text as the model's tokenizer counts them (for the context-length warning).
         context: the model's context length in tokens (None: unknown).
+        rivalled: the rival captions the answers were read as (quoted in one warning).
     """
     out: list[str] = [evidence.doubt] if evidence.doubt else []
+    if rivalled:
+        out.append(
+            f"{len(rivalled)} answer(s) score higher for a caption of the index one word away "
+            f"({', '.join(sorted(set(rivalled))[:3])}): the model reads them as that, marked 'weak'"
+        )
     calibration = evidence.calibration
     shown = texts[0] if len(texts) == 1 else criterion.validity.target or texts[0]
     if calibration is None:

@@ -74,3 +74,29 @@ class Lexicon:
             seen.add(word)
             out.append((word, self.closest(word)))
         return out
+
+
+class Swaps:
+    """Captions of the index that say the same as a text but for one word ("a yellow cross" for "a yellow
+    star"): the rival readings an image that really matches the text must not prefer."""
+
+    def __init__(self, ids: Iterable[int], texts: Iterable[str]) -> None:
+        self._by_mask: dict[tuple[str, ...], list[tuple[int, tuple[str, ...]]]] = {}
+        for item_id, text in zip(ids, texts, strict=True):
+            words = tuple(words_of(text))
+            for i in range(len(words)):
+                self._by_mask.setdefault(_masked(words, i), []).append((int(item_id), words))
+
+    def of(self, text: str) -> list[int]:
+        """Ids of the captions that differ from ``text`` in exactly one word (same length)."""
+        words = tuple(words_of(text))
+        found: dict[int, None] = {}
+        for i in range(len(words)):
+            for item_id, other in self._by_mask.get(_masked(words, i), ()):
+                if other != words:
+                    found[item_id] = None
+        return list(found)
+
+
+def _masked(words: tuple[str, ...], i: int) -> tuple[str, ...]:
+    return (*words[:i], "\0", *words[i + 1 :])

@@ -111,3 +111,26 @@ def test_distinct_changes_come_first(tmp_path, colour_texts) -> None:
     assert 4 in [i.id for i in distinct.items][:2]  # the other direction comes second
     assert closest.items[0].id == distinct.items[0].id  # the closest answer stays first
     assert np.all(np.diff([i.distance for i in closest.items]) >= 0)
+
+
+def test_an_image_the_model_reads_as_a_rival_caption_is_weak(tmp_path, colour_texts) -> None:
+    # "a red car" scores 7 for image 1 (p(match) 0.98 by this calibration), but the index also holds "a
+    # blue car", one word away, which the same image scores 9: the model reads it as that one
+    image = colour_vector(REDS[1])
+    other = np.cross(image, [0.0, 0.0, 1.0])
+    other /= np.linalg.norm(other)
+    asked = 0.7 * image + np.sqrt(1 - 0.49) * other
+    rival = 0.9 * image - np.sqrt(1 - 0.81) * other
+    texts = {**colour_texts, "a red car": asked.astype(np.float32), "a blue car": rival.astype(np.float32)}
+    captions = {10: ("a blue car", rival.astype(np.float32)), 11: ("a green tree", colour_texts["green"])}
+    low_line = Calibration("captions", "colour-model", 2.0, -10.0, None, None, 0.99, "test")
+    engine = _engine(tmp_path, {1: REDS[1]}, texts, captions=captions, calibration=low_line)
+    result = engine.counterfactuals(image=0, text="a red car", threshold=5.0, k=1)
+    [item] = result.items
+    assert item.id == 1 and item.score_after == pytest.approx(7.0, abs=1e-3) and item.p_match > 0.9
+    assert item.verdict == "weak" and item.rival == "a blue car"
+    assert any("one word away ('a blue car')" in w for w in result.warnings)
+    # without the rival caption in the index the same answer is verified
+    (tmp_path / "b").mkdir()
+    plain = _engine(tmp_path / "b", {1: REDS[1]}, texts, captions={11: captions[11]}, calibration=low_line)
+    assert plain.counterfactuals(image=0, text="a red car", threshold=5.0, k=1).items[0].verdict == "verified"

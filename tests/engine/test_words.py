@@ -59,3 +59,13 @@ def test_seeded_misspellings_are_named() -> None:
         found = dict(lexicon.unknown(f"a {slip} thing"))
         named += word in found.get(slip, [])[:1]
     assert named / tried >= 0.95, f"{named} of {tried} misspellings named their word first"
+
+
+def test_swaps_are_captions_one_word_away() -> None:
+    from counterclip.engine.words import Swaps
+
+    swaps = Swaps(
+        [1, 2, 3, 4, 5], ["a yellow star", "a yellow cross", "a red star", "a yellow star", "a star"]
+    )
+    assert sorted(swaps.of("A yellow star.")) == [2, 3]  # not itself (1, 4), not a different length (5)
+    assert swaps.of("a green circle") == []
