@@ -124,6 +124,8 @@ def item_maps(
         None for the plain images): the original and the answer (or the image), why the answer
         matches, and why it rather than the original.
     """
+    if not hasattr(model, "image_tower"):
+        raise InputError("explanation maps need a CLIP model with towers to explain; this engine's has none")
     method, text_method = map_method(model), map_method(model, "text")
     query_image = _display(query_image)
     if side == "image":

@@ -82,9 +82,9 @@ def test_info_health_and_meta(client, colour_engine) -> None:
     }
 
 
-def test_maps_need_a_vit_tower(client) -> None:
+def test_maps_need_a_model_with_towers(client) -> None:
     response = client.post("/maps", json={"image": {"id": 0}, "text": "red", "item": 1})
-    assert response.status_code == 422 and "ViT" in response.json()["detail"]
+    assert response.status_code == 422 and "explanation maps need" in response.json()["detail"]
 
 
 def test_image_etag_round_trip(client, colour_engine) -> None:
