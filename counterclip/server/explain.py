@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from counterclip.errors import InputError
 from counterclip.explainers import image_counterfactual_maps, text_counterfactual_maps
 from counterclip.index_builder.decode import DecodeError, load_bytes
 from counterclip.report import colorize, overlay, png_data_uri, token_strip
