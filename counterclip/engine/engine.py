@@ -147,7 +147,22 @@ class Engine:
             print(item.rank, item.path, item.score_before, item.score_after)
     """
 
-    def __init__(self, index: IndexLike, model: ClipModel, options: EngineOptions | None = None) -> None:
+    def __init__(
+        self,
+        index: IndexLike,
+        model: ClipModel,
+        options: EngineOptions | None = None,
+        encoder: Any = None,
+    ) -> None:
+        """An engine over ``index`` with the model that built it.
+
+        Args:
+            index: an opened index (`counterclip.index_builder.Index`) or any `IndexLike`.
+            model: the `ClipModel` that built it (same fingerprint); explainers and reports use it.
+            options: default query settings.
+            encoder: what embeds queries and re-scores answers (same encode API as the model, e.g. an
+                `counterclip.models.OnnxEncoder` over it). Default: the model itself (torch).
+        """
         if index.dim != model.embed_dim:
             raise InputError(
                 f"index vectors have dimension {index.dim} but the model embeds to {model.embed_dim}"
@@ -160,6 +175,7 @@ class Engine:
             )
         self.index = index
         self.model = model
+        self.encoder = encoder if encoder is not None else model
         self.options = options or EngineOptions()
         self._lock = threading.RLock()  # guards the lazily computed, then read-only, state below
         self._samples: dict[str, np.ndarray] = {}
@@ -169,7 +185,11 @@ class Engine:
 
     @classmethod
     def open(
-        cls, index_dir: str | Path, device: str = "auto", options: EngineOptions | None = None
+        cls,
+        index_dir: str | Path,
+        device: str = "auto",
+        options: EngineOptions | None = None,
+        runtime: str = "torch",
     ) -> Engine:
         """Open an index directory with the model it was built with.
 
@@ -177,6 +197,8 @@ class Engine:
             index_dir: a directory written by ``counterclip build``.
             device: ``auto`` | ``cpu`` | ``cuda``.
             options: default query settings.
+            runtime: ``torch`` or ``onnx`` (extra ``onnx``): what embeds queries and re-scores answers;
+                an index built with one runtime can be queried with the other.
         """
         from counterclip.index_builder import Index
         from counterclip.index_builder.manifest import Manifest
@@ -184,8 +206,13 @@ class Engine:
         started = time.perf_counter()
         model = load_model(Manifest.read(Path(index_dir).expanduser()).model.spec, device=device)
         index = Index.open(index_dir, model=model)  # checks the fingerprint: same weights as the build
+        encoder = None
+        if runtime != "torch":
+            from counterclip.models.onnx_runtime import create_encoder
+
+            encoder = create_encoder(model, runtime)
         LOG.info("opened %s in %.1f s", index_dir, time.perf_counter() - started)
-        return cls(index, model, options)
+        return cls(index, model, options, encoder)
 
     def close(self) -> None:
         close = getattr(self.index, "close", None)
@@ -222,7 +249,7 @@ class Engine:
         """``(d,)`` normalised embedding of a non-empty text."""
         if not isinstance(text, str) or not text.strip():
             raise InputError("text is empty: give the caption to score, e.g. --text 'a photo of a dog'")
-        return self.model.encode_texts([text.strip()]).numpy()[0]
+        return _array(self.encoder.encode_texts([text.strip()]))[0]
 
     def resolve_image(self, image: str | Path | Image.Image | int) -> QueryImage:
         """Embed a query image given as a path, a PIL image, or an index id."""
@@ -234,7 +261,7 @@ class Engine:
                 raise InputError(f"image id {int(image)} is not in the index") from None
             return QueryImage(vector, int(image), {"id": int(image), "path": path})
         if isinstance(image, Image.Image):
-            return QueryImage(self.model.encode_pil([image.convert("RGB")]).numpy()[0], None, {"pil": True})
+            return QueryImage(_array(self.encoder.encode_pil([image.convert("RGB")]))[0], None, {"pil": True})
         path = Path(image).expanduser()
         if not path.is_file():
             raise InputError(f"query image not found: {path}")
@@ -245,7 +272,7 @@ class Engine:
             raise InputError(f"query image {path} is not a readable image: {exc}") from exc
         indexed = self.index.image_id_for_path(path.resolve())
         return QueryImage(
-            self.model.encode_pil([pil]).numpy()[0], indexed, {"path": str(path), "id": indexed}
+            _array(self.encoder.encode_pil([pil]))[0], indexed, {"path": str(path), "id": indexed}
         )
 
     def _typical_sample(self, collection: CollectionLike) -> np.ndarray:
@@ -522,8 +549,8 @@ class Engine:
     ) -> Side:
         """The side named ``name`` (``image`` or ``text``) starting at ``start``."""
         if name == "image":
-            return ImageSide(self.index.images, start, query_id, self.model, self._decode)
-        return CaptionSide(self.index.captions, start, text, self.model, opts.text_proximity == "words")
+            return ImageSide(self.index.images, start, query_id, self.encoder, self._decode)
+        return CaptionSide(self.index.captions, start, text, self.encoder, opts.text_proximity == "words")
 
     def _side_and_criterion(
         self, query_image: QueryImage, asked: _Asked, opts: EngineOptions
@@ -532,7 +559,7 @@ class Engine:
         text, mode = asked.text, asked.mode
         if mode == "flip":
             labels, target = check_labels(asked.labels, asked.target)
-            label_vecs = self.model.encode_texts(labels).numpy()
+            label_vecs = _array(self.encoder.encode_texts(labels))
             criterion = Flip.build(self.pair_score, query_image.vector, labels, label_vecs, target)
             probabilities = criterion.probabilities(query_image.vector[None])[0]
             query = {
@@ -696,3 +723,8 @@ def load_image(path: str | Path) -> Image.Image | None:
         return decode_image(path).image
     except DecodeError:
         return None
+
+
+def _array(embeddings: Any) -> np.ndarray:
+    """Embeddings as a float32 numpy array (encoders return torch tensors or numpy arrays)."""
+    return np.asarray(embeddings.numpy() if hasattr(embeddings, "numpy") else embeddings, dtype=np.float32)

@@ -129,7 +129,7 @@ class ImageSide(Side):
                 continue
             loaded.append((decoded.image, None))
         present = [image for image, _ in loaded if image is not None]
-        encoded = iter(self.model.encode_pil(present).numpy()) if present else iter(())
+        encoded = iter(_array(self.model.encode_pil(present))) if present else iter(())
         return [(next(encoded), None) if image is not None else (None, reason) for image, reason in loaded]
 
 
@@ -179,9 +179,14 @@ class CaptionSide(Side):
 
     def reencode(self, ids: np.ndarray) -> Fresh:
         texts = [m["text"] for m in self.collection.meta(ids)]
-        return [(vec, None) for vec in self.model.encode_texts(texts).numpy()]
+        return [(vec, None) for vec in _array(self.model.encode_texts(texts))]
 
 
 def normalise_text(text: str) -> str:
     """Lower case, single spaces, no final full stop: two captions that say the same thing compare equal."""
     return " ".join(text.lower().split()).rstrip(".")
+
+
+def _array(embeddings: Any) -> np.ndarray:
+    """Embeddings as float32 numpy (encoders return torch tensors or numpy arrays)."""
+    return np.asarray(embeddings.numpy() if hasattr(embeddings, "numpy") else embeddings, dtype=np.float32)

@@ -269,3 +269,21 @@ def test_large_jpegs_verify_without_false_stale(tmp_path, tiny_openclip) -> None
         )
         assert result.stale == []
         assert len(result.items) == 3 and all(item.verdict != "unverifiable" for item in result.items)
+
+
+def test_onnx_runtime_gives_the_torch_answers(shapes_index, tmp_path, monkeypatch) -> None:
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("COUNTERCLIP_ONNX_CACHE", str(tmp_path / "onnx-cache"))
+    folder, index_dir = shapes_index
+    query = dict(image=str(folder / "000001.png"), text="a red circle", k=3, threshold=-100.0)
+    with Engine.open(index_dir, device="cpu") as torch_engine:
+        expected = torch_engine.counterfactuals(**query)
+        hits = torch_engine.search(text="a blue square", k=4)
+    with Engine.open(index_dir, device="cpu", runtime="onnx") as onnx_engine:
+        assert type(onnx_engine.encoder).__name__ == "OnnxEncoder" and onnx_engine.model is not None
+        got = onnx_engine.counterfactuals(**query)
+        onnx_hits = onnx_engine.search(text="a blue square", k=4)
+    assert [i.id for i in got.items] == [i.id for i in expected.items]
+    for a, b in zip(got.items, expected.items, strict=True):
+        assert a.score_after == pytest.approx(b.score_after, abs=1e-3) and a.verdict == b.verdict
+    assert [i.id for i in onnx_hits.items] == [i.id for i in hits.items]
