@@ -8,6 +8,8 @@ relevance picks the next answer for being close to the original *and* unlike the
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 
@@ -50,35 +52,45 @@ def change_directions(original: np.ndarray, candidates: np.ndarray) -> np.ndarra
     return diff / np.maximum(np.linalg.norm(diff, axis=1, keepdims=True), 1e-12)
 
 
-def edited_positions(original: str, candidate: str) -> set[int]:
-    """Where a candidate caption edits the original, by word: ``2 i`` for the original's word ``i``
-    substituted or deleted, ``2 i + 1`` for words inserted after it (``-1`` before the first)."""
+def alignment(original: str, candidate: str) -> tuple[int, set[int]]:
+    """Word edit distance between two captions and where the candidate edits the original: ``2 i`` for
+    the original's word ``i`` substituted or deleted, ``2 i + 1`` for words inserted after it (``-1``
+    before the first). Case and punctuation are ignored."""
     x, y = _words(original), _words(candidate)
-    table = np.zeros((len(x) + 1, len(y) + 1), dtype=np.int64)
-    table[:, 0] = np.arange(len(x) + 1)
-    table[0, :] = np.arange(len(y) + 1)
+    rows = [list(range(len(y) + 1))]
     for i, wx in enumerate(x, 1):
+        previous, current = rows[-1], [i]
         for j, wy in enumerate(y, 1):
-            table[i, j] = min(table[i - 1, j] + 1, table[i, j - 1] + 1, table[i - 1, j - 1] + (wx != wy))
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (wx != wy)))
+        rows.append(current)
     edits: set[int] = set()
     i, j = len(x), len(y)
     while i or j:
-        if i and j and table[i, j] == table[i - 1, j - 1] + (x[i - 1] != y[j - 1]):
+        if i and j and rows[i][j] == rows[i - 1][j - 1] + (x[i - 1] != y[j - 1]):
             if x[i - 1] != y[j - 1]:
                 edits.add(2 * (i - 1))
             i, j = i - 1, j - 1
-        elif i and table[i, j] == table[i - 1, j] + 1:
+        elif i and rows[i][j] == rows[i - 1][j] + 1:
             edits.add(2 * (i - 1))
             i -= 1
         else:
             edits.add(2 * i - 1)
             j -= 1
-    return edits
+    return rows[-1][-1], edits
 
 
-def edit_features(original: str, candidates: list[str]) -> np.ndarray:
-    """``(n, m)`` unit rows: which word positions of the original each candidate edits (one-hot)."""
-    positions = [edited_positions(original, text) for text in candidates]
+def edited_positions(original: str, candidate: str) -> set[int]:
+    """Where a candidate caption edits the original (see `alignment`)."""
+    return alignment(original, candidate)[1]
+
+
+def edit_features(
+    original: str, candidates: list[str], positions: list[set[int]] | None = None
+) -> np.ndarray:
+    """``(n, m)`` unit rows: which word positions of the original each candidate edits (one-hot);
+    ``positions`` when the caller has them already (from `alignment`)."""
+    if positions is None:
+        positions = [edited_positions(original, text) for text in candidates]
     width = 2 * len(_words(original)) + 2
     features = np.zeros((len(candidates), width + 1))
     for row, edits in enumerate(positions):
@@ -90,15 +102,11 @@ def edit_features(original: str, candidates: list[str]) -> np.ndarray:
 
 def word_edit_distance(a: str, b: str) -> int:
     """Levenshtein distance between two texts counted in words (case and punctuation ignored)."""
-    x, y = _words(a), _words(b)
-    previous = list(range(len(y) + 1))
-    for i, wx in enumerate(x, 1):
-        current = [i]
-        for j, wy in enumerate(y, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (wx != wy)))
-        previous = current
-    return previous[-1]
+    return alignment(a, b)[0]
+
+
+_WORD = re.compile(r"[^\W_]+")
 
 
 def _words(text: str) -> list[str]:
-    return "".join(ch if ch.isalnum() else " " for ch in text.lower()).split()
+    return _WORD.findall(text.lower())

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 from PIL import Image
 
-from counterclip.engine.ranking import change_directions, edit_features, word_edit_distance
+from counterclip.engine.ranking import alignment, change_directions, edit_features
 from counterclip.engine.results import ResultItem
 from counterclip.index_builder.decode import DecodeError, LoadedImage
 
@@ -151,6 +151,15 @@ class CaptionSide(Side):
         self.original_text = original_text
         self.model = model
         self.by_words = by_words
+        self._aligned: dict[int, tuple[int, set[int]]] = {}  # id -> (words changed, positions): per query
+
+    def _alignments(self, ids: np.ndarray) -> list[tuple[int, set[int]]]:
+        """Word alignment of each caption with the original, computed once per caption of this query."""
+        missing = [int(i) for i in ids if int(i) not in self._aligned]
+        if missing:
+            for m in self.collection.meta(missing):
+                self._aligned[int(m["id"])] = alignment(self.original_text, m["text"])
+        return [self._aligned[int(i)] for i in ids]
 
     def is_query(self, ids: np.ndarray) -> np.ndarray:
         """Captions that say the original text again (case, spacing and a final full stop aside)."""
@@ -165,13 +174,13 @@ class CaptionSide(Side):
         cosine = vectors @ self.start
         if not self.by_words or not len(ids):
             return cosine, None
-        texts = [m["text"] for m in self.collection.meta(ids)]
-        edits = np.array([word_edit_distance(self.original_text, t) for t in texts])
+        edits = np.array([distance for distance, _ in self._alignments(ids)])
         return -edits + 0.1 * cosine, edits
 
     def changes(self, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         """The word positions each caption edits (two captions that swap the same word are one change)."""
-        return edit_features(self.original_text, [m["text"] for m in self.collection.meta(ids)])
+        positions = [edits for _, edits in self._alignments(ids)]
+        return edit_features(self.original_text, [""] * len(positions), positions)
 
     def item(self, item_id: int) -> ResultItem:
         meta = self.collection.meta([item_id])[0]
