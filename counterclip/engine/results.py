@@ -37,6 +37,7 @@ class ResultItem:
     verified: bool = False  # the verdict is "verified" (kept as a flag for filters)
     verdict: str | None = None  # counterfactuals: verified | weak | unverifiable (see VERDICTS)
     p_match: float | None = None  # calibrated probability that the item and the fixed side really match
+    p_itm: float | None = None  # --verify-with itm: the matching head's probability that the pair matches
     step: int | None = None
     probabilities: dict[str, float] | None = None  # flip mode: softmax over the labels
     word_edits: int | None = None  # text side: words changed from the original caption
