@@ -232,9 +232,18 @@ class OpenClipModel(ClipModel):
         if isinstance(tokenizer, SimpleTokenizer):
             ids = tokenizer.encode(text)[: self.context_length - 2]
             return [tokenizer.decoder[i].replace("</w>", "") for i in ids]
-        inner = getattr(tokenizer, "tokenizer", None)  # HF tokenizer wrapper
+        inner = getattr(tokenizer, "tokenizer", None)  # HF tokenizer wrappers (HFTokenizer, SigLipTokenizer)
         if inner is not None:
-            return inner.tokenize(text)[: self.context_length - 2]
+            clean = getattr(tokenizer, "clean_fn", None)
+            if clean is None and type(tokenizer).__name__ == "SigLipTokenizer":  # cleans as it tokenizes
+                from open_clip.tokenizer import basic_clean, canonicalize_text
+
+                def clean(t: str) -> str:
+                    return canonicalize_text(basic_clean(t))
+
+            pieces = inner.tokenize(clean(text) if clean is not None else text)
+            specials = 2 if self._special_ids()[0] is not None else 1  # start (if any) and end of text
+            return [p.replace("\u2581", "") or p for p in pieces[: self.context_length - specials]]
         raise ModelLoadError(f"token strings are not available for the tokenizer of {self.spec}")
 
     # --- features -----------------------------------------------------------------------------

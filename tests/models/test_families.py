@@ -288,3 +288,27 @@ def test_a_slip_checkpoint_of_another_kind_is_one_clear_error(tmp_path) -> None:
         load_model(f"slip:{plain}", device="cpu")
     with pytest.raises(ModelLoadError, match="not found"):
         load_model(f"slip:{tmp_path / 'missing.pt'}", device="cpu")
+
+
+def test_open_clip_siglip_tokenizer_positions_and_strings_align(models, files) -> None:
+    """open_clip's SigLIP tokenizer (no start token, end of text 1, padding to the context) over a
+    SentencePiece vocabulary: the text's own tokens are found and named, whatever its case and punctuation."""
+    from open_clip.tokenizer import SigLipTokenizer
+    from transformers import SiglipTokenizer
+
+    model = models["open_clip_siglip"]
+    wrapper = SigLipTokenizer.__new__(SigLipTokenizer)  # its __init__ fetches a vocabulary file
+    wrapper.tokenizer = SiglipTokenizer(str(files["root"] / "siglip" / "spiece.model"))
+    wrapper.tokenizer.pad_token_id, wrapper.tokenizer.eos_token_id = 1, 1
+    wrapper.context_length = model.context_length
+    original = model._tokenizer
+    model._tokenizer = wrapper
+    try:
+        text = "A small, blue SQUARE!"
+        tokens = model.tokenize([text])
+        (positions,) = model.text_positions(tokens)
+        assert positions.pooled == model.context_length - 1 and positions.content == slice(0, 4)
+        assert model.token_strings(text) == ["a", "small", "blue", "square"]
+        assert tokens[0, 4] == 1  # end of text right after the text's own tokens
+    finally:
+        model._tokenizer = original
