@@ -137,6 +137,12 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         calibration: str = typer.Option(
             "auto", "--calibration", help="The verdicts' calibration: auto | captions | model | self | none."
         ),
+        verify_with: str = typer.Option(
+            None,
+            "--verify-with",
+            help="A second verifier: itm re-scores every answer with the model's image-text matching head "
+            "(BLIP); an answer it disagrees with is not verified.",
+        ),
         report: Path = typer.Option(None, "--report", help="Write a self-contained HTML report here."),
         device: str = typer.Option("auto", help="auto | cpu | cuda"),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -152,6 +158,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
           counterclip counterfactual photos.idx --image cat.jpg --mode flip --labels "a cat,a dog,a bird" --target "a dog"
 
           counterclip counterfactual photos.idx --image cat.jpg --text "a photo of a cat" --side text --mode decrease
+
+          counterclip counterfactual blip.idx --image cat.jpg --text "a photo of a dog" --verify-with itm
         """
         overrides = {}
         if margin is not None:
@@ -161,6 +169,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         if diversity is not None:
             overrides["diversity"] = diversity
         overrides["calibration"] = calibration
+        if verify_with is not None:
+            overrides["verify_with"] = verify_with
         label_list = [s for s in (labels or "").split(",") if s.strip()] or None
         with _open_engine(index, device) as engine:
             query = _parse_image(image)

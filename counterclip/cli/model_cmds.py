@@ -16,7 +16,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto | cpu | cuda"),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
-        """List model specs, or load one and print its spec, embedding size and weights fingerprint.
+        """List the model families (CLIP, SigLIP, BLIP, SLIP) with an example spec each, or load one model
+        and print its family, spec, pair score, embedding size and weights fingerprint.
 
         Examples:
 
@@ -29,9 +30,11 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         import open_clip
 
         from counterclip.models import list_bundled_models, load_model
+        from counterclip.models.families import FAMILIES
 
         if spec is None:
             payload = {
+                "families": [family.to_dict() for family in FAMILIES],
                 "bundled": [f"bundled:{n}" for n in list_bundled_models()],
                 "open_clip_architectures": open_clip.list_models(),
                 "forms": [
@@ -44,11 +47,16 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                     "hf:/local/dir",
                     "local-dir:/dir",
                     "hf-hub:ORG/REPO",
+                    "slip:/path/ckpt.pt",
                 ],
             }
             if as_json:
                 print_json(payload)
                 return
+            out.print("[bold]families[/] (hf: reads the family from config.json's model_type):")
+            for family in FAMILIES:
+                examples = "  ".join(spec for spec, _ in family.examples)
+                out.print(f"  [bold]{family.title}[/]: {examples}  [dim]({family.score})[/]", highlight=False)
             out.print("[bold]bundled[/]: " + (", ".join(payload["bundled"]) or "none installed"))
             out.print("[bold]spec forms[/]: " + "  ".join(payload["forms"]))
             out.print(
@@ -59,8 +67,10 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         model = load_model(spec, device=device)
         geometry = model.vision_geometry
         payload = {
+            "family": model.family,
             "spec": model.spec.to_dict(),
             "spec_string": str(model.spec),
+            "pair_score": model.pair_score.to_dict(),
             "embed_dim": model.embed_dim,
             "context_length": model.context_length,
             "logit_scale": model.logit_scale,

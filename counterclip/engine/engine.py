@@ -26,7 +26,15 @@ from counterclip.engine.path import PathSettings, gradient_path
 from counterclip.engine.ranking import mmr_order
 from counterclip.engine.results import CounterfactualResult, ResultItem, SearchResult
 from counterclip.engine.sides import SIDES, CaptionSide, CollectionLike, ImageSide, Side
-from counterclip.engine.verdicts import Evidence, misspelt, no_match_warning, query_warnings, text_warnings
+from counterclip.engine.verdicts import (
+    VERIFIERS,
+    Evidence,
+    misspelt,
+    no_match_warning,
+    query_warnings,
+    second_opinion,
+    text_warnings,
+)
 from counterclip.engine.words import Lexicon, Swaps
 from counterclip.errors import InputError
 from counterclip.index_builder.decode import DecodeError, LoadedImage
@@ -85,6 +93,9 @@ class EngineOptions:
     # which calibration the verdicts use: "auto" (the best that holds, see Engine.evidence) or one source:
     # "native", "captions" (recorded with the index), "model" (shipped with it), "self", "none"
     calibration: str = "auto"
+    # a second verifier: "itm" re-scores every answer with the model's image-text matching head (BLIP) and
+    # an answer it disagrees with is not verified; None: the calibrated verdict alone
+    verify_with: str | None = None
 
 
 @dataclass(frozen=True)
@@ -503,6 +514,12 @@ class Engine:
         baselines = self._baselines(moving, criterion, opts, evidence) if opts.baselines else {}
         if opts.baselines:
             watch.lap("baselines")
+        warnings = self._warnings(texts, criterion, evidence, [repr(i.rival) for i in items if i.rival])
+        if opts.verify_with:  # the baselines are re-scored too; the warning counts the answers
+            for group in [*baselines.values(), items]:
+                warning = self._second_opinion(image, moving.name, criterion, query, group)
+            warnings += [warning] if warning else []
+            watch.lap("verify_with")
         return CounterfactualResult(
             side=moving.name,
             mode=mode,
@@ -512,12 +529,47 @@ class Engine:
             items=items,
             baselines=baselines,
             stale=stale,
-            warnings=self._warnings(texts, criterion, evidence, [repr(i.rival) for i in items if i.rival]),
+            warnings=warnings,
             calibration=evidence.describe(),
             candidates=len(candidates.ids),
             path_values=values.tolist(),
             timings=watch.total(),
         )
+
+    def _second_opinion(
+        self,
+        image: str | Path | Image.Image | int,
+        side: str,
+        criterion: Criterion,
+        query: dict[str, Any],
+        answers: list[ResultItem],
+    ) -> str | None:
+        """Re-score every answer with the model's matching head (``item.p_itm``): the image-side answers'
+        files against the text (flip: the target label), the text-side captions against the query image."""
+        if not answers:
+            return None
+        text = query.get("target") or query.get("text")
+        if side == "image":
+            pils = [self.indexed_image(item.path) if item.path else None for item in answers]
+            pairs = [(pil, text) for pil in pils]
+        else:
+            query_pil = self._query_pil(image)
+            pairs = [(query_pil, item.text) for item in answers]
+        scorable = [i for i, (pil, caption) in enumerate(pairs) if pil is not None and caption]
+        p_itm: list[float | None] = [None] * len(answers)
+        if scorable:
+            scored = self.model.match_head([pairs[i][0] for i in scorable], [pairs[i][1] for i in scorable])
+            for i, p in zip(scorable, scored, strict=True):
+                p_itm[i] = float(p)
+        return second_opinion(answers, p_itm, criterion.wants_match)
+
+    def _query_pil(self, image: str | Path | Image.Image | int) -> Image.Image | None:
+        """The query image itself (a path is the user's, relative to the working directory)."""
+        if isinstance(image, Image.Image):
+            return image.convert("RGB")
+        if isinstance(image, (int, np.integer)):
+            return self.indexed_image(self.index.images.meta([int(image)])[0]["path"])
+        return self.indexed_image(Path(image).expanduser().resolve())
 
     def _query_options(self, options: EngineOptions | None, k: int | None, overrides: dict) -> EngineOptions:
         """The options of one query: defaults, then ``options``, then keyword overrides and ``k``."""
@@ -538,6 +590,14 @@ class Engine:
             raise InputError("mode flip works on the image side only (it flips the image's predicted label)")
         if mode != "flip" and text is None:
             raise InputError("text is required for modes increase and decrease")
+        if opts.verify_with is not None and opts.verify_with not in VERIFIERS:
+            raise InputError(f"verify_with must be one of {', '.join(VERIFIERS)}, got {opts.verify_with!r}")
+        head = getattr(self.model, "match_head", None)
+        if opts.verify_with is not None and (head is None or head([], []) is None):
+            raise InputError(
+                f"--verify-with {opts.verify_with} needs a model with an image-text matching head (BLIP); "
+                f"{self.model.spec} ({getattr(self.model, 'family', 'clip')}) has none"
+            )
         if side == "text" and self.index.captions.count == 0:
             raise InputError(
                 "this index holds no captions: the text side needs a caption index "

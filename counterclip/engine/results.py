@@ -38,6 +38,7 @@ class ResultItem:
     verdict: str | None = None  # counterfactuals: verified | weak | unverifiable (see VERDICTS)
     p_match: float | None = None  # calibrated probability that the item and the fixed side really match
     rival: str | None = None  # a caption of the index, one word from the text, that the model prefers
+    p_itm: float | None = None  # --verify-with itm: the matching head's probability that the pair matches
     step: int | None = None
     probabilities: dict[str, float] | None = None  # flip mode: softmax over the labels
     word_edits: int | None = None  # text side: words changed from the original caption

@@ -28,6 +28,7 @@ NO_MATCH = 0.1  # p(match) at or below this: verified as no match
 # (a caption of the index one word away) clearly higher is read by the model as a yellow cross. Clearly:
 # the rival wins a two-way softmax with probability >= 0.75, i.e. by more than ln 3 in score units.
 RIVAL_MARGIN = float(np.log(3.0))
+VERIFIERS = ("itm",)  # second verifiers (--verify-with): the model's image-text matching head
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,30 @@ class Evidence:
 
     def describe(self) -> str | None:
         return None if self.calibration is None else self.calibration.name()
+
+
+def second_opinion(items: list[ResultItem], p_itm: list[float | None], wants_match: bool) -> str | None:
+    """Record the matching head's p(match) on each answer (``item.p_itm``); an answer it disagrees with
+    (below 0.5 where a match is asked, above 0.5 where no match is) is not `verified` (it becomes `weak`).
+
+    Returns:
+        The warning naming how many answers the head disagrees with (None when it agrees with all).
+    """
+    disagree = 0
+    for item, p in zip(items, p_itm, strict=True):
+        item.p_itm = p
+        if p is None or (p >= 0.5 if wants_match else p <= 0.5):
+            continue
+        disagree += 1
+        if item.verdict == "verified":
+            item.verdict, item.verified = "weak", False
+    if not disagree:
+        return None
+    side = "no match" if wants_match else "still a match"
+    return (
+        f"the image-text matching head reads {disagree} of {len(items)} answers as {side} (p_itm "
+        f"{'< 0.5' if wants_match else '> 0.5'}): none of them is 'verified'"
+    )
 
 
 def query_warnings(

@@ -4,13 +4,17 @@ For each included block ``b`` with attention ``A_b (n, heads, L, L)`` and its gr
 
     R = I;  Abar_b = mean_heads((G_b * A_b)^+);  R <- R + Abar_b @ R
 
-The image map is the class-token row of ``R`` over the patch tokens, reshaped to the model's patch grid
-and upsampled to the image; the text map is the end-of-text row over the tokens before it. One forward and
-one backward pass give both maps.
+The image map is the row of ``R`` the image embedding reads (the class token; for a tower without one,
+the mean of the token rows, or, for an attention-pooling head such as SigLIP's, the head's own
+gradient-weighted attention ``mean_heads((G_pool * A_pool)^+)`` applied to ``R``) over the patch tokens,
+reshaped to the model's patch grid and upsampled to the image; the text map is the row of the position the
+text embedding is read at (CLIP's end of text, BERT's ``[CLS]``, SigLIP's last position) over the text's own
+tokens. One forward and one backward pass give both maps.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +34,7 @@ from counterclip.explainers._core.registry import Method
 from counterclip.explainers._core.targets import Target
 from counterclip.explainers.base import Explanation
 from counterclip.models.base import ClipModel
+from counterclip.models.towers import TowerInternals
 
 
 def rollout(probs: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -48,6 +53,28 @@ def rollout(probs: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> tor
         weighted = (grad * attn).clamp(min=0).mean(dim=1)
         relevance = relevance + weighted @ relevance
     return relevance
+
+
+def readout_row(
+    tower: TowerInternals,
+    relevance: torch.Tensor,
+    pool_probs: torch.Tensor | None = None,
+    pool_grads: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(L,)`` relevance of every token for the tower's embedding, from one image's ``R (L, L)``.
+
+    Args:
+        tower: the image tower (its ``readout`` says how the embedding reads the tokens).
+        relevance: `rollout` of one image.
+        pool_probs: a ``pool`` readout's attention ``(1, heads, Lq, Lk)`` over the tokens from ``pool_from`` on.
+        pool_grads: the score's gradient w.r.t. ``pool_probs``.
+    """
+    if tower.readout == "token":
+        return relevance[tower.readout_token]
+    if tower.readout == "mean":
+        return relevance[tower.pool_from :].mean(dim=0)
+    weighted = (pool_grads * pool_probs).clamp(min=0).mean(dim=1)[0]  # (Lq, Lk)
+    return (weighted @ relevance[tower.pool_from :]).sum(dim=0)
 
 
 def relevance(
@@ -80,11 +107,13 @@ def relevance(
         raise InputError("relevance maps need a ViT image tower; use --method gradcam for conv towers")
     image_ids = select_blocks(len(image_tower.blocks), blocks) if want_image else []
     text_ids = select_blocks(len(text_tower.blocks), blocks) if want_text else []
+    pooled = want_image and image_tower.readout == "pool"
     cost = Cost()
     with model_guard(model):
         with (
             image_tower.capture_attention(image_ids) as image_cap,
             text_tower.capture_attention(text_ids) as text_cap,
+            image_tower.capture_pool_attention() if pooled else contextlib.nullcontext() as pool_cap,
         ):
             if want_image:
                 image_emb = model.image_features(inputs.codec.to_model(inputs.pixels))
@@ -95,7 +124,7 @@ def relevance(
             )
             score = target(image_emb, text_emb)[0]
         cost.forward += 1
-        captured = image_cap.ordered() + text_cap.ordered()
+        captured = image_cap.ordered() + text_cap.ordered() + (pool_cap.ordered() if pooled else [])
         grads = torch.autograd.grad(score, captured, allow_unused=True)
         cost.backward += 1
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(captured, grads, strict=True)]
@@ -108,13 +137,16 @@ def relevance(
     )
     if want_image:
         r_image = rollout(captured[: len(image_ids)], grads[: len(image_ids)])[0]
+        pool = (captured[-1], grads[-1]) if pooled else (None, None)
+        row = readout_row(image_tower, r_image, *pool)
         prefix = image_tower.prefix_tokens
         gh, gw = image_tower.grid
-        patch_map = r_image[0, prefix:].detach().double().cpu().numpy().reshape(gh, gw)
+        patch_map = row[prefix:].detach().double().cpu().numpy().reshape(gh, gw)
         explanation.patch_map = patch_map
         explanation.pixel_map = upsample(patch_map, (inputs.image.height, inputs.image.width))
     if want_text:
-        r_text = rollout(captured[len(image_ids) :], grads[len(image_ids) :])[0]
+        text_part = slice(len(image_ids), len(image_ids) + len(text_ids))
+        r_text = rollout(captured[text_part], grads[text_part])[0]
         positions = model.text_positions(inputs.tokens)[0]
         values = r_text[positions.pooled, positions.content].detach().double().cpu().numpy()
         tokens = model.token_strings(inputs.texts[0])

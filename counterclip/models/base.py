@@ -90,6 +90,7 @@ class ClipModel(abc.ABC):
     device: torch.device
     embed_dim: int
     context_length: int
+    family: str = "clip"  # the model family: clip | siglip | blip | slip (see counterclip.models.families)
 
     def __init__(self) -> None:
         self._fingerprint: str | None = None
@@ -158,6 +159,19 @@ class ClipModel(abc.ABC):
     @abc.abstractmethod
     def token_strings(self, text: str) -> list[str]:
         """Human-readable tokens of ``text`` in order, aligned with the ids between start and end tokens."""
+
+    def match_head(self, images: Sequence[Image.Image], texts: Sequence[str]) -> np.ndarray | None:
+        """The model's own image-text matching probability per pair (a second verifier), or None.
+
+        Args:
+            images: ``n`` PIL images.
+            texts: ``n`` texts; pair ``i`` is ``(images[i], texts[i])``.
+
+        Returns:
+            ``(n,)`` float64 probabilities that each pair matches, from a head that reads image and text
+            together (BLIP's image-text matching head); None for families without one (the default).
+        """
+        return None
 
     # --- shared behaviour ----------------------------------------------------------------------
     @property

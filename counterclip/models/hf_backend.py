@@ -1,10 +1,22 @@
-"""Hugging Face backend: ``transformers.CLIPModel`` + its processor, from a hub id or a local directory."""
+"""Hugging Face backend: a hub id or a saved directory, its family read from ``config.json``'s ``model_type``.
+
+``hf:DIR_OR_ID`` loads ``clip`` (``CLIPModel``), ``siglip`` (``SiglipModel``, `counterclip.models.hf_siglip`)
+and ``blip`` (``BlipForImageTextRetrieval``, `counterclip.models.hf_blip`). What every family shares lives
+in `HFModel`: where the files are, loading with eager attention (explainers recompute attention, see
+`counterclip.models.towers`), and refusing a checkpoint whose weights do not fill the class (a missing
+head would otherwise be a random one, silently). A new Hugging Face family is one `HFModel` subclass and
+one line in `HF_FAMILIES`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
@@ -18,49 +30,145 @@ from counterclip.models.towers import SplitProjectionRecompute, TowerInternals
 
 LOG = logging.getLogger(__name__)
 
+# config.json model_type -> the ClipModel class that loads it ("module:attribute", imported on first use)
+HF_FAMILIES: dict[str, str] = {
+    "clip": "counterclip.models.hf_backend:HFClipModel",
+    "siglip": "counterclip.models.hf_siglip:HFSiglipModel",
+    "blip": "counterclip.models.hf_blip:HFBlipModel",
+}
 
-class HFClipModel(ClipModel):
-    """A `ClipModel` over ``transformers.CLIPModel``.
 
-    Loaded with eager attention so explainers can ask the towers for attention probabilities that stay
-    in the autograd graph (``output_attentions=True``).
+def _where(spec: ModelSpec) -> str:
+    return f"Hugging Face model {spec.name!r}" if spec.source == "hub" else str(Path(spec.name).expanduser())
+
+
+def hf_source(spec: ModelSpec) -> str:
+    """The hub id or local directory of ``spec`` (a local directory must hold a ``config.json``)."""
+    if spec.source != "local":
+        return spec.name
+    local = Path(spec.name).expanduser()
+    if not local.is_dir():
+        raise ModelLoadError(f"Hugging Face model directory not found: {local}")
+    if not (local / "config.json").is_file():
+        raise ModelLoadError(f"{local} has no config.json: not a saved Hugging Face model directory")
+    return str(local)
+
+
+def read_config(spec: ModelSpec) -> dict[str, Any]:
+    """``config.json`` of ``spec`` as a dict (fetched from the hub for a hub id)."""
+    source = hf_source(spec)
+    if spec.source == "local":
+        path = Path(source) / "config.json"
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(source, "config.json"))
+        except Exception as exc:  # offline, unknown repo, gated repo: all one answer for the user
+            raise ModelLoadError(
+                f"could not fetch {spec.name!r} from the Hugging Face hub; {OFFLINE_HINT}"
+            ) from exc
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path} does not hold a model configuration (a JSON object)")
+    return config
+
+
+def load_hf(spec: ModelSpec, device: torch.device) -> ClipModel:
+    """The ``hf`` backend: the family named by ``config.json``'s ``model_type``, loaded by its class."""
+    config = read_config(spec)
+    model_type = config.get("model_type")
+    if model_type not in HF_FAMILIES:
+        known = ", ".join(HF_FAMILIES)
+        raise ModelLoadError(
+            f"{_where(spec)} is a {model_type!r} model (config.json model_type); `hf:` loads the families "
+            f"{known}: pass a checkpoint of one of them"
+        )
+    module, _, attribute = HF_FAMILIES[model_type].partition(":")
+    return getattr(importlib.import_module(module), attribute)(spec, device, config)
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers prints a load report for missing weights; counterclip raises one line instead."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+class HFModel(ClipModel):
+    """What every Hugging Face family shares: files, loading, the missing-weights check.
+
+    Subclasses name the transformers class (``MODULE``) and the heads a checkpoint must fill (``HEADS``,
+    for the error message), and implement the `ClipModel` hooks over it.
     """
 
-    def __init__(self, spec: ModelSpec, device: torch.device) -> None:
-        super().__init__()
-        from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizerFast
+    MODULE: ClassVar[str]  # the transformers class, e.g. "CLIPModel"
+    HEADS: ClassVar[str] = "projections"  # what a checkpoint without them lacks, in words
+    EXAMPLE: ClassVar[str] = "openai/clip-vit-base-patch32"  # a checkpoint of the right class
 
+    def __init__(self, spec: ModelSpec, device: torch.device, config: dict[str, Any] | None = None) -> None:
+        super().__init__()
         self.spec = spec
         self.device = device
-        source = spec.name
-        local = Path(source).expanduser()
-        if spec.source == "local":
-            if not local.is_dir():
-                raise ModelLoadError(f"Hugging Face model directory not found: {local}")
-            if not (local / "config.json").is_file():
-                raise ModelLoadError(
-                    f"{local} has no config.json: not a saved Hugging Face CLIPModel directory"
-                )
-            source = str(local)
+        self.config = config if config is not None else read_config(spec)
+        source = hf_source(spec)
+        self.module: nn.Module = self._load_module(source).to(device).eval()
         try:
-            module = CLIPModel.from_pretrained(source, attn_implementation="eager")
-            self._image_processor = CLIPImageProcessor.from_pretrained(source)
-            self._tokenizer = CLIPTokenizerFast.from_pretrained(source)
+            self._load_processors(source)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(
+                f"{_where(spec)} has no usable tokenizer or image processor files: {str(exc).splitlines()[0]}"
+            ) from exc
+
+    def _load_module(self, source: str) -> nn.Module:
+        """``MODULE.from_pretrained`` with eager attention; a weight the checkpoint does not fill is an error."""
+        import transformers
+
+        architectures = self.config.get("architectures") or []
+        try:
+            with _quiet_transformers():
+                module, info = getattr(transformers, self.MODULE).from_pretrained(
+                    source, attn_implementation="eager", output_loading_info=True
+                )
         except OSError as exc:
-            if spec.source == "hub":
+            if self.spec.source == "hub":
                 raise ModelLoadError(
-                    f"could not fetch {spec.name!r} from the Hugging Face hub; {OFFLINE_HINT}"
+                    f"could not fetch {self.spec.name!r} from the Hugging Face hub; {OFFLINE_HINT}"
                 ) from exc
             raise ModelLoadError(
-                f"could not load a CLIPModel from {source}: {str(exc).splitlines()[0]}"
+                f"could not load a {self.MODULE} from {source}: {str(exc).splitlines()[0]}"
             ) from exc
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise ModelLoadError(f"{source} is not a loadable CLIPModel: {str(exc).splitlines()[0]}") from exc
-        self.module: nn.Module = module.to(device).eval()
-        self.context_length = int(module.config.text_config.max_position_embeddings)
-        self.embed_dim = int(module.config.projection_dim)
+        except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+            raise ModelLoadError(
+                f"{source} is not a loadable {self.MODULE}: {str(exc).splitlines()[0]}"
+            ) from exc
+        missing = sorted(info.get("missing_keys") or ())
+        if missing:
+            saved_as = f" (its config.json names {', '.join(architectures)})" if architectures else ""
+            shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+            raise ModelLoadError(
+                f"{_where(self.spec)} lacks the {self.HEADS} of a {self.MODULE}{saved_as}: no weights for "
+                f"{shown}; pass a {self.MODULE} checkpoint (e.g. {self.EXAMPLE})"
+            )
+        return module
 
-    # --- inputs -------------------------------------------------------------------------------
+    def _load_processors(self, source: str) -> None:
+        """The tokenizer and image processor saved beside the weights."""
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        self._tokenizer = AutoTokenizer.from_pretrained(source)
+        self._image_processor = AutoImageProcessor.from_pretrained(source)
+
+    # --- shared inputs ------------------------------------------------------------------------
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self._image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
 
@@ -73,6 +181,33 @@ class HFClipModel(ClipModel):
             return_tensors="pt",
         )
         return encoded["input_ids"]
+
+    @staticmethod
+    def vit_geometry(cfg: Any, prefix: int) -> VisionGeometry:
+        """The geometry of a square ViT from its vision config (``image_size``, ``patch_size``)."""
+        size, patch = int(cfg.image_size), int(cfg.patch_size)
+        return VisionGeometry((size, size), (patch, patch), (size // patch, size // patch), prefix)
+
+
+class HFClipModel(HFModel):
+    """A `ClipModel` over ``transformers.CLIPModel``.
+
+    Loaded with eager attention so explainers can ask the towers for attention probabilities that stay
+    in the autograd graph (``output_attentions=True``).
+    """
+
+    MODULE = "CLIPModel"
+
+    def __init__(self, spec: ModelSpec, device: torch.device, config: dict[str, Any] | None = None) -> None:
+        super().__init__(spec, device, config)
+        self.context_length = int(self.module.config.text_config.max_position_embeddings)
+        self.embed_dim = int(self.module.config.projection_dim)
+
+    def _load_processors(self, source: str) -> None:
+        from transformers import CLIPImageProcessor, CLIPTokenizerFast
+
+        self._image_processor = CLIPImageProcessor.from_pretrained(source)
+        self._tokenizer = CLIPTokenizerFast.from_pretrained(source)
 
     def token_strings(self, text: str) -> list[str]:
         tokens = self._tokenizer.tokenize(text)[: self.context_length - 2]
@@ -97,9 +232,7 @@ class HFClipModel(ClipModel):
     # --- geometry for explainers --------------------------------------------------------------
     @property
     def vision_geometry(self) -> VisionGeometry:
-        cfg = self.module.config.vision_config
-        size, patch = int(cfg.image_size), int(cfg.patch_size)
-        return VisionGeometry((size, size), (patch, patch), (size // patch, size // patch), 1)
+        return self.vit_geometry(self.module.config.vision_config, 1)
 
     def image_tower(self) -> TowerInternals:
         geometry = self.vision_geometry

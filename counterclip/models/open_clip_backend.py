@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import logging
@@ -17,14 +18,17 @@ from PIL import Image
 from torch import nn
 
 from counterclip.errors import ModelLoadError
-from counterclip.models.base import ClipModel, VisionGeometry
+from counterclip.models.base import ClipModel, TextPositions, VisionGeometry
 from counterclip.models.registry import OFFLINE_HINT
 from counterclip.models.spec import ModelSpec
 from counterclip.models.towers import (
+    FusedQkvRecompute,
+    LatentPoolRecompute,
     MultiheadAttentionRecompute,
     TowerInternals,
     conv_layer_names,
 )
+from counterclip.scores import PairScore
 
 LOG = logging.getLogger(__name__)
 
@@ -151,8 +155,37 @@ def resblocks_tower(
     )
 
 
+def timm_vit_tower(tower: nn.Module, trunk: nn.Module) -> TowerInternals:
+    """`TowerInternals` of a timm ``VisionTransformer`` trunk (open_clip's timm towers, e.g. its SigLIP
+    configs, and SLIP's image tower): ``norm1`` -> ``attn`` (fused ``qkv``), and the trunk's pooling as the
+    readout (class token, mean of the patch tokens, or a latent attention pool: SigLIP's ``map``)."""
+    blocks = tuple(trunk.blocks)
+    standard = all(hasattr(b, "attn") and hasattr(b.attn, "qkv") and hasattr(b, "norm1") for b in blocks)
+    prefix = int(getattr(trunk, "num_prefix_tokens", 0))
+    pool_from = 0 if getattr(trunk, "pool_include_prefix", False) else prefix
+    attn_pool = getattr(trunk, "attn_pool", None)
+    readout: dict = {"readout": "token", "readout_token": 0}
+    if attn_pool is not None:
+        readout = {"readout": "pool", "pool": attn_pool, "pool_from": pool_from}
+        if hasattr(attn_pool, "latent") and hasattr(attn_pool, "kv"):
+            readout["pool_recompute"] = LatentPoolRecompute()
+    elif getattr(trunk, "global_pool", "token") == "avg" or not prefix:
+        readout = {"readout": "mean", "pool_from": pool_from}
+    return TowerInternals(
+        tower,
+        blocks,
+        attention_of=lambda block: block.attn,
+        recompute=FusedQkvRecompute("proj") if standard else None,
+        norm_of=lambda block: block.norm1,
+        grid=tuple(int(g) for g in trunk.patch_embed.grid_size),
+        prefix_tokens=prefix,
+        **readout,
+    )
+
+
 class OpenClipModel(ClipModel):
-    """A `ClipModel` over an open_clip ``CLIP`` / ``CustomTextCLIP``."""
+    """A `ClipModel` over an open_clip ``CLIP`` / ``CustomTextCLIP`` (SigLIP configs included: a model
+    with a ``logit_bias`` scores with it, through a sigmoid)."""
 
     def __init__(self, spec: ModelSpec, device: torch.device, checkpoint: str | None = None) -> None:
         """Build the architecture and load weights.
@@ -184,6 +217,7 @@ class OpenClipModel(ClipModel):
         with torch.no_grad():
             probe = self.module.encode_text(self.tokenize(["a"]).to(device))
         self.embed_dim = int(probe.shape[-1])
+        self.family = "siglip" if self._logit_bias is not None else "clip"
         LOG.info("loaded %s in %.1f s", spec, time.perf_counter() - started)
 
     # --- inputs -------------------------------------------------------------------------------
@@ -198,9 +232,18 @@ class OpenClipModel(ClipModel):
         if isinstance(tokenizer, SimpleTokenizer):
             ids = tokenizer.encode(text)[: self.context_length - 2]
             return [tokenizer.decoder[i].replace("</w>", "") for i in ids]
-        inner = getattr(tokenizer, "tokenizer", None)  # HF tokenizer wrapper
+        inner = getattr(tokenizer, "tokenizer", None)  # HF tokenizer wrappers (HFTokenizer, SigLipTokenizer)
         if inner is not None:
-            return inner.tokenize(text)[: self.context_length - 2]
+            clean = getattr(tokenizer, "clean_fn", None)
+            if clean is None and type(tokenizer).__name__ == "SigLipTokenizer":  # cleans as it tokenizes
+                from open_clip.tokenizer import basic_clean, canonicalize_text
+
+                def clean(t: str) -> str:
+                    return canonicalize_text(basic_clean(t))
+
+            pieces = inner.tokenize(clean(text) if clean is not None else text)
+            specials = 2 if self._special_ids()[0] is not None else 1  # start (if any) and end of text
+            return [p.replace("\u2581", "") or p for p in pieces[: self.context_length - specials]]
         raise ModelLoadError(f"token strings are not available for the tokenizer of {self.spec}")
 
     # --- features -----------------------------------------------------------------------------
@@ -214,10 +257,43 @@ class OpenClipModel(ClipModel):
     def logit_scale(self) -> float:
         return float(self.module.logit_scale.detach().exp().item())
 
+    @property
+    def _logit_bias(self) -> float | None:
+        bias = getattr(self.module, "logit_bias", None)
+        return None if bias is None else float(bias.detach().reshape(-1)[0].item())
+
+    @property
+    def pair_score(self) -> PairScore:
+        """CLIP: ``logit_scale * cos``. With a learned ``logit_bias`` (open_clip's SigLIP configs): scale, bias
+        and a sigmoid, the model's own absolute match probability."""
+        bias = self._logit_bias
+        if bias is None:
+            return PairScore(scale=self.logit_scale)
+        return PairScore(self.logit_scale, bias, "sigmoid")
+
     # --- geometry for explainers --------------------------------------------------------------
+    def _timm_trunk(self) -> nn.Module | None:
+        """The timm ViT inside an open_clip ``TimmModel`` image tower, else None."""
+        trunk = getattr(self.module.visual, "trunk", None)
+        return (
+            trunk
+            if trunk is not None and hasattr(trunk, "blocks") and hasattr(trunk, "patch_embed")
+            else None
+        )
+
     @property
     def vision_geometry(self) -> VisionGeometry:
         visual = self.module.visual
+        trunk = self._timm_trunk()
+        if trunk is not None:
+            patch = tuple(int(p) for p in trunk.patch_embed.patch_size)
+            grid = tuple(int(g) for g in trunk.patch_embed.grid_size)
+            return VisionGeometry(
+                tuple(open_clip.transformer.to_2tuple(visual.image_size)),
+                patch,
+                grid,
+                int(getattr(trunk, "num_prefix_tokens", 0)),
+            )
         image_size = tuple(open_clip.transformer.to_2tuple(visual.image_size))
         grid = getattr(visual, "grid_size", None)
         patch = getattr(visual, "patch_size", None)
@@ -231,6 +307,9 @@ class OpenClipModel(ClipModel):
 
     def image_tower(self) -> TowerInternals:
         visual = self.module.visual
+        trunk = self._timm_trunk()
+        if trunk is not None:
+            return timm_vit_tower(visual, trunk)
         transformer = getattr(visual, "transformer", None)
         if transformer is None:  # ModifiedResNet: a conv tower with stages layer1..layer4
             names = conv_layer_names(visual)
@@ -239,7 +318,12 @@ class OpenClipModel(ClipModel):
                 visual, conv_layers=names, default_conv_layer=stages[-1] if stages else None
             )
         geometry = self.vision_geometry
-        return resblocks_tower(visual, transformer.resblocks, geometry.grid_size, geometry.num_prefix_tokens)
+        tower = resblocks_tower(visual, transformer.resblocks, geometry.grid_size, geometry.num_prefix_tokens)
+        if getattr(visual, "attn_pool", None) is not None:  # CoCa-style attentional pooler: no maps
+            return dataclasses.replace(tower, readout="pool", pool=visual.attn_pool)
+        if getattr(visual, "pool_type", "tok") == "avg":
+            return dataclasses.replace(tower, readout="mean", pool_from=geometry.num_prefix_tokens)
+        return tower
 
     def _text_tower(self) -> nn.Module:
         return getattr(self.module, "text", self.module)
@@ -268,3 +352,27 @@ class OpenClipModel(ClipModel):
         if pool == "first":
             return torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
         return tokens.argmax(dim=-1)
+
+    def _special_ids(self) -> tuple[int | None, int | None]:
+        """The tokenizer's start and end-of-text ids (None where it has none or does not say)."""
+        tokenizer = self._tokenizer
+        if isinstance(tokenizer, SimpleTokenizer):
+            return tokenizer.sot_token_id, tokenizer.eot_token_id
+        inner = getattr(tokenizer, "tokenizer", None)
+        return getattr(inner, "bos_token_id", None), getattr(inner, "eos_token_id", None)
+
+    def text_positions(self, tokens: torch.Tensor) -> list[TextPositions]:
+        """Read where the text tower pools (end of text; the last position for SigLIP's ``last`` pool, which
+        reads padding); the text's own tokens are those after a start token and before the first end of
+        text, whatever follows (padding to the full context, as SigLIP's tokenizer does)."""
+        bos, eos = self._special_ids()
+        pooled = self.eot_positions(tokens).tolist()
+        out = []
+        for row, at in zip(tokens.tolist(), pooled, strict=True):
+            start = 1 if bos is not None and row and row[0] == bos else 0
+            if eos is not None and eos in row[start:]:
+                end = row.index(eos, start)
+            else:
+                end = at if at > start else len(row)
+            out.append(TextPositions(int(at), slice(start, end)))
+        return out

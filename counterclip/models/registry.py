@@ -114,9 +114,9 @@ def _hf_source(rest: str) -> str:
 
 # The built-in backends. A new family: its module, and one line here.
 register_backend("open_clip", "counterclip.models.open_clip_backend:OpenClipModel", prefixed=False)
-register_backend(
+register_backend(  # CLIP, SigLIP, BLIP: the family is read from config.json's model_type
     "hf",
-    "counterclip.models.hf_backend:HFClipModel",
+    "counterclip.models.hf_backend:load_hf",
     source=_hf_source,
     example="hf:openai/clip-vit-base-patch32",
 )
@@ -125,4 +125,10 @@ register_backend(
     "counterclip.models.factory:load_bundled",
     source=lambda rest: "bundled",
     example="bundled:shapes",
+)
+register_backend(
+    "slip",
+    "counterclip.models.slip_backend:SlipModel",
+    source=lambda rest: "local",
+    example="slip:/path/to/slip_base_100ep.pt",
 )

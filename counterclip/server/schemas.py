@@ -53,6 +53,7 @@ class CounterfactualRequest(Strict):
     match_margin: float | None = Field(None, ge=0, le=1)
     nomatch_margin: float | None = Field(None, ge=0, le=1)
     threshold: float | None = Field(None, ge=-1e4, le=1e4)
+    verify_with: Literal["itm"] | None = None  # a second verifier: the model's image-text matching head
 
 
 class MapsRequest(CounterfactualRequest):

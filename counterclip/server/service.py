@@ -151,7 +151,7 @@ class Service:
         image = self.query_image(request.image)
         overrides = {
             key: value
-            for key in ("match_margin", "nomatch_margin", "threshold")
+            for key in ("match_margin", "nomatch_margin", "threshold", "verify_with")
             if (value := getattr(request, key)) is not None
         }
         result = self.engine.counterfactuals(
