@@ -797,6 +797,7 @@ class _Builder:
             fsync_dir(self.index_dir)
         try:
             collect_garbage(self.index_dir)
+            remove_debris(self.index_dir, keep=())  # files only an unreadable old manifest listed
         except OSError as exc:
             LOG.warning("%s: old generations were not removed (%s)", self.index_dir, exc)
         summary.repaired = sorted(damage)

@@ -143,21 +143,23 @@ class GenerationWatch:
 def collect_garbage(index_dir: Path) -> list[str]:
     """Remove the files of old generations that no reader holds; returns the names removed.
 
-    Never waits: a generation a reader holds is kept (its last reader's `Index.close` or a later update
-    collects it), and when another process is collecting, this call does nothing.
+    Never waits for a reader: a generation a reader holds is kept (its last reader's `Index.close` or a
+    later update collects it). Collections are serialised by ``.gc.lock`` (each takes milliseconds).
     """
     try:
         gc_fd = os.open(index_dir / GC_LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError:
         return []  # a read-only reader: the next update collects
     try:
-        try:
-            fcntl.flock(gc_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return []
+        fcntl.flock(gc_fd, fcntl.LOCK_EX)
         return _collect(index_dir)
     finally:
         os.close(gc_fd)
+
+
+def has_old_generations(index_dir: Path, current: int) -> bool:
+    """Some generation older than ``current`` still has its manifest (one directory listing)."""
+    return any(g < current for g in manifest_generations(index_dir))
 
 
 def _collect(index_dir: Path) -> list[str]:

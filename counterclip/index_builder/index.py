@@ -33,7 +33,12 @@ from counterclip.index_builder.faiss_index import (
     read_index,
     search,
 )
-from counterclip.index_builder.generations import GenerationPin, GenerationWatch, collect_garbage
+from counterclip.index_builder.generations import (
+    GenerationPin,
+    GenerationWatch,
+    collect_garbage,
+    has_old_generations,
+)
 from counterclip.index_builder.manifest import (
     EMBEDDINGS_DIR,
     LEGACY_DB_NAME,
@@ -365,7 +370,8 @@ class Index:
         self.captions.close()
         if self._pin is not None:
             self._pin.release()
-            if self.newer_generation() is not None:
+            current = self._watch.current()
+            if current is not None and has_old_generations(self.path, current):
                 try:
                     collect_garbage(self.path)
                 except Exception as exc:  # noqa: BLE001 - best effort; the next update collects

@@ -284,3 +284,31 @@ def assert_no_debris(index_dir: Path) -> None:
     on_disk -= {".lock", ".gc.lock", "manifest.json", manifest_name(manifest.generation)}
     assert {n for n in on_disk if n.startswith("embeddings/")} == referenced
     assert on_disk == set(manifest.files)
+
+
+# --- damage ---------------------------------------------------------------------------------------
+DAMAGE_MODES = ("truncate", "zero", "garble", "delete")
+
+
+def damage(path: Path, mode: str, seed: int = 0) -> None:
+    """Damage a file as a disk, a copy or a person would: cut it in half, zero it, overwrite 256 bytes
+    in its middle with random ones, or delete it."""
+    if mode == "delete":
+        path.unlink()
+        return
+    data = bytearray(path.read_bytes())
+    if mode == "truncate":
+        data = data[: len(data) // 2]
+    elif mode == "zero":
+        data = bytearray(len(data))
+    elif mode == "garble":
+        rng = np.random.default_rng(seed)
+        n = min(256, len(data))
+        start = (len(data) - n) // 2
+        noise = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        if noise == bytes(data[start : start + n]):  # pragma: no cover - astronomically unlikely
+            noise = bytes(b ^ 0xFF for b in noise)
+        data[start : start + n] = noise
+    else:
+        raise ValueError(mode)
+    path.write_bytes(bytes(data))
