@@ -246,6 +246,10 @@ def _decode_pil(image: Image.Image, options: DecodeOptions) -> LoadedImage:
     if unloaded and filename and os.path.isfile(filename):
         loaded = load_image(filename, options)  # exactly what the builder did with that file
         return LoadedImage(loaded.image, loaded.width, loaded.height, None, None)
+    data = _unread_bytes(image) if unloaded else None
+    if data is not None:  # opened from bytes (an upload) and not decoded yet: decode those bytes
+        decoded, (width, height) = _decode(data, options)
+        return LoadedImage(decoded, width, height, None, None)
     width, height = image.size
     if width < 1 or height < 1:
         raise DecodeError(f"invalid dimensions {width}x{height}")
@@ -286,3 +290,18 @@ def _decode_pil(image: Image.Image, options: DecodeOptions) -> LoadedImage:
     return LoadedImage(
         rgb.reduce(factor) if factor >= 2 else rgb, upright.size[0], upright.size[1], None, None
     )
+
+
+def _unread_bytes(image: Image.Image) -> bytes | None:
+    """The encoded bytes behind a PIL image opened from a file object and not decoded yet, or None."""
+    fp = getattr(image, "fp", None)
+    if fp is None or not hasattr(fp, "seek") or not hasattr(fp, "read"):
+        return None
+    try:
+        position = fp.tell()
+        fp.seek(0)
+        data = fp.read()
+        fp.seek(position)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, bytes) and data else None
