@@ -491,24 +491,34 @@ class _Builder:
             free = 0
         need = self._space_needed()
         base = self.work_gen - 1
-        keeps = f"generation {base} stays readable; " if base > 0 else ""
+        if base > 0:
+            then = (
+                f"generation {base} stays readable; free space and run `counterclip update {self.index_dir}`"
+            )
+        else:
+            then = "free space and run the same build again"
         return DiskFullError(
             f"disk full: index {self.index_dir} needs about {_mb(need)} MB for this run, {_mb(free)} MB "
-            f"are free ({what}); {keeps}free space and run `counterclip update {self.index_dir}` to resume"
+            f"are free ({what}); {then} to resume"
         )
 
     def _space_needed(self) -> int:
-        """What a run writes, roughly: the items file copy, the new vectors, the FAISS files."""
+        """What a run writes, roughly: the items file copy, shards and FAISS files for every vector
+        (plus room to compact), about 1 kB of SQLite per item, and SQLite's write-ahead log (up to 4 MB
+        between checkpoints)."""
         dim = self.dim or 512
-        vectors = self._items_estimate * (4 * dim + 8)
-        return int(self._base_bytes * 1.1 + 2.2 * vectors + (1 << 20))
+        per_item = 2.2 * (4 * dim + 8) + 1000
+        return int(self._base_bytes * 1.1 + self._items_estimate * per_item + (4 << 20))
 
     # --- settings -------------------------------------------------------------------------------
     def _resolve(self, meta: _MetaView) -> tuple[Path, IndexCfg]:
         recorded_root = meta.get_meta("root")
         if self.root is None:
             if recorded_root is None:
-                raise IndexFormatError(f"index {self.index_dir} records no image folder; rebuild it")
+                raise IndexFormatError(
+                    f"index {self.index_dir} records no image folder yet (its first build stopped early); "
+                    f"run `counterclip build FOLDER --index {self.index_dir}` again"
+                )
             self.root = Path(recorded_root)
             if not self.root.is_dir():
                 raise InputError(
