@@ -504,11 +504,12 @@ class _Builder:
 
     def _space_needed(self) -> int:
         """What a run writes, roughly: the items file copy, shards and FAISS files for every vector
-        (plus room to compact), about 1 kB of SQLite per item, and SQLite's write-ahead log (up to 4 MB
-        between checkpoints)."""
+        (plus room to compact), about 1 kB of SQLite per item, and SQLite's write-ahead log (twice the
+        rows written, at most 4 MB between checkpoints)."""
         dim = self.dim or 512
-        per_item = 2.2 * (4 * dim + 8) + 1000
-        return int(self._base_bytes * 1.1 + self._items_estimate * per_item + (4 << 20))
+        items = self._items_estimate
+        wal = min(4 << 20, 2000 * items + (64 << 10))
+        return int(self._base_bytes * 1.1 + items * (2.2 * (4 * dim + 8) + 1000) + wal)
 
     # --- settings -------------------------------------------------------------------------------
     def _resolve(self, meta: _MetaView) -> tuple[Path, IndexCfg]:
