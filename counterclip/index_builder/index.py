@@ -296,6 +296,15 @@ class Index:
                 raise IndexFormatError(
                     f"{path} is not a counterclip index (run `counterclip build FOLDER --index {path}`)"
                 )
+        try:
+            return cls._open(path, model, started)
+        except PermissionError as exc:
+            raise AccessDeniedError(
+                f"index {path}: permission denied reading {exc.filename or path}"
+            ) from None
+
+    @classmethod
+    def _open(cls, path: Path, model: ClipModel | None, started: float) -> Index:
         pin = GenerationPin.acquire(path)
         meta = None
         try:

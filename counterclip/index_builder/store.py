@@ -94,8 +94,10 @@ def sqlite_error(exc: sqlite3.Error, path: Path) -> CounterclipError:
     code = getattr(exc, "sqlite_errorname", "")
     if code == "SQLITE_FULL" or "disk is full" in text:
         return DiskFullError(f"index {index_dir}: disk full while writing {path.name} ({text})")
-    if code in ("SQLITE_READONLY", "SQLITE_PERM", "SQLITE_CANTOPEN") or "readonly" in text:
+    if code in ("SQLITE_READONLY", "SQLITE_PERM") or "readonly" in text:
         return AccessDeniedError(f"index {index_dir}: cannot write {path.name} ({text})")
+    if code == "SQLITE_CANTOPEN":
+        return AccessDeniedError(f"index {index_dir}: cannot open {path.name} ({text})")
     return damaged_error(index_dir, path.name, text)
 
 

@@ -216,3 +216,37 @@ def test_newer_generation_follows_the_switch(built) -> None:
             change_folder(root, 1)
             update_index(index_dir, progress=False)
             assert idx.newer_generation() == fresh.newer_generation() == 3
+
+
+def test_an_index_of_the_first_format_is_converted_by_update(built, tmp_path: Path) -> None:
+    """Format 1 (``items.sqlite``, ``images.faiss``, no generations, no checksums): readers are told to
+    update, and the update converts it in place, ids and vectors kept."""
+    import json
+    import sqlite3
+
+    _, index_dir, _ = built
+    before = snapshot(index_dir)
+    manifest = Manifest.read(index_dir)
+    (index_dir / manifest.db_file).rename(index_dir / "items.sqlite")
+    for kind in ("images", "captions"):
+        (index_dir / manifest.faiss_file(kind)).rename(index_dir / f"{kind}.faiss")
+    (index_dir / manifest_name(1)).unlink()
+    conn = sqlite3.connect(index_dir / "items.sqlite")
+    conn.execute("DROP TABLE files")
+    for kind in ("images", "captions"):
+        row = json.loads(conn.execute("SELECT value FROM meta WHERE key = ?", (f"faiss_{kind}",)).fetchone()[0])
+        old = {"state": row["state"], "info": row["info"]}
+        conn.execute("UPDATE meta SET value = ? WHERE key = ?", (json.dumps(old), f"faiss_{kind}"))
+    conn.commit()
+    conn.close()
+    old_manifest = {k: v for k, v in manifest.to_dict().items() if k not in ("files", "checksum")}
+    old_manifest["format_version"] = 1
+    (index_dir / "manifest.json").write_text(json.dumps(old_manifest))
+
+    with pytest.raises(IndexFormatError, match=r"older counterclip \(format 1.*run `counterclip update"):
+        Index.open(index_dir)
+    summary = update_index(index_dir, progress=False)
+    assert summary.generation == 2 and summary.embedded == 0
+    assert not any((index_dir / name).exists() for name in ("items.sqlite", "images.faiss", "captions.faiss"))
+    assert_same_index(snapshot(index_dir), before, same_ids=True)
+    assert_no_debris(index_dir)
