@@ -427,6 +427,7 @@ class _Builder:
         self.spec: ModelSpec | None = None
         self.fingerprint = ""
         self.dim = 0
+        self.base_gen = 0  # the generation the run starts from (0: none yet)
         self.work_gen = 0
         self.work_path: Path | None = None
         self.published: set[str] = set()  # files some manifest lists (never deleted by this run)
@@ -490,7 +491,7 @@ class _Builder:
         except OSError:
             free = 0
         need = self._space_needed()
-        base = self.work_gen - 1
+        base = self.base_gen
         if base > 0:
             then = (
                 f"generation {base} stays readable; free space and run `counterclip update {self.index_dir}`"
@@ -766,7 +767,10 @@ class _Builder:
     def _run(self) -> BuildSummary:
         located = locate(self.index_dir)
         damage = self._verify_base(located)
+        self.base_gen = located.generation
         self.work_gen = located.generation + 1
+        if self.repair:  # never reuse the number of a generation whose manifest is damaged
+            self.work_gen = max([self.work_gen - 1, *manifest_generations(self.index_dir)]) + 1
         self.work_path = self.index_dir / db_name(self.work_gen)
         base_db = located.db_file
         rebuild_all = self.repair and located.generation > 0 and (base_db is None or base_db in damage)
