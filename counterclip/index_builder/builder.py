@@ -987,6 +987,7 @@ class _Builder:
         self.progress.done(task)
         scanned = conn.execute("SELECT COUNT(*) FROM scan").fetchone()[0]
         indexed = store.count("images", "indexed")
+        self._items_estimate = max(self._items_estimate, int(scanned))  # for a disk-full message
         if scanned == 0 and indexed > 0:
             raise InputError(
                 f"no image files under {root} any more, but the index holds {indexed} images; is the folder "
