@@ -463,7 +463,9 @@ class _Builder:
             return
         ours = (LOCK_NAME, GC_LOCK_NAME, EMBEDDINGS_DIR)
         foreign = [
-            p.name for p in self.index_dir.iterdir() if p.name not in ours and not p.name.endswith(".tmp")
+            p.name
+            for p in self.index_dir.iterdir()
+            if p.name not in ours and ".tmp" not in p.name  # debris
         ]
         if foreign:
             raise InputError(
@@ -688,7 +690,8 @@ class _Builder:
         """``items-(G+1).sqlite``: a copy of G's (or a fresh file), made under a temp name and renamed."""
         assert self.work_path is not None
         tmp = self.work_path.with_name(self.work_path.name + ".tmp")
-        tmp.unlink(missing_ok=True)
+        for suffix in ("", *_SQLITE_SIDECARS):  # a copy killed half-way
+            tmp.with_name(tmp.name + suffix).unlink(missing_ok=True)
         dst = sqlite3.connect(tmp)
         try:
             source = None

@@ -269,7 +269,7 @@ def remove_debris(index_dir: Path, keep: Iterable[str]) -> list[str]:
         for suffix in _SQLITE_SIDECARS:
             if base.endswith(suffix):
                 base = base[: -len(suffix)]
-        is_temp = path.name.endswith(TMP_SUFFIX)
+        is_temp = base.endswith(TMP_SUFFIX)  # a temp file, or the journal of a temp SQLite file
         is_data = parse_generation_file(base) is not None or path.parent == emb
         if is_temp or (readable and is_data and not base.startswith("manifest-")):
             path.unlink()

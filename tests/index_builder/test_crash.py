@@ -121,3 +121,22 @@ def test_killed_update_during_compaction_resumes(tiny_openclip: str, model, tmp_
     build_index(root, fresh, model=model, progress=False, config=SMALL_SHARDS)
     assert_same_index(snapshot(index_dir), snapshot(fresh), same_ids=False)
     assert_no_debris(index_dir)
+
+
+def test_debris_of_a_copy_killed_half_way_is_removed(clean, model, tmp_path: Path) -> None:
+    """A kill while the items file is being made leaves a temp file and its SQLite journal (found by
+    scripts/check_crash.py): the next run is not confused by them and removes them."""
+    root, expected = clean
+    index_dir = tmp_path / "idx"
+    (index_dir / "embeddings").mkdir(parents=True)
+    (index_dir / ".lock").write_text("")
+    (index_dir / "items-000001.sqlite.tmp").write_bytes(b"SQLite format 3\0 torn")
+    (index_dir / "items-000001.sqlite.tmp-journal").write_bytes(b"\xd9\xd5\x05\xf9 torn")
+    build_index(root, index_dir, model=model, progress=False, config=SMALL_SHARDS)
+    assert_same_index(snapshot(index_dir), expected, same_ids=True)
+    assert_no_debris(index_dir)
+    # and the same debris beside a complete index is removed by the next update
+    (index_dir / "items-000002.sqlite.tmp-journal").write_bytes(b"torn")
+    (index_dir / "embeddings/images-00099.npy.tmp").write_bytes(b"torn")
+    update_index(index_dir, progress=False)
+    assert_no_debris(index_dir)

@@ -234,7 +234,9 @@ def test_an_index_of_the_first_format_is_converted_by_update(built, tmp_path: Pa
     conn = sqlite3.connect(index_dir / "items.sqlite")
     conn.execute("DROP TABLE files")
     for kind in ("images", "captions"):
-        row = json.loads(conn.execute("SELECT value FROM meta WHERE key = ?", (f"faiss_{kind}",)).fetchone()[0])
+        row = json.loads(
+            conn.execute("SELECT value FROM meta WHERE key = ?", (f"faiss_{kind}",)).fetchone()[0]
+        )
         old = {"state": row["state"], "info": row["info"]}
         conn.execute("UPDATE meta SET value = ? WHERE key = ?", (json.dumps(old), f"faiss_{kind}"))
     conn.commit()
