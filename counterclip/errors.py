@@ -35,3 +35,24 @@ class RuntimeExportError(CounterclipError):
 
 class QuantizationRefusedError(RuntimeExportError):
     """An int8 tower that misses the accuracy bars against fp32 (cosine, recall@10) on the user's sample."""
+
+
+class IndexDamagedError(IndexFormatError):
+    """A file of an index whose bytes are not what the index recorded (truncated, zeroed, garbled, missing).
+
+    The message names the file and the fix (``counterclip update INDEX --repair``); ``file`` is the
+    file's name relative to the index directory and ``reason`` what is wrong with it.
+    """
+
+    def __init__(self, message: str, file: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.file = file
+        self.reason = reason
+
+
+class DiskFullError(CounterclipError):
+    """No space left on the device while writing (the interrupted work resumes once space is freed)."""
+
+
+class AccessDeniedError(CounterclipError):
+    """Permission denied or a read-only file system where counterclip must read or write."""

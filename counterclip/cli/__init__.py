@@ -7,10 +7,12 @@ printed as one line with exit status 2; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 
 import typer
+from rich.markup import escape
 from typer.exceptions import TyperException
 
 from counterclip._version import __version__
@@ -85,6 +87,12 @@ def run(argv: list[str] | None = None) -> int:
             raise
         console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
         return exc.exit_code
+    except OSError as exc:  # a full disk or a permission problem the command did not name itself
+        message = _storage_error(exc)
+        if debug or message is None:
+            raise
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
+        return 2
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:
@@ -95,6 +103,18 @@ def run(argv: list[str] | None = None) -> int:
             exc.show()
         return int(getattr(exc, "exit_code", 2))
     return result if isinstance(result, int) else 0
+
+
+def _storage_error(exc: OSError) -> str | None:
+    """One line for the storage errors a user fixes (disk full, permissions, read-only), else None."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device{where}; free space and run the command again"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied{where}; run as a user who may read and write it"
+    if exc.errno == errno.EROFS:
+        return f"read-only file system{where}; write somewhere else or remount it read-write"
+    return None
 
 
 def main() -> None:

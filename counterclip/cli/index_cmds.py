@@ -1,4 +1,4 @@
-"""CLI: build, update, info (the index builder)."""
+"""CLI: build, update, info, check (the index builder)."""
 
 from __future__ import annotations
 
@@ -98,16 +98,27 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         index_kind: str = typer.Option(
             None, "--index-kind", help="Change the FAISS kind (auto or a factory string)."
         ),
+        repair: bool = typer.Option(
+            False,
+            "--repair",
+            help="Rebuild damaged files (FAISS from the shards, shards and SQLite from the images).",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Bring an index up to date with its folder: add new files, re-embed changed ones, remove deleted
         ones (ids are never reused). Also finishes a build that was interrupted.
+
+        The update is written as a new generation beside the current one, which readers (a running
+        server) keep using until they move on; every file is verified first, and a damaged one stops the
+        update unless --repair is given.
 
         Examples:
 
           counterclip update photos.idx
 
           counterclip update photos.idx --json
+
+          counterclip update photos.idx --repair
         """
         from counterclip.index_builder import update_index
 
@@ -121,6 +132,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             device=device,
             index_kind=index_kind,
             progress=not as_json,
+            repair=repair,
         )
         _print_summary(summary, as_json)
 
@@ -158,6 +170,41 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             highlight=False,
             markup=False,
         )
+
+    @app.command()
+    def check(
+        index: Path = typer.Argument(..., help="Index directory."),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Verify every file of an index (fsck): sizes and checksums, SQLite's integrity check, FAISS and
+        shards against the rows. Names each damaged file; exit status 2 when one is found.
+
+        Examples:
+
+          counterclip check photos.idx
+
+          counterclip check photos.idx --json
+        """
+        from counterclip.errors import IndexDamagedError
+        from counterclip.index_builder import check_index
+
+        report = check_index(index)
+        if as_json:
+            print_json(report.to_dict())
+        else:
+            lines = [f"damaged    {name}: {reason}" for name, reason in sorted(report.damaged.items())]
+            lines.append(
+                f"index {report.index_dir} generation {report.generation}: {report.files} files, "
+                f"{report.bytes / 1e6:.1f} MB verified in {report.seconds:.1f} s"
+                + ("" if report.damaged else "; no damage found")
+            )
+            out.print("\n".join(lines), highlight=False, markup=False)
+        if report.damaged:
+            names = ", ".join(sorted(report.damaged))
+            raise IndexDamagedError(
+                f"index {report.index_dir} has {len(report.damaged)} damaged file(s): {names}; "
+                f"run `counterclip update {report.index_dir} --repair`"
+            )
 
     @app.command()
     def info(

@@ -9,6 +9,7 @@ rank -> verify -> baselines -> result. What differs between the image and the ca
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ from PIL import Image
 
 from counterclip.calibration import MIN_PAIRS, Calibration, native_calibration, self_calibration
 from counterclip.engine.criteria import MODES, Criterion, Decrease, Flip, Increase, check_labels
+from counterclip.engine.live import LiveIndex
 from counterclip.engine.path import PathSettings, gradient_path
 from counterclip.engine.ranking import mmr_order
 from counterclip.engine.results import CounterfactualResult, ResultItem, SearchResult
@@ -144,11 +146,24 @@ class _Stopwatch:
         return self.timings
 
 
+def _one_generation(method: Any) -> Any:
+    """Run a public query on one index generation from start to end (see `Engine.pinned`)."""
+
+    @functools.wraps(method)
+    def pinned(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        with self.pinned():
+            return method(self, *args, **kwargs)
+
+    return pinned
+
+
 class Engine:
     """Counterfactuals and search over one index.
 
     Safe for concurrent read queries from several threads: queries never mutate the engine; per-call
-    settings are passed as arguments.
+    settings are passed as arguments. A long-running engine follows the index's generations: each query
+    reads one generation from start to end, and the first query after an update switches to the new
+    one (no restart; see `counterclip.engine.live`).
 
     Examples::
 
@@ -184,15 +199,11 @@ class Engine:
                 f"the index was built with another model (fingerprint {built_with[:12]}) than {model.spec} "
                 f"({model.fingerprint[:12]}); open it with Engine.open(INDEX) to load its own model"
             )
-        self.index = index
+        self._live = LiveIndex(index)
         self.model = model
         self.encoder = encoder if encoder is not None else model
         self.options = options or EngineOptions()
-        self._lock = threading.RLock()  # guards the lazily computed, then read-only, state below
-        self._samples: dict[str, np.ndarray] = {}
-        self._evidence: dict[str, Evidence] = {}
-        self._lexicon: Lexicon | None = None
-        self._swaps: Swaps | None = None
+        self._lock = threading.RLock()  # guards the lazily computed, then read-only, per-generation state
 
     @classmethod
     def open(
@@ -225,10 +236,25 @@ class Engine:
         LOG.info("opened %s in %.1f s", index_dir, time.perf_counter() - started)
         return cls(index, model, options, encoder)
 
+    @property
+    def index(self) -> IndexLike:
+        """The index generation this thread's query reads (outside a query: the current one)."""
+        return self._live.index
+
+    def pinned(self) -> Any:
+        """A context that keeps one index generation for the enclosed calls (re-entrant; yields the index).
+
+        Every query pins one by itself; a caller that makes several calls about one answer (a server
+        request: query, then metadata and files of the answers) pins around them all.
+        """
+        return self._live.pinned()
+
+    def refresh(self) -> bool:
+        """Switch to the index's newest generation now (queries do this by themselves); True if it changed."""
+        return self._live.refresh()
+
     def close(self) -> None:
-        close = getattr(self.index, "close", None)
-        if close is not None:
-            close()
+        self._live.close()
 
     def __enter__(self) -> Engine:
         return self
@@ -262,6 +288,7 @@ class Engine:
             raise InputError("text is empty: give the caption to score, e.g. --text 'a photo of a dog'")
         return _array(self.encoder.encode_texts([text.strip()]))[0]
 
+    @_one_generation
     def resolve_image(self, image: str | Path | Image.Image | int) -> QueryImage:
         """Embed a query image given as a path, a PIL image, or an index id."""
         if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
@@ -272,7 +299,14 @@ class Engine:
                 raise InputError(f"image id {int(image)} is not in the index") from None
             return QueryImage(vector, int(image), {"id": int(image), "path": path})
         if isinstance(image, Image.Image):
-            return QueryImage(_array(self.encoder.encode_pil([image.convert("RGB")]))[0], None, {"pil": True})
+            # the builder's rules (EXIF orientation, alpha on white, 16-bit scaling, shrinking): a PIL copy
+            # of an indexed file embeds like the file did
+            decode_query = getattr(self.index, "decode_query", None)
+            try:
+                pil = decode_query(image).image if decode_query is not None else image.convert("RGB")
+            except DecodeError as exc:
+                raise InputError(f"query image is not usable: {exc}") from exc
+            return QueryImage(_array(self.encoder.encode_pil([pil]))[0], None, {"pil": True})
         path = Path(image).expanduser()
         if not path.is_file():
             raise InputError(f"query image not found: {path}")
@@ -288,8 +322,9 @@ class Engine:
 
     def _typical_sample(self, collection: CollectionLike) -> np.ndarray:
         """A fixed random sample of a collection's vectors (cached) for the typical-score estimate."""
+        samples = self._live.generation.cache.setdefault("samples", {})
         with self._lock:
-            if collection.name not in self._samples:
+            if collection.name not in samples:
                 ids = np.asarray(collection.ids)
                 rng = np.random.default_rng(0)
                 take = (
@@ -297,8 +332,8 @@ class Engine:
                     if len(ids) <= self.options.typical_sample
                     else rng.choice(ids, self.options.typical_sample, replace=False)
                 )
-                self._samples[collection.name] = collection.vectors(np.sort(take))
-            return self._samples[collection.name]
+                samples[collection.name] = collection.vectors(np.sort(take))
+            return samples[collection.name]
 
     # --- evidence ---------------------------------------------------------------------------------
     @property
@@ -313,10 +348,11 @@ class Engine:
 
     def evidence_for(self, source: str) -> Evidence:
         """The calibration of ``source`` (see `EngineOptions.calibration`), computed once."""
+        chosen = self._live.generation.cache.setdefault("evidence", {})
         with self._lock:
-            if source not in self._evidence:
-                self._evidence[source] = Evidence(self._choose_calibration(source))
-            return self._evidence[source]
+            if source not in chosen:
+                chosen[source] = Evidence(self._choose_calibration(source))
+            return chosen[source]
 
     def _choose_calibration(self, wanted: str) -> Calibration | None:
         if wanted not in ("auto", "native", "captions", "model", "self", "none"):
@@ -366,8 +402,9 @@ class Engine:
     def _caption_words(self) -> tuple[Lexicon | None, Swaps | None]:
         """The lexicon and the one-word-swap table of the index's captions, built once (a sample of 200k
         captions for larger collections: enough to know their words)."""
+        cache = self._live.generation.cache
         with self._lock:
-            if self._lexicon is None and self.index.captions.count:
+            if "words" not in cache and self.index.captions.count:
                 ids = np.asarray(self.index.captions.ids)
                 if len(ids) > 200_000:
                     ids = np.sort(np.random.default_rng(0).choice(ids, 200_000, replace=False))
@@ -376,8 +413,8 @@ class Engine:
                     for start in range(0, len(ids), 5000)
                     for m in self.index.captions.meta(ids[start : start + 5000])
                 ]
-                self._lexicon, self._swaps = Lexicon(texts), Swaps(ids, texts)
-            return self._lexicon, self._swaps
+                cache["words"] = Lexicon(texts), Swaps(ids, texts)
+            return cache.get("words", (None, None))
 
     def _with_rivals(
         self, evidence: Evidence, criterion: Criterion, side: Side, texts: list[str]
@@ -408,6 +445,7 @@ class Engine:
         return query_warnings(texts, criterion, evidence, self.lexicon, tokens, context, rivalled)
 
     # --- plain search ---------------------------------------------------------------------------
+    @_one_generation
     def search(
         self,
         text: str | None = None,
@@ -467,6 +505,7 @@ class Engine:
         return SearchResult(query, items, watch.total(), warnings)
 
     # --- counterfactuals ------------------------------------------------------------------------
+    @_one_generation
     def counterfactuals(
         self,
         image: str | Path | Image.Image | int,

@@ -8,23 +8,29 @@ Public API::
     with Index.open("photos.idx") as idx:
         D, I = idx.search_images(query_vectors, k=10)
 
-The layout of an index directory: ``manifest.json`` (written last, atomically), ``items.sqlite`` (one
-row per image and caption), ``embeddings/*.npy`` (the raw vectors, the source of truth),
-``images.faiss`` and ``captions.faiss`` (derived), ``.lock`` (the writer lock).
+The layout of an index directory, one generation after another (see `manifest`): ``manifest.json``
+(the current generation's manifest, switched atomically), ``manifest-G.json`` (generation G's, locked
+by its readers), ``items-G.sqlite`` (one row per image and caption), ``embeddings/*.npy`` (the raw
+vectors, the source of truth), ``images-G.faiss`` and ``captions-G.faiss`` (derived), ``.lock`` (the
+writer lock). Every data file has a checksum in the manifest: `check_index` verifies them all.
 """
 
 from counterclip.index_builder.builder import BuildSummary, build_index, update_index
 from counterclip.index_builder.config import IndexCfg, add_index_config, list_index_configs, load_index_config
-from counterclip.index_builder.decode import DecodeError, load_image
+from counterclip.index_builder.decode import DecodeError, decode_query, load_image
 from counterclip.index_builder.index import Index
+from counterclip.index_builder.integrity import CheckReport, check_index
 
 __all__ = [
     "BuildSummary",
+    "CheckReport",
     "DecodeError",
     "Index",
     "IndexCfg",
     "add_index_config",
     "build_index",
+    "check_index",
+    "decode_query",
     "list_index_configs",
     "load_image",
     "load_index_config",

@@ -1,28 +1,42 @@
-"""`build_index` and `update_index`: image folder -> index directory, incrementally and resumably.
+"""`build_index` and `update_index`: image folder -> index directory, incrementally, resumably, and
+beside the generation readers use.
 
-One run, under the writer lock:
+One run, under the writer lock, makes generation G+1 from the current generation G:
 
-1. check the index against the model (fingerprint) and the folder; remove ``manifest.json`` (from here
-   on the index is "incomplete" until step 8 writes it again);
-2. delete debris of an interrupted run (temp files, shards no row points at);
-3. scan the folder into a temp table and diff it with ``items.sqlite`` in one transaction: new files
-   become ``pending`` rows (new ids, in path order), changed files (size, mtime, then content hash) get
-   a new id, deleted ones are removed;
-4. embed every ``pending`` row (`pipeline.embed_images`), shard by shard: a re-run after a crash
-   starts where the last committed shard ended;
-5. captions: gather sidecars, the captions file and the vocabulary, embed new texts once;
-6. compact shards that hold removed rows (and merge small ones), so removed vectors leave every file;
-7. rebuild the FAISS indexes from the shards (skipped when nothing changed), measure recall@k;
-8. bump the generation and write ``manifest.json`` atomically.
+1. find G (`integrity.locate`) and verify its files against their checksums; with ``repair`` note the
+   damaged ones instead of stopping;
+2. check the model (loaded now: a checkpoint changed in place is refused here), folder, settings and
+   FAISS kind, before anything is written: a refused run leaves everything as it was;
+3. copy ``items-G.sqlite`` to ``items-(G+1).sqlite`` (or resume that copy after an interrupted run),
+   delete debris of interrupted runs; repairs: rows of damaged shards become ``pending`` again, damaged
+   FAISS files are rebuilt, a damaged SQLite file means a fresh start from the images;
+4. scan the folder into a temp table and diff it with the rows in one transaction: new files become
+   ``pending`` rows (new ids, in path order), changed files (size, mtime, then content hash) get a new
+   id, deleted ones are removed;
+5. embed every ``pending`` row (`pipeline.embed_images`), shard by shard: a re-run after a crash starts
+   where the last committed shard ended;
+6. captions: gather sidecars, the captions file and the vocabulary, embed new texts once;
+7. compact shards that hold removed rows (and merge small ones) into new shards; the old ones stay for
+   the generations that list them;
+8. rebuild the FAISS indexes from the shards into ``{kind}-(G+1).faiss`` (skipped when nothing changed:
+   the file is shared), measure recall@k;
+9. checksum new shards, close the SQLite file for good, write ``manifest-(G+1).json`` and switch
+   ``manifest.json`` to it (the atomic moment), remove old generations no reader holds.
+
+A disk that fills up, a permission error or a kill at any moment leaves G readable and the run
+resumable: run it again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -32,39 +46,60 @@ from typing import Any
 
 import numpy as np
 
-from counterclip._fileio import TMP_SUFFIX
+from counterclip._fileio import atomic_write, fsync_dir
 from counterclip.calibration import Calibration
-from counterclip.errors import IndexFormatError, InputError
+from counterclip.errors import (
+    AccessDeniedError,
+    DiskFullError,
+    IndexDamagedError,
+    IndexFormatError,
+    InputError,
+)
 from counterclip.index_builder import captions as caption_sources
 from counterclip.index_builder._fs import WriterLock
 from counterclip.index_builder.calibrate import calibration_from_pairs
+from counterclip.index_builder.checksums import Checksum, checksum_file, mismatch
 from counterclip.index_builder.config import IndexCfg, load_index_config
 from counterclip.index_builder.decode import DecodeOptions, file_sha256
-from counterclip.index_builder.faiss_index import FaissInfo, build_and_measure, write_index_atomic
+from counterclip.index_builder.faiss_index import (
+    FaissInfo,
+    build_and_measure,
+    choose_factory,
+    new_index,
+    write_index_atomic,
+)
+from counterclip.index_builder.generations import collect_garbage, published_files, remove_debris
+from counterclip.index_builder.integrity import Located, expected_files, locate, verify_files
 from counterclip.index_builder.manifest import (
-    DB_NAME,
     EMBEDDINGS_DIR,
-    FAISS_FILES,
     FORMAT_VERSION,
+    GC_LOCK_NAME,
     KINDS,
+    LEGACY_DB_NAME,
+    LEGACY_FILES,
     LOCK_NAME,
     MANIFEST_NAME,
     Manifest,
     ModelRecord,
     Settings,
-    invalidate_manifest,
+    damaged_error,
+    db_name,
+    faiss_name,
+    manifest_generations,
+    manifest_name,
+    repair_hint,
 )
 from counterclip.index_builder.pipeline import ShardWriter, WorkItem, embed_images
 from counterclip.index_builder.scan import display_path, scan_folder
 from counterclip.index_builder.shards import (
     delete_shards,
     iterate_shards,
+    load_shard,
     read_ids,
-    remove_debris,
-    shard_paths,
+    shard_names,
     write_shard,
 )
-from counterclip.index_builder.store import Store
+from counterclip.index_builder.store import Store, sqlite_error
 from counterclip.models import ClipModel, ModelSpec, load_model
 from counterclip.scores import PairScore
 
@@ -82,6 +117,7 @@ FAISS_CFG_KEYS = (  # the config fields a FAISS index depends on (others never f
     "seed",
 )
 TRANSIENT_ERRORS = ("permission denied", "file disappeared")  # decode reasons retried by every run
+_SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
 
 
 @dataclass
@@ -101,13 +137,15 @@ class BuildSummary:
     unchanged: int  # files already indexed
     captions: int  # distinct captions in the index now
     captions_embedded: int  # captions embedded by this run
-    resumed: bool  # this run finished an interrupted one (no manifest was found)
+    resumed: bool  # this run finished an interrupted one
     seconds: float  # wall time
     images_index: dict[str, Any] = field(default_factory=dict)  # FAISS kind, parameters, recall
     captions_index: dict[str, Any] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)  # [{path, reason}] of skipped files
     warnings: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)  # scan, decode, embed, write, faiss...
+    generation: int = 0  # the generation this run published
+    repaired: list[str] = field(default_factory=list)  # damaged files rebuilt (update --repair)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,6 +162,8 @@ class BuildSummary:
             f"  captions   {self.captions} ({self.captions_embedded} embedded this run)",
             f"  faiss      {self.images_index.get('factory')} {self.images_index.get('search_params') or ''}"
             + (f" recall@{recall_k} {recall:.3f}" if recall is not None else ""),
+            f"  generation {self.generation}"
+            + (f" (repaired {', '.join(self.repaired)})" if self.repaired else ""),
             f"  time       {self.seconds:.1f} s",
         ]
         for error in self.errors[:20]:
@@ -204,27 +244,54 @@ def update_index(
     index_kind: str | None = None,
     progress: bool = True,
     config: str | os.PathLike[str] | IndexCfg | None = None,
+    repair: bool = False,
+    user_calibration: Calibration | None = None,
 ) -> BuildSummary:
-    """Bring an index up to date with its recorded folder (or finish an interrupted build).
+    """Bring an index up to date with its recorded folder (or finish an interrupted build), as a new
+    generation beside the one readers use.
 
     New files are added, changed ones re-embedded, deleted ones removed from every structure; ids are
     never reused. Arguments left as None keep the recorded settings (model spec, caption files, index
-    kind, config); see `build_index` for their meaning.
+    kind, config); see `build_index` for their meaning. Every file of the current generation is
+    verified first: a damaged one stops the update with an `IndexDamagedError` naming it, unless
+    ``repair`` is set.
+
+    Args:
+        repair: rebuild what is damaged instead of stopping: FAISS files from the shards, shards from
+            the images, the SQLite file from the images; the result equals a clean build. Default: False.
+        user_calibration: a calibration to record with the new generation (``counterclip calibrate``);
+            later updates keep it. Default: None (keep the recorded one).
 
     Examples::
 
         >>> update_index("photos.idx", progress=False).added
         12
+        >>> update_index("photos.idx", repair=True, progress=False).repaired
+        ['images-000003.faiss']
     """
     index_dir = Path(index_dir)
-    if not (index_dir / DB_NAME).is_file():
+    if not _looks_like_index(index_dir):
         raise IndexFormatError(
             f"no index at {index_dir} (run `counterclip build FOLDER --index {index_dir}` first)"
         )
     overrides = {"batch_size": batch_size, "workers": workers}
-    return _Builder(
-        index_dir, None, model, captions, vocab, device, index_kind, config, overrides, progress
-    ).run()
+    builder = _Builder(
+        index_dir, None, model, captions, vocab, device, index_kind, config, overrides, progress, repair
+    )
+    builder.user_calibration = user_calibration
+    return builder.run()
+
+
+def _looks_like_index(index_dir: Path) -> bool:
+    """A manifest, a generation or an items file (of this format or the first) is there."""
+    if not index_dir.is_dir():
+        return False
+    return (
+        (index_dir / MANIFEST_NAME).exists()
+        or bool(manifest_generations(index_dir))
+        or any(index_dir.glob("items-*.sqlite"))
+        or (index_dir / LEGACY_DB_NAME).exists()
+    )
 
 
 def _now() -> str:
@@ -292,6 +359,48 @@ class _Progress:
             self._progress.update(task, total=total, completed=total)
 
 
+class _MetaView:
+    """The recorded settings a run is checked against before anything is written: read from the work
+    in progress, the current generation's items file, or (when that is damaged) its manifest."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    @classmethod
+    def from_db(cls, path: Path, published: bool) -> _MetaView:
+        """All meta values of an items file (``published``: immutable, opened without locks)."""
+        if published:
+            conn = Store(path, readonly=True).conn
+        else:
+            conn = sqlite3.connect(path)
+        try:
+            return cls({k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")})
+        finally:
+            conn.close()
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> _MetaView:
+        """The settings a manifest records (to rebuild an index whose items file is damaged)."""
+        settings = manifest.settings
+        return cls(
+            {
+                "root": manifest.root,
+                "model_spec": manifest.model.spec.to_dict(),
+                "fingerprint": manifest.model.fingerprint,
+                "embed_dim": manifest.model.embed_dim,
+                "config": settings.config or None,
+                "captions_file": settings.captions_file,
+                "vocab_file": settings.vocab_file,
+                "index_kind": settings.index_kind,
+                "decode": settings.decode or None,
+                "created": manifest.created,
+            }
+        )
+
+
 class _Builder:
     def __init__(
         self,
@@ -305,6 +414,7 @@ class _Builder:
         config: str | os.PathLike[str] | IndexCfg | None,
         overrides: dict[str, Any],
         progress: bool,
+        repair: bool = False,
     ) -> None:
         self.index_dir = index_dir.expanduser().absolute()
         self.root = root
@@ -316,6 +426,7 @@ class _Builder:
         self.config_arg = config
         self.overrides = overrides
         self.progress = _Progress(progress)
+        self.repair = repair
         self.emb_dir = self.index_dir / EMBEDDINGS_DIR
         self.warnings: list[str] = []
         self.stage: dict[str, float] = {}
@@ -325,19 +436,30 @@ class _Builder:
         self.spec: ModelSpec | None = None
         self.fingerprint = ""
         self.dim = 0
+        self.base_gen = 0  # the generation the run starts from (0: none yet)
+        self.work_gen = 0
+        self.work_path: Path | None = None
+        self.published: set[str] = set()  # files some manifest lists (never deleted by this run)
+        self.verified: set[str] = set()  # files of the base generation whose checksums matched
+        self._items_estimate = 0  # vectors the run will hold (for the disk-full message)
+        self._base_bytes = 0
+        self.user_calibration: Calibration | None = None  # one `counterclip calibrate` fitted
 
     # --- entry ----------------------------------------------------------------------------------
     def run(self) -> BuildSummary:
         started = self.started = time.perf_counter()
         self._check_directory()
-        self.index_dir.mkdir(parents=True, exist_ok=True)
-        with WriterLock(self.index_dir):
-            store = Store(self.index_dir)
-            try:
-                with self.progress:
-                    summary = self._run(store)
-            finally:
-                store.close()
+        try:
+            self.index_dir.mkdir(parents=True, exist_ok=True)
+            with WriterLock(self.index_dir), self.progress:
+                summary = self._run()
+        except OSError as exc:
+            raise self._os_error(exc) from None
+        except sqlite3.Error as exc:
+            error = sqlite_error(exc, self.work_path or self.index_dir / "items.sqlite")
+            if isinstance(error, DiskFullError):
+                error = self._disk_full(str(exc))
+            raise error from None
         summary.seconds = round(time.perf_counter() - started, 3)
         return summary
 
@@ -347,21 +469,70 @@ class _Builder:
             return
         if not self.index_dir.is_dir():
             raise InputError(f"index path {self.index_dir} exists and is not a directory")
-        if (self.index_dir / DB_NAME).exists():
+        if _looks_like_index(self.index_dir):
             return
-        foreign = [p.name for p in self.index_dir.iterdir() if p.name not in (LOCK_NAME, EMBEDDINGS_DIR)]
+        ours = (LOCK_NAME, GC_LOCK_NAME, EMBEDDINGS_DIR)
+        foreign = [
+            p.name
+            for p in self.index_dir.iterdir()
+            if p.name not in ours and ".tmp" not in p.name  # debris
+        ]
         if foreign:
             raise InputError(
                 f"{self.index_dir} is not empty and is not a counterclip index (found {sorted(foreign)[:3]}); "
                 "choose a new or empty --index directory"
             )
 
+    # --- errors of the storage ------------------------------------------------------------------
+    def _os_error(self, exc: OSError) -> Exception:
+        """A one-line error for a failed write or read of the index (the run stays resumable)."""
+        where = exc.filename or self.index_dir
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return self._disk_full(f"writing {where}")
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return AccessDeniedError(
+                f"index {self.index_dir}: permission denied on {where}; run as a user who may write the index"
+            )
+        if exc.errno == errno.EROFS:
+            return AccessDeniedError(f"index {self.index_dir} is on a read-only file system ({where})")
+        return exc
+
+    def _disk_full(self, what: str) -> DiskFullError:
+        try:
+            free = shutil.disk_usage(self.index_dir).free
+        except OSError:
+            free = 0
+        need = self._space_needed()
+        base = self.base_gen
+        if base > 0:
+            then = (
+                f"generation {base} stays readable; free space and run `counterclip update {self.index_dir}`"
+            )
+        else:
+            then = "free space and run the same build again"
+        return DiskFullError(
+            f"disk full: index {self.index_dir} needs about {_mb(need)} MB for this run, {_mb(free)} MB "
+            f"are free ({what}); {then} to resume"
+        )
+
+    def _space_needed(self) -> int:
+        """What a run writes, roughly: the items file copy, shards and FAISS files for every vector
+        (plus room to compact), about 1 kB of SQLite per item, and SQLite's write-ahead log (twice the
+        rows written, at most 4 MB between checkpoints)."""
+        dim = self.dim or 512
+        items = self._items_estimate
+        wal = min(4 << 20, 2000 * items + (64 << 10))
+        return int(self._base_bytes * 1.1 + items * (2.2 * (4 * dim + 8) + 1000) + wal)
+
     # --- settings -------------------------------------------------------------------------------
-    def _resolve(self, store: Store) -> tuple[Path, IndexCfg]:
-        recorded_root = store.get_meta("root")
+    def _resolve(self, meta: _MetaView) -> tuple[Path, IndexCfg]:
+        recorded_root = meta.get_meta("root")
         if self.root is None:
             if recorded_root is None:
-                raise IndexFormatError(f"index {self.index_dir} records no image folder; rebuild it")
+                raise IndexFormatError(
+                    f"index {self.index_dir} records no image folder yet (its first build stopped early); "
+                    f"run `counterclip build FOLDER --index {self.index_dir}` again"
+                )
             self.root = Path(recorded_root)
             if not self.root.is_dir():
                 raise InputError(
@@ -372,15 +543,15 @@ class _Builder:
                 f"index {self.index_dir} was built from {recorded_root}, not {self.root}; "
                 f"run `counterclip update {self.index_dir}` or choose another --index directory"
             )
-        recorded_spec = store.get_meta("model_spec")
-        recorded_fp = store.get_meta("fingerprint")
+        recorded_spec = meta.get_meta("model_spec")
+        recorded_fp = meta.get_meta("fingerprint")
         if self.model_arg is None and recorded_fp is not None:
-            # Update with the recorded model: load it only if something needs embedding.
             self.spec = ModelSpec.from_dict(recorded_spec)
             self.fingerprint = recorded_fp
-            self.dim = int(store.get_meta("embed_dim"))
-            recorded_score = store.get_meta("pair_score")
+            self.dim = int(meta.get_meta("embed_dim"))
+            recorded_score = meta.get_meta("pair_score")
             self._score = PairScore.from_dict(recorded_score) if recorded_score else None
+            self.model  # noqa: B018 - load now: weights changed in place are refused before any write
         else:
             arg = DEFAULT_MODEL if self.model_arg is None else self.model_arg
             model = arg if isinstance(arg, ClipModel) else load_model(arg, device=self.device)
@@ -393,7 +564,7 @@ class _Builder:
             self._model = model
             self.spec, self.fingerprint, self.dim = model.spec, model.fingerprint, model.embed_dim
             self._score = model.pair_score
-        recorded_cfg = store.get_meta("config")
+        recorded_cfg = meta.get_meta("config")
         if self.config_arg is None and recorded_cfg is not None:
             cfg = IndexCfg.from_dict(recorded_cfg)
         else:
@@ -409,7 +580,7 @@ class _Builder:
 
     @property
     def model(self) -> ClipModel:
-        """The model, loaded on first use when an update runs with the recorded spec."""
+        """The model (an update with the recorded spec loads it while checking, before any write)."""
         if self._model is None:
             model = load_model(self.spec, device=self.device)
             if model.fingerprint != self.fingerprint:
@@ -421,7 +592,7 @@ class _Builder:
             self._model = model
         return self._model
 
-    def _caption_file(self, store: Store, key: str, arg: str | os.PathLike[str] | None) -> Path | None:
+    def _caption_file(self, meta: _MetaView, key: str, arg: str | os.PathLike[str] | None) -> Path | None:
         if arg is not None and str(arg) != "":
             path = Path(arg).expanduser().resolve()
             if not path.is_file():
@@ -429,7 +600,7 @@ class _Builder:
             return path
         if arg is not None:  # "" clears the recorded file
             return None
-        recorded = store.get_meta(key)
+        recorded = meta.get_meta(key)
         if recorded is None:
             return None
         path = Path(recorded)
@@ -440,9 +611,9 @@ class _Builder:
             return None
         return path
 
-    def _decode_options(self, store: Store, cfg: IndexCfg) -> DecodeOptions:
+    def _decode_options(self, meta: _MetaView, cfg: IndexCfg) -> DecodeOptions:
         """How files are decoded: fixed when the index is created, so every vector is made the same way."""
-        recorded = store.get_meta("decode")
+        recorded = meta.get_meta("decode")
         if recorded is not None:
             options = DecodeOptions(**recorded)
             wanted = (cfg.max_pixels, cfg.max_side, cfg.max_file_bytes, cfg.downscale)
@@ -461,27 +632,228 @@ class _Builder:
         side = min(self.model.vision_geometry.image_size) if cfg.downscale else None
         return DecodeOptions(cfg.max_pixels, cfg.max_side, cfg.max_file_bytes, side)
 
+    def _check_index_kind(self, index_kind: str) -> None:
+        """A FAISS factory string that cannot work is refused before anything is written."""
+        if index_kind != "auto":
+            _, factory = choose_factory(0, self.dim, self.cfg, index_kind)
+            new_index(self.dim, factory)
+
+    # --- 1. where the index stands ----------------------------------------------------------------
+    def _verify_base(self, located: Located) -> dict[str, str]:
+        """Verify every file of the generation the run starts from: ``{name: reason}`` of the damaged
+        ones (with ``repair``); without it, the first damaged file stops the run."""
+        if located.legacy:
+            return {}
+        expected = expected_files(self.index_dir, located) if located.generation else {}
+        damage = dict(located.problems)
+        damage.update(verify_files(self.index_dir, expected))
+        if damage == {MANIFEST_NAME: "missing"} and located.manifest is not None:
+            # A newest generation complete in every file, only the switch missing (a run killed between
+            # its two manifest writes, or the file deleted): publishing it again is all there is to do.
+            atomic_write(self.index_dir / MANIFEST_NAME, located.manifest.text())
+            self.warnings.append(
+                f"manifest.json was missing; restored from {manifest_name(located.generation)}"
+            )
+            damage = {}
+        self.verified = {name for name in expected if name not in damage}
+        self._base_bytes = sum(c.size for c in expected.values() if c is not None)
+        if located.manifest is not None:
+            self._items_estimate = sum(int(i.get("ntotal", 0)) for i in located.manifest.faiss.values())
+        if damage and not self.repair:
+            name, reason = sorted(damage.items())[0]
+            error = damaged_error(self.index_dir, name, reason)
+            if len(damage) > 1:
+                error = IndexDamagedError(
+                    f"{str(error).split('; run ')[0]} (and {len(damage) - 1} more damaged file(s)); "
+                    f"{repair_hint(self.index_dir)}",
+                    file=name,
+                    reason=reason,
+                )
+            raise error
+        return damage
+
+    def _meta_view(self, located: Located, resume: bool, rebuild_all: bool) -> _MetaView:
+        assert self.work_path is not None
+        if resume:
+            return _MetaView.from_db(self.work_path, published=False)
+        if located.legacy:
+            return _MetaView.from_db(self.index_dir / LEGACY_DB_NAME, published=False)
+        if located.db_file is not None and not rebuild_all:
+            return _MetaView.from_db(self.index_dir / located.db_file, published=True)
+        if located.manifest is not None:
+            return _MetaView.from_manifest(located.manifest)
+        if located.generation:
+            raise IndexDamagedError(
+                f"index {self.index_dir} cannot be repaired: its items file and every manifest are damaged; "
+                f"remove it and build again (`counterclip build FOLDER --index {self.index_dir}`)"
+            )
+        return _MetaView({})
+
+    def _work_base(self, path: Path) -> int | None:
+        """The generation an items file in progress was copied from (None if it cannot say)."""
+        try:
+            conn = sqlite3.connect(path)
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'base_generation'").fetchone()
+            finally:
+                conn.close()
+            return int(json.loads(row[0])) if row else None
+        except (sqlite3.Error, ValueError, TypeError):
+            return None
+
+    def _discard(self, path: Path) -> None:
+        """Remove an items file in progress that cannot be resumed (and its WAL)."""
+        for suffix in ("", *_SQLITE_SIDECARS, ".tmp"):
+            (path.parent / (path.name + suffix)).unlink(missing_ok=True)
+
+    def _create_work_db(self, located: Located, rebuild_all: bool) -> None:
+        """``items-(G+1).sqlite``: a copy of G's (or a fresh file), made under a temp name and renamed."""
+        assert self.work_path is not None
+        tmp = self.work_path.with_name(self.work_path.name + ".tmp")
+        for suffix in ("", *_SQLITE_SIDECARS):  # a copy killed half-way
+            tmp.with_name(tmp.name + suffix).unlink(missing_ok=True)
+        dst = sqlite3.connect(tmp)
+        try:
+            source = None
+            if located.legacy:
+                source = sqlite3.connect(f"file:{self.index_dir / LEGACY_DB_NAME}?mode=ro", uri=True)
+            elif located.db_file is not None and not rebuild_all:
+                source = Store(self.index_dir / located.db_file, readonly=True).conn
+            if source is not None:
+                try:
+                    source.backup(dst)
+                finally:
+                    source.close()
+            dst.executescript("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);")
+            values = {"base_generation": located.generation}
+            for kind in KINDS:  # a shard number is never used twice, even after a fresh start
+                row = dst.execute("SELECT value FROM meta WHERE key = ?", (f"next_shard_{kind}",)).fetchone()
+                recorded = int(json.loads(row[0])) if row else 0
+                values[f"next_shard_{kind}"] = max(recorded, self._highest_shard_on_disk(kind) + 1)
+            dst.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                [(k, json.dumps(v)) for k, v in values.items()],
+            )
+            dst.commit()
+        finally:
+            dst.close()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.work_path)
+        fsync_dir(self.index_dir)
+
+    def _highest_shard_on_disk(self, kind: str) -> int:
+        highest = -1
+        if self.emb_dir.is_dir():
+            for path in self.emb_dir.glob(f"{kind}-*.npy"):
+                head = path.name[len(kind) + 1 :].split(".")[0]
+                if head.isdigit():
+                    highest = max(highest, int(head))
+        return highest
+
+    def _remove_debris(self, store: Store) -> None:
+        assert self.work_path is not None
+        keep = {self.work_path.name}
+        for kind in KINDS:
+            for number in store.referenced_shards(kind):
+                keep.update(shard_names(kind, number))
+            previous = store.get_meta(f"faiss_{kind}") or {}
+            if previous.get("file"):
+                keep.add(previous["file"])
+        remove_debris(self.index_dir, keep)
+
+    def _apply_repairs(self, store: Store, damage: dict[str, str]) -> None:
+        """Make the next steps rebuild what is damaged: rows of damaged shards are embedded again,
+        damaged FAISS files are rebuilt (manifests are written anew anyway)."""
+        with store.transaction() as conn:
+            for name in damage:
+                for kind in KINDS:
+                    faiss_meta = store.get_meta(f"faiss_{kind}") or {}
+                    if faiss_meta.get("file") == name:
+                        conn.execute("DELETE FROM meta WHERE key = ?", (f"faiss_{kind}",))
+                    prefix = f"{EMBEDDINGS_DIR}/{kind}-"
+                    if name.startswith(prefix):
+                        number = int(name[len(prefix) :].split(".")[0])
+                        conn.execute(
+                            f"UPDATE {kind} SET status = 'pending', shard = NULL, row = NULL "
+                            "WHERE status = 'indexed' AND shard = ?",
+                            (number,),
+                        )
+                        store.drop_file_checksums(shard_names(kind, number))
+        for name, reason in sorted(damage.items()):
+            LOG.warning("%s: repairing %s (%s)", self.index_dir, name, reason)
+
     # --- the run --------------------------------------------------------------------------------
-    def _run(self, store: Store) -> BuildSummary:
-        root, cfg = self._resolve(store)
-        captions_file = self._caption_file(store, "captions_file", self.captions_arg)
-        vocab_file = self._caption_file(store, "vocab_file", self.vocab_arg)
-        index_kind = self.index_kind_arg or store.get_meta("index_kind") or "auto"
+    def _run(self) -> BuildSummary:
+        located = locate(self.index_dir)
+        damage = self._verify_base(located)
+        self.base_gen = located.generation
+        self.work_gen = located.generation + 1
+        if self.repair:  # never reuse the number of a generation whose manifest is damaged
+            self.work_gen = max([self.work_gen - 1, *manifest_generations(self.index_dir)]) + 1
+        self.work_path = self.index_dir / db_name(self.work_gen)
+        base_db = located.db_file
+        rebuild_all = self.repair and located.generation > 0 and (base_db is None or base_db in damage)
+        resume = (
+            not self.repair
+            and self.work_path.exists()
+            and self._work_base(self.work_path) == located.generation
+        )
+
+        # --- checks before changes: nothing is written until they pass
+        meta = self._meta_view(located, resume, rebuild_all)
+        root, cfg = self._resolve(meta)
         self.cfg = cfg
+        captions_file = self._caption_file(meta, "captions_file", self.captions_arg)
+        vocab_file = self._caption_file(meta, "vocab_file", self.vocab_arg)
+        index_kind = self.index_kind_arg or meta.get_meta("index_kind") or "auto"
+        self._check_index_kind(index_kind)
+        self.decode = self._decode_options(meta, cfg)
+        created = meta.get_meta("created") or _now()
 
+        # --- from here on files are written, none that a reader of the current generation uses
         self.emb_dir.mkdir(exist_ok=True)
-        self._remove_debris(store)
-        # An index that has settings but no manifest was left by an interrupted run: this one finishes it.
-        resumed = store.get_meta("fingerprint") is not None and not (self.index_dir / MANIFEST_NAME).exists()
+        if not resume:
+            self._discard(self.work_path)
+            self._create_work_db(located, rebuild_all)
+        self.published = published_files(self.index_dir)
+        store = Store(self.work_path)
+        try:
+            self._remove_debris(store)
+            if damage and not rebuild_all:
+                self._apply_repairs(store, damage)
+            summary = self._build(store, root, created, captions_file, vocab_file, index_kind, resume)
+        finally:
+            store.close()
+        if located.legacy:
+            for name in LEGACY_FILES:
+                for suffix in ("", *_SQLITE_SIDECARS):
+                    (self.index_dir / (name + suffix)).unlink(missing_ok=True)
+            fsync_dir(self.index_dir)
+        try:
+            collect_garbage(self.index_dir)
+            remove_debris(self.index_dir, keep=())  # files only an unreadable old manifest listed
+        except OSError as exc:
+            LOG.warning("%s: old generations were not removed (%s)", self.index_dir, exc)
+        summary.repaired = sorted(damage)
+        return summary
 
+    def _build(
+        self,
+        store: Store,
+        root: Path,
+        created: str,
+        captions_file: Path | None,
+        vocab_file: Path | None,
+        index_kind: str,
+        resumed: bool,
+    ) -> BuildSummary:
         t0 = time.perf_counter()
         sidecars: list[tuple[str, str]] = []
-        self._scan_to_temp(store, root, sidecars)  # reads only: a refused run leaves the index valid
-
-        self.decode = self._decode_options(store, cfg)
-
-        invalidate_manifest(self.index_dir)  # from here on the index is incomplete until the end
-        created = store.get_meta("created") or _now()
+        self._scan_to_temp(store, root, sidecars)
         with store.transaction():
             store.set_meta(
                 format_version=FORMAT_VERSION,
@@ -493,12 +865,15 @@ class _Builder:
                 captions_file=str(captions_file) if captions_file else None,
                 vocab_file=str(vocab_file) if vocab_file else None,
                 index_kind=index_kind,
-                config=cfg.to_dict(),
+                config=self.cfg.to_dict(),
                 decode=dataclasses.asdict(self.decode),
                 created=created,
             )
+            if self.user_calibration is not None:
+                store.set_meta(user_calibration=self.user_calibration.to_dict())
             diff = self._apply_diff(store, root)
         self.stage["scan"] = time.perf_counter() - t0
+        self._items_estimate = diff["scanned"] + store.count("captions", "indexed")
 
         embedded = self._embed_pending_images(store, root)
         captions_embedded = self._sync_captions(store, root, sidecars, captions_file, vocab_file)
@@ -527,32 +902,34 @@ class _Builder:
             "embedded": embedded,
             "captions_embedded": captions_embedded,
             "resumed": resumed,
+            "repair": self.repair,
             **diff,
             "stage_seconds": {k: round(v, 3) for k, v in self.stage.items()},
             "warnings": list(self.warnings),
             "seconds": round(time.perf_counter() - self.started, 3),
         }
-        generation = int(store.get_meta("generation", 0)) + 1
-        with store.transaction():
-            store.set_meta(generation=generation, last_run=last_run)
-        Manifest(
-            generation=generation,
+        errors = store.errors()
+        files = self._finalize(store, last_run)
+        manifest = Manifest(
+            generation=self.work_gen,
             created=created,
             updated=last_run["finished"],
             root=str(root),
             model=ModelRecord(self.spec, self.fingerprint, self.dim, self.pair_score.to_dict()),
             counts=counts,
-            faiss={kind: info.to_dict() for kind, info in infos.items()},
+            faiss={kind: {**info.to_dict(), "file": self._faiss_files[kind]} for kind, info in infos.items()},
             settings=Settings(
                 captions_file=str(captions_file) if captions_file else None,
                 vocab_file=str(vocab_file) if vocab_file else None,
                 index_kind=index_kind,
-                config=cfg.to_dict(),
+                config=self.cfg.to_dict(),
                 decode=dataclasses.asdict(self.decode),
             ),
             last_run=last_run,
             calibration=calibration.to_dict() if calibration is not None else None,
-        ).write(self.index_dir)
+            files={name: checksum.to_dict() for name, checksum in sorted(files.items())},
+        )
+        manifest.write(self.index_dir)  # the switch: readers opening from now on see this generation
         return BuildSummary(
             index_dir=str(self.index_dir),
             root=str(root),
@@ -571,18 +948,49 @@ class _Builder:
             seconds=0.0,
             images_index=infos["images"].to_dict(),
             captions_index=infos["captions"].to_dict(),
-            errors=[{"path": e["path"], "reason": e["reason"]} for e in store.errors()],
+            errors=[{"path": e["path"], "reason": e["reason"]} for e in errors],
             warnings=self.warnings,
             stage_seconds={k: round(v, 3) for k, v in self.stage.items()},
+            generation=self.work_gen,
         )
 
-    def _remove_debris(self, store: Store) -> None:
+    def _finalize(self, store: Store, last_run: dict[str, Any]) -> dict[str, Checksum]:
+        """Checksum the shards new in this generation (after checking them against their rows), record
+        the generation, close the items file for good; returns every file of the generation."""
+        assert self.work_path is not None
+        recorded = store.file_checksums()
+        files: dict[str, Checksum] = {}
+        new: dict[str, Checksum] = {}
         for kind in KINDS:
-            remove_debris(self.emb_dir, kind, set(store.referenced_shards(kind)))
-        for path in self.index_dir.glob(f"*{TMP_SUFFIX}"):
-            path.unlink()
+            for number in sorted(store.referenced_shards(kind)):
+                names = shard_names(kind, number)
+                if all(name in recorded for name in names):
+                    files.update({name: recorded[name] for name in names})
+                    continue
+                _, ids = load_shard(self.emb_dir, kind, number)  # shape and unit norms
+                rows = store.conn.execute(
+                    f"SELECT id, row FROM {kind} WHERE status = 'indexed' AND shard = ?", (number,)
+                ).fetchall()
+                if any(row >= len(ids) or ids[row] != item_id for item_id, row in rows):
+                    raise damaged_error(
+                        self.index_dir, names[1], f"its ids disagree with {self.work_path.name}"
+                    )
+                for name in names:
+                    new[name] = files[name] = checksum_file(self.index_dir / name)
+        self._faiss_files = {}
+        for kind in KINDS:
+            faiss_meta = store.get_meta(f"faiss_{kind}")
+            self._faiss_files[kind] = faiss_meta["file"]
+            files[faiss_meta["file"]] = Checksum.from_dict(faiss_meta["checksum"])
+        with store.transaction():
+            store.set_file_checksums(new)
+            store.drop_file_checksums(set(recorded) - set(files))
+            store.set_meta(generation=self.work_gen, last_run=last_run)
+        store.finalize()
+        files[self.work_path.name] = checksum_file(self.work_path)
+        return files
 
-    # --- 3. scan + diff -------------------------------------------------------------------------
+    # --- 4. scan + diff -------------------------------------------------------------------------
     def _scan_to_temp(self, store: Store, root: Path, sidecars: list[tuple[str, str]]) -> None:
         """Scan the folder into the connection's temp table ``scan`` (the index itself is not touched)."""
         try:
@@ -607,6 +1015,7 @@ class _Builder:
         self.progress.done(task)
         scanned = conn.execute("SELECT COUNT(*) FROM scan").fetchone()[0]
         indexed = store.count("images", "indexed")
+        self._items_estimate = max(self._items_estimate, int(scanned))  # for a disk-full message
         if scanned == 0 and indexed > 0:
             raise InputError(
                 f"no image files under {root} any more, but the index holds {indexed} images; is the folder "
@@ -672,7 +1081,7 @@ class _Builder:
         LOG.info("scan of %s: %s", root, diff)
         return diff
 
-    # --- 4. images --------------------------------------------------------------------------------
+    # --- 5. images --------------------------------------------------------------------------------
     def _pending(self, store: Store, root: Path) -> Iterator[WorkItem]:
         """Pending rows in id order, fetched in pages (flat memory, no cursor open across commits)."""
         last = -1
@@ -713,7 +1122,7 @@ class _Builder:
         )
         return times.items - times.failed
 
-    # --- 5. captions ------------------------------------------------------------------------------
+    # --- 6. captions ------------------------------------------------------------------------------
     def _sync_captions(
         self,
         store: Store,
@@ -795,56 +1204,65 @@ class _Builder:
         self.stage["captions"] = time.perf_counter() - t0
         return len(pending)
 
-    # --- 6. compaction ----------------------------------------------------------------------------
+    # --- 7. compaction ----------------------------------------------------------------------------
     def _compact(self, store: Store, kind: str) -> None:
-        """Rewrite shards holding removed rows, and merge small shards, so every shard is fully live."""
+        """Rewrite shards holding removed rows, and merge small shards, so every shard is fully live.
+
+        The rows move to new shards; old shards that a published generation lists stay for it (they
+        leave with it), those written by this run are deleted now.
+        """
         live = store.referenced_shards(kind)
-        lengths = {n: len(read_ids(self.emb_dir, kind, n)) for n in live}
+        sums = store.file_checksums()
+        lengths = {n: len(read_ids(self.emb_dir, kind, n, sums)) for n in live}
         dirty = {n for n in live if live[n] < lengths[n]}
         small = {n for n in live if live[n] < self.cfg.shard_size // 2}
         rewrite = sorted(dirty | (small if len(small | dirty) >= 2 else set()))
-        if rewrite:
-            rows = store.live_rows(kind, rewrite)
-            number = int(store.get_meta(f"next_shard_{kind}", 0))
-            moves: list[tuple[int, int, int]] = []
-            buffer_vectors: list[np.ndarray] = []
-            buffer_ids: list[int] = []
+        if not rewrite:
+            return
+        rows = store.live_rows(kind, rewrite)
+        number = int(store.get_meta(f"next_shard_{kind}", 0))
+        moves: list[tuple[int, int, int]] = []
+        new_sums: dict[str, Checksum] = {}
+        buffer_vectors: list[np.ndarray] = []
+        buffer_ids: list[int] = []
 
-            def flush() -> None:
-                nonlocal number
-                if not buffer_ids:
-                    return
+        def flush() -> None:
+            nonlocal number
+            if not buffer_ids:
+                return
+            new_sums.update(
                 write_shard(
                     self.emb_dir, kind, number, np.concatenate(buffer_vectors), np.asarray(buffer_ids)
                 )
-                moves.extend((i, number, r) for r, i in enumerate(buffer_ids))
-                number += 1
-                buffer_vectors.clear(), buffer_ids.clear()
+            )
+            moves.extend((i, number, r) for r, i in enumerate(buffer_ids))
+            number += 1
+            buffer_vectors.clear(), buffer_ids.clear()
 
-            by_shard: dict[int, list[tuple[int, int]]] = {}
-            for item_id, shard, row in rows:
-                by_shard.setdefault(shard, []).append((item_id, row))
-            for shard in rewrite:
-                picked = by_shard.get(shard, [])
-                vectors = (
-                    np.load(shard_paths(self.emb_dir, kind, shard)[0], mmap_mode="r") if picked else None
-                )
-                pos = 0
-                while pos < len(picked):
-                    take = min(self.cfg.shard_size - len(buffer_ids), len(picked) - pos)
-                    sub = picked[pos : pos + take]
-                    buffer_vectors.append(np.asarray(vectors[[r for _, r in sub]], dtype=np.float32))
-                    buffer_ids.extend(i for i, _ in sub)
-                    pos += take
-                    if len(buffer_ids) >= self.cfg.shard_size:
-                        flush()
-            flush()
-            with store.transaction():
-                store.move_rows(kind, moves)
-                store.set_meta(**{f"next_shard_{kind}": number})
-            delete_shards(self.emb_dir, kind, rewrite)
-            LOG.info("compacted %d %s shard(s) into %d", len(rewrite), kind, len(set(m[1] for m in moves)))
-        remove_debris(self.emb_dir, kind, set(store.referenced_shards(kind)))
+        by_shard: dict[int, list[tuple[int, int]]] = {}
+        for item_id, shard, row in rows:
+            by_shard.setdefault(shard, []).append((item_id, row))
+        for shard in rewrite:
+            picked = by_shard.get(shard, [])
+            vectors = load_shard(self.emb_dir, kind, shard, sums)[0] if picked else None
+            pos = 0
+            while pos < len(picked):
+                take = min(self.cfg.shard_size - len(buffer_ids), len(picked) - pos)
+                sub = picked[pos : pos + take]
+                buffer_vectors.append(np.asarray(vectors[[r for _, r in sub]], dtype=np.float32))
+                buffer_ids.extend(i for i, _ in sub)
+                pos += take
+                if len(buffer_ids) >= self.cfg.shard_size:
+                    flush()
+        flush()
+        with store.transaction():
+            store.move_rows(kind, moves)
+            store.set_meta(**{f"next_shard_{kind}": number})
+            store.set_file_checksums(new_sums)
+            store.drop_file_checksums([name for n in rewrite for name in shard_names(kind, n)])
+        unpublished = [n for n in rewrite if shard_names(kind, n)[0] not in self.published]
+        delete_shards(self.emb_dir, kind, unpublished)
+        LOG.info("compacted %d %s shard(s) into %d", len(rewrite), kind, len(set(m[1] for m in moves)))
 
     # --- 7b. calibration ---------------------------------------------------------------------------
     def _calibration(self, store: Store) -> Calibration | None:
@@ -867,29 +1285,46 @@ class _Builder:
         self.stage["calibration"] = time.perf_counter() - t0
         return calibration
 
-    # --- 7. FAISS ---------------------------------------------------------------------------------
+    # --- 8. FAISS ---------------------------------------------------------------------------------
     def _faiss(self, store: Store, kind: str, index_kind: str) -> FaissInfo:
         numbers = sorted(store.referenced_shards(kind))
+        sums = store.file_checksums()
         n = store.count(kind, "indexed")
         digest = hashlib.sha256()
         faiss_cfg = {k: v for k, v in self.cfg.to_dict().items() if k in FAISS_CFG_KEYS}
         digest.update(json.dumps([index_kind, faiss_cfg, numbers], sort_keys=True).encode())
         for number in numbers:
-            digest.update(read_ids(self.emb_dir, kind, number).tobytes())
+            digest.update(read_ids(self.emb_dir, kind, number, sums).tobytes())
         state = digest.hexdigest()
-        path = self.index_dir / FAISS_FILES[kind]
-        previous = store.get_meta(f"faiss_{kind}")
-        if previous and previous.get("state") == state and path.is_file():
-            LOG.info("%s: FAISS index up to date", kind)
-            return FaissInfo.from_dict(previous["info"])
+        previous = store.get_meta(f"faiss_{kind}") or {}
+        name = previous.get("file")
+        if previous.get("state") == state and name and previous.get("checksum"):
+            path = self.index_dir / name
+            if name in self.verified or mismatch(path, Checksum.from_dict(previous["checksum"])) is None:
+                LOG.info("%s: FAISS index up to date (%s)", kind, name)
+                return FaissInfo.from_dict(previous["info"])
         task = self.progress.task(f"FAISS index ({kind})", None, "step")
 
         def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            return iterate_shards(self.emb_dir, kind, numbers)
+            return iterate_shards(self.emb_dir, kind, numbers, checksums=sums)
 
         index, info = build_and_measure(blocks, n, self.dim, self.cfg, index_kind)
-        write_index_atomic(index, path)
+        name = faiss_name(kind, self.work_gen)
+        checksum = write_index_atomic(index, self.index_dir / name)
         with store.transaction():
-            store.set_meta(**{f"faiss_{kind}": {"state": state, "info": info.to_dict()}})
+            store.set_meta(
+                **{
+                    f"faiss_{kind}": {
+                        "state": state,
+                        "info": info.to_dict(),
+                        "file": name,
+                        "checksum": checksum.to_dict(),
+                    }
+                }
+            )
         self.progress.done(task)
         return info
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f}"

@@ -18,7 +18,6 @@ import numpy as np
 from counterclip.calibration import MIN_PAIRS, Calibration, fit_calibration, known_pair_scores
 from counterclip.errors import IndexFormatError, InputError
 from counterclip.index_builder import captions as caption_sources
-from counterclip.index_builder._fs import WriterLock
 from counterclip.index_builder.manifest import EMBEDDINGS_DIR, Manifest
 from counterclip.index_builder.shards import ShardReader
 from counterclip.index_builder.store import Store
@@ -118,46 +117,45 @@ def calibrate_index(
         raise InputError(f"captions file {path} does not exist")
     root = Path(manifest.root)
     refs = [ref for ref in caption_sources.captions_file(path, root) if ref.image_rel]
-    with WriterLock(index_dir):
-        store = Store(index_dir)
-        try:
-            ids = {}
-            for ref in refs:
-                row = store.conn.execute(
-                    "SELECT id FROM images WHERE path_key = ? AND status = 'indexed'",
-                    (os.fsencode(ref.image_rel),),
-                ).fetchone()
-                if row is not None:
-                    ids.setdefault(ref.image_rel, int(row[0]))
-            known = [(ids[ref.image_rel], ref.text) for ref in refs if ref.image_rel in ids]
-            if len({i for i, _ in known}) < MIN_PAIRS:
-                raise InputError(
-                    f"captions file {path} names {len({i for i, _ in known})} indexed images; a calibration needs "
-                    f"at least {MIN_PAIRS} (paths relative to {root})"
-                )
-            texts = sorted({t for _, t in known})
-            key = {t: n for n, t in enumerate(texts)}
-            text_vecs = model.encode_texts(texts).numpy()
-            image_ids = np.array([i for i, _ in known], dtype=np.int64)
-            image_vecs = _vectors(index_dir, store, "images", image_ids, manifest.model.embed_dim)
-            keys = np.array([key[t] for _, t in known])
-            calibration = _fit(
-                image_vecs,
-                text_vecs[keys],
-                keys,
-                model.pair_score,
-                model.fingerprint,
-                "calibrate",
-                len(set(image_ids.tolist())),
+    # Fit on the published generation (immutable, read without locks), then record the calibration
+    # through an update: the new generation carries it, readers of the current one are not disturbed.
+    store = Store(index_dir / manifest.db_file, readonly=True)
+    try:
+        ids = {}
+        for ref in refs:
+            row = store.conn.execute(
+                "SELECT id FROM images WHERE path_key = ? AND status = 'indexed'",
+                (os.fsencode(ref.image_rel),),
+            ).fetchone()
+            if row is not None:
+                ids.setdefault(ref.image_rel, int(row[0]))
+        known = [(ids[ref.image_rel], ref.text) for ref in refs if ref.image_rel in ids]
+        if len({i for i, _ in known}) < MIN_PAIRS:
+            raise InputError(
+                f"captions file {path} names {len({i for i, _ in known})} indexed images; a calibration needs "
+                f"at least {MIN_PAIRS} (paths relative to {root})"
             )
-            if calibration is None:
-                raise InputError(f"captions file {path}: too few distinct pairs to calibrate on")
-            calibration = dataclasses.replace(
-                calibration, description=f"{path.name}: {calibration.description}"
-            )
-            with store.transaction():
-                store.set_meta(user_calibration=calibration.to_dict())
-            dataclasses.replace(manifest, calibration=calibration.to_dict()).write(index_dir)
-        finally:
-            store.close()
+        texts = sorted({t for _, t in known})
+        key = {t: n for n, t in enumerate(texts)}
+        text_vecs = model.encode_texts(texts).numpy()
+        image_ids = np.array([i for i, _ in known], dtype=np.int64)
+        image_vecs = _vectors(index_dir, store, "images", image_ids, manifest.model.embed_dim)
+    finally:
+        store.close()
+    keys = np.array([key[t] for _, t in known])
+    calibration = _fit(
+        image_vecs,
+        text_vecs[keys],
+        keys,
+        model.pair_score,
+        model.fingerprint,
+        "calibrate",
+        len(set(image_ids.tolist())),
+    )
+    if calibration is None:
+        raise InputError(f"captions file {path}: too few distinct pairs to calibrate on")
+    calibration = dataclasses.replace(calibration, description=f"{path.name}: {calibration.description}")
+    from counterclip.index_builder.builder import update_index  # the write side, only when recording
+
+    update_index(index_dir, model=model, progress=False, user_calibration=calibration)
     return calibration

@@ -1,7 +1,8 @@
 """Robust image decoding: one file -> an upright RGB PIL image, or a one-line reason why not.
 
 `load_image` is what the index builder uses, and what anyone re-encoding an indexed file should use
-too, with the index's options (`Index.load_image` does), so that a file always gives the same pixels:
+too, with the index's options (`Index.load_image` does); `decode_query` applies the same rules to a
+query given as a path, the bytes of an upload or a PIL image, so that a file always gives the same pixels:
 EXIF orientation applied, first frame of animations, every mode converted to 8-bit RGB (transparency
 composited on white, 16-bit and float scaled, CMYK converted), decompression bombs and absurd sizes
 refused before the pixels are decoded, large images optionally shrunk (never below the model's input).
@@ -52,8 +53,11 @@ class LoadedImage:
     image: Image.Image  # upright RGB
     width: int  # of the file at full resolution, after EXIF rotation
     height: int
-    sha256: str  # of the file's bytes
-    size: int  # file size in bytes
+    sha256: str | None  # of the file's bytes (None for a decoded PIL image given as a query)
+    size: int | None  # file size in bytes (None for a decoded PIL image given as a query)
+
+
+QuerySource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image  # what decode_query takes
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -231,3 +235,112 @@ def load_image(path: str | os.PathLike[str], options: DecodeOptions = DecodeOpti
     data = _read_bytes(path, options)
     image, (width, height) = _decode(data, options)
     return LoadedImage(image, width, height, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def decode_query(source: QuerySource, options: DecodeOptions = DecodeOptions()) -> LoadedImage:
+    """Decode a query image by exactly the builder's rules, whatever form it comes in.
+
+    The same EXIF orientation, first frame, alpha composited on white, 16-bit and float scaling, size
+    limits checked before the pixels are decoded, and the index's shrinking (JPEG DCT scaling, box
+    reduction): an uploaded copy of an indexed file reproduces its stored vector.
+
+    Args:
+        source: a file path; the bytes of an image file (an upload); or a PIL image. A PIL image that was
+            opened from a file and not loaded yet is decoded from that file (exactly as indexed); an
+            already decoded one is rotated by its EXIF tag, converted and shrunk by the same rules (a
+            large JPEG that was decoded at full size can then differ slightly from its DCT-scaled decode).
+        options: the index's `DecodeOptions` (`Index.decode_query` passes them). Default: full
+            resolution, Pillow's pixel limit.
+
+    Returns:
+        LoadedImage (``sha256`` and ``size`` are None for a decoded PIL image).
+
+    Raises:
+        DecodeError: one-line reason (empty, not an image, too large, truncated...).
+
+    Examples::
+
+        >>> decode_query(open("cat.jpg", "rb").read(), idx.decode_options).image.mode
+        'RGB'
+    """
+    if isinstance(source, Image.Image):
+        return _decode_pil(source, options)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if not data:
+            raise DecodeError("empty file (0 bytes)")
+        if len(data) > options.max_file_bytes:
+            raise DecodeError(f"file too large ({len(data)} bytes > {options.max_file_bytes})")
+        image, (width, height) = _decode(data, options)
+        return LoadedImage(image, width, height, hashlib.sha256(data).hexdigest(), len(data))
+    if isinstance(source, (str, os.PathLike)):
+        return load_image(source, options)
+    raise TypeError(f"a query image is a path, bytes or a PIL image, not {type(source).__name__}")
+
+
+def _decode_pil(image: Image.Image, options: DecodeOptions) -> LoadedImage:
+    """A PIL image -> the builder's pixels (the caller's image is not modified)."""
+    filename = getattr(image, "filename", "") or ""
+    unloaded = bool(getattr(image, "tile", None))
+    if unloaded and filename and os.path.isfile(filename):
+        loaded = load_image(filename, options)  # exactly what the builder did with that file
+        return LoadedImage(loaded.image, loaded.width, loaded.height, None, None)
+    data = _unread_bytes(image) if unloaded else None
+    if data is not None:  # opened from bytes (an upload) and not decoded yet: decode those bytes
+        decoded, (width, height) = _decode(data, options)
+        return LoadedImage(decoded, width, height, None, None)
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise DecodeError(f"invalid dimensions {width}x{height}")
+    if width * height > options.max_pixels:
+        raise DecodeError(
+            f"image too large: {width}x{height} = {width * height} pixels > {options.max_pixels} "
+            "(possible decompression bomb)"
+        )
+    if max(width, height) > options.max_side:
+        raise DecodeError(f"absurd dimensions {width}x{height} (longest side > {options.max_side})")
+    try:
+        if getattr(image, "n_frames", 1) > 1 and image.tell() != 0:
+            image = image.copy()
+            image.seek(0)
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
+        raise DecodeError(f"corrupt image data: {str(exc) or type(exc).__name__}") from None
+    try:
+        upright = ImageOps.exif_transpose(image)  # a new image; the orientation tag is consumed
+    except Exception:  # malformed EXIF: keep the stored orientation, like the builder
+        upright = image
+    if upright is None:
+        upright = image
+    rgb = to_rgb(upright)
+    if rgb is image:
+        rgb = image.copy()
+    side = options.min_side
+    if side and image.format == "JPEG" and min(width, height) >= 2 * side:
+        # the builder decoded this file at the DCT scale `draft` picks; a box reduction by the same
+        # factor is the closest a decoded image can come to it
+        shortest = min(width, height)
+        wanted = (math.ceil(width * side / shortest), math.ceil(height * side / shortest))
+        ratio = min(width // wanted[0], height // wanted[1])
+        scale = next(s for s in (8, 4, 2, 1) if ratio >= s)
+        if scale > 1:
+            rgb = rgb.reduce(scale)
+    factor = min(rgb.size) // side if side else 1
+    return LoadedImage(
+        rgb.reduce(factor) if factor >= 2 else rgb, upright.size[0], upright.size[1], None, None
+    )
+
+
+def _unread_bytes(image: Image.Image) -> bytes | None:
+    """The encoded bytes behind a PIL image opened from a file object and not decoded yet, or None."""
+    fp = getattr(image, "fp", None)
+    if fp is None or not hasattr(fp, "seek") or not hasattr(fp, "read"):
+        return None
+    try:
+        position = fp.tell()
+        fp.seek(0)
+        data = fp.read()
+        fp.seek(position)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, bytes) and data else None

@@ -18,8 +18,10 @@ import faiss
 import numpy as np
 
 from counterclip._fileio import atomic_write
-from counterclip.errors import InputError
+from counterclip.errors import IndexDamagedError, InputError
+from counterclip.index_builder.checksums import Checksum, HashingWriter, checksum_bytes, size_reason
 from counterclip.index_builder.config import IndexCfg
+from counterclip.index_builder.manifest import damaged_error
 
 LOG = logging.getLogger(__name__)
 METRIC = faiss.METRIC_INNER_PRODUCT
@@ -298,17 +300,68 @@ def build_and_measure(
     return index, info
 
 
-def write_index_atomic(index: faiss.Index, path: Path) -> None:
-    """``faiss.write_index`` through `atomic_write` (streamed: no second copy in memory)."""
+def write_index_atomic(index: faiss.Index, path: Path) -> Checksum:
+    """``faiss.write_index`` through `atomic_write` (streamed: no second copy in memory); returns the
+    file's checksum, computed on the way."""
+    writers: list[HashingWriter] = []
 
-    def write(handle) -> None:
-        writer = faiss.PyCallbackIOWriter(handle.write)
+    def write(handle) -> None:  # noqa: ANN001
+        hashing = HashingWriter(handle)
+        writer = faiss.PyCallbackIOWriter(hashing.write)
         faiss.write_index(index, writer)
         del writer  # flushes FAISS's buffer into the handle
+        writers.append(hashing)
 
     atomic_write(path, write)
+    return writers[-1].checksum()
 
 
-def read_index(path: Path) -> faiss.Index:
-    """Read a FAISS index file."""
-    return faiss.read_index(str(path))
+def read_index(path: Path, expected: Checksum | None = None) -> faiss.Index:
+    """Read a FAISS index file, after checking its bytes against ``expected`` (FAISS itself parses
+    garbage without complaint: a garbled file would rank with absurd scores).
+
+    Raises:
+        IndexDamagedError: missing, not the recorded bytes, or not a FAISS index.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise _damaged(path, "missing") from None
+    if expected is not None:
+        got = checksum_bytes(data)
+        if got.size != expected.size:
+            raise _damaged(path, size_reason(got.size, expected.size))
+        if got.xxh3 != expected.xxh3:
+            raise _damaged(path, "checksum mismatch")
+    try:
+        return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    except (RuntimeError, MemoryError) as exc:
+        first = str(exc).strip().splitlines()[-1][:120] if str(exc).strip() else type(exc).__name__
+        raise _damaged(path, f"not a readable FAISS index: {first}") from None
+
+
+def _damaged(path: Path, reason: str) -> IndexDamagedError:
+    return damaged_error(path.parent, path.name, reason)
+
+
+def check_search_result(
+    xq: np.ndarray, dist: np.ndarray, labels: np.ndarray, known_ids: np.ndarray, name: str, index_dir: Path
+) -> None:
+    """Inner products of unit vectors are bounded by the query's norm, and every id must exist: a FAISS
+    index that answers otherwise is damaged (`IndexDamagedError` naming ``name``)."""
+    found = labels >= 0
+    if not found.any():
+        return
+    bound = np.linalg.norm(xq.astype(np.float64), axis=1, keepdims=True) * 1.01 + 1e-4
+    bad_score = found & ~(np.abs(dist) <= bound)
+    reason = None
+    if bad_score.any():
+        reason = f"it returned the score {float(dist[bad_score][0]):.4g} for unit vectors"
+    else:
+        ids = labels[found]
+        pos = np.minimum(np.searchsorted(known_ids, ids), max(len(known_ids) - 1, 0))
+        unknown = ids[(known_ids[pos] != ids)] if len(known_ids) else ids
+        if len(unknown):
+            reason = f"it returned id {int(unknown[0])}, which is not in the index"
+    if reason is not None:
+        raise damaged_error(index_dir, name, reason)

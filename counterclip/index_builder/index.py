@@ -1,7 +1,15 @@
-"""`Index`: read-only access to a built index (counts, vectors, metadata, search), safe across threads.
+"""`Index`: read-only access to one generation of a built index (counts, vectors, metadata, search),
+safe across threads.
 
 Opened once per process and shared: FAISS searches run concurrently, SQLite reads use one connection
-per thread, shards are memory-mapped on first use.
+per thread, shard rows are read on demand. An open `Index` pins its generation: an update running
+meanwhile writes the next generation beside it, and this object keeps answering from its own, complete
+and unchanged, until it is closed. `Index.newer_generation` tells (for one ``stat``) when a newer one
+is current, `Index.reopen` opens it.
+
+Opening checks every file of the generation against the manifest: sizes of all, checksums of the SQLite
+and FAISS files (read whole anyway); shard rows are checked as they are read (header, unit norm).
+`counterclip check` verifies everything.
 """
 
 from __future__ import annotations
@@ -15,11 +23,31 @@ from typing import Any
 import numpy as np
 
 from counterclip.calibration import Calibration
-from counterclip.errors import IndexFormatError, IndexLockedError
+from counterclip.errors import AccessDeniedError, IndexFormatError, IndexLockedError
 from counterclip.index_builder._fs import writer_pid
-from counterclip.index_builder.decode import DecodeOptions, LoadedImage, load_image
-from counterclip.index_builder.faiss_index import FaissInfo, make_search_params, read_index, search
-from counterclip.index_builder.manifest import DB_NAME, EMBEDDINGS_DIR, FAISS_FILES, MANIFEST_NAME, Manifest
+from counterclip.index_builder.checksums import mismatch, size_reason
+from counterclip.index_builder.decode import DecodeOptions, LoadedImage, QuerySource, decode_query, load_image
+from counterclip.index_builder.faiss_index import (
+    FaissInfo,
+    check_search_result,
+    make_search_params,
+    read_index,
+    search,
+)
+from counterclip.index_builder.generations import (
+    GenerationPin,
+    GenerationWatch,
+    collect_garbage,
+    has_old_generations,
+)
+from counterclip.index_builder.manifest import (
+    EMBEDDINGS_DIR,
+    LEGACY_DB_NAME,
+    MANIFEST_NAME,
+    Manifest,
+    damaged_error,
+    manifest_generations,
+)
 from counterclip.index_builder.shards import ShardReader
 from counterclip.index_builder.store import SqliteMetadataProvider
 from counterclip.models import ClipModel
@@ -40,7 +68,7 @@ class Collection:
 
     name: str
 
-    def __init__(self, index_dir: Path, meta: SqliteMetadataProvider, dim: int, info: FaissInfo) -> None:
+    def __init__(self, index_dir: Path, manifest: Manifest, meta: SqliteMetadataProvider) -> None:
         rows = meta.query(f"SELECT id, shard, row FROM {self.name} WHERE status = 'indexed' ORDER BY id")
         table = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
         self.ids = np.ascontiguousarray(table[:, 0])
@@ -48,16 +76,19 @@ class Collection:
         self._shards = np.ascontiguousarray(table[:, 1])
         self._rows = np.ascontiguousarray(table[:, 2])
         self._reader = ShardReader(index_dir / EMBEDDINGS_DIR, self.name)
-        self._faiss = read_index(index_dir / FAISS_FILES[self.name])
+        self._index_dir = index_dir
+        self._faiss_name = manifest.faiss_file(self.name)
+        self._faiss = read_index(index_dir / self._faiss_name, manifest.checksum(self._faiss_name))
         self._meta = meta
-        self.info = info
-        self._params = make_search_params(info.kind, info.search_params)
-        self.dim = dim
+        self.info = FaissInfo.from_dict(manifest.faiss[self.name])
+        self._params = make_search_params(self.info.kind, self.info.search_params)
+        self.dim = dim = manifest.model.embed_dim
         if self._faiss.ntotal != len(self.ids) or self._faiss.d != dim:
-            raise IndexFormatError(
-                f"index {index_dir}: {FAISS_FILES[self.name]} holds {self._faiss.ntotal} vectors of width "
-                f"{self._faiss.d}, items.sqlite {len(self.ids)} of width {dim}; "
-                f"run `counterclip update {index_dir}` to rebuild it"
+            raise damaged_error(
+                index_dir,
+                self._faiss_name,
+                f"it holds {self._faiss.ntotal} vectors of width {self._faiss.d}, "
+                f"{manifest.db_file} {len(self.ids)} of width {dim}",
             )
 
     @property
@@ -100,7 +131,9 @@ class Collection:
         xq = np.asarray(xq, dtype=np.float32)
         if xq.ndim != 2 or xq.shape[1] != self.dim:
             raise ValueError(f"queries must have shape (nq, {self.dim}), got {xq.shape}")
-        return search(self._faiss, xq, k, self._params)
+        dist, labels = search(self._faiss, xq, k, self._params)
+        check_search_result(xq, dist, labels, self.ids, self._faiss_name, self._index_dir)
+        return dist, labels
 
     def meta(self, ids: Any) -> list[dict[str, Any]]:
         """Metadata per id, in order (see the subclasses); `KeyError` for an unknown id."""
@@ -116,11 +149,9 @@ class ImageCollection(Collection):
 
     name = "images"
 
-    def __init__(
-        self, index_dir: Path, meta: SqliteMetadataProvider, dim: int, info: FaissInfo, root: Path
-    ) -> None:
-        super().__init__(index_dir, meta, dim, info)
-        self.root = root
+    def __init__(self, index_dir: Path, manifest: Manifest, meta: SqliteMetadataProvider) -> None:
+        super().__init__(index_dir, manifest, meta)
+        self.root = Path(manifest.root)
 
     def meta(self, ids: Any) -> list[dict[str, Any]]:
         """Per id, in order: id, path (relative to the root), abs_path, size, mtime, sha256, width, height.
@@ -196,16 +227,17 @@ class CaptionCollection(Collection):
 
 
 class Index:
-    """A built index, opened read-only.
+    """One generation of a built index, opened read-only.
 
     Attributes:
         path: the index directory.
+        generation: the generation this object reads (pinned until `close`).
         root: the image folder it was built from (absolute).
-        manifest: the typed ``manifest.json`` (`Manifest`).
+        manifest: the generation's typed manifest (`Manifest`).
         model_spec: the `ModelSpec` that built it (``load_model(idx.model_spec)`` reloads the model).
         fingerprint: that model's weights fingerprint.
         dim: embedding width.
-        decode_options: how the build decoded files (`load_image` reproduces it).
+        decode_options: how the build decoded files (`load_image` and `decode_query` reproduce it).
         images / captions: the two collections (`ImageCollection`, `CaptionCollection`): ids, vectors,
             search, metadata.
         calibration: the `Calibration` fitted on the index's known pairs (captions), or None.
@@ -218,32 +250,33 @@ class Index:
         'cats/001.jpg'
     """
 
-    def __init__(self, path: Path, manifest: Manifest, meta: SqliteMetadataProvider) -> None:
+    def __init__(
+        self, path: Path, manifest: Manifest, meta: SqliteMetadataProvider, pin: GenerationPin | None = None
+    ) -> None:
         self.path = path
         self.manifest = manifest
+        self.generation = manifest.generation
         self._meta = meta
+        self._pin = pin
+        self._watch = GenerationWatch(path)
         self.model_spec = manifest.model.spec
         self.fingerprint = manifest.model.fingerprint
         self.dim = manifest.model.embed_dim
         self.root = Path(manifest.root)
         self.decode_options = DecodeOptions(**manifest.settings.decode)
-        self.images = ImageCollection(
-            path, meta, self.dim, FaissInfo.from_dict(manifest.faiss["images"]), self.root
-        )
+        self.images = ImageCollection(path, manifest, meta)
+        self.captions = CaptionCollection(path, manifest, meta)
         self.calibration = (
             Calibration.from_dict(manifest.calibration, f"index {path}: the manifest's calibration")
             if manifest.calibration
             else None
-        )
-        self.captions = CaptionCollection(
-            path, meta, self.dim, FaissInfo.from_dict(manifest.faiss["captions"])
         )
         self._closed = False
 
     # --- opening --------------------------------------------------------------------------------
     @classmethod
     def open(cls, index_dir: str | os.PathLike[str], model: ClipModel | None = None) -> Index:
-        """Open the index at ``index_dir``.
+        """Open the current generation of the index at ``index_dir`` and pin it until `close`.
 
         Args:
             index_dir: the index directory.
@@ -251,37 +284,57 @@ class Index:
                 index, `IndexFormatError` names both specs. Default: None (no check).
 
         Raises:
-            IndexFormatError: missing, incomplete (interrupted build), of another format, or another model.
-            IndexLockedError: a build is writing the index right now.
+            IndexFormatError: missing, incomplete (interrupted first build), of another format, or another model.
+            IndexDamagedError: a file that is missing or not what the manifest records (names the file).
+            IndexLockedError: the first build is writing the index right now.
         """
         started = time.perf_counter()
         path = Path(index_dir).expanduser().absolute()
         if not path.is_dir():
             raise IndexFormatError(f"no index at {path} (run `counterclip build FOLDER --index {path}`)")
-        if not (path / MANIFEST_NAME).exists():
+        if not (path / MANIFEST_NAME).exists() and not manifest_generations(path):
             pid = writer_pid(path)
             if pid is not None:
                 raise IndexLockedError(
                     f"index {path} is locked by another process (pid {pid}) that is building it; "
                     "open it when that build has finished"
                 )
-            if not (path / DB_NAME).exists():
+            if not any(path.glob("items-*.sqlite")) and not (path / LEGACY_DB_NAME).exists():
                 raise IndexFormatError(
                     f"{path} is not a counterclip index (run `counterclip build FOLDER --index {path}`)"
                 )
-        manifest = Manifest.read(path)
-        meta = SqliteMetadataProvider(path / DB_NAME)
         try:
+            return cls._open(path, model, started)
+        except PermissionError as exc:
+            raise AccessDeniedError(
+                f"index {path}: permission denied reading {exc.filename or path}"
+            ) from None
+
+    @classmethod
+    def _open(cls, path: Path, model: ClipModel | None, started: float) -> Index:
+        pin = GenerationPin.acquire(path)
+        meta = None
+        try:
+            manifest = pin.manifest
+            check_sizes(path, manifest)
+            db = path / manifest.db_file
+            problem = mismatch(db, manifest.checksum(manifest.db_file))
+            if problem is not None:
+                raise damaged_error(path, manifest.db_file, problem)
+            meta = SqliteMetadataProvider(db)
             rows = meta.query("SELECT value FROM meta WHERE key = 'generation'")
             generation = int(rows[0][0]) if rows else None
             if generation != manifest.generation:
-                raise IndexFormatError(
-                    f"index {path} is inconsistent (manifest generation {manifest.generation}, "
-                    f"items.sqlite generation {generation}); run `counterclip update {path}`"
+                raise damaged_error(
+                    path,
+                    manifest.db_file,
+                    f"it holds generation {generation}, the manifest {manifest.generation}",
                 )
-            index = cls(path, manifest, meta)
+            index = cls(path, manifest, meta, pin)
         except BaseException:
-            meta.close()
+            if meta is not None:
+                meta.close()
+            pin.release()
             raise
         if model is not None and model.fingerprint != index.fingerprint:
             index.close()
@@ -291,21 +344,54 @@ class Index:
                 "(load_model(idx.model_spec)) or build an index with this one"
             )
         LOG.info(
-            "opened %s: %d images, %d captions (%.2f s)",
+            "opened %s generation %d: %d images, %d captions (%.2f s)",
             path,
+            index.generation,
             index.images.count,
             index.captions.count,
             time.perf_counter() - started,
         )
         return index
 
+    # --- generations ----------------------------------------------------------------------------
+    def newer_generation(self) -> int | None:
+        """The current generation when it is not this object's (an update finished since it was
+        opened), else None. One ``stat`` while nothing changed; thread-safe."""
+        current = self._watch.current()
+        return current if current is not None and current != self.generation else None
+
+    def reopen(self) -> Index:
+        """Open the current generation (a new `Index`; close this one when no query uses it any more).
+
+        Raises:
+            IndexFormatError: the index was rebuilt with another model meanwhile (and the open errors).
+        """
+        fresh = Index.open(self.path)
+        if fresh.fingerprint != self.fingerprint:
+            fresh.close()
+            raise IndexFormatError(
+                f"index {self.path} was rebuilt with another model (fingerprint {fresh.fingerprint}, "
+                f"was {self.fingerprint}); open it with that model"
+            )
+        return fresh
+
     def close(self) -> None:
-        """Release the SQLite connections and memory maps."""
-        if not self._closed:
-            self._meta.close()
-            self.images.close()
-            self.captions.close()
-            self._closed = True
+        """Release the SQLite connections and the generation (its files are removed when no reader
+        holds them any more and a newer generation is current)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._meta.close()
+        self.images.close()
+        self.captions.close()
+        if self._pin is not None:
+            self._pin.release()
+            current = self._watch.current()
+            if current is not None and has_old_generations(self.path, current):
+                try:
+                    collect_garbage(self.path)
+                except Exception as exc:  # noqa: BLE001 - best effort; the next update collects
+                    LOG.info("%s: old generations left for the next update (%s)", self.path, exc)
 
     def __enter__(self) -> Index:
         return self
@@ -315,9 +401,19 @@ class Index:
 
     def __repr__(self) -> str:
         return (
-            f"Index({str(self.path)!r}, images={self.images.count}, captions={self.captions.count}, "
-            f"model={self.model_spec})"
+            f"Index({str(self.path)!r}, generation={self.generation}, images={self.images.count}, "
+            f"captions={self.captions.count}, model={self.model_spec})"
         )
+
+    def decode_query(self, source: QuerySource) -> LoadedImage:
+        """Decode a query image (a path, the bytes of a file, or a PIL image) exactly as this index
+        decoded its files (`decode.decode_query` with the index's options): an uploaded copy of an
+        indexed file reproduces its stored vector.
+
+        Raises:
+            DecodeError: not a readable image (one-line reason).
+        """
+        return decode_query(source, self.decode_options)
 
     def load_image(self, path: str | os.PathLike[str]) -> LoadedImage:
         """Decode a file exactly as this index decoded its images (same limits, same JPEG scaling), so
@@ -366,3 +462,18 @@ class Index:
                 except OSError:
                     pass
         return total
+
+
+def check_sizes(index_dir: Path, manifest: Manifest) -> None:
+    """Every file the generation lists exists with its recorded size (`IndexDamagedError` naming the first
+    that does not)."""
+    for name in sorted(manifest.files):
+        expected = manifest.checksum(name)
+        try:
+            size = (index_dir / name).stat().st_size
+        except FileNotFoundError:
+            raise damaged_error(index_dir, name, "missing") from None
+        except PermissionError:
+            raise AccessDeniedError(f"index {index_dir}: permission denied reading {name}") from None
+        if size != expected.size:
+            raise damaged_error(index_dir, name, size_reason(size, expected.size))

@@ -1,5 +1,11 @@
 """Recursive folder scan: which files are images, which are caption sidecars, which cannot be read.
 
+Images are files with an extension Pillow reads here (`IMAGE_EXTENSIONS`: JPEG in all its spellings,
+PNG, WebP, GIF, BMP, TIFF, ICO, TGA, the PPM family, PCX, PSD, QOI, and AVIF / JPEG 2000 when this
+Pillow has them). Files with the extension of an image format Pillow cannot read here (HEIC, JPEG XL,
+SVG, camera raw...) are reported as skipped with that reason, never silently ignored; other files
+(documents, sidecars, videos) are not images and are not listed.
+
 Deterministic (directory entries sorted), hidden files and folders skipped, directory symlinks followed
 once (a symlink loop is visited only once), file symlinks followed (a loop or a dangling link is reported,
 not raised). A symlink (to a file or a folder) whose target lies outside the root is never followed: it is
@@ -19,8 +25,41 @@ from pathlib import Path
 
 LOG = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+_PILLOW_CANDIDATES = (  # image formats to index when this Pillow can open them (decided at import)
+    ".jpg .jpeg .jpe .jfif .png .apng .webp .bmp .dib .gif .tif .tiff .ico .tga .ppm .pgm .pbm .pnm "
+    ".pcx .psd .qoi .avif .avifs .jp2 .j2k .jpx .jpf .j2c"
+).split()
+_FEATURES = {".avif": "avif", ".avifs": "avif", ".jp2": "jpg_2000", ".j2k": "jpg_2000", ".jpx": "jpg_2000"}
+_FEATURES.update({".jpf": "jpg_2000", ".j2c": "jpg_2000", ".webp": "webp", ".jpg": "jpg", ".jpeg": "jpg"})
+_OTHER_IMAGE_FORMATS = (  # image formats Pillow cannot decode (reported, not indexed)
+    ".heic .heif .hif .jxl .svg .svgz .eps .ai .exr .hdr .xcf .raw .dng .cr2 .cr3 .crw .nef .nrw .arw "
+    ".srf .sr2 .orf .rw2 .raf .pef .srw .x3f .3fr .erf .kdc .mos .mrw .iiq"
+).split()
 SIDECAR_EXTENSION = ".txt"
+
+
+def _pillow_reads(ext: str) -> bool:
+    """Pillow has a decoder for files named ``*ext`` here (plugin registered, codec compiled in)."""
+    from PIL import Image, features
+
+    Image.init()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.OPEN:
+        return False
+    feature = _FEATURES.get(ext)
+    try:
+        return feature is None or bool(features.check(feature))
+    except ValueError:
+        return False
+
+
+IMAGE_EXTENSIONS = frozenset(e for e in _PILLOW_CANDIDATES if _pillow_reads(e))  # indexed
+UNSUPPORTED_EXTENSIONS = frozenset(set(_OTHER_IMAGE_FORMATS) | (set(_PILLOW_CANDIDATES) - IMAGE_EXTENSIONS))
+
+
+def unsupported_reason(ext: str) -> str:
+    """The reason stored for a file of an image format this Pillow cannot decode."""
+    return f"unsupported image format ({ext}): Pillow cannot decode it here; convert it to JPEG or PNG"
 
 
 @dataclass(frozen=True)
@@ -127,6 +166,11 @@ def scan_folder(
             if ext == SIDECAR_EXTENSION:
                 if sidecars is not None and entry.is_file(follow_symlinks=True):
                     sidecars.append((os.path.splitext(rel)[0], rel))
+                continue
+            if ext in UNSUPPORTED_EXTENSIONS:
+                # no size or mtime: if a later Pillow reads the format, the row counts as changed
+                if entry.is_file(follow_symlinks=True):
+                    yield ScanEntry(rel, None, None, unsupported_reason(ext))
                 continue
             if ext not in IMAGE_EXTENSIONS:
                 continue

@@ -1,23 +1,28 @@
-"""`items.sqlite`: one row per image (id = FAISS id) and per caption, plus build settings.
+"""``items-G.sqlite``: one row per image (id = FAISS id) and per caption, plus build settings.
 
 Rows, not files, are the truth about what is in the index: a shard file is live only while some row
 points at it, so every multi-step change (write a shard file, then commit the rows that point at it)
-is safe to interrupt at any moment. WAL mode, one writer (the builder, under the lock), any number of
-readers (one connection per thread).
+is safe to interrupt at any moment. Each generation has its own file: the builder copies generation
+G's file to ``items-(G+1).sqlite`` and works on the copy (WAL mode, one writer under the lock); when the
+generation is complete it is checkpointed into one self-contained file (`Store.finalize`) and never
+written again, so readers open it with ``immutable=1``: no locks, no WAL, a consistent snapshot for as
+long as they hold the generation (one connection per thread).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from counterclip.errors import IndexFormatError
-from counterclip.index_builder.manifest import DB_NAME, KINDS
+from counterclip.errors import AccessDeniedError, CounterclipError, DiskFullError
+from counterclip.index_builder.checksums import Checksum
+from counterclip.index_builder.manifest import KINDS, damaged_error
 
 LOG = logging.getLogger(__name__)
 
@@ -55,13 +60,20 @@ CREATE TABLE IF NOT EXISTS caption_links (
     PRIMARY KEY (caption_id, position)
 );
 CREATE INDEX IF NOT EXISTS caption_links_image ON caption_links(image_id);
+CREATE TABLE IF NOT EXISTS files (
+    name TEXT PRIMARY KEY,                  -- a shard file, relative to the index directory
+    size INTEGER NOT NULL,                  -- bytes
+    xxh3 TEXT NOT NULL                      -- checksum, recorded when the shard was first published
+);
 """
 
 
 def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
-    """Open ``items.sqlite`` (WAL, foreign-key-free, rows as tuples)."""
+    """Open an items file: read-write in WAL mode (the builder), or read-only and immutable (a
+    published generation: no locks, no WAL)."""
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
+        uri = f"file:{_quote(path)}?mode=ro&immutable=1"
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
     else:
         conn = sqlite3.connect(path, timeout=30, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -69,16 +81,67 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-class Store:
-    """The builder's read-write view of ``items.sqlite`` (single thread, under the writer lock)."""
+def _quote(path: Path) -> str:
+    from urllib.parse import quote
 
-    def __init__(self, index_dir: Path) -> None:
-        self.path = index_dir / DB_NAME
-        self.conn = connect(self.path)
-        self.conn.executescript(SCHEMA)
+    return quote(os.fsdecode(Path(path).absolute()))
+
+
+def sqlite_error(exc: sqlite3.Error, path: Path) -> CounterclipError:
+    """The user-facing error for a SQLite failure on ``path`` (damage, full disk, permissions)."""
+    text = str(exc)
+    index_dir = path.parent
+    code = getattr(exc, "sqlite_errorname", "")
+    if code == "SQLITE_FULL" or "disk is full" in text:
+        return DiskFullError(f"index {index_dir}: disk full while writing {path.name} ({text})")
+    if code in ("SQLITE_READONLY", "SQLITE_PERM") or "readonly" in text:
+        return AccessDeniedError(f"index {index_dir}: cannot write {path.name} ({text})")
+    if code == "SQLITE_CANTOPEN":
+        return AccessDeniedError(f"index {index_dir}: cannot open {path.name} ({text})")
+    return damaged_error(index_dir, path.name, text)
+
+
+class Store:
+    """The builder's view of one items file: read-write (single thread, under the writer lock), or
+    read-only for looking at a published generation's settings."""
+
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self.conn = connect(self.path, readonly=readonly)
+        if not readonly:
+            self.conn.executescript(SCHEMA)
 
     def close(self) -> None:
         self.conn.close()
+
+    def finalize(self) -> None:
+        """Make the file self-contained and close it: checkpoint the WAL into it, leave WAL mode (so
+        readers can open it immutable), fsync."""
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        mode = self.conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0]
+        if str(mode).lower() != "delete":
+            raise sqlite3.OperationalError(f"cannot leave WAL mode (journal_mode {mode})")
+        self.conn.close()
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # --- file checksums -------------------------------------------------------------------------
+    def file_checksums(self) -> dict[str, Checksum]:
+        """Shard file name -> its checksum, as recorded when it was published."""
+        return {n: Checksum(int(s), h) for n, s, h in self.conn.execute("SELECT name, size, xxh3 FROM files")}
+
+    def set_file_checksums(self, sums: dict[str, Checksum]) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO files (name, size, xxh3) VALUES (?, ?, ?)",
+            [(n, c.size, c.xxh3) for n, c in sums.items()],
+        )
+
+    def drop_file_checksums(self, names: Iterable[str]) -> None:
+        self.conn.executemany("DELETE FROM files WHERE name = ?", [(n,) for n in names])
 
     # --- transactions ---------------------------------------------------------------------------
     def transaction(self) -> _Transaction:
@@ -186,7 +249,7 @@ class SqliteMetadataProvider:
 
     def __init__(self, path: Path) -> None:
         if not path.is_file():
-            raise IndexFormatError(f"{path} is missing")
+            raise damaged_error(path.parent, path.name, "missing")
         self.path = path
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -195,7 +258,10 @@ class SqliteMetadataProvider:
     def conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self.path, readonly=True)
+            try:
+                conn = connect(self.path, readonly=True)
+            except sqlite3.Error as exc:
+                raise sqlite_error(exc, self.path) from None
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
@@ -220,12 +286,13 @@ class SqliteMetadataProvider:
         unique = sorted({int(i) for i in ids})
         for chunk in _chunks(unique, 500):
             marks = ",".join("?" * len(chunk))
-            for row in self.conn().execute(
-                f"SELECT {', '.join(select)} FROM {table} WHERE id IN ({marks})", chunk
-            ):
+            for row in self.query(f"SELECT {', '.join(select)} FROM {table} WHERE id IN ({marks})", chunk):
                 found[int(row[0])] = dict(zip(select, row, strict=True))
         return [found.get(int(i)) for i in ids]
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a read-only query on this thread's connection."""
-        return self.conn().execute(sql, params).fetchall()
+        """Run a read-only query on this thread's connection (SQLite failures become one-line errors)."""
+        try:
+            return self.conn().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise sqlite_error(exc, self.path) from None

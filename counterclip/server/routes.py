@@ -76,10 +76,14 @@ def make_router(service: Service) -> APIRouter:
 
     @router.get("/health", tags=["service"])
     async def health() -> dict[str, Any]:
-        """Counts and worker-pool state (running + waiting calls, refused calls)."""
+        """Counts, the index generation answering, and worker-pool state (running + waiting, refused)."""
+        refresh = getattr(service.engine, "refresh", None)
+        if refresh is not None:
+            await run_in_threadpool(refresh)  # an update since the last query shows here at once
         index = service.engine.index
         return {
             "status": "ok",
+            "generation": getattr(index, "generation", None),
             "images": index.images.count,
             "captions": index.captions.count,
             "pool": pool.stats(),

@@ -6,8 +6,11 @@ Every method takes a validated request and returns plain data; user errors raise
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
+from contextlib import nullcontext
 from typing import Any
 
 from PIL import Image
@@ -36,6 +39,17 @@ from counterclip.server.settings import ServerSettings
 LOG = logging.getLogger(__name__)
 
 
+def _one_generation(method: Any) -> Any:
+    """Answer a request from one index generation (an update meanwhile is seen by the next request)."""
+
+    @functools.wraps(method)
+    def pinned(self: Service, *args: Any, **kwargs: Any) -> Any:
+        with self.pinned():
+            return method(self, *args, **kwargs)
+
+    return pinned
+
+
 class Service:
     """One engine, its worker pool, and the per-request work.
 
@@ -51,7 +65,22 @@ class Service:
         self.pool = WorkerPool(
             settings.pool_workers, settings.pool_threads, settings.queue, settings.retry_after
         )
-        self.lookup = IndexLookup(engine.index)
+        self._lookup = IndexLookup(engine.index)
+        self._lookup_lock = threading.Lock()
+
+    def pinned(self) -> Any:
+        """One index generation for the enclosed work (an engine without generations: a no-op)."""
+        pinned = getattr(self.engine, "pinned", None)
+        return pinned() if pinned is not None else nullcontext()
+
+    @property
+    def lookup(self) -> IndexLookup:
+        """The captions / content-hash lookup of the generation this request reads (rebuilt per generation)."""
+        index = self.engine.index
+        with self._lookup_lock:
+            if self._lookup.index is not index:
+                self._lookup = IndexLookup(index)
+            return self._lookup
 
     # --- input checks -------------------------------------------------------------------------
     def _check_text(self, field: str, text: str | None) -> None:
@@ -106,10 +135,12 @@ class Service:
         except NotServed:
             return []
 
+    @_one_generation
     def describe_one(self, image_id: int) -> dict[str, Any]:
         meta = image_meta(self.engine.index, image_id)
         return describe_image(meta, self.lookup.captions_of(image_id))
 
+    @_one_generation
     def info(self) -> dict[str, Any]:
         """What the page header shows and the limits the page checks before uploading."""
         index = self.engine.index
@@ -119,6 +150,7 @@ class Service:
             "name": os.path.basename(os.path.normpath(str(index.root))),
             "images": index.images.count,
             "captions": index.captions.count,
+            "generation": getattr(index, "generation", None),
             "model": str(spec) if spec is not None else type(model).__name__,
             "maps": hasattr(model, "image_tower"),  # every ClipModel: relevance on ViT, Grad-CAM otherwise
             "token_required": self.settings.token is not None,
@@ -131,6 +163,7 @@ class Service:
         }
 
     # --- queries ------------------------------------------------------------------------------
+    @_one_generation
     def search(self, request: SearchRequest) -> dict[str, Any]:
         self._check(request)
         result = self.engine.search(
@@ -166,6 +199,7 @@ class Service:
         )
         return result, image
 
+    @_one_generation
     def counterfactual(self, request: CounterfactualRequest) -> dict[str, Any]:
         result, image = self._run_counterfactuals(request)
         out = result.to_dict()
@@ -176,6 +210,7 @@ class Service:
         out["images"] = self.describe(ids)
         return out
 
+    @_one_generation
     def maps(self, request: MapsRequest) -> dict[str, Any]:
         """The explanation maps of one answer (``request.item``) of a counterfactual query."""
         self._check(request)
@@ -195,6 +230,7 @@ class Service:
             maps = explain_api.item_maps(self.engine.model, "text", query, text, result_text=caption)
         return {"item": request.item, "side": request.side, "text": text, "maps": maps}
 
+    @_one_generation
     def report(self, request: ReportRequest) -> str:
         """The self-contained HTML report of a counterfactual query."""
         result, image = self._run_counterfactuals(request)

@@ -255,20 +255,60 @@ def assert_same_index(a: dict[str, Any], b: dict[str, Any], same_ids: bool = Tru
         np.testing.assert_allclose(vec_a, vec_b, atol=2e-5, err_msg=text)
 
 
+def current_db(index_dir: Path) -> Path:
+    """The items file of the current generation."""
+    from counterclip.index_builder.manifest import Manifest
+
+    return index_dir / Manifest.read(index_dir).db_file
+
+
 def assert_no_debris(index_dir: Path) -> None:
-    """Every shard file is referenced, no temp files remain."""
+    """Only the current generation's files remain (no reader holds an older one): every shard file is
+    referenced by its rows, every file is listed by its manifest, no temp files or WAL remain."""
     import sqlite3
 
-    conn = sqlite3.connect(index_dir / "items.sqlite")
+    from counterclip.index_builder.manifest import Manifest, manifest_name
+
+    manifest = Manifest.read(index_dir)
+    conn = sqlite3.connect(f"file:{index_dir / manifest.db_file}?mode=ro&immutable=1", uri=True)
     try:
         referenced = {
-            f"{kind}-{s:05d}{suffix}.npy"
+            f"embeddings/{kind}-{s:05d}{suffix}.npy"
             for kind in ("images", "captions")
             for (s,) in conn.execute(f"SELECT DISTINCT shard FROM {kind} WHERE status = 'indexed'")
             for suffix in ("", ".ids")
         }
     finally:
         conn.close()
-    on_disk = {p.name for p in (index_dir / "embeddings").iterdir()}
-    assert on_disk == referenced
-    assert not list(index_dir.rglob("*.tmp"))
+    on_disk = {p.relative_to(index_dir).as_posix() for p in index_dir.rglob("*") if p.is_file()}
+    on_disk -= {".lock", ".gc.lock", "manifest.json", manifest_name(manifest.generation)}
+    assert {n for n in on_disk if n.startswith("embeddings/")} == referenced
+    assert on_disk == set(manifest.files)
+
+
+# --- damage ---------------------------------------------------------------------------------------
+DAMAGE_MODES = ("truncate", "zero", "garble", "delete")
+
+
+def damage(path: Path, mode: str, seed: int = 0) -> None:
+    """Damage a file as a disk, a copy or a person would: cut it in half, zero it, overwrite 256 bytes
+    in its middle with random ones, or delete it."""
+    if mode == "delete":
+        path.unlink()
+        return
+    data = bytearray(path.read_bytes())
+    if mode == "truncate":
+        data = data[: len(data) // 2]
+    elif mode == "zero":
+        data = bytearray(len(data))
+    elif mode == "garble":
+        rng = np.random.default_rng(seed)
+        n = min(256, len(data))
+        start = (len(data) - n) // 2
+        noise = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        if noise == bytes(data[start : start + n]):  # pragma: no cover - astronomically unlikely
+            noise = bytes(b ^ 0xFF for b in noise)
+        data[start : start + n] = noise
+    else:
+        raise ValueError(mode)
+    path.write_bytes(bytes(data))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from ibhelpers import SMALL_SHARDS, make_folder
 
-from counterclip.errors import IndexFormatError, IndexLockedError, InputError
+from counterclip.errors import IndexDamagedError, IndexFormatError, IndexLockedError, InputError
 from counterclip.index_builder import Index, build_index, update_index
 from counterclip.index_builder._fs import WriterLock
 from counterclip.models import load_model
@@ -81,33 +81,46 @@ def test_second_builder_gets_locked_error(built, model) -> None:
     assert build_index(root, index_dir, model=model, progress=False).indexed == 6  # the lock died with it
 
 
-def test_open_during_a_build_is_a_locked_error(built) -> None:
-    _, index_dir = built
-    (index_dir / "manifest.json").unlink()  # what a running build does first
+def test_open_during_a_first_build_is_a_locked_error(tmp_path: Path) -> None:
+    index_dir = tmp_path / "idx"
+    (index_dir / "embeddings").mkdir(parents=True)  # what a first build has made before its manifest
     with WriterLock(index_dir), pytest.raises(IndexLockedError, match="building it"):
         Index.open(index_dir)
-
-
-def test_half_written_index_is_never_opened(built, model) -> None:
-    root, index_dir = built
-    manifest = json.loads((index_dir / "manifest.json").read_text())
-    (index_dir / "manifest.json").unlink()
-    with pytest.raises(IndexFormatError, match="incomplete"):
+    with pytest.raises(IndexFormatError, match="not a counterclip index"):
         Index.open(index_dir)
-    # a manifest from another generation (files mixed from two builds) is caught too
+
+
+def test_damaged_or_edited_manifest_is_never_opened(built) -> None:
+    root, index_dir = built
+    pointer = index_dir / "manifest.json"
+    manifest = json.loads(pointer.read_text())
+    pointer.unlink()  # generation files remain: this is damage, not an interrupted build
+    with pytest.raises(
+        IndexDamagedError, match="manifest.json is missing; run `counterclip update .* --repair`"
+    ):
+        Index.open(index_dir)
+    # a manifest edited by hand (here: another generation) no longer matches its checksum
     manifest["generation"] += 1
-    (index_dir / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(IndexFormatError, match="inconsistent"):
+    pointer.write_text(json.dumps(manifest))
+    with pytest.raises(IndexDamagedError, match="manifest.json is damaged"):
         Index.open(index_dir)
     manifest["generation"] -= 1
     manifest["format_version"] = 99
-    (index_dir / "manifest.json").write_text(json.dumps(manifest))
+    pointer.write_text(json.dumps(manifest))
     with pytest.raises(IndexFormatError, match="format version 99"):
         Index.open(index_dir)
-    (index_dir / "manifest.json").unlink()
-    summary = update_index(index_dir, progress=False)  # finishes it
-    assert summary.indexed == 6
-    Index.open(index_dir).close()
+    pointer.write_text("{ garbled")
+    with pytest.raises(IndexDamagedError, match="manifest.json is damaged"):
+        update_index(index_dir, progress=False)  # a plain update refuses to build on damage
+    summary = update_index(index_dir, progress=False, repair=True)
+    assert summary.indexed == 6 and summary.repaired == ["manifest.json"]
+    with Index.open(index_dir) as idx:
+        assert idx.images.count == 6 and idx.generation == 2
+    pointer.unlink()  # only the switch is missing, every file of generation 2 verifies: update restores it
+    summary = update_index(index_dir, progress=False)
+    assert summary.warnings == ["manifest.json was missing; restored from manifest-000002.json"]
+    with Index.open(index_dir) as idx:
+        assert idx.images.count == 6 and idx.generation == 3
 
 
 def test_not_an_index(tmp_path: Path, model) -> None:

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ibhelpers import SMALL_SHARDS, assert_no_debris, assert_same_index, make_folder, noise_image, snapshot
+from ibhelpers import (
+    SMALL_SHARDS,
+    assert_no_debris,
+    assert_same_index,
+    current_db,
+    make_folder,
+    noise_image,
+    snapshot,
+)
 
 from counterclip.index_builder import Index, build_index, update_index
 
@@ -121,7 +129,7 @@ def test_shards_stay_compact_over_many_updates(base) -> None:
     for round_ in range(6):
         make_folder(root, 1, start=300 + round_)
         update_index(index_dir, progress=False)
-    conn = sqlite3.connect(index_dir / "items.sqlite")
+    conn = sqlite3.connect(current_db(index_dir))
     sizes = [n for (n,) in conn.execute("SELECT COUNT(*) FROM images WHERE status='indexed' GROUP BY shard")]
     conn.close()
     assert sum(sizes) == 36

@@ -71,7 +71,7 @@ def test_workers_do_not_change_the_index(model, tmp_path: Path) -> None:
 
 
 def test_shard_writer_cuts_shards_and_points_rows(tmp_path: Path) -> None:
-    store = Store(tmp_path)
+    store = Store(tmp_path / "items-000001.sqlite")
     try:
         with store.transaction() as conn:
             conn.executemany(
@@ -80,7 +80,8 @@ def test_shard_writer_cuts_shards_and_points_rows(tmp_path: Path) -> None:
             )
         (tmp_path / "embeddings").mkdir()
         writer = ShardWriter(store, tmp_path / "embeddings", "images", shard_size=8, dim=4)
-        vectors = np.arange(80, dtype=np.float32).reshape(20, 4)
+        vectors = np.arange(1, 81, dtype=np.float32).reshape(20, 4)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)  # stored vectors are unit length
         ids = list(range(1, 21))
         writer.add(vectors[:5], ids[:5], [{"width": 1}] * 5)
         writer.add(vectors[5:], ids[5:], [{"width": 2}] * 15)
