@@ -154,7 +154,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
           counterclip calibrate photos.idx --captions photo-captions.csv
         """
-        from counterclip.index_builder.calibrate import calibrate_index
+        from counterclip.index_builder.builder import calibrate_index
         from counterclip.index_builder.manifest import Manifest
         from counterclip.models import load_model
 

@@ -57,7 +57,7 @@ from counterclip.errors import (
 )
 from counterclip.index_builder import captions as caption_sources
 from counterclip.index_builder._fs import WriterLock
-from counterclip.index_builder.calibrate import calibration_from_pairs
+from counterclip.index_builder.calibrate import calibration_from_pairs, fit_on_captions_file
 from counterclip.index_builder.checksums import Checksum, checksum_file, mismatch
 from counterclip.index_builder.config import IndexCfg, load_index_config
 from counterclip.index_builder.decode import DecodeOptions, file_sha256
@@ -280,6 +280,24 @@ def update_index(
     )
     builder.user_calibration = user_calibration
     return builder.run()
+
+
+def calibrate_index(
+    index_dir: str | os.PathLike[str], captions: str | os.PathLike[str], model: ClipModel
+) -> Calibration:
+    """Fit a calibration on a captions file (``path,caption`` CSV or JSONL) and record it in the index.
+
+    The captions are encoded with ``model`` (which must be the index's: same fingerprint) and are not
+    added to the index. The calibration is recorded by an update (a new generation: readers of the
+    current one are not disturbed), replaces any earlier one and is kept by later updates.
+
+    Raises:
+        InputError: a missing or malformed captions file, too few of its paths in the index.
+        IndexFormatError: not an index, or built with another model.
+    """
+    calibration = fit_on_captions_file(index_dir, captions, model)
+    update_index(index_dir, model=model, progress=False, user_calibration=calibration)
+    return calibration
 
 
 def _looks_like_index(index_dir: Path) -> bool:

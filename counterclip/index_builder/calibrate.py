@@ -93,13 +93,13 @@ def _fit(
     return dataclasses.replace(calibration, extras={"origin": origin, "pairs": len(positives)})
 
 
-def calibrate_index(
+def fit_on_captions_file(
     index_dir: str | os.PathLike[str], captions: str | os.PathLike[str], model: Any
 ) -> Calibration:
-    """Fit a calibration on a captions file (``path,caption`` CSV or JSONL) and record it in the index.
+    """Fit a calibration on a captions file (``path,caption`` CSV or JSONL) against the index's current
+    generation (`counterclip.index_builder.builder.calibrate_index` fits and records it).
 
-    The captions are encoded with ``model`` (which must be the index's: same fingerprint) and are not
-    added to the index. The calibration replaces any earlier one and is kept by later updates.
+    The captions are encoded with ``model`` (which must be the index's: same fingerprint).
 
     Raises:
         InputError: a missing or malformed captions file, too few of its paths in the index.
@@ -117,8 +117,7 @@ def calibrate_index(
         raise InputError(f"captions file {path} does not exist")
     root = Path(manifest.root)
     refs = [ref for ref in caption_sources.captions_file(path, root) if ref.image_rel]
-    # Fit on the published generation (immutable, read without locks), then record the calibration
-    # through an update: the new generation carries it, readers of the current one are not disturbed.
+    # the published generation is immutable: read without locks
     store = Store(index_dir / manifest.db_file, readonly=True)
     try:
         ids = {}
@@ -154,8 +153,4 @@ def calibrate_index(
     )
     if calibration is None:
         raise InputError(f"captions file {path}: too few distinct pairs to calibrate on")
-    calibration = dataclasses.replace(calibration, description=f"{path.name}: {calibration.description}")
-    from counterclip.index_builder.builder import update_index  # the write side, only when recording
-
-    update_index(index_dir, model=model, progress=False, user_calibration=calibration)
-    return calibration
+    return dataclasses.replace(calibration, description=f"{path.name}: {calibration.description}")

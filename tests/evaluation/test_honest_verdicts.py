@@ -92,6 +92,11 @@ def test_calibrate_command_records_a_calibration(no_red_squares, capsys) -> None
 
     with Engine.open(index_dir, device="cpu") as engine:  # the user's calibration wins
         assert engine.evidence.calibration.extras["origin"] == "calibrate"
+    # recorded as a new generation, and kept by the next update
+    assert run(["update", str(index_dir), "--json"]) == 0
+    capsys.readouterr()
+    assert run(["info", str(index_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["calibration"] == fitted
     # a captions file naming no indexed image is refused in one line
     (root / "none.csv").write_text("path,caption\nmissing.png,a red circle\n")
     assert run(["calibrate", str(index_dir), "--captions", str(root / "none.csv"), "--device", "cpu"]) == 2
