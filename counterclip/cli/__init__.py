@@ -11,6 +11,7 @@ import logging
 import sys
 
 import typer
+from rich.markup import escape
 from typer.exceptions import TyperException
 
 from counterclip._version import __version__
@@ -83,7 +84,7 @@ def run(argv: list[str] | None = None) -> int:
     except CounterclipError as exc:
         if debug:
             raise
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code

@@ -1,9 +1,11 @@
-"""Shared CLI plumbing: the user-facing error type, console, and JSON output."""
+"""Shared CLI plumbing: the user-facing error type, consoles, JSON output and progress bars."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -22,3 +24,47 @@ def print_json(payload: Any) -> None:
     """Print JSON to stdout (machine-readable; never mixed with rich markup)."""
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
     sys.stdout.flush()
+
+
+@contextmanager
+def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on stderr with elapsed time and an ETA, for work of known size.
+
+    Yields ``advance(done, total)``; the bar appears on the first call (nothing is drawn for work that
+    reports no progress, or when stderr is not a terminal).
+
+    Examples::
+
+        with progress_bar("evaluating") as advance:
+            run(progress=advance)
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not enabled,
+    )
+    task = None
+
+    def advance(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            task = bar.add_task(description, total=total)
+        bar.update(task, completed=done, total=total)
+
+    with bar:
+        yield advance

@@ -28,6 +28,29 @@ def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
     return value
 
 
+def _looks_like_path(source: str) -> bool:
+    """A local path rather than a hub id (``org/name``): starts with / . ~, or has several parts."""
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
+
+
+def _load_classifier(source: str, loader: Any) -> Any:
+    """``loader(source)`` for a local directory (missing: named as such) or a hub id (no network: one
+    line after one connection attempt, not a minute of retries)."""
+    from counterclip.models.hub import hub_access
+
+    local = Path(source).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise InputError(f"--model {source} is a file; give a directory saved with save_pretrained")
+        return loader(str(local))
+    if _looks_like_path(source):
+        raise InputError(
+            f"model directory not found: {source} (give a directory saved with save_pretrained, or a hub id)"
+        )
+    with hub_access(f"the classifier {source}", hint="give a local directory saved with save_pretrained"):
+        return loader(source)
+
+
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     """Add ``explain-cnn``, ``explain-text-classifier`` and ``explain-tabular``."""
 
@@ -185,7 +208,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         from counterclip.report.classic import write_token_result
 
         _choice(method, TEXT_CHOICES, "--method")
-        model, tokenizer = load_text_classifier(model_source)
+        model, tokenizer = _load_classifier(model_source, load_text_classifier)
         explanations = explain_text(
             model, tokenizer, text, method, target, steps=steps, samples=samples, seed=seed
         )

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from counterclip.cli._common import out, print_json
+from counterclip.cli._common import out, print_json, progress_bar
 from counterclip.errors import InputError
 
 IMAGE_OPT = typer.Option(None, "--image", help="Query image: a file path, or an index id as #ID.")
@@ -63,16 +63,38 @@ def _items_table(title: str, items) -> Table:
     return table
 
 
+def captions_for(engine, ids) -> dict[int, list[str]]:
+    """The captions the index links to each image id (for reports and the search table)."""
+    from counterclip.server.files import IndexLookup
+
+    lookup = IndexLookup(engine.index)
+    return {int(i): lookup.captions_of(int(i)) for i in ids if i is not None}
+
+
 def write_report(engine, result, path: Path, query_image=None, with_maps: bool = True) -> Path:
     """The self-contained HTML report of a result, with attribution maps (library: `counterclip.report`)."""
     from counterclip.report.counterfactual import counterfactual_maps, write_counterfactual_report
 
-    maps = (
-        counterfactual_maps(engine.model, result, engine.index.root, query_image, engine.indexed_image)
-        if with_maps
-        else None
+    maps = None
+    if with_maps:
+        with progress_bar("explaining the answers (maps + faithfulness)") as advance:
+            maps = counterfactual_maps(
+                engine.model,
+                result,
+                engine.index.root,
+                query_image,
+                engine.indexed_image,
+                progress=lambda done, total: advance(done, total),
+            )
+    ids = [item.id for item in result.items] + [
+        item.id for items in result.baselines.values() for item in items
+    ]
+    query_id = (result.query.get("image") or {}).get("id")
+    captions = captions_for(engine, [*ids, query_id]) if result.side == "image" else {}
+    query_captions = captions_for(engine, [query_id]).get(query_id, []) if query_id is not None else []
+    return write_counterfactual_report(
+        path, result, engine.index.root, query_image, maps, captions=captions, query_captions=query_captions
     )
-    return write_counterfactual_report(path, result, engine.index.root, query_image, maps)
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
