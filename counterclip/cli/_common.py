@@ -68,3 +68,21 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[i
 
     with bar:
         yield advance
+
+
+@contextmanager
+def working(description: str, enabled: bool = True) -> Iterator[None]:
+    """A spinner with the elapsed time on stderr, for one long step whose size is not known."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    spinner = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not enabled,
+    )
+    with spinner:
+        spinner.add_task(description, total=None)
+        yield

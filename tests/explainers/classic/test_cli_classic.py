@@ -149,7 +149,7 @@ def test_explain_text_classifier(
     change = ig["score"] - ig["extras"]["baseline_score"]
     assert sum(ig["token_map"]) == pytest.approx(change + ig["extras"]["convergence_delta"], abs=1e-4)
     page = (tmp_path / "tokens.html").read_text()
-    assert page.count("<span class='t'") == 6 + 4 and (tmp_path / "ig.png").is_file()
+    assert page.count('<span class="cc-tok') == 6 + 4 and (tmp_path / "ig.png").is_file()
     assert run([*args, "--target", "NEUTRAL"]) == 2
     assert "unknown target label 'NEUTRAL'" in capsys.readouterr().err
 
