@@ -506,7 +506,8 @@ def tile_html(tile: Tile) -> str:
     """One tile as an HTML ``figure``: title, picture, legend, notes."""
     shown = display_size(tile.image.convert("RGB"))
     parts = [
-        f'<figure class="cc-map" style="width:{max(shown.width, MIN_TILE)}px"><h4>{html.escape(tile.title)}</h4>',
+        f'<figure class="cc-map{"" if tile.scale is not None else " cc-plain"}" '
+        f'style="width:{max(shown.width, MIN_TILE)}px"><h4>{html.escape(tile.title)}</h4>',
         f'<img class="cc-shown" width="{shown.width}" height="{shown.height}" alt="{html.escape(tile.title)}" '
         f'src="{png_data_uri(tile.image.convert("RGB"))}">',
     ]

@@ -51,6 +51,7 @@ class CounterfactualMaps:
     items: dict[int, list[Tile | TokenRow]] = field(default_factory=dict)
     query: list[Tile] = field(default_factory=list)
     query_probabilities: dict[str, float] | None = None
+    item_probabilities: dict[int, dict[str, float]] = field(default_factory=dict)  # flip: per answer
 
 
 def open_image(path: Path) -> Image.Image | None:
@@ -141,13 +142,10 @@ def counterfactual_maps(
     if not text:
         return maps
     measure = map_faithfulness if faithfulness else (lambda *args, **kwargs: None)
-    labels = data.get("query", {}).get("labels") or []
-    if data.get("mode") == "flip" and query_image is not None and labels:
-        with torch.no_grad():
-            probabilities = model.pair_score.label_probabilities(
-                model.encode_pil([query_image]), model.encode_texts(list(labels))
-            )[0]
-        maps.query_probabilities = {label: float(p) for label, p in zip(labels, probabilities, strict=True)}
+    labels = list(data.get("query", {}).get("labels") or [])
+    flip = data.get("mode") == "flip" and bool(labels)
+    if flip and query_image is not None:
+        maps.query_probabilities = label_probabilities(model, query_image, labels)
     if query_image is not None:
         pair = explain(model, query_image, text, method=method)
         maps.query.append(
@@ -164,6 +162,8 @@ def counterfactual_maps(
             image = load(Path(root) / item["path"])
             if image is not None:
                 maps.items[item["id"]] = _image_side_tiles(model, query_image, image, text, method, measure)
+                if flip:
+                    maps.item_probabilities[item["id"]] = label_probabilities(model, image, labels)
         elif data.get("side") == "text" and item.get("text") and query_image is not None:
             maps.items[item["id"]] = _text_side_tiles(
                 model, query_image, text, item["text"], text_method, measure
@@ -171,6 +171,15 @@ def counterfactual_maps(
         if progress is not None:
             progress(done, len(items))
     return maps
+
+
+def label_probabilities(model: ClipModel, image: Image.Image, labels: Sequence[str]) -> dict[str, float]:
+    """The zero-shot probability of each label for ``image`` (encoded as the engine encodes files)."""
+    with torch.no_grad():
+        values = model.pair_score.label_probabilities(
+            model.encode_pil([image]), model.encode_texts(list(labels))
+        )[0]
+    return {label: float(p) for label, p in zip(labels, values, strict=True)}
 
 
 def _image_side_tiles(
@@ -276,5 +285,6 @@ def write_counterfactual_report(
         captions=captions,
         query_captions=query_captions,
         query_probabilities=maps.query_probabilities,
+        item_probabilities=maps.item_probabilities,
     )
     return write_text_atomic(path, page)

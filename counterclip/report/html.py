@@ -381,6 +381,7 @@ def counterfactual_report(
     captions: Mapping[int, Sequence[str]] | None = None,
     query_captions: Sequence[str] = (),
     query_probabilities: Mapping[str, float] | None = None,
+    item_probabilities: Mapping[int, Mapping[str, float]] | None = None,
 ) -> str:
     """Render one counterfactual result (its ``to_dict()``) as a self-contained HTML page.
 
@@ -394,6 +395,8 @@ def counterfactual_report(
         captions: per image id, the captions the index holds for it (shown under the pictures).
         query_captions: the captions of the query image.
         query_probabilities: flip mode: the original's probability per label (labelled bars).
+        item_probabilities: flip mode: per answer id, its probability per label (when the result's items
+            do not carry ``probabilities``).
 
     Returns:
         HTML text.
@@ -477,6 +480,8 @@ def counterfactual_report(
     )
     answered = {int(i["id"]): i.get("rank") for i in items}
     for item in items:
+        if not item.get("probabilities") and item_probabilities and int(item["id"]) in item_probabilities:
+            item = {**item, "probabilities": dict(item_probabilities[int(item["id"])])}
         body.append(
             _answer(item, result, root, query_uri, maps.get(int(item["id"]), []), captions, query_captions)
         )
