@@ -20,6 +20,11 @@ class CliError(CounterclipError):
     """An error the user can fix: printed as one line, exit status 2 (no traceback unless --debug)."""
 
 
+def say(text: str) -> None:
+    """A line of prose on stdout (rich markup), wrapped at word boundaries to the terminal's width."""
+    out.print(text, highlight=False, soft_wrap=False)
+
+
 def print_json(payload: Any) -> None:
     """Print JSON to stdout (machine-readable; never mixed with rich markup)."""
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
@@ -56,7 +61,7 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[i
         TimeRemainingColumn(),
         console=console,
         transient=True,
-        disable=not enabled,
+        disable=not enabled or not console.is_terminal,
     )
     task = None
 
@@ -81,8 +86,29 @@ def working(description: str, enabled: bool = True) -> Iterator[None]:
         TimeElapsedColumn(),
         console=console,
         transient=True,
-        disable=not enabled,
+        disable=not enabled or not console.is_terminal,
     )
     with spinner:
         spinner.add_task(description, total=None)
         yield
+
+
+def metrics_table(title: str, columns: dict[str, dict[str, Any]], rows: list[str], digits: int = 3) -> Any:
+    """A table with one row per metric (its full name) and one column per method, so it fits a terminal
+    of 80 columns (method names wrap at word boundaries instead of being cut)."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("", no_wrap=True)
+    for name in columns:
+        table.add_column(name.replace("_", " "), justify="right", overflow="fold")
+    for row in rows:
+        cells = []
+        for figures in columns.values():
+            value = figures.get(row)
+            cells.append(
+                "-" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+            )
+        table.add_row(row.replace("_", " "), *cells)
+    return table

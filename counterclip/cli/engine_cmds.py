@@ -10,7 +10,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from counterclip.cli._common import out, print_json, progress_bar
+from counterclip.cli._common import metrics_table, out, print_json, progress_bar, say
 from counterclip.errors import InputError
 
 IMAGE_OPT = typer.Option(None, "--image", help="Query image: a file path, or an index id as #ID.")
@@ -34,7 +34,20 @@ def _open_engine(index: Path, device: str):
     return Engine.open(index, device=device)
 
 
-def _items_table(title: str, items, mode: str | None = None) -> Table:
+def _caption_cell(text: str, original: str | None) -> str:
+    """A caption with the words that differ from ``original`` in bold and underlined (rich markup)."""
+    if not original:
+        return escape(f"\u201c{text}\u201d")
+    from counterclip.report.words import changed_words
+
+    _, added = changed_words(original, text)
+    words = [
+        f"[bold underline]{escape(w)}[/]" if i in added else escape(w) for i, w in enumerate(text.split())
+    ]
+    return "\u201c" + " ".join(words) + "\u201d"
+
+
+def _items_table(title: str, items, mode: str | None = None, original: str | None = None) -> Table:
     """Counterfactual answers: rank, the item (its full path or text, folded, never cut), score before ->
     after, verdict and p(match), distance to the original."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
@@ -49,7 +62,7 @@ def _items_table(title: str, items, mode: str | None = None) -> Table:
         before = "" if i.score_before is None else f"{i.score_before:.{digits}f} -> "
         table.add_row(
             str(i.rank),
-            escape(i.path or f"\u201c{i.text}\u201d"),
+            escape(i.path) if i.path else _caption_cell(i.text or "", original),
             f"{before}{i.score_after:.{digits}f}",
             _verdict_cell(i.verdict),
             "" if i.p_match is None else f"{i.p_match:.2f}",
@@ -189,7 +202,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         collection = "captions" if captions else "images"
         out.print(f"[bold]{len(result.items)} {collection}[/] for {escape(query)}", highlight=False)
         for warning in result.warnings:
-            out.print(f"[yellow]warning[/] {escape(warning)}", highlight=False)
+            say(f"[yellow]warning[/] {escape(warning)}")
         out.print(_search_table(result, root, linked), highlight=False)
 
     @app.command()
@@ -273,17 +286,16 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             payload["report"] = str(report) if report else None
             print_json(payload)
             return
-        out.print(f"[bold]valid when[/] {escape(result.validity.rule)}", highlight=False)
-        out.print(
-            f"[bold]verdicts[/] by the {escape(result.calibration or 'no calibration')}", highlight=False
-        )
+        say(f"[bold]valid when[/] {escape(result.validity.rule)}")
+        say(f"[bold]verdicts[/] by the {escape(result.calibration or 'no calibration')}")
         for warning in result.warnings:
-            out.print(f"[yellow]warning[/] {escape(warning)}", highlight=False)
+            say(f"[yellow]warning[/] {escape(warning)}")
         noun = "caption" if side == "text" else "image"
         title = f"{len(result.items)} counterfactual {noun}(s), closest to the original first"
         if side == "image":
             title += f" (in {engine.index.root})"
-        out.print(_items_table(title, result.items, mode), highlight=False)
+        original = text if side == "text" else None
+        out.print(_items_table(title, result.items, mode, original), highlight=False)
         answered = {item.id: item.rank for item in result.items}
         for name, items in result.baselines.items():
             for item in items or [None]:
@@ -293,10 +305,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                 shown = escape(item.path or f"\u201c{item.text}\u201d")
                 same = f" (= answer #{answered[item.id]})" if item.id in answered else ""
                 before = "" if item.score_before is None else f"{item.score_before:.2f} -> "
-                out.print(
+                say(
                     f"baseline {name.replace('_', ' ')}: {shown} {before}{item.score_after:.2f} "
-                    f"{_verdict_cell(item.verdict)}{same}",
-                    highlight=False,
+                    f"{_verdict_cell(item.verdict)}{same}"
                 )
         for entry in result.stale:
             out.print(
@@ -404,8 +415,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             if side_name not in report:
                 continue
             section = report[side_name]
-            table = Table(
-                title=f"{side_name}: {section.get('drawn')} queries ({section.get('skipped_no_minimal_answer')} skipped)"
+            title = (
+                f"{side_name.replace('_', ' ')}: {section.get('drawn')} queries "
+                f"({section.get('skipped_no_minimal_answer')} skipped)"
             )
             metrics = [
                 "answered_rate",
@@ -418,19 +430,12 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                 "latency_ms_p50",
                 "latency_ms_p95",
             ]
-            table.add_column("method")
-            for m in metrics:
-                table.add_column(m)
-            for method, values in section.items():
-                if isinstance(values, dict):
-                    table.add_row(
-                        method, *[("" if values.get(m) is None else f"{values[m]:.3f}") for m in metrics]
-                    )
-            out.print(table)
+            methods = {name: values for name, values in section.items() if isinstance(values, dict)}
+            out.print(metrics_table(title, methods, metrics), highlight=False)
         for name in ("verdicts", "decrease_diversity"):
             if name in report:
                 figures = ", ".join(
                     f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
                     for key, value in report[name].items()
                 )
-                out.print(f"[bold]{name}[/]: {figures}", highlight=False)
+                say(f"[bold]{name.replace('_', ' ')}[/]: {figures}")

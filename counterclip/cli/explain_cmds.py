@@ -6,8 +6,18 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
-from counterclip.cli._common import CliError, console, out, print_json, progress_bar, working
+from counterclip.cli._common import (
+    CliError,
+    console,
+    metrics_table,
+    out,
+    print_json,
+    progress_bar,
+    say,
+    working,
+)
 
 #: Convenience flags of ``explain`` and the method option each sets (any option: ``--option KEY=VALUE``).
 FLAG_OPTIONS: dict[str, str] = {
@@ -231,18 +241,17 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             print_json(payload)
             return
         for flag in exp.flags():
-            out.print(f"[yellow]note[/] {flag}", highlight=False)
-        out.print(f"[bold]{exp.method}[/] score {exp.score:.4f} ({exp.explains})", highlight=False)
+            say(f"[yellow]note[/] {flag}")
+        say(f"[bold]{exp.method}[/] score {exp.score:.4f} ({escape(exp.explains)})")
         if faithfulness is not None:
-            out.print(faithfulness.describe(), highlight=False)
+            say(faithfulness.describe())
         if exp.patch_map is not None:
             import numpy as np
 
             grid = exp.patch_map
             row, col = np.unravel_index(int(np.argmax(grid)), grid.shape)
-            out.print(
-                f"most relevant cell: row {row}, column {col} of a {grid.shape[0]}x{grid.shape[1]} grid"
-            )
+            what = "most changed" if exp.method == "pixel-cf" else "most relevant"
+            out.print(f"{what} cell: row {row}, column {col} of a {grid.shape[0]}x{grid.shape[1]} grid")
         if exp.tokens is not None and exp.token_map is not None:
             out.print(
                 "tokens: "
@@ -251,14 +260,19 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         interesting = {k: v for k, v in payload["extras"].items() if k not in ("trajectory", "verified")}
         if exp.method == "pixel-cf":
             moved = exp.extras["score_8bit"] - exp.score
-            out.print(
+            say(
                 f"edited image (8-bit) scores {exp.extras['score_8bit']:.4f} ({moved:+.4f}): "
                 + ("moved as asked" if exp.extras.get("verified") else "did NOT move as asked")
-                + "; an edit of the pixels, not a verified counterfactual from the index",
-                highlight=False,
+                + "; an edit of the pixels, not a verified counterfactual from the index"
             )
         if interesting:
-            out.print("details: " + ", ".join(f"{k}={v}" for k, v in interesting.items()))
+            out.print(
+                "details: "
+                + ", ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in interesting.items()
+                ),
+                highlight=False,
+            )
         out.print(f"cost: {exp.forward_passes} forward, {exp.backward_passes} backward, {exp.seconds:.2f} s")
         for kind, path in written.items():
             out.print(f"wrote {kind}: {path}")
@@ -304,10 +318,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         if as_json:
             print_json(report)
             return
-        from rich.table import Table
-
-        table = Table(title=f"explainers on {n} shapes images ({report['model']})")
-        columns = [
+        rows = [
             "pointing_game",
             "deletion_auc",
             "deletion_auc_random",
@@ -317,13 +328,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             "max_sensitivity",
             "cost_forward_multiple",
         ]
-        table.add_column("method")
-        for column in columns:
-            table.add_column(column.replace("_", " "), justify="right")
-        for name, figures in report["methods"].items():
-            cells = [figures.get(c) for c in columns]
-            table.add_row(name, *("-" if v is None else f"{v:.3f}" for v in cells))
-        out.print(table)
+        title = f"explainers on {n} shapes images ({report['model']})"
+        out.print(metrics_table(title, report["methods"], rows), highlight=False)
         for name, figures in report["text_test"].items():
             out.print(
                 f"text test {name}: wrong word lowest {figures['wrong_word_lowest']}, "

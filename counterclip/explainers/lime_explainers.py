@@ -79,6 +79,7 @@ def lime_image_weights(
         batch_size=batch_size,
         segmentation_fn=lambda _: segments,
         random_seed=seed,
+        progress_bar=False,  # the caller shows progress (the CLI's spinner, the evaluation's bar)
     )
     weights = np.zeros(int(segments.max()) + 1)
     for segment, weight in explanation.local_exp[0]:
