@@ -531,7 +531,7 @@ def tokens_html(row: TokenRow) -> str:
         chips.append(
             f'<span class="cc-tok{" cc-changed" if changed else ""}" data-value="{float(value):.6g}">'
             f'<span class="cc-word" style="background:rgb({r},{g},{b});color:{ink}">{html.escape(str(token))}</span>'
-            f'<span class="cc-value">{float(value):+.3f}</span>'
+            f'<span class="cc-value">{float(value):+.3g}</span>'
             + ('<span class="cc-changed-label">changed</span>' if changed else "")
             + "</span>"
         )
@@ -591,7 +591,7 @@ def _token_block(row: TokenRow, head: ImageFont.ImageFont, text: ImageFont.Image
     word_face = font(14)
     values = np.asarray(row.values, dtype=np.float64).reshape(-1)
     colours = row.scale.colours(values)
-    labels = [f"{v:+.3f}" for v in values]
+    labels = [f"{v:+.3g}" for v in values]
     widths = [
         int(
             max(
