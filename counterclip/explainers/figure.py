@@ -470,7 +470,7 @@ class MapFigure:
 
 
 FIGURE_CSS = """
-.cc-figure{margin:8px 0}
+.cc-figure{margin:8px 0;font-family:system-ui,sans-serif}
 .cc-title{font-size:1.05em;margin:4px 0 8px}
 .cc-tiles{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
 .cc-map{margin:0;max-width:520px}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -13,7 +12,6 @@ from torch import nn
 
 from counterclip.errors import ModelLoadError
 from counterclip.models.base import ClipModel, VisionGeometry
-from counterclip.models.hub import hub_access
 from counterclip.models.registry import OFFLINE_HINT
 from counterclip.models.spec import ModelSpec
 from counterclip.models.towers import SplitProjectionRecompute, TowerInternals
@@ -45,10 +43,9 @@ class HFClipModel(ClipModel):
                 )
             source = str(local)
         try:
-            with hub_access(f"the weights of {spec}") if spec.source == "hub" else nullcontext():
-                module = CLIPModel.from_pretrained(source, attn_implementation="eager")
-                self._image_processor = CLIPImageProcessor.from_pretrained(source)
-                self._tokenizer = CLIPTokenizerFast.from_pretrained(source)
+            module = CLIPModel.from_pretrained(source, attn_implementation="eager")
+            self._image_processor = CLIPImageProcessor.from_pretrained(source)
+            self._tokenizer = CLIPTokenizerFast.from_pretrained(source)
         except OSError as exc:
             if spec.source == "hub":
                 raise ModelLoadError(

@@ -8,7 +8,6 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import open_clip
@@ -19,7 +18,6 @@ from torch import nn
 
 from counterclip.errors import ModelLoadError
 from counterclip.models.base import ClipModel, VisionGeometry
-from counterclip.models.hub import hub_access
 from counterclip.models.registry import OFFLINE_HINT
 from counterclip.models.spec import ModelSpec
 from counterclip.models.towers import (
@@ -170,14 +168,10 @@ class OpenClipModel(ClipModel):
         arch = _resolve_arch(spec) if checkpoint is None else register_config_file(Path(spec.name))
         pretrained = _resolve_pretrained(spec, arch) if checkpoint is None else checkpoint
         started = time.perf_counter()
-        fetches = checkpoint is None and spec.source in ("tag", "hub")
         try:
-            with hub_access(f"the weights of {spec}") if fetches else nullcontext():
-                if spec.source == "tag":  # fetch (or find in the cache) before building the architecture
-                    open_clip.pretrained.download_pretrained(open_clip.get_pretrained_cfg(arch, pretrained))
-                module, _, transform = open_clip.create_model_and_transforms(
-                    arch, pretrained=pretrained, device=device, weights_only=True
-                )
+            module, _, transform = open_clip.create_model_and_transforms(
+                arch, pretrained=pretrained, device=device, weights_only=True
+            )
         except ModelLoadError:
             raise
         except (RuntimeError, ValueError, OSError, KeyError, AssertionError) as exc:
