@@ -117,7 +117,9 @@ class LiveIndex:
                 self._current = Generation(fresh)
                 current.retired = True
                 close_now = current.users == 0
-            LOG.info("index %s: now answering from generation %s", getattr(fresh, "path", "?"), fresh.generation)
+            LOG.info(
+                "index %s: now answering from generation %s", getattr(fresh, "path", "?"), fresh.generation
+            )
             if close_now:
                 _close(current.index)
             return True
