@@ -85,7 +85,7 @@ def run(argv: list[str] | None = None) -> int:
     except CounterclipError as exc:
         if debug:
             raise
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
         return exc.exit_code
     except OSError as exc:  # a full disk or a permission problem the command did not name itself
         message = _storage_error(exc)

@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import typer
 
-from counterclip.cli._common import out, print_json
+from counterclip.cli._common import out, print_json, working
 from counterclip.errors import InputError
 
 # The choices each command accepts (the libraries hold the same tuples: CNN_RUN_METHODS, TEXT_METHODS,
@@ -26,6 +25,29 @@ def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
     if value not in choices:
         raise InputError(f"unknown {option} {value!r}; choose one of {', '.join(choices)}")
     return value
+
+
+def _looks_like_path(source: str) -> bool:
+    """A local path rather than a hub id (``org/name``): starts with / . ~, or has several parts."""
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
+
+
+def _load_classifier(source: str, loader: Any) -> Any:
+    """``loader(source)`` for a local directory (missing: named as such) or a hub id (no network: one
+    line after one connection attempt, not a minute of retries)."""
+    from counterclip.models.hub import hub_access
+
+    local = Path(source).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise InputError(f"--model {source} is a file; give a directory saved with save_pretrained")
+        return loader(str(local))
+    if _looks_like_path(source):
+        raise InputError(
+            f"model directory not found: {source} (give a directory saved with save_pretrained, or a hub id)"
+        )
+    with hub_access(f"the classifier {source}", hint="give a local directory saved with save_pretrained"):
+        return loader(source)
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
@@ -91,6 +113,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
           counterclip explain-cnn --arch vgg11 --random-weights --list-layers
         """
         from counterclip.explainers.classic import cnn, cnn_runs, layers
+        from counterclip.explainers.figure import MapScale
         from counterclip.report.classic import write_cnn_result
 
         _choice(method, CNN_CHOICES, "--method")
@@ -125,21 +148,33 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             source=cnn.resolve_targets([from_class], names)[0] if from_class is not None else None,
             proximity=proximity,
         )
-        result = cnn_runs.run_cnn(model, x, shown, request, names)
+        with working(f"explaining with {method}", enabled=not as_json):
+            result = cnn_runs.run_cnn(model, x, shown, request, names)
         explanations = result.explanations
+        if random_weights:
+            for explanation in explanations:
+                explanation.extras["random_weights"] = True
         files = [str(path) for path in write_cnn_result(result, shown, out_dir)]
         payload: dict[str, Any] = {
             "image": str(image),
             "arch": arch,
             "weights": str(weights) if weights else None,
         }
+        empty = [MapScale.of(e.pixel_map).state == "empty" for e in explanations]
         if result.overlap is not None:
-            payload["overlap_iou_top20"] = result.overlap.tolist()
+            # an empty map has no top region: its overlaps are undefined (null), not 0
+            payload["overlap_iou_top20"] = [
+                [None if empty[i] or empty[j] else float(v) for j, v in enumerate(row)]
+                for i, row in enumerate(result.overlap.tolist())
+            ]
         payload["explanations"] = [e.summary() for e in explanations]
+        payload["flags"] = sorted({flag for e in explanations for flag in e.flags()})
         payload["files"] = files
         if as_json:
             print_json(payload)
             return
+        for flag in payload["flags"]:
+            out.print(f"[yellow]note[/] {flag}", highlight=False)
         for explanation in explanations:
             out.print(
                 f"[bold]{explanation.method}[/] {explanation.explains}: score {explanation.score:.4f}"
@@ -148,12 +183,20 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                 highlight=False,
             )
         if "overlap_iou_top20" in payload:
-            out.print(f"IoU of top-20% regions: {np.round(payload['overlap_iou_top20'], 3).tolist()}")
+            cells = [
+                ["n/a" if v is None else f"{v:.3f}" for v in row] for row in payload["overlap_iou_top20"]
+            ]
+            out.print(
+                "IoU of top-20% regions: "
+                + "; ".join(" ".join(row) for row in cells)
+                + (" (n/a: an empty map has no region)" if any(empty) else ""),
+                highlight=False,
+            )
         if method == "counterfactual":
             extras = explanations[0].extras
             out.print(
                 f"{extras['source_name']} -> {extras['target_name']}: "
-                f"{'verified' if extras['verified'] else 'NOT reached'} after {extras['steps_taken']} steps; "
+                f"{'reached' if extras['verified'] else 'NOT reached'} after {extras['steps_taken']} steps; "
                 f"8-bit image p(target)={extras['final_probabilities']['target']:.3f}, "
                 f"largest change {extras['linf_levels']} levels"
             )
@@ -185,10 +228,11 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         from counterclip.report.classic import write_token_result
 
         _choice(method, TEXT_CHOICES, "--method")
-        model, tokenizer = load_text_classifier(model_source)
-        explanations = explain_text(
-            model, tokenizer, text, method, target, steps=steps, samples=samples, seed=seed
-        )
+        model, tokenizer = _load_classifier(model_source, load_text_classifier)
+        with working(f"explaining with {method}", enabled=not as_json):
+            explanations = explain_text(
+                model, tokenizer, text, method, target, steps=steps, samples=samples, seed=seed
+            )
         files = [str(path) for path in write_token_result(explanations, text, out_dir)]
         if as_json:
             print_json(
@@ -233,7 +277,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             "linear", "--compare-model", help="compare: the second model kind."
         ),
         target_class: str = typer.Option(None, "--target-class", help="Classifiers: the class to explain."),
-        grid: int = typer.Option(100, "--grid", help="Grid points per feature."),
+        grid: int = typer.Option(
+            None, "--grid", help="Grid points per feature (default 100; 20 for pdp-2d: 400 points, seconds)."
+        ),
         samples: int = typer.Option(2000, "--samples", help="LIME perturbed samples."),
         seed: int = typer.Option(0, "--seed", help="Model and LIME random seed."),
         out_dir: Path = typer.Option(Path("explain-tabular-out"), "--out", help="Output directory."),
@@ -275,11 +321,12 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             centered=centered,
             compare_model=compare_model,
             target_class=target_class,
-            grid=grid,
+            grid=grid if grid is not None else (20 if method == "pdp-2d" else 100),
             samples=samples,
             seed=seed,
         )
-        result = tabular.run_tabular(data, request)
+        with working(f"fitting {model_kind} and computing {method}", enabled=not as_json):
+            result = tabular.run_tabular(data, request)
         explanations = result.explanations
         files = [str(path) for path in write_tabular_result(result, out_dir)]
         payload = {

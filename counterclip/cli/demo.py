@@ -54,18 +54,34 @@ def run_demo(out_dir: Path, n: int = 400, device: str = "auto", seed: int = 0) -
         written["text_report"] = write_report(
             engine, text_result, out_dir / "report-text-side.html", query_image
         )
-    out.print(f"\n[bold]query[/] {query_path} ({own})")
-    out.print(f"[bold]image side[/]: images close to it that match “{asked}”:")
+    out.print(f"\n[bold]query[/] {query_path} ({own})", highlight=False)
+    out.print(f"verdicts by the {image_result.calibration or 'no calibration'}", highlight=False)
+    out.print(f"[bold]image side[/]: images close to it that match \u201c{asked}\u201d:", highlight=False)
     for item in image_result.items:
         out.print(
-            f"  #{item.rank} {item.path}  score {item.score_before:.2f} -> {item.score_after:.2f}  distance {item.distance:.3f}"
+            f"  #{item.rank} {item.path}  score {item.score_before:.2f} -> {item.score_after:.2f}  "
+            f"{item.verdict}  p(match) {_p(item.p_match)}  distance {item.distance:.3f}",
+            highlight=False,
         )
-    out.print(f"[bold]text side[/]: captions close to “{own}” that stop matching the image:")
+    out.print(
+        f"[bold]text side[/]: captions close to \u201c{own}\u201d that stop matching the image:",
+        highlight=False,
+    )
     for item in text_result.items:
-        out.print(f"  #{item.rank} “{item.text}”  score {item.score_before:.2f} -> {item.score_after:.2f}")
+        out.print(
+            f"  #{item.rank} \u201c{item.text}\u201d  score {item.score_before:.2f} -> {item.score_after:.2f}  "
+            f"{item.verdict}  p(match) {_p(item.p_match)}",
+            highlight=False,
+        )
+    for warning in [*image_result.warnings, *text_result.warnings]:
+        out.print(f"[yellow]warning[/] {warning}", highlight=False)
     out.print(f"\nreports: {written['image_report']}\n         {written['text_report']}")
     out.print(f"done in {time.perf_counter() - started:.0f} s")
     return written
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:

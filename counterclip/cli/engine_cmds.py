@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from counterclip.cli._common import out, print_json
+from counterclip.cli._common import metrics_table, out, print_json, progress_bar, say
 from counterclip.errors import InputError
 
 IMAGE_OPT = typer.Option(None, "--image", help="Query image: a file path, or an index id as #ID.")
@@ -32,47 +34,115 @@ def _open_engine(index: Path, device: str):
     return Engine.open(index, device=device)
 
 
-def _items_table(title: str, items) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in (
-        "rank",
-        "id",
-        "item",
-        "score before",
-        "score after",
-        "delta",
-        "distance",
-        "step",
-        "verdict",
-        "p(match)",
-    ):
-        table.add_column(column)
+def _caption_cell(text: str, original: str | None) -> str:
+    """A caption with the words that differ from ``original`` in bold and underlined (rich markup)."""
+    if not original:
+        return escape(f"\u201c{text}\u201d")
+    from counterclip.report.words import changed_words
+
+    _, added = changed_words(original, text)
+    words = [
+        f"[bold underline]{escape(w)}[/]" if i in added else escape(w) for i, w in enumerate(text.split())
+    ]
+    return "\u201c" + " ".join(words) + "\u201d"
+
+
+def _items_table(title: str, items, mode: str | None = None, original: str | None = None) -> Table:
+    """Counterfactual answers: rank, the item (its full path or text, folded, never cut), score before ->
+    after, verdict and p(match), distance to the original."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("item", overflow="fold", ratio=3)
+    table.add_column("p(target)" if mode == "flip" else "score", justify="right", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("p(match)", justify="right", no_wrap=True)
+    table.add_column("dist", justify="right", no_wrap=True)
+    digits = 3 if mode == "flip" else 2
     for i in items:
+        before = "" if i.score_before is None else f"{i.score_before:.{digits}f} -> "
         table.add_row(
             str(i.rank),
-            str(i.id),
-            i.path or f"“{i.text}”",
-            "" if i.score_before is None else f"{i.score_before:.3f}",
-            f"{i.score_after:.3f}",
-            f"{i.delta:+.3f}",
-            f"{i.distance:.3f}",
-            "" if i.step is None else str(i.step),
-            i.verdict or "",
+            escape(i.path) if i.path else _caption_cell(i.text or "", original),
+            f"{before}{i.score_after:.{digits}f}",
+            _verdict_cell(i.verdict),
             "" if i.p_match is None else f"{i.p_match:.2f}",
+            f"{i.distance:.3f}",
         )
     return table
+
+
+def _verdict_cell(verdict: str | None) -> str:
+    colour = {"verified": "green", "weak": "yellow", "unverifiable": "dim"}.get(verdict or "", "dim")
+    return f"[{colour}]{verdict or '-'}[/]"
+
+
+def _search_table(result, root: Path, captions: dict[int, list[str]]) -> Table:
+    """Search hits: rank, score, p(match) when a calibration holds, the full path (folded, never cut)
+    and the first caption the index holds for the image."""
+    images = bool(result.items) and result.items[0].kind == "image"
+    calibrated = any(i.p_match is not None for i in result.items)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    if calibrated:
+        table.add_column("p(match)", justify="right", no_wrap=True)
+    if images:
+        # the path keeps its full width when the terminal allows (at least 12 columns left for the
+        # caption); otherwise it folds onto more lines, never cut
+        columns = 5 if calibrated else 4
+        fixed = len(str(len(result.items))) + max(len(f"{i.score_after:.2f}") for i in result.items)
+        fixed += (8 if calibrated else 0) + 3 * columns + 1
+        longest = max(len(str(root / i.path)) for i in result.items)
+        path_width = max(min(longest, out.width - fixed - 12), 12)
+        table.add_column("path", overflow="fold", width=path_width)
+        table.add_column("caption", overflow="fold", width=max(out.width - fixed - path_width, 12))
+    else:
+        table.add_column("caption", overflow="fold")
+    for item in result.items:
+        row = [str(item.rank), f"{item.score_after:.2f}"]
+        if calibrated:
+            row.append("" if item.p_match is None else f"{item.p_match:.2f}")
+        if images:
+            caption = (captions.get(item.id) or [""])[0]
+            row += [escape(str(root / item.path)), escape(caption)]
+        else:
+            row.append(escape(item.text or ""))
+        table.add_row(*row)
+    return table
+
+
+def captions_for(engine, ids) -> dict[int, list[str]]:
+    """The captions the index links to each image id (for reports and the search table)."""
+    from counterclip.server.files import IndexLookup
+
+    lookup = IndexLookup(engine.index)
+    return {int(i): lookup.captions_of(int(i)) for i in ids if i is not None}
 
 
 def write_report(engine, result, path: Path, query_image=None, with_maps: bool = True) -> Path:
     """The self-contained HTML report of a result, with attribution maps (library: `counterclip.report`)."""
     from counterclip.report.counterfactual import counterfactual_maps, write_counterfactual_report
 
-    maps = (
-        counterfactual_maps(engine.model, result, engine.index.root, query_image, engine.indexed_image)
-        if with_maps
-        else None
+    maps = None
+    if with_maps:
+        with progress_bar("explaining the answers (maps + faithfulness)") as advance:
+            maps = counterfactual_maps(
+                engine.model,
+                result,
+                engine.index.root,
+                query_image,
+                engine.indexed_image,
+                progress=lambda done, total: advance(done, total),
+            )
+    ids = [item.id for item in result.items] + [
+        item.id for items in result.baselines.values() for item in items
+    ]
+    query_id = (result.query.get("image") or {}).get("id")
+    captions = captions_for(engine, [*ids, query_id]) if result.side == "image" else {}
+    query_captions = captions_for(engine, [query_id]).get(query_id, []) if query_id is not None else []
+    return write_counterfactual_report(
+        path, result, engine.index.root, query_image, maps, captions=captions, query_captions=query_captions
     )
-    return write_counterfactual_report(path, result, engine.index.root, query_image, maps)
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
@@ -81,31 +151,59 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         index: Path = typer.Argument(..., help="Index directory."),
         text: str = typer.Option(None, "--text", help="Query text."),
         image: str = IMAGE_OPT,
-        k: int = typer.Option(10, "-k", help="Number of results."),
+        k: int = typer.Option(10, "-k", help="Number of results (at least 1)."),
         captions: bool = typer.Option(
             False, "--captions", help="Search the caption index instead of images."
+        ),
+        paths: bool = typer.Option(
+            False,
+            "--paths",
+            help="Print only the full paths, one per line (captions: the texts), for piping.",
         ),
         device: str = typer.Option("auto", help="auto | cpu | cuda"),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
-        """Plain retrieval from an index, by text or by image.
+        """Plain retrieval from an index, by text or by image: rank, score, p(match) when the index has a
+        calibration, full path and caption.
 
         Examples:
 
           counterclip search photos.idx --text "a dog on a beach" -k 5
 
+          counterclip search photos.idx --text "a red car" --paths | xargs -d '\\n' cp -t picked/
+
           counterclip search photos.idx --image query.jpg --json
         """
         if (text is None) == (image is None):
             raise InputError("give exactly one of --text or --image")
+        if k < 1:
+            raise InputError(f"-k must be at least 1 (the number of results), got {k}")
+        if paths and as_json:
+            raise InputError("give --paths or --json, not both")
         with _open_engine(index, device) as engine:
             result = engine.search(
                 text=text, image=_parse_image(image), k=k, collection="captions" if captions else "images"
             )
+            root = engine.index.root
+            linked = (
+                captions_for(engine, [i.id for i in result.items])
+                if not (captions or paths or as_json)
+                else {}
+            )
         if as_json:
             print_json(result.to_dict())
-        else:
-            out.print(_items_table(f"search {text or image}", result.items))
+            return
+        if paths:
+            lines = [str(root / i.path) if i.path else " ".join((i.text or "").split()) for i in result.items]
+            sys.stdout.write("".join(line + "\n" for line in lines))
+            sys.stdout.flush()
+            return
+        query = f"\u201c{text}\u201d" if text is not None else str(image)
+        collection = "captions" if captions else "images"
+        out.print(f"[bold]{len(result.items)} {collection}[/] for {escape(query)}", highlight=False)
+        for warning in result.warnings:
+            say(f"[yellow]warning[/] {escape(warning)}")
+        out.print(_search_table(result, root, linked), highlight=False)
 
     @app.command()
     def counterfactual(
@@ -161,6 +259,12 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
           counterclip counterfactual blip.idx --image cat.jpg --text "a photo of a dog" --verify-with itm
         """
+        if k < 1:
+            raise InputError(f"-k must be at least 1 (the number of counterfactuals), got {k}")
+        if report is not None and report.is_dir():
+            raise InputError(
+                f"--report {report} is a folder; give a file name, e.g. {report / 'report.html'}"
+            )
         overrides = {}
         if margin is not None:
             overrides["nomatch_margin" if mode == "decrease" else "match_margin"] = margin
@@ -192,19 +296,37 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             payload["report"] = str(report) if report else None
             print_json(payload)
             return
-        out.print(f"[bold]valid when[/] {result.validity.rule}", highlight=False)
-        out.print(f"[bold]verdicts[/] by {result.calibration or 'no calibration'}", highlight=False)
+        say(f"[bold]valid when[/] {escape(result.validity.rule)}")
+        say(f"[bold]verdicts[/] by the {escape(result.calibration or 'no calibration')}")
         for warning in result.warnings:
-            out.print(f"[yellow]warning[/] {escape(warning)}", highlight=False)
-        out.print(_items_table(f"{len(result.items)} verified counterfactual(s)", result.items))
+            say(f"[yellow]warning[/] {escape(warning)}")
+        noun = "caption" if side == "text" else "image"
+        title = f"{len(result.items)} counterfactual {noun}(s), closest to the original first"
+        if side == "image":
+            title += f" (in {engine.index.root})"
+        original = text if side == "text" else None
+        out.print(_items_table(title, result.items, mode, original), highlight=False)
+        answered = {item.id: item.rank for item in result.items}
         for name, items in result.baselines.items():
-            out.print(_items_table(f"baseline: {name}", items))
+            for item in items or [None]:
+                if item is None:
+                    out.print(f"baseline {name.replace('_', ' ')}: none valid", highlight=False)
+                    continue
+                shown = escape(item.path or f"\u201c{item.text}\u201d")
+                same = f" (= answer #{answered[item.id]})" if item.id in answered else ""
+                before = "" if item.score_before is None else f"{item.score_before:.2f} -> "
+                say(
+                    f"baseline {name.replace('_', ' ')}: {shown} {before}{item.score_after:.2f} "
+                    f"{_verdict_cell(item.verdict)}{same}"
+                )
         for entry in result.stale:
             out.print(
-                f"[yellow]stale[/] {entry.get('path') or entry.get('text')}: {entry['reason']} (run counterclip update)"
+                f"[yellow]stale[/] {escape(str(entry.get('path') or entry.get('text')))}: {entry['reason']} "
+                "(run counterclip update)",
+                highlight=False,
             )
         if report is not None:
-            out.print(f"report: {report}")
+            out.print(f"report: {escape(str(report))}", highlight=False)
 
     @eval_app.command("counterfactual")
     def eval_counterfactual(
@@ -273,9 +395,29 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                 if text_proximity not in ("words", "embedding"):
                     raise InputError(f"--text-proximity must be words or embedding, got {text_proximity!r}")
                 overrides["text_proximity"] = text_proximity
-            report = evaluate_counterfactuals(
-                engine, labels_file, n_queries=n_queries, seed=seed, k=k, sides=sides, **overrides
-            )
+            measured = [s for s in sides if s in ("image", "text")]
+            with progress_bar(
+                f"queries ({', '.join(measured) or 'verdicts'} side)", enabled=not as_json
+            ) as bar:
+                sides_done = {"offset": 0, "last": 0}
+
+                def advance(done: int, total: int) -> None:
+                    # each side counts from 1 again: one bar over both
+                    if done < sides_done["last"]:
+                        sides_done["offset"] += sides_done["last"]
+                    sides_done["last"] = done
+                    bar(sides_done["offset"] + done, total * max(len(measured), 1))
+
+                report = evaluate_counterfactuals(
+                    engine,
+                    labels_file,
+                    n_queries=n_queries,
+                    seed=seed,
+                    k=k,
+                    sides=sides,
+                    progress=advance,
+                    **overrides,
+                )
         if as_json:
             print_json(report)
             return
@@ -283,8 +425,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             if side_name not in report:
                 continue
             section = report[side_name]
-            table = Table(
-                title=f"{side_name}: {section.get('drawn')} queries ({section.get('skipped_no_minimal_answer')} skipped)"
+            title = (
+                f"{side_name.replace('_', ' ')}: {section.get('drawn')} queries "
+                f"({section.get('skipped_no_minimal_answer')} skipped)"
             )
             metrics = [
                 "answered_rate",
@@ -297,19 +440,12 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                 "latency_ms_p50",
                 "latency_ms_p95",
             ]
-            table.add_column("method")
-            for m in metrics:
-                table.add_column(m)
-            for method, values in section.items():
-                if isinstance(values, dict):
-                    table.add_row(
-                        method, *[("" if values.get(m) is None else f"{values[m]:.3f}") for m in metrics]
-                    )
-            out.print(table)
+            methods = {name: values for name, values in section.items() if isinstance(values, dict)}
+            out.print(metrics_table(title, methods, metrics), highlight=False)
         for name in ("verdicts", "decrease_diversity"):
             if name in report:
                 figures = ", ".join(
                     f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
                     for key, value in report[name].items()
                 )
-                out.print(f"[bold]{name}[/]: {figures}", highlight=False)
+                say(f"[bold]{name.replace('_', ' ')}[/]: {figures}")

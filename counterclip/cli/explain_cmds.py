@@ -6,8 +6,18 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
-from counterclip.cli._common import CliError, console, out, print_json
+from counterclip.cli._common import (
+    CliError,
+    console,
+    metrics_table,
+    out,
+    print_json,
+    progress_bar,
+    say,
+    working,
+)
 
 #: Convenience flags of ``explain`` and the method option each sets (any option: ``--option KEY=VALUE``).
 FLAG_OPTIONS: dict[str, str] = {
@@ -204,36 +214,65 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             "--samples": samples,
         }
         options = method_options(registered, flags, option or [])
-        exp = ex.explain(
-            clip, pil, label_set or [text], method=method, target=explained, modality=mode, **options
-        )
+        if out_file is not None and out_file.is_dir():
+            raise CliError(f"--out {out_file} is a folder; give a PNG file name, e.g. {out_file / 'map.png'}")
+        texts = label_set or [text]
+        with working(f"explaining with {method}", enabled=not as_json):
+            exp = ex.explain(clip, pil, texts, method=method, target=explained, modality=mode, **options)
+        if getattr(clip.spec, "source", None) == "random":
+            exp.extras["random_weights"] = True
+        faithfulness = None
+        if registered.attribution and exp.pixel_map is not None:
+            from counterclip.explainers.metrics import map_faithfulness
+
+            with working("measuring the map's faithfulness", enabled=not as_json):
+                faithfulness = map_faithfulness(clip, pil, texts, exp.pixel_map, target=explained)
         written: dict[str, str] = {}
         if out_file is not None:
             from counterclip.report import save_explanation
 
-            written = {kind: str(path) for kind, path in save_explanation(pil, exp, out_file).items()}
+            saved = save_explanation(pil, exp, out_file, faithfulness=faithfulness)
+            written = {kind: str(path) for kind, path in saved.items()}
         payload = exp.summary()
         payload["files"] = written
+        payload["flags"] = exp.flags()
+        payload["faithfulness"] = faithfulness.to_dict() if faithfulness is not None else None
         if as_json:
             print_json(payload)
             return
-        out.print(f"[bold]{exp.method}[/] score {exp.score:.4f} ({exp.explains})")
+        for flag in exp.flags():
+            say(f"[yellow]note[/] {flag}")
+        say(f"[bold]{exp.method}[/] score {exp.score:.4f} ({escape(exp.explains)})")
+        if faithfulness is not None:
+            say(faithfulness.describe())
         if exp.patch_map is not None:
             import numpy as np
 
             grid = exp.patch_map
             row, col = np.unravel_index(int(np.argmax(grid)), grid.shape)
-            out.print(
-                f"most relevant cell: row {row}, column {col} of a {grid.shape[0]}x{grid.shape[1]} grid"
-            )
+            what = "most changed" if exp.method == "pixel-cf" else "most relevant"
+            out.print(f"{what} cell: row {row}, column {col} of a {grid.shape[0]}x{grid.shape[1]} grid")
         if exp.tokens is not None and exp.token_map is not None:
             out.print(
                 "tokens: "
                 + "  ".join(f"{t}={v:+.3f}" for t, v in zip(exp.tokens, exp.token_map, strict=False))
             )
-        interesting = {k: v for k, v in payload["extras"].items() if k not in ("trajectory",)}
+        interesting = {k: v for k, v in payload["extras"].items() if k not in ("trajectory", "verified")}
+        if exp.method == "pixel-cf":
+            moved = exp.extras["score_8bit"] - exp.score
+            say(
+                f"edited image (8-bit) scores {exp.extras['score_8bit']:.4f} ({moved:+.4f}): "
+                + ("moved as asked" if exp.extras.get("verified") else "did NOT move as asked")
+                + "; an edit of the pixels, not a verified counterfactual from the index"
+            )
         if interesting:
-            out.print("details: " + ", ".join(f"{k}={v}" for k, v in interesting.items()))
+            out.print(
+                "details: "
+                + ", ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in interesting.items()
+                ),
+                highlight=False,
+            )
         out.print(f"cost: {exp.forward_passes} forward, {exp.backward_passes} backward, {exp.seconds:.2f} s")
         for kind, path in written.items():
             out.print(f"wrote {kind}: {path}")
@@ -259,22 +298,27 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
         Examples:
 
-          counterclip eval explainers --model bundled:shapes --n 50 --seed 0 --json
+          counterclip eval explainers --model bundled:shapes --n 20 --seed 0
+
+          counterclip eval explainers --model bundled:shapes --n 200 --seed 0 --json   # about 20 minutes on 2 cores
         """
         from counterclip.evaluation.explainers import evaluate_explainers
         from counterclip.models import load_model
 
         clip = load_model(model, device=device)
-        report = evaluate_explainers(
-            clip, n=n, seed=seed, methods=_split(methods) or None, sensitivity_images=sensitivity_images
-        )
+        with progress_bar("explaining shapes images", enabled=not as_json) as advance:
+            report = evaluate_explainers(
+                clip,
+                n=n,
+                seed=seed,
+                methods=_split(methods) or None,
+                sensitivity_images=sensitivity_images,
+                progress=advance,
+            )
         if as_json:
             print_json(report)
             return
-        from rich.table import Table
-
-        table = Table(title=f"explainers on {n} shapes images ({report['model']})")
-        columns = [
+        rows = [
             "pointing_game",
             "deletion_auc",
             "deletion_auc_random",
@@ -284,13 +328,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             "max_sensitivity",
             "cost_forward_multiple",
         ]
-        table.add_column("method")
-        for column in columns:
-            table.add_column(column.replace("_", " "), justify="right")
-        for name, figures in report["methods"].items():
-            cells = [figures.get(c) for c in columns]
-            table.add_row(name, *("-" if v is None else f"{v:.3f}" for v in cells))
-        out.print(table)
+        title = f"explainers on {n} shapes images ({report['model']})"
+        out.print(metrics_table(title, report["methods"], rows), highlight=False)
         for name, figures in report["text_test"].items():
             out.print(
                 f"text test {name}: wrong word lowest {figures['wrong_word_lowest']}, "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from counterclip.cli._common import out, print_json
+from counterclip.cli._common import out, print_json, working
 from counterclip.errors import InputError
 
 
@@ -133,7 +133,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         if batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {batch_size}")
         loaded = load_model(model, device=device)
-        metrics = evaluate_model(loaded, n=n, seed=seed, batch_size=batch_size)
+        with working(f"rendering and scoring 2 x {n} shapes images", enabled=not as_json):
+            metrics = evaluate_model(loaded, n=n, seed=seed, batch_size=batch_size)
         metrics = {"model": str(loaded.spec), "fingerprint": loaded.fingerprint, **metrics}
         if as_json:
             print_json(metrics)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -99,6 +99,7 @@ def evaluate_explainers(
     sensitivity_radius: float = 0.02,
     random_orders: int = 3,
     image_size: int = 128,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Measure explainer quality on ``n`` freshly rendered shapes images.
 
@@ -112,6 +113,7 @@ def evaluate_explainers(
         sensitivity_radius: max absolute pixel noise in [0, 1] units. Default 0.02 (about 5/255).
         random_orders: random cell orders averaged for the baselines. Default 3.
         image_size: rendered image side. Default 128.
+        progress: called with ``(done, total)`` after each image of each method (and of the text test).
 
     Returns:
         JSON-friendly dict: settings, ``forward_seconds``, per-method figures under ``methods``, and
@@ -151,6 +153,14 @@ def evaluate_explainers(
 
         return score
 
+    text_methods = [m for m in methods if "text" in REGISTRY.get(m).modalities]
+    steps = {"done": 0, "total": n * (len(methods) + len(text_methods))}
+
+    def step() -> None:
+        steps["done"] += 1
+        if progress is not None:
+            progress(steps["done"], steps["total"])
+
     results: dict[str, Any] = {}
     with model_guard(model), torch.no_grad():
         accuracy = float(
@@ -186,6 +196,7 @@ def evaluate_explainers(
             reference = _forward_cpu_seconds(model, codec, image, label_tokens)
             started = time.process_time()
             exp = explain(model, image, labels, method=method, target=target, **options)
+            step()
             cost_ratios.append((time.process_time() - started) / max(reference, 1e-6))
             hits.append(
                 pointing_hit_cells(pool_to_grid(exp.pixel_map, grid), bbox, (image.height, image.width))
@@ -256,11 +267,7 @@ def evaluate_explainers(
             )
         figures.update({k: float(np.mean(v)) for k, v in extra.items()})
         results[method] = figures
-    text_results = {
-        method: _text_test(model, samples, method)
-        for method in methods
-        if "text" in REGISTRY.get(method).modalities
-    }
+    text_results = {method: _text_test(model, samples, method, step) for method in text_methods}
     return {
         "model": str(model.spec),
         "n": n,
@@ -277,7 +284,10 @@ def evaluate_explainers(
 
 
 def _text_test(
-    model: ClipModel, samples: list[tuple[ShapeAttrs, Image.Image, Any]], method: str
+    model: ClipModel,
+    samples: list[tuple[ShapeAttrs, Image.Image, Any]],
+    method: str,
+    step: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """Share of images where the wrong colour word of a full caption gets the lowest relevance."""
     wrong_hits, control_hits, skipped = [], [], 0
@@ -305,6 +315,7 @@ def _text_test(
                 continue
             values = np.asarray(exp.token_map)[positions]
             hits.append(int(np.argmin(values)) == 1)
+        step()
     return {
         "wrong_word_lowest": float(np.mean(wrong_hits)) if wrong_hits else None,
         "control_colour_lowest": float(np.mean(control_hits)) if control_hits else None,

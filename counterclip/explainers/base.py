@@ -44,6 +44,52 @@ class Explanation:
     seconds: float = 0.0
     extras: dict[str, Any] = field(default_factory=dict)
 
+    def flags(self) -> list[str]:
+        """What a person should know before reading the map, in words: random weights (set
+        ``extras["random_weights"]``), an empty map (every value 0) or a flat one (values barely differ).
+        """
+        notes = []
+        if self.extras.get("random_weights"):
+            notes.append("random weights: the model learned nothing, so this map shows no learned evidence")
+        for name, values in (("map", self.pixel_map), ("word map", self.token_map)):
+            if values is None:
+                continue
+            array = np.nan_to_num(np.asarray(values, dtype=np.float64))
+            magnitude = float(np.abs(array).max()) if array.size else 0.0
+            if magnitude <= 1e-12:
+                notes.append(
+                    f"empty {name}: every value is 0, so the method found nothing that moves the score"
+                )
+            elif float(array.max() - array.min()) < 0.05 * magnitude:
+                notes.append(f"flat {name}: every part counts about the same, so it singles out nothing")
+        return notes
+
+    def show(self, image: Any = None, **options: Any) -> Any:
+        """The labelled figure of this explanation, in one call (a notebook draws it by itself).
+
+        Args:
+            image: the explained PIL image (needed for a pixel map: the map is laid over it).
+            **options: for `counterclip.explainers.figure.explanation_figure` (``title``, ``map_title``,
+                ``faithfulness``, ``marked``).
+
+        Returns:
+            `counterclip.explainers.figure.MapFigure`: titled tiles, colour bars with their meaning and
+            range, flags in words; ``.render()`` is a PIL image, ``.save(path)`` a PNG.
+
+        Examples::
+
+            exp = explain(model, image, "a red circle")
+            exp.show(image)          # in a notebook: the figure
+            exp.show(image).render() # a PIL image
+        """
+        from counterclip.explainers.figure import explanation_figure
+
+        return explanation_figure(self, image, **options)
+
+    def save(self, path: Any, image: Any = None, **options: Any) -> Any:
+        """Write `show` (the labelled figure) as a PNG file and return its path."""
+        return self.show(image, **options).save(path)
+
     def to_dict(self, include_maps: bool = True) -> dict[str, Any]:
         """JSON-friendly dict (arrays become nested lists; large maps can be left out)."""
         out: dict[str, Any] = {}

@@ -6,8 +6,10 @@ fixed text embedding(s); for text maps each masked caption is scored against the
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,6 +81,7 @@ def lime_image_weights(
         batch_size=batch_size,
         segmentation_fn=lambda _: segments,
         random_seed=seed,
+        **_quiet(explainer.explain_instance),
     )
     weights = np.zeros(int(segments.max()) + 1)
     for segment, weight in explanation.local_exp[0]:
@@ -258,3 +261,9 @@ METHOD = Method(
     evaluation_options={"num_samples": 300},
     cheap_options={"num_samples": 16},
 )
+
+
+def _quiet(explain_instance: Any) -> dict[str, Any]:
+    """``progress_bar=False`` where LIME takes it (its releases after 0.2.0.1): the caller shows progress
+    (the CLI's spinner, the evaluation's bar). LIME 0.2.0.1, the current release, always draws its own."""
+    return {"progress_bar": False} if "progress_bar" in inspect.signature(explain_instance).parameters else {}

@@ -484,6 +484,7 @@ class _Builder:
     def _check_directory(self) -> None:
         """Refuse to build into a non-empty directory that is not an index (never clobber user files)."""
         if not self.index_dir.exists():
+            self._load_model_first()
             return
         if not self.index_dir.is_dir():
             raise InputError(f"index path {self.index_dir} exists and is not a directory")
@@ -541,6 +542,13 @@ class _Builder:
         items = self._items_estimate
         wal = min(4 << 20, 2000 * items + (64 << 10))
         return int(self._base_bytes * 1.1 + items * (2.2 * (4 * dim + 8) + 1000) + wal)
+
+    def _load_model_first(self) -> None:
+        """A new index: load the model before the directory exists, so a model that cannot be loaded
+        (no network, no GPU, a bad checkpoint) leaves no half-made index behind."""
+        if not isinstance(self.model_arg, ClipModel):
+            arg = DEFAULT_MODEL if self.model_arg is None else self.model_arg
+            self.model_arg = load_model(arg, device=self.device)
 
     # --- settings -------------------------------------------------------------------------------
     def _resolve(self, meta: _MetaView) -> tuple[Path, IndexCfg]:

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from counterclip.errors import ModelLoadError
 from counterclip.models.spec import ModelSpec
 from counterclip.models.towers import TowerInternals
 from counterclip.scores import PairScore
@@ -27,12 +28,32 @@ LOG = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; anything else is passed to `torch.device`."""
+    """``auto`` picks CUDA when present, else CPU; anything else is passed to `torch.device`.
+
+    A device string torch does not know, or a CUDA device on a machine without one, is a one-line
+    `ModelLoadError` naming the choices.
+    """
     if isinstance(device, torch.device):
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ModelLoadError(
+            f"unknown device {device!r}; use auto, cpu, cuda or cuda:N (e.g. --device cuda)"
+        ) from None
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"--device {device}: no CUDA GPU on this machine (torch sees none); use --device cpu or auto"
+            )
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise ModelLoadError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                f"numbered from 0; use --device cuda:0 or auto"
+            )
+    return chosen
 
 
 def weights_fingerprint(module: nn.Module) -> str:

@@ -11,6 +11,7 @@ import torch
 from counterclip.calibration import Calibration
 from counterclip.errors import ModelLoadError
 from counterclip.models.base import ClipModel, resolve_device
+from counterclip.models.hub import hub_access
 from counterclip.models.registry import get_backend
 from counterclip.models.spec import ModelSpec, parse_model_spec
 
@@ -69,7 +70,8 @@ def load_model(spec: str | ModelSpec | dict, device: str | torch.device = "auto"
         ClipModel in eval mode.
 
     Raises:
-        ModelLoadError: one line naming what could not be found or loaded, and what to do.
+        ModelLoadError: one line naming what could not be found or loaded, and what to do (offline, a
+            spec whose weights come from a hub fails at once: "no network to fetch the weights of ...").
 
     Examples::
 
@@ -78,4 +80,9 @@ def load_model(spec: str | ModelSpec | dict, device: str | torch.device = "auto"
         torch.Size([1, 128])
     """
     parsed = parse_model_spec(spec)
-    return get_backend(parsed.backend).load(parsed, resolve_device(device))
+    chosen = resolve_device(device)
+    backend = get_backend(parsed.backend)
+    if parsed.source in ("tag", "hub"):  # weights from a hub: one connection probe, no minute of retries
+        with hub_access(f"the weights of {parsed}"):
+            return backend.load(parsed, chosen)
+    return backend.load(parsed, chosen)

@@ -20,8 +20,17 @@ from counterclip.explainers.base import Explanation
 from counterclip.explainers.classic.cnn import top_region_mask
 from counterclip.explainers.classic.cnn_runs import OVERLAP_FRACTION, CnnResult
 from counterclip.explainers.classic.tabular import TabularResult
+from counterclip.explainers.figure import (
+    FIGURE_CSS,
+    MapFigure,
+    MapScale,
+    Tile,
+    explanation_figure,
+    map_title_for,
+    overlay,
+    tokens_html,
+)
 from counterclip.report.files import save_png, write_bytes_atomic, write_text_atomic
-from counterclip.report.images import colorize, overlay, panel
 
 
 def _pyplot():
@@ -41,21 +50,18 @@ def save_panel(
     titles: Sequence[str] | None = None,
     suptitle: str = "",
 ) -> Path:
-    """The input image and one overlay per explanation side by side, saved as PNG."""
-    plt = _pyplot()
-    columns = len(explanations) + 1
-    figure, axes = plt.subplots(1, columns, figsize=(3.2 * columns, 3.6), squeeze=False)
-    axes[0, 0].imshow(image)
-    axes[0, 0].set_title("input", fontsize=9)
-    for column, explanation in enumerate(explanations, start=1):
-        axes[0, column].imshow(overlay(image, explanation.pixel_map))
-        title = titles[column - 1] if titles else f"{explanation.method}: {explanation.explains}"
-        axes[0, column].set_title(title, fontsize=9)
-    for axis in axes.ravel():
-        axis.axis("off")
-    if suptitle:
-        figure.suptitle(suptitle, fontsize=10)
-    return _save(figure, path)
+    """The input image and one titled overlay per explanation side by side, each with its colour bar and
+    its flags (empty map, random weights), saved as PNG (`counterclip.explainers.figure.MapFigure`)."""
+    shown = image.convert("RGB")
+    figure = MapFigure(suptitle or "; ".join(dict.fromkeys(e.explains for e in explanations)))
+    figure.notes += sorted({flag for e in explanations for flag in e.flags() if flag.startswith("random")})
+    figure.tiles.append(Tile("the image", shown))
+    for position, explanation in enumerate(explanations):
+        values = np.asarray(explanation.pixel_map, dtype=np.float64)
+        scale = MapScale.of(values)
+        title = titles[position] if titles else map_title_for(explanation.explains)
+        figure.tiles.append(Tile(title, overlay(shown, values, scale=scale), scale))
+    return figure.save(path)
 
 
 def save_overlap(
@@ -71,7 +77,10 @@ def save_overlap(
     base = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0 * 0.5
     tint = np.zeros_like(base)
     counts = np.zeros(base.shape[:2])
+    empty = [MapScale.of(e.pixel_map).state == "empty" for e in explanations]
     for index, explanation in enumerate(explanations):
+        if empty[index]:  # an empty map has no top region: nothing to draw, nothing to overlap
+            continue
         mask = top_region_mask(explanation.pixel_map, fraction)
         tint[mask] += colours[index % len(colours)]
         counts += mask
@@ -80,14 +89,26 @@ def save_overlap(
     axes[0].imshow(np.clip(shown, 0, 1))
     axes[0].set_title(f"top {fraction:.0%} regions", fontsize=9)
     axes[0].axis("off")
-    labels = [e.extras.get("class_name", e.explains) for e in explanations]
-    axes[1].imshow(iou, vmin=0, vmax=1, cmap="viridis")
+    labels = [
+        e.extras.get("class_name", e.explains) + (" (empty map)" if empty[i] else "")
+        for i, e in enumerate(explanations)
+    ]
+    shown_iou = np.array(iou, dtype=np.float64)
+    for i, blank in enumerate(empty):
+        if blank:
+            shown_iou[i, :] = np.nan
+            shown_iou[:, i] = np.nan
+    axes[1].imshow(np.nan_to_num(shown_iou, nan=0.0), vmin=0, vmax=1, cmap="viridis")
     axes[1].set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
     axes[1].set_yticks(range(len(labels)), labels, fontsize=8)
     for i in range(len(labels)):
         for j in range(len(labels)):
-            axes[1].text(j, i, f"{iou[i, j]:.2f}", ha="center", va="center", color="white", fontsize=9)
-    axes[1].set_title(f"IoU of top-{fraction:.0%} regions", fontsize=9)
+            cell = "n/a" if np.isnan(shown_iou[i, j]) else f"{shown_iou[i, j]:.2f}"
+            axes[1].text(j, i, cell, ha="center", va="center", color="white", fontsize=9)
+    axes[1].set_title(
+        f"IoU of top-{fraction:.0%} regions" + (" (n/a: an empty map has no region)" if any(empty) else ""),
+        fontsize=9,
+    )
     return _save(figure, path)
 
 
@@ -116,28 +137,25 @@ def save_counterfactual(image: Image.Image, explanation: Explanation, path: str 
 
 
 def token_html(explanations: Sequence[Explanation], title: str = "") -> str:
-    """A self-contained HTML page with one coloured token strip per explanation."""
+    """A self-contained HTML page with one word row per explanation, in the one visual language: colours
+    on a scale centred at zero whose floor is a tenth of the change explained (`token_floor`), so
+    attributions that are tiny beside the score stay pale; a colour bar and its reading per row."""
     parts = [
-        "<!doctype html><meta charset='utf-8'>",
+        "<!doctype html><html lang='en'><meta charset='utf-8'>",
         f"<title>{html.escape(title or 'token attributions')}</title>",
-        "<style>body{font-family:sans-serif;margin:2em}span.t{padding:2px 4px;margin:1px;border-radius:3px;"
-        "display:inline-block;border:1px solid #ccc}</style>",
+        f"<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}{FIGURE_CSS}</style>",
         f"<h1>{html.escape(title)}</h1>" if title else "",
     ]
     for explanation in explanations:
-        values = np.asarray(explanation.token_map, dtype=np.float64).reshape(1, -1)
-        colours = np.asarray(colorize(values))[0] if values.size else np.zeros((0, 3))
-        spans = "".join(
-            f"<span class='t' style='background:rgb{tuple(int(c) for c in colour)};color:"
-            f"{'black' if int(colour.sum()) > 380 else 'white'}' title='{raw:+.4f}'>{html.escape(token)}</span>"
-            for token, colour, raw in zip(explanation.tokens, colours, explanation.token_map, strict=True)
-        )
         delta = explanation.extras.get("convergence_delta")
         note = f", convergence delta {delta:+.2e}" if delta is not None else ""
         parts.append(
             f"<h2>{html.escape(explanation.method)}: {html.escape(explanation.explains)}</h2>"
-            f"<p>score {explanation.score:.4f}{html.escape(note)}</p><p>{spans}</p>"
+            f"<p>score {explanation.score:.4f}{html.escape(note)}</p>"
         )
+        row = explanation_figure(explanation).tokens
+        if row is not None:
+            parts.append(tokens_html(row))
     return "\n".join(parts) + "\n"
 
 
@@ -252,7 +270,7 @@ def write_cnn_result(result: CnnResult, shown: Image.Image, out_dir: str | Path)
         return [save_panel(shown, explanations, out_dir / "sweep.png", titles=titles)]
     method = explanations[0].method
     if len(explanations) == 1:
-        return [save_png(panel(shown, explanations[0]), out_dir / f"{method}.png")]
+        return [explanation_figure(explanations[0], shown).save(out_dir / f"{method}.png")]
     titles = [f"{e.extras['class_name']} (p={e.extras['probability']:.3f})" for e in explanations]
     files = [save_panel(shown, explanations, out_dir / f"{method}.png", titles=titles)]
     if result.overlap is not None:
@@ -268,8 +286,7 @@ def write_token_result(explanations: Sequence[Explanation], text: str, out_dir: 
     """The files of one ``explain-text-classifier`` run: ``METHOD.png`` (a token strip) per explanation,
     and ``tokens.html`` with every strip."""
     out_dir = Path(out_dir)
-    blank = Image.new("RGB", (1, 1), "white")  # `panel` draws only the token strip without a pixel map
-    files = [save_png(panel(blank, e), out_dir / f"{e.method}.png") for e in explanations]
+    files = [explanation_figure(e).save(out_dir / f"{e.method}.png") for e in explanations]
     files.append(write_text_atomic(out_dir / "tokens.html", token_html(explanations, title=text)))
     return files
 

@@ -3,7 +3,9 @@
 Plain inputs only: the result (a ``CounterfactualResult`` or its ``to_dict()``), the model, the index's
 image folder and a function that loads an indexed image; the engine is never imported. The maps come
 from `counterclip.explainers.image_counterfactual_maps` / `text_counterfactual_maps`, so the report shows
-exactly what ``counterclip explain`` would, with the explainers' own preprocessing.
+exactly what ``counterclip explain`` would, with the explainers' own preprocessing; each map is a titled
+`Tile` in the one visual language (`counterclip.explainers.figure`) and carries its faithfulness for that
+image (deletion AUC beside random orders, `counterclip.explainers.metrics.map_faithfulness`).
 
 Examples::
 
@@ -13,28 +15,43 @@ Examples::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from PIL import Image, ImageOps
 
-from counterclip.explainers import explain, image_counterfactual_maps, text_counterfactual_maps
+from counterclip.explainers import (
+    EmbeddingMargin,
+    Margin,
+    PixelCodec,
+    explain,
+    image_counterfactual_maps,
+    text_counterfactual_maps,
+)
+from counterclip.explainers.figure import MapScale, Tile, TokenRow, overlay
+from counterclip.explainers.metrics import map_faithfulness
 from counterclip.models.base import ClipModel
 from counterclip.report.files import write_text_atomic
 from counterclip.report.html import counterfactual_report
-from counterclip.report.images import overlay, token_strip
+from counterclip.report.words import changed_words, token_positions
 
 ImageLoader = Callable[[Path], "Image.Image | None"]
+Progress = Callable[[int, int], None]  # (done, total) after each answer's maps
 
 
 @dataclass
 class CounterfactualMaps:
-    """Map images for a report: per result item id, and for the query pair itself."""
+    """What a report draws beside the numbers: per result item id its map tiles (and word rows), the
+    query pair's tiles, and in flip mode the original's probability per label."""
 
-    items: dict[int, list[Image.Image]] = field(default_factory=dict)
-    query: list[Image.Image] = field(default_factory=list)
+    items: dict[int, list[Tile | TokenRow]] = field(default_factory=dict)
+    query: list[Tile] = field(default_factory=list)
+    query_probabilities: dict[str, float] | None = None
+    item_probabilities: dict[int, dict[str, float]] = field(default_factory=dict)  # flip: per answer
 
 
 def open_image(path: Path) -> Image.Image | None:
@@ -58,14 +75,46 @@ def map_method(model: ClipModel, tower: str = "image") -> str:
     return "relevance" if internals.blocks and internals.recompute is not None else "gradcam"
 
 
+def map_tile(
+    title: str,
+    image: Image.Image,
+    pixel_map: np.ndarray,
+    faithfulness: Any = None,
+    unit: str = "the score",
+) -> Tile:
+    """A titled overlay of ``pixel_map`` on ``image`` with its colour scale and faithfulness note."""
+    values = np.asarray(pixel_map, dtype=np.float64)
+    scale = MapScale.of(values)
+    notes = [faithfulness.describe()] if faithfulness is not None else []
+    return Tile(title, overlay(image, values, scale=scale), scale, unit=unit, notes=notes)
+
+
+def _quoted(text: str) -> str:
+    return f"\u201c{text}\u201d"
+
+
+def image_embedding_of(model: ClipModel, image: Image.Image) -> torch.Tensor:
+    """The image's embedding as the explainers compute it (squashed to the model's size)."""
+    codec = PixelCodec.of(model)
+    with torch.no_grad():
+        return model.image_features(codec.to_model(codec.pil_to_pixels(image).to(model.device)))[0]
+
+
+def text_embedding_of(model: ClipModel, text: str) -> torch.Tensor:
+    with torch.no_grad():
+        return model.text_features(model.tokenize([text]).to(model.device))[0]
+
+
 def counterfactual_maps(
     model: ClipModel,
     result: Any,
     root: str | Path,
     query_image: Image.Image | None = None,
     load_image: ImageLoader | None = None,
+    faithfulness: bool = True,
+    progress: Progress | None = None,
 ) -> CounterfactualMaps:
-    """The map images of a counterfactual report.
+    """The maps of a counterfactual report, as titled tiles.
 
     Args:
         model: the model the index was built with.
@@ -74,11 +123,16 @@ def counterfactual_maps(
         query_image: the query image; without it only image-side pair maps are drawn.
         load_image: ``path -> PIL image or None`` for indexed files (e.g. the engine's decoder, so a map
             shows the image the index embedded). Default: `open_image`.
+        faithfulness: measure each map's faithfulness for its image (a few batched forward passes per
+            map, no gradients). Default True.
+        progress: called with ``(done, total)`` after each answer's maps.
 
     Returns:
-        `CounterfactualMaps`: the query pair's overlay; per image-side item its overlay for the text and
-        "why this rather than the original" (`image_counterfactual_maps`); per caption its token strip and
-        the query image's map of "why this caption rather than the original" (`text_counterfactual_maps`).
+        `CounterfactualMaps`: the query pair's map ("why the original matches"); per image-side answer
+        "why it matches" and "why this rather than the original" over the answer
+        (`image_counterfactual_maps`); per caption its words (the changed ones marked) and the image
+        regions that favour it over the original text (`text_counterfactual_maps`); in flip mode the
+        original's label probabilities.
     """
     data = as_result_dict(result)
     load = load_image or open_image
@@ -87,27 +141,115 @@ def counterfactual_maps(
     maps = CounterfactualMaps()
     if not text:
         return maps
+    measure = map_faithfulness if faithfulness else (lambda *args, **kwargs: None)
+    labels = list(data.get("query", {}).get("labels") or [])
+    flip = data.get("mode") == "flip" and bool(labels)
+    if flip and query_image is not None:
+        maps.query_probabilities = label_probabilities(model, query_image, labels)
     if query_image is not None:
-        maps.query.append(overlay(query_image, explain(model, query_image, text, method=method).pixel_map))
-    for item in data.get("items", []):
+        pair = explain(model, query_image, text, method=method)
+        maps.query.append(
+            map_tile(
+                f"why the original matches {_quoted(text)}",
+                query_image,
+                pair.pixel_map,
+                measure(model, query_image, text, pair.pixel_map),
+            )
+        )
+    items = [i for i in data.get("items", []) if i.get("path") or i.get("text")]
+    for done, item in enumerate(items, start=1):
         if data.get("side") == "image" and item.get("path"):
             image = load(Path(root) / item["path"])
-            if image is None:
-                continue
-            if query_image is None:
-                maps.items[item["id"]] = [
-                    overlay(image, explain(model, image, text, method=method).pixel_map)
-                ]
-                continue
-            pair, margin = image_counterfactual_maps(model, query_image, image, text, method=method)
-            maps.items[item["id"]] = [overlay(image, pair.pixel_map), overlay(image, margin.pixel_map)]
+            if image is not None:
+                maps.items[item["id"]] = _image_side_tiles(model, query_image, image, text, method, measure)
+                if flip:
+                    maps.item_probabilities[item["id"]] = label_probabilities(model, image, labels)
         elif data.get("side") == "text" and item.get("text") and query_image is not None:
-            pair, margin = text_counterfactual_maps(
-                model, query_image, text, item["text"], method=text_method
+            maps.items[item["id"]] = _text_side_tiles(
+                model, query_image, text, item["text"], text_method, measure
             )
-            images = [token_strip(pair.tokens, pair.token_map)] if pair.tokens is not None else []
-            maps.items[item["id"]] = [*images, overlay(query_image, margin.pixel_map)]
+        if progress is not None:
+            progress(done, len(items))
     return maps
+
+
+def label_probabilities(model: ClipModel, image: Image.Image, labels: Sequence[str]) -> dict[str, float]:
+    """The zero-shot probability of each label for ``image`` (encoded as the engine encodes files)."""
+    with torch.no_grad():
+        values = model.pair_score.label_probabilities(
+            model.encode_pil([image]), model.encode_texts(list(labels))
+        )[0]
+    return {label: float(p) for label, p in zip(labels, values, strict=True)}
+
+
+def _image_side_tiles(
+    model: ClipModel,
+    query_image: Image.Image | None,
+    image: Image.Image,
+    text: str,
+    method: str,
+    measure: Callable[..., Any],
+) -> list[Tile | TokenRow]:
+    matches = f"why it matches {_quoted(text)}"
+    if query_image is None:
+        pair = explain(model, image, text, method=method)
+        return [map_tile(matches, image, pair.pixel_map, measure(model, image, text, pair.pixel_map))]
+    pair, margin = image_counterfactual_maps(model, query_image, image, text, method=method)
+    toward = EmbeddingMargin(
+        toward=text_embedding_of(model, text),
+        away=image_embedding_of(model, query_image),
+        score=model.pair_score,
+    )
+    return [
+        map_tile(matches, image, pair.pixel_map, measure(model, image, text, pair.pixel_map)),
+        map_tile(
+            "why this image rather than the original",
+            image,
+            margin.pixel_map,
+            measure(model, image, text, margin.pixel_map, target=toward),
+            unit="its lead over the original",
+        ),
+    ]
+
+
+def _text_side_tiles(
+    model: ClipModel,
+    query_image: Image.Image,
+    original: str,
+    answer: str,
+    method: str,
+    measure: Callable[..., Any],
+) -> list[Tile | TokenRow]:
+    pair, margin = text_counterfactual_maps(model, query_image, original, answer, method=method)
+    shown: list[Tile | TokenRow] = []
+    if pair.tokens is not None and pair.token_map is not None:
+        _, added = changed_words(original, answer)
+        values = np.asarray(pair.token_map, dtype=np.float64).reshape(-1)
+        shown.append(
+            TokenRow(
+                f"which words of {_quoted(answer)} count for its score with the image",
+                [str(t) for t in pair.tokens],
+                values,
+                MapScale.of(values),
+                token_positions(pair.tokens, answer, added),
+            )
+        )
+    shown.append(
+        map_tile(
+            f"why {_quoted(answer)} rather than the original text",
+            query_image,
+            margin.pixel_map,
+            measure(
+                model,
+                query_image,
+                [answer, original],
+                margin.pixel_map,
+                target=Margin(0, 1, model.pair_score),
+            ),
+            unit="its lead over the original text",
+        )
+    )
+    return shown
 
 
 def write_counterfactual_report(
@@ -116,6 +258,8 @@ def write_counterfactual_report(
     root: str | Path,
     query_image: Image.Image | None = None,
     maps: CounterfactualMaps | None = None,
+    captions: Mapping[int, Sequence[str]] | None = None,
+    query_captions: Sequence[str] = (),
 ) -> Path:
     """Render a counterfactual result to one self-contained HTML file (atomically).
 
@@ -125,12 +269,22 @@ def write_counterfactual_report(
         root: the index's image folder (thumbnails are read from it).
         query_image: shown at the top.
         maps: from `counterfactual_maps`; None for a report without maps.
+        captions: per image id, its captions in the index (shown under the pictures).
+        query_captions: the query image's captions.
 
     Returns:
         The path written.
     """
     maps = maps or CounterfactualMaps()
     page = counterfactual_report(
-        as_result_dict(result), root, query_image=query_image, maps=maps.items, query_maps=maps.query
+        as_result_dict(result),
+        root,
+        query_image=query_image,
+        maps=maps.items,
+        query_maps=maps.query,
+        captions=captions,
+        query_captions=query_captions,
+        query_probabilities=maps.query_probabilities,
+        item_probabilities=maps.item_probabilities,
     )
     return write_text_atomic(path, page)

@@ -10,11 +10,16 @@ from pathlib import Path
 from PIL import Image
 
 from counterclip._fileio import atomic_write
+from counterclip.errors import InputError
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` (parent folders created) with the package's one atomic writer."""
     target = Path(path)
+    if target.is_dir():
+        raise InputError(f"cannot write {target}: it is a folder; give a file name inside it")
+    if target.parent.exists() and not target.parent.is_dir():
+        raise InputError(f"cannot write {target}: {target.parent} is a file, not a folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(target, data)
 

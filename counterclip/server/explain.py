@@ -16,13 +16,25 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from counterclip.errors import InputError
-from counterclip.explainers import image_counterfactual_maps, text_counterfactual_maps
+from counterclip.explainers import (
+    EmbeddingMargin,
+    Margin,
+    image_counterfactual_maps,
+    text_counterfactual_maps,
+)
+from counterclip.explainers.figure import MapScale
+from counterclip.explainers.metrics import map_faithfulness
 from counterclip.index_builder.decode import DecodeError, load_bytes
-from counterclip.report import colorize, overlay, png_data_uri, token_strip
-from counterclip.report.counterfactual import CounterfactualMaps, counterfactual_maps, map_method
+from counterclip.report import overlay, png_data_uri, token_strip
+from counterclip.report.counterfactual import (
+    CounterfactualMaps,
+    counterfactual_maps,
+    image_embedding_of,
+    map_method,
+    text_embedding_of,
+)
 from counterclip.report.html import counterfactual_report
 
-LEGEND_WIDTH = 256
 MAP_SIDE = 768  # longest side of a map shown on the page (larger images are shrunk before explaining)
 
 
@@ -30,31 +42,20 @@ def _display(image: Image.Image) -> Image.Image:
     return ImageOps.contain(image, (MAP_SIDE, MAP_SIDE)) if max(image.size) > MAP_SIDE else image
 
 
-def _legend(values: np.ndarray) -> dict[str, Any]:
-    """How to read a map's colours: the colour bar (same scale `overlay` used) and its end values."""
-    values = np.nan_to_num(np.asarray(values, dtype=np.float64))
-    low, high = float(values.min()), float(values.max())
-    signed = low < 0 < high
-    if signed:
-        bound = max(-low, high)
-        low, high = -bound, bound
-    bar = colorize(
-        np.tile(np.linspace(low, high, LEGEND_WIDTH), (12, 1)) if high > low else np.zeros((12, 2))
-    )
-    return {
-        "signed": signed,
-        "low": low,
-        "high": high,
-        "bar": png_data_uri(bar),
-        "reading": (
-            "red: raises the score, blue: lowers it, white: no effect"
-            if signed
-            else "bright: counts most for the score, dark: counts least"
-        ),
-    }
+def _legend(values: np.ndarray, unit: str = "the score") -> dict[str, Any]:
+    """How to read a map's colours: the colour bar (the scale `overlay` used), its ends, its reading, and
+    a flag in words for an empty or flat map (`counterclip.explainers.figure.MapScale.legend`)."""
+    return MapScale.of(np.asarray(values, dtype=np.float64)).legend(unit)
 
 
-def _image_map(title: str, caption: str, image: Image.Image, pixel_map: np.ndarray) -> dict[str, Any]:
+def _image_map(
+    title: str,
+    caption: str,
+    image: Image.Image,
+    pixel_map: np.ndarray,
+    faithfulness: Any = None,
+    unit: str = "the score",
+) -> dict[str, Any]:
     shown = overlay(image, pixel_map)
     return {
         "kind": "image",
@@ -63,7 +64,10 @@ def _image_map(title: str, caption: str, image: Image.Image, pixel_map: np.ndarr
         "png": png_data_uri(shown),
         "width": shown.width,
         "height": shown.height,
-        "legend": _legend(pixel_map),
+        "legend": _legend(pixel_map, unit),
+        "faithfulness": None
+        if faithfulness is None
+        else {**faithfulness.to_dict(), "text": faithfulness.describe()},
     }
 
 
@@ -83,7 +87,7 @@ def _token_map(title: str, caption: str, tokens: list[str], values: np.ndarray) 
     """Tokens with their values and colours (the page draws them as text), and the same as a PNG strip."""
     strip = token_strip(tokens, values)
     values = np.asarray(values, dtype=np.float64).reshape(-1)
-    colours = np.asarray(colorize(values.reshape(1, -1) if len(values) else np.zeros((1, 1))))[0]
+    colours = MapScale.of(values).colours(values) if len(values) else np.zeros((0, 3))
     return {
         "kind": "tokens",
         "title": title,
@@ -133,6 +137,11 @@ def item_maps(
         assert result_image is not None
         result_image = _display(result_image)
         pair, margin = image_counterfactual_maps(model, query_image, result_image, text, method=method)
+        toward = EmbeddingMargin(
+            toward=text_embedding_of(model, text),
+            away=image_embedding_of(model, query_image),
+            score=model.pair_score,
+        )
         return [
             _plain("The original", "The original image, for comparison.", query_image),
             _plain("The answer", "The answer image.", result_image),
@@ -141,12 +150,15 @@ def item_maps(
                 f"The parts of the answer that make the model score it for \u201c{text}\u201d.",
                 result_image,
                 pair.pixel_map,
+                map_faithfulness(model, result_image, text, pair.pixel_map),
             ),
             _image_map(
                 "Why it rather than the original",
                 f"The parts of the answer that pull it toward \u201c{text}\u201d and away from the original image.",
                 result_image,
                 margin.pixel_map,
+                map_faithfulness(model, result_image, text, margin.pixel_map, target=toward),
+                "its lead over the original",
             ),
         ]
     assert result_text is not None
@@ -158,6 +170,7 @@ def item_maps(
             f"The parts of the image the model links to \u201c{result_text}\u201d.",
             query_image,
             pair.pixel_map,
+            map_faithfulness(model, query_image, result_text, pair.pixel_map),
         ),
     ]
     if pair.tokens is not None and pair.token_map is not None:
@@ -175,6 +188,14 @@ def item_maps(
             f"The parts of the image that favour \u201c{result_text}\u201d over \u201c{text}\u201d.",
             query_image,
             margin.pixel_map,
+            map_faithfulness(
+                model,
+                query_image,
+                [result_text, text],
+                margin.pixel_map,
+                target=Margin(0, 1, model.pair_score),
+            ),
+            "its lead over the original text",
         )
     )
     return maps

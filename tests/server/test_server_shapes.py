@@ -124,7 +124,7 @@ def test_maps_are_the_explainers_maps(shapes_engine) -> None:
             assert got.shape == expected.shape == (image.height, image.width, 3)
             assert np.abs(got - expected).max() <= 2  # the same map (float noise at most)
             legend = shown["legend"]
-            assert legend["low"] == pytest.approx(float(explanation.pixel_map.min()), rel=1e-4, abs=1e-6)
+            assert legend["min"] == pytest.approx(float(explanation.pixel_map.min()), rel=1e-4, abs=1e-6)
             assert legend["high"] == pytest.approx(float(explanation.pixel_map.max()), rel=1e-4, abs=1e-6)
         found = client.post("/search", json={"text": "a red square", "collection": "captions", "k": 1}).json()
         caption = found["items"][0]

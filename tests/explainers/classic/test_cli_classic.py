@@ -53,11 +53,18 @@ def _cnn_args(files: dict[str, Path], out: Path) -> list[str]:
 
 
 def test_explain_cnn_compares_classes(cnn_files, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run([*_cnn_args(cnn_files, tmp_path), "--target", "cat", "--target", "fox", "--json"]) == 0
+    # layer3 of this random network gives non-empty maps at 32 px: each map's top region is itself
+    args = [*_cnn_args(cnn_files, tmp_path), "--target", "cat", "--target", "fox", "--json"]
+    assert run([*args, "--layer", "layer3"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert [e["extras"]["class_name"] for e in payload["explanations"]] == ["cat", "fox"]
-    iou = np.array(payload["overlap_iou_top20"])
-    assert iou.shape == (2, 2) and np.allclose(np.diag(iou), 1.0)
+    iou = np.array(payload["overlap_iou_top20"], dtype=float)
+    assert iou.shape == (2, 2) and np.allclose(np.diag(iou), 1.0) and np.allclose(iou, iou.T)
+    # layer4's maps are all zero here (ReLU of negative evidence): no region, so no IoU, and said so
+    assert run(args) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["overlap_iou_top20"] == [[None, None], [None, None]]
+    assert any(flag.startswith("empty map") for flag in payload["flags"])
     assert {Path(f).name for f in payload["files"]} == {"gradcam.png", "gradcam-overlap.png"}
     assert all(Path(f).is_file() for f in payload["files"])
 
@@ -149,7 +156,7 @@ def test_explain_text_classifier(
     change = ig["score"] - ig["extras"]["baseline_score"]
     assert sum(ig["token_map"]) == pytest.approx(change + ig["extras"]["convergence_delta"], abs=1e-4)
     page = (tmp_path / "tokens.html").read_text()
-    assert page.count("<span class='t'") == 6 + 4 and (tmp_path / "ig.png").is_file()
+    assert page.count('<span class="cc-tok') == 6 + 4 and (tmp_path / "ig.png").is_file()
     assert run([*args, "--target", "NEUTRAL"]) == 2
     assert "unknown target label 'NEUTRAL'" in capsys.readouterr().err
 

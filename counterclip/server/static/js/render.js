@@ -256,6 +256,7 @@ function legend(info) {
     el("img", { src: info.bar, alt: "" }),
     el("div", { class: "ends" }, el("span", {}, fmt(info.low, 3)), info.signed ? el("span", {}, "0") : null, el("span", {}, fmt(info.high, 3))),
     el("div", {}, info.reading),
+    info.note ? el("div", { class: "map-note" }, info.note) : null,
   );
 }
 
@@ -290,6 +291,7 @@ export function mapFigure(map) {
     el("p", {}, map.caption + (scale > 1 ? ` (shown at ${scale}×)` : "")),
     shown,
     legend(map.legend),
+    map.faithfulness ? el("div", { class: "faithfulness" }, map.faithfulness.text) : null,
   );
   if (map.kind === "image") figure.style.width = `${Math.max(map.width * scale, 200)}px`;
   return figure;
