@@ -37,10 +37,11 @@ from counterclip.calibration import Calibration
 from counterclip.errors import IndexFormatError, InputError
 from counterclip.index_builder import captions as caption_sources
 from counterclip.index_builder._fs import WriterLock
+from counterclip.index_builder.budget import parse_size, write_faiss
 from counterclip.index_builder.calibrate import calibration_from_pairs
 from counterclip.index_builder.config import IndexCfg, load_index_config
 from counterclip.index_builder.decode import DecodeOptions, file_sha256
-from counterclip.index_builder.faiss_index import FaissInfo, build_and_measure, write_index_atomic
+from counterclip.index_builder.faiss_index import FaissInfo
 from counterclip.index_builder.manifest import (
     DB_NAME,
     EMBEDDINGS_DIR,
@@ -80,6 +81,7 @@ FAISS_CFG_KEYS = (  # the config fields a FAISS index depends on (others never f
     "recall_sample",
     "recall_target",
     "seed",
+    "memory_budget",
 )
 TRANSIENT_ERRORS = ("permission denied", "file disappeared")  # decode reasons retried by every run
 
@@ -146,6 +148,7 @@ def build_index(
     index_kind: str = "auto",
     progress: bool = True,
     config: str | os.PathLike[str] | IndexCfg | None = None,
+    memory_budget: str | int | None = None,
 ) -> BuildSummary:
     """Embed every image of ``folder`` into the index at ``index_dir`` (created, resumed or updated).
 
@@ -165,6 +168,8 @@ def build_index(
         progress: show a rich progress bar on stderr. Default: True.
         config: an `IndexCfg`, a recipe name (see `list_index_configs`) or JSON path. Default: None
             (the recorded one for an existing index, else ``default``).
+        memory_budget: RAM the FAISS indexes may use (``"2GB"`` or bytes): the kind, memory-mapping and
+            on-disk lists follow it (`budget.plan_index`). Default: None (the kind follows the size).
 
     Returns:
         BuildSummary.
@@ -178,7 +183,7 @@ def build_index(
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise InputError(f"image folder {root} does not exist or is not a directory")
-    overrides = {"batch_size": batch_size, "workers": workers}
+    overrides = {"batch_size": batch_size, "workers": workers, "memory_budget": parse_size(memory_budget)}
     return _Builder(
         Path(index_dir),
         root.resolve(),
@@ -887,8 +892,10 @@ class _Builder:
         def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             return iterate_shards(self.emb_dir, kind, numbers)
 
-        index, info = build_and_measure(blocks, n, self.dim, self.cfg, index_kind)
-        write_index_atomic(index, path)
+        other = "captions" if kind == "images" else "images"
+        other_numbers = sorted(store.referenced_shards(other))
+        cross = (lambda: iterate_shards(self.emb_dir, other, other_numbers), store.count(other, "indexed"))
+        info = write_faiss(blocks, n, self.dim, self.cfg, index_kind, path, kind, cross)  # budget.py
         with store.transaction():
             store.set_meta(**{f"faiss_{kind}": {"state": state, "info": info.to_dict()}})
         self.progress.done(task)

@@ -39,9 +39,15 @@ class FaissInfo:
     recall_k: int = 10  # the k of recall_at_k
     recall_queries: int = 0  # sampled query vectors
     seconds: float = 0.0  # build + measurement time
+    io: str = "ram"  # how `Index` opens the file: ram | mmap | ondisk (`budget.open_faiss`)
+    recall_by_query: dict[str, Any] = field(default_factory=dict)  # per query kind (`budget.tune`)
+    memory: dict[str, Any] = field(default_factory=dict)  # the memory-budget plan (`budget.Plan.to_dict`)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "io": self.io,
+            "recall_by_query": dict(self.recall_by_query),
+            "memory": dict(self.memory),
             "kind": self.kind,
             "factory": self.factory,
             "ntotal": self.ntotal,
@@ -64,6 +70,9 @@ class FaissInfo:
             recall_k=k,
             recall_queries=int(data.get("recall_queries", 0)),
             seconds=float(data.get("seconds", 0.0)),
+            io=str(data.get("io", "ram")),
+            recall_by_query=dict(data.get("recall_by_query") or {}),
+            memory=dict(data.get("memory") or {}),
         )
 
 
@@ -219,12 +228,16 @@ def recall_at_k(
 
 
 def make_search_params(kind: str, params: dict[str, int]) -> faiss.SearchParameters | None:
-    """Per-call FAISS search parameters (never mutate a shared index per request)."""
+    """Per-call FAISS search parameters (never mutate a shared index per request); ``k_factor``: the
+    re-ranking depth of an index with a refine stage (``...,RFlat``)."""
+    base = None
     if kind == "hnsw" and "efSearch" in params:
-        return faiss.SearchParametersHNSW(efSearch=int(params["efSearch"]))
+        base = faiss.SearchParametersHNSW(efSearch=int(params["efSearch"]))
     if kind == "ivf" and "nprobe" in params:
-        return faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
-    return None
+        base = faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
+    if "k_factor" in params:
+        return faiss.IndexRefineSearchParameters(k_factor=float(params["k_factor"]), base_index_params=base)
+    return base
 
 
 def search(

@@ -17,8 +17,9 @@ import numpy as np
 from counterclip.calibration import Calibration
 from counterclip.errors import IndexFormatError, IndexLockedError
 from counterclip.index_builder._fs import writer_pid
+from counterclip.index_builder.budget import open_faiss
 from counterclip.index_builder.decode import DecodeOptions, LoadedImage, load_image
-from counterclip.index_builder.faiss_index import FaissInfo, make_search_params, read_index, search
+from counterclip.index_builder.faiss_index import FaissInfo, make_search_params, search
 from counterclip.index_builder.manifest import DB_NAME, EMBEDDINGS_DIR, FAISS_FILES, MANIFEST_NAME, Manifest
 from counterclip.index_builder.shards import ShardReader
 from counterclip.index_builder.store import SqliteMetadataProvider
@@ -48,7 +49,7 @@ class Collection:
         self._shards = np.ascontiguousarray(table[:, 1])
         self._rows = np.ascontiguousarray(table[:, 2])
         self._reader = ShardReader(index_dir / EMBEDDINGS_DIR, self.name)
-        self._faiss = read_index(index_dir / FAISS_FILES[self.name])
+        self._faiss = open_faiss(index_dir / FAISS_FILES[self.name], info)  # budget.py: ram/mmap/ondisk
         self._meta = meta
         self.info = info
         self._params = make_search_params(info.kind, info.search_params)
