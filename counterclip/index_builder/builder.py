@@ -65,6 +65,7 @@ from counterclip.index_builder.shards import (
     shard_paths,
     write_shard,
 )
+from counterclip.index_builder.sources import refuse_update_of_import
 from counterclip.index_builder.store import Store
 from counterclip.models import ClipModel, ModelSpec, load_model
 from counterclip.scores import PairScore
@@ -363,6 +364,7 @@ class _Builder:
 
     # --- settings -------------------------------------------------------------------------------
     def _resolve(self, store: Store) -> tuple[Path, IndexCfg]:
+        refuse_update_of_import(self.index_dir, store.get_meta("imported_from"))  # interop.py
         recorded_root = store.get_meta("root")
         if self.root is None:
             if recorded_root is None:

@@ -22,6 +22,7 @@ from counterclip.index_builder.decode import DecodeOptions, LoadedImage, load_im
 from counterclip.index_builder.faiss_index import FaissInfo, make_search_params, search
 from counterclip.index_builder.manifest import DB_NAME, EMBEDDINGS_DIR, FAISS_FILES, MANIFEST_NAME, Manifest
 from counterclip.index_builder.shards import ShardReader
+from counterclip.index_builder.sources import has_sources, item_sources
 from counterclip.index_builder.store import SqliteMetadataProvider
 from counterclip.models import ClipModel
 
@@ -122,9 +123,12 @@ class ImageCollection(Collection):
     ) -> None:
         super().__init__(index_dir, meta, dim, info)
         self.root = root
+        self._imported = has_sources(meta.query)  # interop.py: imported images may have no file here
 
     def meta(self, ids: Any) -> list[dict[str, Any]]:
-        """Per id, in order: id, path (relative to the root), abs_path, size, mtime, sha256, width, height.
+        """Per id, in order: id, path (relative to the root), abs_path, size, mtime, sha256, width, height,
+        has_file and url. An image imported without its file on this machine has ``abs_path`` None and
+        ``has_file`` False (its ``path`` is its original image_path or url).
 
         Raises:
             KeyError: an id that is not a valid image of this index.
@@ -133,21 +137,25 @@ class ImageCollection(Collection):
         rows = self._meta.get(
             "images", wanted, ("path_key", "size", "mtime_ns", "sha256", "width", "height", "status")
         )
+        sources = item_sources(self._meta.query, wanted) if self._imported else {}
         out = []
         for item_id, row in zip(wanted, rows, strict=True):
             if row is None or row["status"] != "indexed":
                 raise KeyError(f"unknown image id {item_id}")
             rel = os.fsdecode(row["path_key"])
+            image_path, url, has_file = sources.get(item_id, (None, None, True))
             out.append(
                 {
                     "id": item_id,
-                    "path": rel,
-                    "abs_path": str(self.root / rel),
+                    "path": rel if has_file else (image_path or url or rel),
+                    "abs_path": str(self.root / rel) if has_file else None,
                     "size": row["size"],
-                    "mtime": row["mtime_ns"] / 1e9,
+                    "mtime": row["mtime_ns"] / 1e9 if row["mtime_ns"] is not None else None,
                     "sha256": row["sha256"],
                     "width": row["width"],
                     "height": row["height"],
+                    "has_file": has_file,
+                    "url": url,
                 }
             )
         return out
