@@ -150,6 +150,7 @@ def build_index(
     progress: bool = True,
     config: str | os.PathLike[str] | IndexCfg | None = None,
     memory_budget: str | int | None = None,
+    embedder: Any = None,
 ) -> BuildSummary:
     """Embed every image of ``folder`` into the index at ``index_dir`` (created, resumed or updated).
 
@@ -171,6 +172,9 @@ def build_index(
             (the recorded one for an existing index, else ``default``).
         memory_budget: RAM the FAISS indexes may use (``"2GB"`` or bytes): the kind, memory-mapping and
             on-disk lists follow it (`budget.plan_index`). Default: None (the kind follows the size).
+        embedder: what turns the pending images into vectors, called like `pipeline.embed_images`
+            (`distributed.ShardSetEmbedder`: from shard sets; `distributed.RayEmbedder`: on Ray Data).
+            Default: None (`embed_images`, in this process).
 
     Returns:
         BuildSummary.
@@ -185,7 +189,7 @@ def build_index(
     if not root.is_dir():
         raise InputError(f"image folder {root} does not exist or is not a directory")
     overrides = {"batch_size": batch_size, "workers": workers, "memory_budget": parse_size(memory_budget)}
-    return _Builder(
+    builder = _Builder(
         Path(index_dir),
         root.resolve(),
         model,
@@ -196,7 +200,9 @@ def build_index(
         config,
         overrides,
         progress,
-    ).run()
+    )
+    builder.embedder = embedder or embed_images  # distributed.py: shard sets, Ray
+    return builder.run()
 
 
 def update_index(
@@ -331,6 +337,7 @@ class _Builder:
         self.spec: ModelSpec | None = None
         self.fingerprint = ""
         self.dim = 0
+        self.embedder: Any = embed_images
 
     # --- entry ----------------------------------------------------------------------------------
     def run(self) -> BuildSummary:
@@ -701,7 +708,7 @@ class _Builder:
         cfg = self.cfg
         writer = ShardWriter(store, self.emb_dir, "images", cfg.shard_size, self.dim)
         task = self.progress.task("embedding images", total, "img")
-        times = embed_images(
+        times = self.embedder(
             self._pending(store, root),
             self.model,
             writer,
