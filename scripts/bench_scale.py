@@ -180,7 +180,12 @@ def exact_top(index_dir: Path, xq: np.ndarray, k: int, kind: str = "images") -> 
 
 def recall(got: np.ndarray, truth: np.ndarray) -> float:
     return float(
-        np.mean([len(set(g[g >= 0]) & set(t[t >= 0])) / max(1, (t >= 0).sum()) for g, t in zip(got, truth, strict=True)])
+        np.mean(
+            [
+                len(set(g[g >= 0]) & set(t[t >= 0])) / max(1, (t >= 0).sum())
+                for g, t in zip(got, truth, strict=True)
+            ]
+        )
     )
 
 
@@ -273,8 +278,12 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
     model = StandIn(queries)
     load = os.getloadavg()
     t0 = time.perf_counter()
+    from counterclip.index_builder.config import IndexCfg
+
+    # Approximate kinds from 50k vectors up (by the budget), recall measured on 500 queries per kind
+    cfg = IndexCfg(name="bench", exact_max=args.exact_max, hnsw_max=args.hnsw_max, recall_sample=500)
     summary = import_clip_retrieval(
-        work / "cr", work / "idx", model, memory_budget=args.memory_budget, progress=False
+        work / "cr", work / "idx", model, memory_budget=args.memory_budget, config=cfg, progress=False
     )
     import_s = time.perf_counter() - t0
     child = subprocess.run(
@@ -331,6 +340,8 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/bench_scale")
     parser.add_argument("--cf-queries", type=int, default=30)
     parser.add_argument("--search-queries", type=int, default=100)
+    parser.add_argument("--exact-max", type=int, default=50_000, help="exact search up to this many")
+    parser.add_argument("--hnsw-max", type=int, default=50_000, help="HNSW up to this many (if it fits)")
     parser.add_argument("--keep", action="store_true", help="keep the clip-retrieval folders")
     parser.add_argument("--json", default=None, help="write the results here too")
     args = parser.parse_args()
