@@ -51,6 +51,7 @@ from counterclip.index_builder.faiss_index import (
     choose_factory,
     exact_knn,
     make_search_params,
+    new_index,
     recall_at_k,
     search,
     write_index_atomic,
@@ -468,6 +469,8 @@ def write_faiss(
         write_index_atomic(index, path)
         return info
     plan = plan_index(n, d, budget, cfg, index_kind)
+    if index_kind and index_kind != "auto":
+        new_index(d, plan.factory)  # a factory string FAISS cannot make is an InputError, even when empty
     files = [path.name]
     ivfdata = None
     old_ivfdata = sorted(path.parent.glob(f"{path.name}.*.ivfdata"))
