@@ -44,9 +44,7 @@ class IndexCfg:
     recall_target: float = 0.95  # search parameters are raised until this recall@k is reached
     caption_batch_size: int = 256  # captions per text forward pass
     seed: int = 0  # sampling seed (recall queries, IVF training sample)
-    memory_budget: int | None = (
-        None  # bytes the FAISS indexes may hold in RAM (`budget.plan_index`); None: by size
-    )
+    memory_budget: int | None = None  # bytes of RAM for the FAISS indexes (budget.py); None: by size
 
     def __post_init__(self) -> None:
         for key in ("shard_size", "batch_size", "prefetch_batches", "recall_k", "recall_sample"):
