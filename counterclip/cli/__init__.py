@@ -23,6 +23,7 @@ from counterclip.cli import (
     explain_cmds,
     index_cmds,
     model_cmds,
+    scale_cmds,
     serve_cmds,
     shapes_cmds,
 )
@@ -72,7 +73,17 @@ def _root(
     logging.getLogger("counterclip").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-for _module in (model_cmds, shapes_cmds, index_cmds, engine_cmds, demo, explain_cmds, classic, serve_cmds):
+for _module in (
+    model_cmds,
+    shapes_cmds,
+    index_cmds,
+    scale_cmds,
+    engine_cmds,
+    demo,
+    explain_cmds,
+    classic,
+    serve_cmds,
+):
     _module.register(app, eval_app)
 
 

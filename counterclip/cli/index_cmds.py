@@ -52,6 +52,17 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         config: str = typer.Option(
             None, "--config", help="Index recipe name (default, exact, compact) or JSON file."
         ),
+        memory_budget: str = typer.Option(
+            None, "--memory-budget", help="RAM the FAISS indexes may use, e.g. 2GB (default: by size)."
+        ),
+        shard: str = typer.Option(
+            None, "--shard", help="i/N: embed only every N-th file (worker i) into a shard set at --index."
+        ),
+        engine: str = typer.Option("local", "--engine", help="local | ray (extra counterclip[ray])."),
+        ray_address: str = typer.Option(
+            None, "--ray-address", help="An existing Ray cluster (default: local)."
+        ),
+        ray_actors: int = typer.Option(1, "--ray-actors", min=1, help="Model actors in the Ray pool."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Embed every image of FOLDER into an on-disk index (FAISS + SQLite + embedding shards).
@@ -66,10 +77,33 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
           counterclip build shapes/ --index shapes.idx --vocab captions.txt --json
 
           counterclip build ~/Photos --index photos.idx --model ViT-B-32:/models/vit-b-32.safetensors --device cuda
+
+          counterclip build ~/Photos --index parts/0 --shard 0/4   (then `counterclip merge photos.idx parts/*`)
+
+          counterclip build ~/Photos --index photos.idx --engine ray --ray-address auto --memory-budget 2GB
         """
+        from counterclip.errors import InputError
         from counterclip.index_builder import build_index
+        from counterclip.index_builder.distributed import RayEmbedder, embed_shard, parse_shard
 
         _quiet_pillow()
+        if engine not in ("local", "ray"):
+            raise InputError(f"--engine must be local or ray, not {engine!r}")
+        if shard is not None:
+            described = embed_shard(
+                folder, index, parse_shard(shard), model, config, batch_size, workers, device=device
+            )
+            if as_json:
+                print_json(described)
+            else:
+                out.print(
+                    f"shard set {index}: worker {shard}, {described['embedded']} of {described['files']} files "
+                    f"embedded in {described['seconds']:.1f} s; merge all N with `counterclip merge IDX DIRS...`",
+                    highlight=False,
+                    markup=False,
+                )
+            return
+        embedder = RayEmbedder(ray_address, actors=ray_actors) if engine == "ray" else None
         summary = build_index(
             folder,
             index,
@@ -82,6 +116,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             index_kind=index_kind,
             progress=not as_json,
             config=config,
+            memory_budget=memory_budget,
+            embedder=embedder,
         )
         _print_summary(summary, as_json)
 

@@ -116,9 +116,14 @@ class ImageSide(Side):
         return ResultItem(id=item_id, kind="image", path=meta["path"])
 
     def reencode(self, ids: np.ndarray) -> Fresh:
-        """Decode each file as the index did; a missing, unreadable or changed file is a reason."""
+        """Decode each file as the index did; a missing, unreadable or changed file is a reason. An item
+        imported without a file on this machine (``abs_path`` None) has nothing to re-score: ``(None,
+        None)``, so its answer is ``unverifiable``."""
         loaded: list[tuple[Image.Image | None, str | None]] = []
         for meta in self.collection.meta(ids):
+            if meta.get("abs_path") is None:
+                loaded.append((None, None))
+                continue
             try:
                 decoded = self.decode(meta["abs_path"])
             except DecodeError:

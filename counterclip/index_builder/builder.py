@@ -57,17 +57,12 @@ from counterclip.errors import (
 )
 from counterclip.index_builder import captions as caption_sources
 from counterclip.index_builder._fs import WriterLock
+from counterclip.index_builder.budget import parse_size, write_faiss
 from counterclip.index_builder.calibrate import calibration_from_pairs, fit_on_captions_file
 from counterclip.index_builder.checksums import Checksum, checksum_file, mismatch
 from counterclip.index_builder.config import IndexCfg, load_index_config
 from counterclip.index_builder.decode import DecodeOptions, file_sha256
-from counterclip.index_builder.faiss_index import (
-    FaissInfo,
-    build_and_measure,
-    choose_factory,
-    new_index,
-    write_index_atomic,
-)
+from counterclip.index_builder.faiss_index import FaissInfo, choose_factory, new_index
 from counterclip.index_builder.generations import collect_garbage, published_files, remove_debris
 from counterclip.index_builder.integrity import Located, expected_files, locate, verify_files
 from counterclip.index_builder.manifest import (
@@ -99,6 +94,7 @@ from counterclip.index_builder.shards import (
     shard_names,
     write_shard,
 )
+from counterclip.index_builder.sources import refuse_update_of_import
 from counterclip.index_builder.store import Store, sqlite_error
 from counterclip.models import ClipModel, ModelSpec, load_model
 from counterclip.scores import PairScore
@@ -115,6 +111,7 @@ FAISS_CFG_KEYS = (  # the config fields a FAISS index depends on (others never f
     "recall_sample",
     "recall_target",
     "seed",
+    "memory_budget",
 )
 TRANSIENT_ERRORS = ("permission denied", "file disappeared")  # decode reasons retried by every run
 _SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
@@ -186,6 +183,8 @@ def build_index(
     index_kind: str = "auto",
     progress: bool = True,
     config: str | os.PathLike[str] | IndexCfg | None = None,
+    memory_budget: str | int | None = None,
+    embedder: Any = None,
 ) -> BuildSummary:
     """Embed every image of ``folder`` into the index at ``index_dir`` (created, resumed or updated).
 
@@ -205,6 +204,11 @@ def build_index(
         progress: show a rich progress bar on stderr. Default: True.
         config: an `IndexCfg`, a recipe name (see `list_index_configs`) or JSON path. Default: None
             (the recorded one for an existing index, else ``default``).
+        memory_budget: RAM the FAISS indexes may use (``"2GB"`` or bytes): the kind, memory-mapping and
+            on-disk lists follow it (`budget.plan_index`). Default: None (the kind follows the size).
+        embedder: what turns the pending images into vectors, called like `pipeline.embed_images`
+            (`distributed.ShardSetEmbedder`: from shard sets; `distributed.RayEmbedder`: on Ray Data).
+            Default: None (`embed_images`, in this process).
 
     Returns:
         BuildSummary.
@@ -218,8 +222,8 @@ def build_index(
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise InputError(f"image folder {root} does not exist or is not a directory")
-    overrides = {"batch_size": batch_size, "workers": workers}
-    return _Builder(
+    overrides = {"batch_size": batch_size, "workers": workers, "memory_budget": parse_size(memory_budget)}
+    builder = _Builder(
         Path(index_dir),
         root.resolve(),
         model,
@@ -230,7 +234,9 @@ def build_index(
         config,
         overrides,
         progress,
-    ).run()
+    )
+    builder.embedder = embedder or embed_images  # distributed.py: shard sets, Ray
+    return builder.run()
 
 
 def update_index(
@@ -462,6 +468,7 @@ class _Builder:
         self._items_estimate = 0  # vectors the run will hold (for the disk-full message)
         self._base_bytes = 0
         self.user_calibration: Calibration | None = None  # one `counterclip calibrate` fitted
+        self.embedder: Any = embed_images
 
     # --- entry ----------------------------------------------------------------------------------
     def run(self) -> BuildSummary:
@@ -552,6 +559,7 @@ class _Builder:
 
     # --- settings -------------------------------------------------------------------------------
     def _resolve(self, meta: _MetaView) -> tuple[Path, IndexCfg]:
+        refuse_update_of_import(self.index_dir, meta.get_meta("imported_from"))  # interop.py
         recorded_root = meta.get_meta("root")
         if self.root is None:
             if recorded_root is None:
@@ -789,6 +797,7 @@ class _Builder:
             previous = store.get_meta(f"faiss_{kind}") or {}
             if previous.get("file"):
                 keep.add(previous["file"])
+                keep.update(previous.get("extra_files") or {})
         remove_debris(self.index_dir, keep)
 
     def _apply_repairs(self, store: Store, damage: dict[str, str]) -> None:
@@ -798,7 +807,7 @@ class _Builder:
             for name in damage:
                 for kind in KINDS:
                     faiss_meta = store.get_meta(f"faiss_{kind}") or {}
-                    if faiss_meta.get("file") == name:
+                    if faiss_meta.get("file") == name or name in (faiss_meta.get("extra_files") or {}):
                         conn.execute("DELETE FROM meta WHERE key = ?", (f"faiss_{kind}",))
                     prefix = f"{EMBEDDINGS_DIR}/{kind}-"
                     if name.startswith(prefix):
@@ -1008,6 +1017,8 @@ class _Builder:
             faiss_meta = store.get_meta(f"faiss_{kind}")
             self._faiss_files[kind] = faiss_meta["file"]
             files[faiss_meta["file"]] = Checksum.from_dict(faiss_meta["checksum"])
+            for extra, checksum in (faiss_meta.get("extra_files") or {}).items():
+                files[extra] = Checksum.from_dict(checksum)
         with store.transaction():
             store.set_file_checksums(new)
             store.drop_file_checksums(set(recorded) - set(files))
@@ -1129,7 +1140,7 @@ class _Builder:
         cfg = self.cfg
         writer = ShardWriter(store, self.emb_dir, "images", cfg.shard_size, self.dim)
         task = self.progress.task("embedding images", total, "img")
-        times = embed_images(
+        times = self.embedder(
             self._pending(store, root),
             self.model,
             writer,
@@ -1334,9 +1345,16 @@ class _Builder:
         def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             return iterate_shards(self.emb_dir, kind, numbers, checksums=sums)
 
-        index, info = build_and_measure(blocks, n, self.dim, self.cfg, index_kind)
+        other = "captions" if kind == "images" else "images"
+        other_numbers = sorted(store.referenced_shards(other))
+        cross = (
+            lambda: iterate_shards(self.emb_dir, other, other_numbers, checksums=sums),
+            store.count(other, "indexed"),
+        )
         name = faiss_name(kind, self.work_gen)
-        checksum = write_index_atomic(index, self.index_dir / name)
+        info = write_faiss(blocks, n, self.dim, self.cfg, index_kind, self.index_dir / name, kind, cross)
+        # the on-disk inverted lists (budget.py) are files of this generation too: listed and checksummed
+        extra = {f: checksum_file(self.index_dir / f).to_dict() for f in info.memory.get("files", [])[1:]}
         with store.transaction():
             store.set_meta(
                 **{
@@ -1344,7 +1362,8 @@ class _Builder:
                         "state": state,
                         "info": info.to_dict(),
                         "file": name,
-                        "checksum": checksum.to_dict(),
+                        "checksum": checksum_file(self.index_dir / name).to_dict(),
+                        "extra_files": extra,
                     }
                 }
             )

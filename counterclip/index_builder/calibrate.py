@@ -30,7 +30,10 @@ MAX_PAIRS = 20_000  # pairs a calibration is fitted on (a sample beyond that)
 def _vectors(index_dir: Path, store: Store, kind: str, ids: np.ndarray, dim: int) -> np.ndarray:
     """Stored vectors of ``ids`` (rows of ``kind``), read from the shards."""
     rows = dict(
-        ((int(i), (int(s), int(r))) for i, s, r in store.conn.execute(f"SELECT id, shard, row FROM {kind}"))
+        (
+            (int(i), (int(s), int(r)))
+            for i, s, r in store.conn.execute(f"SELECT id, shard, row FROM {kind} WHERE status = 'indexed'")
+        )
     )
     located = np.array([rows[int(i)] for i in ids], dtype=np.int64).reshape(-1, 2)
     reader = ShardReader(index_dir / EMBEDDINGS_DIR, kind)

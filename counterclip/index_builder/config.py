@@ -44,6 +44,7 @@ class IndexCfg:
     recall_target: float = 0.95  # search parameters are raised until this recall@k is reached
     caption_batch_size: int = 256  # captions per text forward pass
     seed: int = 0  # sampling seed (recall queries, IVF training sample)
+    memory_budget: int | None = None  # bytes of RAM for the FAISS indexes (budget.py); None: by size
 
     def __post_init__(self) -> None:
         for key in ("shard_size", "batch_size", "prefetch_batches", "recall_k", "recall_sample"):
@@ -51,6 +52,8 @@ class IndexCfg:
                 raise InputError(f"index config {self.name!r}: {key} must be >= 1, got {getattr(self, key)}")
         if self.workers < 0:
             raise InputError(f"index config {self.name!r}: workers must be >= 0 (0 = decode inline)")
+        if self.memory_budget is not None and self.memory_budget < 1:
+            raise InputError(f"index config {self.name!r}: memory_budget must be a positive number of bytes")
         if not 0.0 < self.recall_target <= 1.0:
             raise InputError(f"index config {self.name!r}: recall_target must be in (0, 1]")
 

@@ -19,7 +19,13 @@ import numpy as np
 
 from counterclip._fileio import atomic_write
 from counterclip.errors import IndexDamagedError, InputError
-from counterclip.index_builder.checksums import Checksum, HashingWriter, checksum_bytes, size_reason
+from counterclip.index_builder.checksums import (
+    Checksum,
+    HashingWriter,
+    checksum_bytes,
+    checksum_file,
+    size_reason,
+)
 from counterclip.index_builder.config import IndexCfg
 from counterclip.index_builder.manifest import damaged_error
 
@@ -41,9 +47,15 @@ class FaissInfo:
     recall_k: int = 10  # the k of recall_at_k
     recall_queries: int = 0  # sampled query vectors
     seconds: float = 0.0  # build + measurement time
+    io: str = "ram"  # how `Index` opens the file: ram | mmap | ondisk (`read_index`)
+    recall_by_query: dict[str, Any] = field(default_factory=dict)  # per query kind (`budget.tune`)
+    memory: dict[str, Any] = field(default_factory=dict)  # the memory-budget plan (`budget.Plan.to_dict`)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "io": self.io,
+            "recall_by_query": dict(self.recall_by_query),
+            "memory": dict(self.memory),
             "kind": self.kind,
             "factory": self.factory,
             "ntotal": self.ntotal,
@@ -66,6 +78,9 @@ class FaissInfo:
             recall_k=k,
             recall_queries=int(data.get("recall_queries", 0)),
             seconds=float(data.get("seconds", 0.0)),
+            io=str(data.get("io", "ram")),
+            recall_by_query=dict(data.get("recall_by_query") or {}),
+            memory=dict(data.get("memory") or {}),
         )
 
 
@@ -221,12 +236,16 @@ def recall_at_k(
 
 
 def make_search_params(kind: str, params: dict[str, int]) -> faiss.SearchParameters | None:
-    """Per-call FAISS search parameters (never mutate a shared index per request)."""
+    """Per-call FAISS search parameters (never mutate a shared index per request); ``k_factor``: the
+    re-ranking depth of an index with a refine stage (``...,RFlat``)."""
+    base = None
     if kind == "hnsw" and "efSearch" in params:
-        return faiss.SearchParametersHNSW(efSearch=int(params["efSearch"]))
+        base = faiss.SearchParametersHNSW(efSearch=int(params["efSearch"]))
     if kind == "ivf" and "nprobe" in params:
-        return faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
-    return None
+        base = faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
+    if "k_factor" in params:
+        return faiss.IndexRefineSearchParameters(k_factor=float(params["k_factor"]), base_index_params=base)
+    return base
 
 
 def search(
@@ -316,28 +335,65 @@ def write_index_atomic(index: faiss.Index, path: Path) -> Checksum:
     return writers[-1].checksum()
 
 
-def read_index(path: Path, expected: Checksum | None = None) -> faiss.Index:
+def read_index(path: Path, expected: Checksum | None = None, io: str = "ram") -> faiss.Index:
     """Read a FAISS index file, after checking its bytes against ``expected`` (FAISS itself parses
     garbage without complaint: a garbled file would rank with absurd scores).
+
+    Args:
+        path: the ``.faiss`` file.
+        expected: its recorded size and checksum (None: not checked).
+        io: ``ram`` (read whole), ``mmap`` (``IO_FLAG_MMAP_IFC``: pages read when a search touches them) or
+            ``ondisk`` (inverted lists in a ``.ivfdata`` file beside it, opened read-only); see `budget`.
+            The checksum of a mapped file is computed streaming, so RAM stays what the mapping needs.
 
     Raises:
         IndexDamagedError: missing, not the recorded bytes, or not a FAISS index.
     """
     try:
-        data = path.read_bytes()
+        if io == "ram":
+            data = path.read_bytes()
+            got = checksum_bytes(data) if expected is not None else None
+        else:
+            data = None
+            got = checksum_file(path) if expected is not None else None
     except FileNotFoundError:
         raise _damaged(path, "missing") from None
-    if expected is not None:
-        got = checksum_bytes(data)
+    if expected is not None and got is not None:
         if got.size != expected.size:
             raise _damaged(path, size_reason(got.size, expected.size))
         if got.xxh3 != expected.xxh3:
             raise _damaged(path, "checksum mismatch")
     try:
-        return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        if data is not None:
+            return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        if io == "ondisk":
+            return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
+        if io == "mmap" and hasattr(faiss, "IO_FLAG_MMAP_IFC"):
+            return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+        return faiss.read_index(str(path))
     except (RuntimeError, MemoryError) as exc:
         first = str(exc).strip().splitlines()[-1][:120] if str(exc).strip() else type(exc).__name__
         raise _damaged(path, f"not a readable FAISS index: {first}") from None
+
+
+def stored_ids(index: faiss.Index) -> np.ndarray:
+    """The ids a FAISS index holds, in its own order: from the id map of an ``IDMap`` index, from the
+    inverted lists of an IVF index (in RAM, mapped or on disk), positions otherwise."""
+    if index.ntotal == 0:
+        return np.empty(0, np.int64)
+    if hasattr(index, "id_map"):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return np.arange(index.ntotal, dtype=np.int64)
+    lists = ivf.invlists
+    parts = []
+    for number in range(lists.nlist):
+        size = lists.list_size(number)
+        if size:
+            parts.append(faiss.rev_swig_ptr(lists.get_ids(number), size).copy())
+    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
 
 
 def _damaged(path: Path, reason: str) -> IndexDamagedError:

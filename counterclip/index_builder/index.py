@@ -49,6 +49,7 @@ from counterclip.index_builder.manifest import (
     manifest_generations,
 )
 from counterclip.index_builder.shards import ShardReader
+from counterclip.index_builder.sources import has_sources, item_sources
 from counterclip.index_builder.store import SqliteMetadataProvider
 from counterclip.models import ClipModel
 
@@ -78,9 +79,12 @@ class Collection:
         self._reader = ShardReader(index_dir / EMBEDDINGS_DIR, self.name)
         self._index_dir = index_dir
         self._faiss_name = manifest.faiss_file(self.name)
-        self._faiss = read_index(index_dir / self._faiss_name, manifest.checksum(self._faiss_name))
-        self._meta = meta
         self.info = FaissInfo.from_dict(manifest.faiss[self.name])
+        # in RAM, memory-mapped or with on-disk lists, as the budget chose (budget.py), checksum first
+        self._faiss = read_index(
+            index_dir / self._faiss_name, manifest.checksum(self._faiss_name), io=self.info.io
+        )
+        self._meta = meta
         self._params = make_search_params(self.info.kind, self.info.search_params)
         self.dim = dim = manifest.model.embed_dim
         if self._faiss.ntotal != len(self.ids) or self._faiss.d != dim:
@@ -152,9 +156,12 @@ class ImageCollection(Collection):
     def __init__(self, index_dir: Path, manifest: Manifest, meta: SqliteMetadataProvider) -> None:
         super().__init__(index_dir, manifest, meta)
         self.root = Path(manifest.root)
+        self._imported = has_sources(meta.query)  # interop.py: imported images may have no file here
 
     def meta(self, ids: Any) -> list[dict[str, Any]]:
-        """Per id, in order: id, path (relative to the root), abs_path, size, mtime, sha256, width, height.
+        """Per id, in order: id, path (relative to the root), abs_path, size, mtime, sha256, width, height,
+        has_file and url. An image imported without its file on this machine has ``abs_path`` None and
+        ``has_file`` False (its ``path`` is its original image_path or url).
 
         Raises:
             KeyError: an id that is not a valid image of this index.
@@ -163,21 +170,25 @@ class ImageCollection(Collection):
         rows = self._meta.get(
             "images", wanted, ("path_key", "size", "mtime_ns", "sha256", "width", "height", "status")
         )
+        sources = item_sources(self._meta.query, wanted) if self._imported else {}
         out = []
         for item_id, row in zip(wanted, rows, strict=True):
             if row is None or row["status"] != "indexed":
                 raise KeyError(f"unknown image id {item_id}")
             rel = os.fsdecode(row["path_key"])
+            image_path, url, has_file = sources.get(item_id, (None, None, True))
             out.append(
                 {
                     "id": item_id,
-                    "path": rel,
-                    "abs_path": str(self.root / rel),
+                    "path": rel if has_file else (image_path or url or rel),
+                    "abs_path": str(self.root / rel) if has_file else None,
                     "size": row["size"],
-                    "mtime": row["mtime_ns"] / 1e9,
+                    "mtime": row["mtime_ns"] / 1e9 if row["mtime_ns"] is not None else None,
                     "sha256": row["sha256"],
                     "width": row["width"],
                     "height": row["height"],
+                    "has_file": has_file,
+                    "url": url,
                 }
             )
         return out

@@ -138,6 +138,8 @@ def expected_files(index_dir: Path, located: Located) -> dict[str, Checksum | No
             faiss_meta = json.loads(row[0]) if row else {}
             if faiss_meta.get("file") and faiss_meta.get("checksum"):
                 out[faiss_meta["file"]] = Checksum.from_dict(faiss_meta["checksum"])
+                for extra, checksum in (faiss_meta.get("extra_files") or {}).items():
+                    out[extra] = Checksum.from_dict(checksum)
     finally:
         conn.close()
     return out
@@ -243,7 +245,7 @@ def check_index(index_dir: str | Path) -> CheckReport:
 
 def _cross_check(index_dir: Path, manifest: Manifest, damaged: dict[str, str]) -> dict[str, str]:
     """What checksums cannot see: the files agree with the rows (FAISS ids, shard ids, unit norms)."""
-    from counterclip.index_builder.faiss_index import read_index
+    from counterclip.index_builder.faiss_index import read_index, stored_ids
     from counterclip.index_builder.shards import load_shard
 
     found: dict[str, str] = {}
@@ -259,14 +261,9 @@ def _cross_check(index_dir: Path, manifest: Manifest, damaged: dict[str, str]) -
             name = manifest.faiss_file(kind)
             if name not in damaged:
                 try:
-                    import faiss
-
-                    index = read_index(index_dir / name)
-                    ids = (
-                        np.sort(faiss.vector_to_array(index.id_map))
-                        if index.ntotal
-                        else np.empty(0, np.int64)
-                    )
+                    io = str(manifest.faiss[kind].get("io", "ram"))  # on-disk lists are opened in place
+                    index = read_index(index_dir / name, io=io)
+                    ids = np.sort(stored_ids(index))
                     if index.d != manifest.model.embed_dim or not np.array_equal(ids, rows[:, 0]):
                         found[name] = (
                             f"it holds {index.ntotal} vectors of width {index.d}; {manifest.db_file} lists "

@@ -73,6 +73,11 @@ def open_indexed(index: Any, image_id: int) -> tuple[int, int, dict[str, Any]]:
             size or mtime changed since it was indexed.
     """
     meta = image_meta(index, image_id)
+    if meta.get("has_file") is False:  # imported (clip-retrieval) without its file on this machine
+        where = f" (its url: {meta['url']})" if meta.get("url") else ""
+        raise NotServed(
+            f"image id {image_id} was imported without its file; there is nothing to serve{where}"
+        )
     if meta.get("size") is None or meta.get("mtime") is None:
         raise NotServed(f"image id {image_id}: the index records no size/mtime to check the file against")
     root = os.path.realpath(index.root)
@@ -235,7 +240,8 @@ class IndexLookup:
 
 
 def describe_image(meta: dict[str, Any], captions: list[str]) -> dict[str, Any]:
-    """What the page shows for one image: id, path, file name, size in pixels, captions."""
+    """What the page shows for one image: id, path, file name, size in pixels, captions, and for an image
+    imported without its file ``has_file`` False and its ``url``."""
     return {
         "id": int(meta["id"]),
         "path": meta["path"],
@@ -243,4 +249,6 @@ def describe_image(meta: dict[str, Any], captions: list[str]) -> dict[str, Any]:
         "width": meta.get("width"),
         "height": meta.get("height"),
         "captions": captions,
+        "has_file": meta.get("has_file", True),  # False: imported without its file (see url)
+        "url": meta.get("url"),
     }

@@ -42,7 +42,15 @@ def main() -> None:
     spec, folder, index_dir, op, mode, arg = sys.argv[1:7]
     from ibhelpers import SMALL_SHARDS
 
-    from counterclip.index_builder import build_index, builder, manifest, pipeline, shards, update_index
+    from counterclip.index_builder import (
+        budget,
+        build_index,
+        builder,
+        manifest,
+        pipeline,
+        shards,
+        update_index,
+    )
     from counterclip.models import load_model
 
     model = load_model(spec, device="cpu")
@@ -59,7 +67,7 @@ def main() -> None:
     elif mode == "mid-shard-file":
         die_on_call(shards, "atomic_write", int(arg), partial=True)
     elif mode == "before-faiss":
-        die_on_call(builder, "write_index_atomic", int(arg), before=True)
+        die_on_call(budget, "write_index_atomic", int(arg), before=True)  # budget.write_faiss writes it
     elif mode == "before-manifest":
         die_on_call(manifest.Manifest, "write", int(arg), before=True)
     elif mode == "during-compaction":

@@ -18,7 +18,7 @@ from ibhelpers import SMALL_SHARDS, assert_no_debris, assert_same_index, make_fo
 
 from counterclip.cli import run
 from counterclip.errors import AccessDeniedError, DiskFullError, IndexFormatError
-from counterclip.index_builder import Index, build_index, builder, update_index
+from counterclip.index_builder import Index, budget, build_index, update_index
 
 
 def error_line(stderr: str) -> str:
@@ -118,7 +118,7 @@ def test_disk_full_while_writing_faiss(built, model, monkeypatch, capsys, tmp_pa
     def no_space(*args, **kwargs):  # noqa: ANN002, ANN003
         raise OSError(errno.ENOSPC, "No space left on device", str(index_dir / "images-000002.faiss.tmp"))
 
-    monkeypatch.setattr(builder, "write_index_atomic", no_space)
+    monkeypatch.setattr(budget, "write_index_atomic", no_space)  # budget.write_faiss writes the file
     assert run(["update", str(index_dir)]) == 2
     err = error_line(capsys.readouterr().err)
     assert err.startswith(f"error: disk full: index {index_dir} needs about "), err

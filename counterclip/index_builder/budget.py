@@ -1,0 +1,525 @@
+"""FAISS indexes within a memory budget (autofaiss-style): choose, train on a sample, fill, tune, open.
+
+`plan_index` picks the most exact kind whose index fits the budget, for ``n`` vectors of width ``d``:
+
+- ``Flat`` (exact) while ``n * 4d`` fits (and ``n <= exact_max``);
+- ``HNSW{M},Flat`` while its graph and vectors fit (and ``n <= hnsw_max``);
+- ``IVF{nlist},SQ8`` (one byte per dimension) while that fits;
+- ``IVF{nlist},PQ{m}x8,RFlat``: product-quantised codes in RAM, re-ranked with the exact vectors, which
+  stay on disk (memory-mapped: only the rows a search re-ranks are read);
+- above that, ``IVF{nlist},SQ8`` built as IVF shards merged into on-disk inverted lists
+  (`faiss.contrib.ondisk.merge_ondisk`), opened read-only: RAM holds the coarse quantizer only.
+
+Every kind but the last is memory-mapped when opened (``IO_FLAG_MMAP_IFC``, faiss >= 1.11): a search
+reads the pages it touches. Without a budget the kind follows the size alone
+(`faiss_index.choose_factory`) and the file is read into RAM, as before.
+
+`tune` raises ``nprobe`` / ``efSearch`` / the re-ranking depth until recall@k against exact search
+reaches the target for every query kind, measured separately: ``stored`` (vectors of the collection,
+in distribution), the other modality (``text_to_image`` for the images: caption vectors; text queries
+are out of distribution for an image index) and ``path`` (points of the engine's ascent path: geodesic
+steps of `PATH_STEP` radians from an item toward an item of the other modality, as
+``engine/path.py`` walks). All three are recorded in the manifest (`FaissInfo.recall_by_query`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from counterclip._fileio import TMP_SUFFIX, fsync_dir
+from counterclip.errors import InputError
+from counterclip.index_builder.checksums import Checksum
+from counterclip.index_builder.config import IndexCfg
+from counterclip.index_builder.faiss_index import (
+    METRIC,
+    Blocks,
+    FaissInfo,
+    _kind_of,
+    _sample_rows,
+    build_and_measure,
+    choose_factory,
+    exact_knn,
+    make_search_params,
+    new_index,
+    read_index,
+    recall_at_k,
+    search,
+    write_index_atomic,
+)
+
+LOG = logging.getLogger(__name__)
+PATH_STEP = 0.06  # radians per step of the engine's path (engine/path.py PathSettings.step_angle)
+PATH_MAX_STEPS = 32  # steps + extra steps of the engine's path
+CROSS_NAMES = {"images": "text_to_image", "captions": "image_to_text"}  # queries from the other modality
+HAS_MMAP = hasattr(faiss, "IO_FLAG_MMAP_IFC")  # faiss >= 1.11 maps Flat, SQ, PQ, HNSW codes
+_EF_LADDER = (16, 32, 64, 128, 256, 512, 1024, 2048)
+_K_FACTORS = (2, 4, 8, 16, 32)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """``"2GB"`` -> 2_000_000_000; also ``1.5G``, ``800MB``, ``512MiB``, a plain number of bytes; None
+    stays None.
+
+    Raises:
+        InputError: anything else.
+    """
+    if text is None or isinstance(text, int):
+        return text
+    match = _SIZE.match(str(text))
+    if not match:
+        raise InputError(f"invalid memory size {text!r}; use a number with a unit, like 2GB, 800MB or 1.5G")
+    value, unit = float(match.group(1)), (match.group(2) or "").lower()
+    base = 1024 if "i" in unit else 1000
+    power = {"": 0, "b": 0, "k": 1, "m": 2, "g": 3, "t": 4}[unit[:1] if unit[:1] in "kmgt" else ""]
+    size = int(value * base**power)
+    if size < 1:
+        raise InputError(f"invalid memory size {text!r}: it must be positive")
+    return size
+
+
+def format_size(n: int) -> str:
+    """Bytes for people: ``1.50 GB``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+# --- choosing -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """The index chosen for a collection under a budget."""
+
+    kind: str  # flat | hnsw | ivf
+    factory: str  # FAISS factory string of the index (as `FaissInfo.factory`)
+    wrapper: str  # the id map around it: IDMap2 | IDMap | "" (IVF lists carry the ids themselves)
+    io: str  # ram | mmap | ondisk: how it is opened
+    ram_bytes: int  # estimated RAM of the index when every page is touched (the quantizer only when ondisk)
+    disk_bytes: int  # estimated size of its files
+    budget: int | None  # the budget of this collection, bytes
+    reason: str  # one line: why this kind
+
+    @property
+    def built(self) -> str:
+        """The factory string given to FAISS."""
+        return f"{self.wrapper},{self.factory}" if self.wrapper else self.factory
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "factory": self.built,
+            "ram_bytes": self.ram_bytes,
+            "disk_bytes": self.disk_bytes,
+            "budget_bytes": self.budget,
+            "reason": self.reason,
+        }
+
+
+def nlist_for(n: int) -> int:
+    """Inverted lists for ``n`` vectors: a power of two near ``2 sqrt(n)``, at least 16, and at most
+    ``n / 39`` (FAISS wants ~39 training points per centroid)."""
+    nlist = 2 ** round(math.log2(max(16.0, 2 * math.sqrt(max(n, 1)))))
+    while nlist > 16 and nlist * 39 > n:
+        nlist //= 2
+    return nlist
+
+
+def _pq_m(d: int) -> list[int]:
+    """PQ sub-quantizer counts that divide ``d``, most precise first (at most d/4 bytes per vector)."""
+    return [m for m in (64, 48, 32, 24, 16, 8, 4) if d % m == 0 and m <= max(d // 4, 4)]
+
+
+def plan_index(n: int, d: int, budget: int | None, cfg: IndexCfg, override: str = "auto") -> Plan:
+    """The most exact FAISS index for ``n`` vectors of width ``d`` whose RAM fits ``budget`` bytes.
+
+    Args:
+        n: vectors in the collection.
+        d: their width.
+        budget: bytes this collection's index may hold in RAM; None: the size decides (as without a budget).
+        cfg: `IndexCfg` (``exact_max``, ``hnsw_max``, ``hnsw_m``).
+        override: ``auto`` or a FAISS factory string used as given (its estimate is still recorded).
+
+    Returns:
+        Plan.
+    """
+    mmap = "mmap" if HAS_MMAP and budget is not None else "ram"
+    ids = 8 * n  # the id of every vector (IVF lists, or the IDMap)
+    if override and override != "auto":
+        kind, factory = choose_factory(n, d, cfg, override)
+        return Plan(kind, factory, "IDMap2", mmap, n * 4 * d + ids, n * 4 * d + ids, budget, "asked for")
+    if budget is None:
+        kind, factory = choose_factory(n, d, cfg)
+        size = n * 4 * d + 2 * ids if kind != "ivf" else n * d + ids
+        return Plan(kind, factory, "IDMap2", "ram", size, size, None, "by size (no memory budget)")
+    flat = n * 4 * d + ids
+    if n <= cfg.exact_max and flat <= budget:
+        return Plan("flat", "Flat", "IDMap", mmap, flat, flat, budget, "exact search fits the budget")
+    hnsw = n * (4 * d + 8 * cfg.hnsw_m + 16) + ids
+    if n <= cfg.hnsw_max and hnsw <= budget:
+        return Plan("hnsw", f"HNSW{cfg.hnsw_m},Flat", "IDMap", mmap, hnsw, hnsw, budget, "HNSW graph fits")
+    nlist = nlist_for(n)
+    quantizer = nlist * 4 * d
+    sq8 = n * d + ids + quantizer
+    if sq8 <= budget:
+        return Plan("ivf", f"IVF{nlist},SQ8", "", mmap, sq8, sq8, budget, "8-bit codes fit")
+    for m in _pq_m(d):
+        pq = n * m + ids + quantizer + n * 8
+        if pq <= budget:
+            return Plan(
+                "ivf",
+                f"IVF{nlist},PQ{m}x8,RFlat",
+                "IDMap",
+                mmap,
+                pq,
+                pq + n * 4 * d,
+                budget,
+                f"PQ{m} codes fit; exact re-ranking from vectors kept on disk",
+            )
+    return Plan(
+        "ivf",
+        f"IVF{nlist},SQ8",
+        "",
+        "ondisk",
+        quantizer,
+        sq8,
+        budget,
+        "no compressed index fits: inverted lists on disk, RAM holds the quantizer",
+    )
+
+
+# --- building -------------------------------------------------------------------------------------------
+def _train(index: faiss.Index, blocks: Blocks, n: int, cfg: IndexCfg, factory: str) -> None:
+    """Train ``index`` on a seeded sample (39-256 points per inverted list, 50k for the codecs)."""
+    if index.is_trained:
+        return
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    need = max(39 * ivf.nlist, min(256 * ivf.nlist, 100_000)) if ivf is not None else 50_000
+    if ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFPQ):
+        faiss.downcast_index(ivf).do_polysemous_training = False  # minutes, and unused by this search
+    sample = _sample_rows(blocks, n, need, cfg.seed)
+    if ivf is not None and len(sample) < ivf.nlist:
+        raise InputError(
+            f"index kind {factory!r} needs at least {ivf.nlist} vectors to train, the collection has {n}; "
+            "use fewer lists or --index-kind auto"
+        )
+    started = time.perf_counter()
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    LOG.info("trained %s on %d vectors in %.1f s", factory, len(sample), time.perf_counter() - started)
+
+
+def build_in_memory(blocks: Blocks, n: int, d: int, plan: Plan, cfg: IndexCfg) -> faiss.Index:
+    """Train on a sample and fill from the blocks: memory is one block plus the index."""
+    index = faiss.index_factory(d, plan.built, METRIC)
+    inner = faiss.downcast_index(index.index) if hasattr(index, "index") and index.index else index
+    if isinstance(inner, faiss.IndexHNSW):
+        inner.hnsw.efConstruction = cfg.hnsw_ef_construction
+    _train(index, blocks, n, cfg, plan.factory)
+    added = 0
+    for vectors, ids in blocks():
+        assert vectors.shape[1] == d, (vectors.shape, d)
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
+        added += len(ids)
+    assert added == n, f"shards yielded {added} vectors, expected {n}"
+    return index
+
+
+def build_on_disk(
+    blocks: Blocks, n: int, d: int, plan: Plan, cfg: IndexCfg, path: Path, chunk_rows: int
+) -> tuple[faiss.Index, str]:
+    """IVF shards of ``chunk_rows`` vectors each, merged into on-disk inverted lists beside ``path``.
+
+    Returns:
+        ``(index, ivfdata file name)``: the index refers to the ``.ivfdata`` file by name (opened with
+        ``IO_FLAG_ONDISK_SAME_DIR``); the name is new for every build, so a reader of an older file is
+        never disturbed.
+    """
+    from faiss.contrib.ondisk import merge_ondisk
+
+    trained = faiss.index_factory(d, plan.built, METRIC)
+    _train(trained, blocks, n, cfg, plan.factory)
+    parts_dir = path.parent / f"{path.name}.parts{TMP_SUFFIX}"
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    parts_dir.mkdir()
+    try:
+        trained_bytes = faiss.serialize_index(trained)
+        parts: list[str] = []
+        pending_v: list[np.ndarray] = []
+        pending_i: list[np.ndarray] = []
+        rows = 0
+
+        def flush() -> None:
+            nonlocal rows
+            if not pending_v:
+                return
+            part = faiss.deserialize_index(trained_bytes)
+            part.add_with_ids(np.concatenate(pending_v), np.concatenate(pending_i))
+            name = str(parts_dir / f"part-{len(parts):05d}.index")
+            faiss.write_index(part, name)
+            parts.append(name)
+            pending_v.clear(), pending_i.clear()
+            rows = 0
+
+        for vectors, ids in blocks():
+            pending_v.append(np.ascontiguousarray(vectors, dtype=np.float32))
+            pending_i.append(ids.astype(np.int64))
+            rows += len(ids)
+            if rows >= chunk_rows:
+                flush()
+        flush()
+        ivfdata = f"{path.name}.{secrets.token_hex(4)}.ivfdata"
+        merge_ondisk(trained, parts, str(path.parent / ivfdata))
+    finally:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    fsync_dir(path.parent)
+    LOG.info("merged %d IVF shard(s) into %s", len(parts), ivfdata)
+    return trained, ivfdata
+
+
+def open_faiss(path: Path, info: FaissInfo, expected: Checksum | None = None) -> faiss.Index:
+    """Open a FAISS file the way its `FaissInfo` says: read into RAM, memory-mapped (``IO_FLAG_MMAP_IFC``:
+    pages are read when a search touches them), or with on-disk inverted lists opened read-only from the
+    same directory (`faiss_index.read_index`, after checking ``expected`` when given)."""
+    return read_index(path, expected, io=info.io)
+
+
+# --- queries and tuning ---------------------------------------------------------------------------------
+def path_points(starts: np.ndarray, targets: np.ndarray, per_path: int) -> np.ndarray:
+    """Points of the engine's ascent path from each start toward its target: geodesic steps of
+    `PATH_STEP` radians (at most `PATH_MAX_STEPS`), ``per_path`` of them spread along each path.
+
+    Args:
+        starts: ``(m, d)`` unit vectors (items of the collection).
+        targets: ``(m, d)`` unit vectors (items of the other modality).
+        per_path: points kept per path.
+
+    Returns:
+        ``(m * per_path, d)`` float32 unit vectors.
+    """
+    out = []
+    for a, b in zip(starts.astype(np.float64), targets.astype(np.float64), strict=True):
+        cos = float(np.clip(a @ b, -1.0, 1.0))
+        angle = math.acos(cos)
+        ortho = b - cos * a
+        norm = np.linalg.norm(ortho)
+        if norm < 1e-9 or angle < PATH_STEP:
+            continue
+        ortho /= norm
+        steps = min(PATH_MAX_STEPS, int(angle / PATH_STEP))
+        chosen = np.unique(np.linspace(1, steps, num=min(per_path, steps)).round().astype(int))
+        for step in chosen:
+            t = step * PATH_STEP
+            out.append(math.cos(t) * a + math.sin(t) * ortho)
+    if not out:
+        return np.empty((0, starts.shape[1]), np.float32)
+    points = np.asarray(out, dtype=np.float32)
+    return points / np.linalg.norm(points, axis=1, keepdims=True)
+
+
+def query_sets(
+    blocks: Blocks, n: int, cross: tuple[Blocks, int] | None, kind: str, cfg: IndexCfg
+) -> dict[str, np.ndarray]:
+    """The recall queries of a collection by kind: ``stored``, the other modality's name (when the
+    other collection holds vectors) and ``path``."""
+    size = cfg.recall_sample
+    stored = _sample_rows(blocks, n, size, cfg.seed + 1)
+    sets = {"stored": stored}
+    if cross is not None and cross[1] > 0:
+        other = _sample_rows(cross[0], cross[1], size, cfg.seed + 2)
+        sets[CROSS_NAMES.get(kind, "cross")] = other
+        per_path = 8
+        m = max(1, min(len(stored), len(other), size // per_path))
+        rng = np.random.default_rng(cfg.seed + 3)
+        points = path_points(
+            stored[rng.permutation(len(stored))[:m]], other[rng.permutation(len(other))[:m]], per_path
+        )
+        if len(points):
+            sets["path"] = points
+    return sets
+
+
+def _ladder(kind: str, index: faiss.Index, k: int) -> list[dict[str, int]]:
+    """Search parameters from cheapest to most thorough."""
+    if kind == "hnsw":
+        return [{"efSearch": ef} for ef in _EF_LADDER if ef >= k]
+    if kind == "ivf":
+        nlist = faiss.extract_index_ivf(index).nlist
+        return [{"nprobe": 2**i} for i in range(int(math.log2(nlist)) + 1)] or [{"nprobe": 1}]
+    return [{}]
+
+
+def tune(
+    index: faiss.Index, kind: str, factory: str, queries: dict[str, np.ndarray], blocks: Blocks, cfg: IndexCfg
+) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
+    """The cheapest search parameters whose recall@k reaches ``cfg.recall_target`` for every query kind.
+
+    ``nprobe`` / ``efSearch`` doubles until every kind passes; with a re-ranking stage (``RFlat``) that
+    walk runs at a re-ranking depth ``k_factor`` of 8, then the depth is lowered while every kind still
+    passes (or raised at the most thorough ``nprobe`` when none did).
+
+    Returns:
+        ``(search_params, {query kind: {"recall_at_k", "queries"}})`` measured with those parameters;
+        when no rung reaches the target the most thorough one is kept and its recall recorded.
+    """
+    k = cfg.recall_k
+    names = [name for name, q in queries.items() if len(q)]
+    if not names or index.ntotal == 0:
+        return {}, {}
+    xq = np.concatenate([queries[name] for name in names]).astype(np.float32)
+    bounds = np.cumsum([0] + [len(queries[name]) for name in names])
+    exact_D, exact_I = exact_knn(xq, blocks, k)
+    exact_scores = factory.upper().split(",")[-1] in ("FLAT", "RFLAT")
+    refine = factory.upper().endswith(",RFLAT")
+
+    def measure(params: dict[str, int]) -> dict[str, float]:
+        dist, labels = search(index, xq, k, make_search_params(kind, params))
+        got = {
+            name: recall_at_k(
+                dist[bounds[i] : bounds[i + 1]],
+                labels[bounds[i] : bounds[i + 1]],
+                exact_D[bounds[i] : bounds[i + 1]],
+                exact_I[bounds[i] : bounds[i + 1]],
+                exact_scores,
+            )
+            for i, name in enumerate(names)
+        }
+        LOG.info("recall@%d of %s with %s: %s", k, factory, params or "defaults", got)
+        return got
+
+    def passes(got: dict[str, float]) -> bool:
+        return min(got.values()) >= cfg.recall_target
+
+    extra = {"k_factor": 8} if refine else {}
+    params: dict[str, int] = {}
+    got: dict[str, float] = {}
+    for rung in _ladder(kind, index, k):
+        params = {**rung, **extra}
+        got = measure(params)
+        if passes(got):
+            break
+    if refine:
+        depths = [f for f in _K_FACTORS if f < 8][::-1] if passes(got) else [f for f in _K_FACTORS if f > 8]
+        for depth in depths:
+            trial = {**params, "k_factor": depth}
+            trial_got = measure(trial)
+            if passes(trial_got) or not passes(got):
+                params, got = trial, trial_got
+            if passes(got) and not passes(trial_got):
+                break
+    report = {
+        name: {f"recall_at_{k}": round(float(got[name]), 4), "queries": int(len(queries[name]))}
+        for name in names
+    }
+    return dict(params), report
+
+
+# --- the one entry point of a build --------------------------------------------------------------------
+def collection_budget(total: int | None, n: int, n_other: int) -> int | None:
+    """A collection's share of the index budget: in proportion to its vectors."""
+    if total is None:
+        return None
+    return max(1, int(total * n / max(n + n_other, 1)))
+
+
+def write_faiss(
+    blocks: Blocks,
+    n: int,
+    d: int,
+    cfg: IndexCfg,
+    index_kind: str,
+    path: Path,
+    kind: str = "images",
+    cross: tuple[Blocks, int] | None = None,
+) -> FaissInfo:
+    """Choose (by ``cfg.memory_budget`` and size), build, tune and write the FAISS file of a collection.
+
+    Args:
+        blocks: callable returning a fresh iterator of ``(vectors (m, d) float32, ids (m,) int64)``.
+        n: vectors the blocks yield.
+        d: their width.
+        cfg: `IndexCfg` (``memory_budget``: bytes for both collections, shared by count).
+        index_kind: ``auto`` or a FAISS factory string.
+        path: the ``.faiss`` file to write (atomically; on-disk lists go beside it under a new name).
+        kind: ``images`` or ``captions`` (names the cross-modal queries).
+        cross: ``(blocks, n)`` of the other collection, for the cross-modal and path recall queries.
+
+    Returns:
+        FaissInfo, with ``io``, ``recall_by_query`` and ``memory`` filled.
+    """
+    started = time.perf_counter()
+    budget = collection_budget(cfg.memory_budget, n, cross[1] if cross else 0)
+    if cfg.memory_budget is None and cross is None:
+        index, info = build_and_measure(blocks, n, d, cfg, index_kind)
+        write_index_atomic(index, path)
+        return info
+    plan = plan_index(n, d, budget, cfg, index_kind)
+    if index_kind and index_kind != "auto":
+        new_index(d, plan.factory)  # a factory string FAISS cannot make is an InputError, even when empty
+    files = [path.name]
+    ivfdata = None
+    old_ivfdata = sorted(path.parent.glob(f"{path.name}.*.ivfdata"))
+    if n == 0:
+        plan = Plan("flat", "Flat", "IDMap", plan.io, 0, 0, budget, "empty collection")
+        index = faiss.index_factory(d, plan.built, METRIC)
+    elif plan.io == "ondisk":
+        chunk_rows = max(10_000, int((budget or 10**9) // max(4 * d, 1) // 2))
+        index, ivfdata = build_on_disk(blocks, n, d, plan, cfg, path, chunk_rows)
+        files.append(ivfdata)
+    else:
+        index = build_in_memory(blocks, n, d, plan, cfg)
+    base_kind = _kind_of(plan.factory)
+    queries = query_sets(blocks, n, cross, kind, cfg) if n else {}
+    params, by_query = tune(index, base_kind, plan.factory, queries, blocks, cfg)
+    stored = by_query.get("stored", {})
+    write_index_atomic(index, path)
+    for old in old_ivfdata:  # readers that mapped it keep the inode; new readers open the new name
+        if old.name != ivfdata:
+            old.unlink(missing_ok=True)
+    info = FaissInfo(
+        kind=base_kind,
+        factory=plan.factory,
+        ntotal=n,
+        search_params=params,
+        recall_at_k=stored.get(f"recall_at_{cfg.recall_k}") if n else None,
+        recall_k=cfg.recall_k,
+        recall_queries=int(stored.get("queries", 0)),
+        seconds=time.perf_counter() - started,
+        io=plan.io,
+        recall_by_query=by_query,
+        memory={**plan.to_dict(), "files": files},
+    )
+    worst = min((v[f"recall_at_{cfg.recall_k}"] for v in by_query.values()), default=1.0)
+    if worst < cfg.recall_target:
+        LOG.warning(
+            "%s: recall@%d %.3f below the target %.2f at the most thorough search parameters",
+            path.name,
+            cfg.recall_k,
+            worst,
+            cfg.recall_target,
+        )
+    LOG.info("%s: %s (%s) %s in %.1f s", path.name, plan.factory, plan.io, params, info.seconds)
+    return info
+
+
+def iterate_arrays(vectors: np.ndarray, ids: np.ndarray, block: int = 65536) -> Blocks:
+    """`Blocks` over arrays in memory (tests, benchmarks)."""
+
+    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(ids), block):
+            yield vectors[start : start + block], ids[start : start + block]
+
+    return blocks

@@ -1,0 +1,524 @@
+"""Embedding beyond one process: N workers each embed every N-th file, then one merge; or Ray Data.
+
+Both plug into the builder at one place, the embedder (`build_index(..., embedder=...)`), which turns
+the pending rows of a build into vectors: the builder still scans, numbers the images (ids in path
+order), embeds captions, compacts, builds FAISS and writes the manifest, so the result is the index a
+single-process build makes (same ids, same vectors).
+
+- `embed_shard` (``counterclip build FOLDER --index OUT --shard i/N``): one worker embeds the files at
+  positions ``i, i+N, i+2N, ...`` of the sorted scan (stable: the builder's own order) into a *shard
+  set* directory: ``shardset.json`` (the worker's model, decode options, its ``i/N``), ``vectors.npy``
+  and ``items.jsonl`` (per file: path, size, mtime, content hash, size in pixels, or the error). Any
+  scheduler can run the N workers (clip-retrieval's worker pattern).
+- `merge_shard_sets` (``counterclip merge IDX SHARD_DIRS...``): checks that the sets are one complete
+  split made with one model, then builds the index with `ShardSetEmbedder`, which reads the vectors
+  instead of computing them (a file changed since its worker ran is embedded again here).
+- `RayEmbedder` (``counterclip build --engine ray``, extra ``counterclip[ray]``): the same pipeline on
+  Ray Data: the rows with their paths, decoding in CPU tasks, an actor pool holding the model, vectors
+  carried with their ids back to the driver, which commits them to the index as a local build does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from counterclip._fileio import atomic_write
+from counterclip.errors import InputError
+from counterclip.index_builder.config import IndexCfg, load_index_config
+from counterclip.index_builder.decode import DecodeOptions
+from counterclip.index_builder.pipeline import StageTimes, WorkItem, embed_images
+from counterclip.index_builder.scan import scan_folder
+
+LOG = logging.getLogger(__name__)
+SHARDSET_FORMAT = "counterclip-shardset"
+SHARDSET_FILE, VECTORS_FILE, ITEMS_FILE = "shardset.json", "vectors.npy", "items.jsonl"
+_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/8"`` -> ``(2, 8)``: worker 2 of 8 (0-based).
+
+    Raises:
+        InputError: not ``i/N`` with ``0 <= i < N``.
+    """
+    match = _SHARD.match(text or "")
+    if not match or not int(match.group(1)) < int(match.group(2)):
+        raise InputError(f"--shard must be i/N with 0 <= i < N (e.g. 0/4 ... 3/4), not {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def decode_options_for(model: Any, cfg: IndexCfg) -> DecodeOptions:
+    """How a build decodes files for this model and recipe (as `build_index` fixes them at creation)."""
+    side = min(model.vision_geometry.image_size) if cfg.downscale else None
+    return DecodeOptions(cfg.max_pixels, cfg.max_side, cfg.max_file_bytes, side)
+
+
+class _Collector:
+    """The writer side of `embed_images` for a shard set: keeps vectors and columns by item."""
+
+    def __init__(self) -> None:
+        self.vectors: dict[int, np.ndarray] = {}
+        self.columns: dict[int, dict[str, Any]] = {}
+        self.errors: dict[int, dict[str, Any]] = {}
+
+    def add(self, vectors: np.ndarray, ids: list[int], columns: list[dict[str, Any]]) -> None:
+        for row, (item_id, cols) in enumerate(zip(ids, columns, strict=True)):
+            self.vectors[item_id] = np.asarray(vectors[row], dtype=np.float32)
+            self.columns[item_id] = cols
+
+    def fail(self, item_id: int, reason: str, size: int | None = None, sha256: str | None = None) -> None:
+        self.errors[item_id] = {"error": reason, "size": size, "sha256": sha256}
+
+    def close(self) -> None:
+        pass
+
+
+def embed_shard(
+    folder: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    shard: tuple[int, int],
+    model: Any,
+    config: str | os.PathLike[str] | IndexCfg | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    device: str = "auto",
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Embed worker ``i`` of ``N``'s files of ``folder`` into the shard set ``out_dir``.
+
+    Args:
+        folder: the image folder (the same for every worker).
+        out_dir: this worker's shard set (a new or empty directory, or its own earlier result).
+        shard: ``(i, N)``.
+        model: a spec string, `ModelSpec` or loaded `ClipModel` (the same for every worker).
+        config: recipe (decode limits, batch size). Default: None (``default``).
+        batch_size / workers: as `build_index`.
+        device: for a model given as a spec.
+        on_progress: called with the number of files just done.
+
+    Returns:
+        The shard set's description (``shardset.json``).
+    """
+    from counterclip.models import ClipModel, load_model
+
+    started = time.perf_counter()
+    i, n = shard
+    root = Path(folder).expanduser().resolve()
+    if not root.is_dir():
+        raise InputError(f"image folder {root} does not exist or is not a directory")
+    out = Path(out_dir).expanduser().absolute()
+    if out.exists() and any(out.iterdir()) and not (out / SHARDSET_FILE).is_file():
+        raise InputError(f"{out} is not empty and is not a shard set; choose a new or empty directory")
+    model = model if isinstance(model, ClipModel) else load_model(model, device=device)
+    cfg = load_index_config(config, batch_size=batch_size, workers=workers)
+    options = decode_options_for(model, cfg)
+    entries = sorted(scan_folder(root, exclude=(out,)), key=lambda e: e.key)
+    mine = [e for position, e in enumerate(entries) if position % n == i]
+    items = [WorkItem(k, str(root / e.rel)) for k, e in enumerate(mine) if e.error is None]
+    collector = _Collector()
+    times = embed_images(
+        items,
+        model,
+        collector,
+        options,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+        prefetch_batches=cfg.prefetch_batches,
+        on_progress=on_progress,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [k for k in range(len(mine)) if k in collector.vectors]
+    vectors = (
+        np.stack([collector.vectors[k] for k in rows]) if rows else np.zeros((0, model.embed_dim), np.float32)
+    )
+    lines = []
+    row_of = {k: r for r, k in enumerate(rows)}
+    for k, entry in enumerate(mine):
+        record: dict[str, Any] = {"path": entry.key.hex(), "size": entry.size, "mtime_ns": entry.mtime_ns}
+        if entry.error is not None:
+            record["error"] = entry.error
+        elif k in collector.errors:
+            record.update(collector.errors[k])
+        else:
+            record.update(collector.columns[k], row=row_of[k])
+        lines.append(json.dumps(record, sort_keys=True))
+    atomic_write(out / VECTORS_FILE, lambda h: np.save(h, vectors))
+    atomic_write(out / ITEMS_FILE, "\n".join(lines) + ("\n" if lines else ""))
+    description = {
+        "format": SHARDSET_FORMAT,
+        "shard": [i, n],
+        "root": str(root),
+        "model_spec": model.spec.to_dict(),
+        "fingerprint": model.fingerprint,
+        "embed_dim": model.embed_dim,
+        "decode": asdict(options),
+        "files": len(mine),
+        "embedded": len(rows),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - started, 3),
+        "stage_seconds": {"decode": times.decode, "embed": times.embed, "wall": times.wall},
+    }
+    atomic_write(out / SHARDSET_FILE, json.dumps(description, indent=2, sort_keys=True) + "\n")
+    return description
+
+
+@dataclass
+class _Record:
+    vector: np.ndarray | None
+    columns: dict[str, Any]
+
+
+class ShardSetEmbedder:
+    """An embedder (same call as `pipeline.embed_images`) that reads vectors from shard sets.
+
+    Args:
+        dirs: the shard set directories of one complete split (every ``i`` of one ``N``).
+
+    Raises:
+        InputError: not a shard set, sets of different splits, roots, models or decode options, a
+            worker missing or given twice.
+    """
+
+    def __init__(self, dirs: Iterable[str | os.PathLike[str]]) -> None:
+        self.dirs = [Path(d).expanduser().absolute() for d in dirs]
+        if not self.dirs:
+            raise InputError("give the shard set directories to merge")
+        self.sets = []
+        for d in self.dirs:
+            try:
+                data = json.loads((d / SHARDSET_FILE).read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                raise InputError(
+                    f"{d} is not a shard set (no readable {SHARDSET_FILE}: did `counterclip build --shard` finish?)"
+                ) from None
+            if data.get("format") != SHARDSET_FORMAT:
+                raise InputError(f"{d}/{SHARDSET_FILE} is not a counterclip shard set")
+            self.sets.append(data)
+        first = self.sets[0]
+        n = first["shard"][1]
+        for d, data in zip(self.dirs, self.sets, strict=True):
+            for key in ("root", "fingerprint", "decode"):
+                if data[key] != first[key]:
+                    raise InputError(
+                        f"shard set {d} differs from {self.dirs[0]} in its {key} ({data[key]!r} vs {first[key]!r}); "
+                        "every worker must embed the same folder with the same model and recipe"
+                    )
+            if data["shard"][1] != n:
+                raise InputError(
+                    f"shard set {d} is worker {data['shard'][0]}/{data['shard'][1]}, others of /{n}"
+                )
+        have = sorted(data["shard"][0] for data in self.sets)
+        if have != list(range(n)):
+            missing = sorted(set(range(n)) - set(have))
+            twice = sorted({i for i in have if have.count(i) > 1})
+            what = f"missing worker(s) {', '.join(f'{i}/{n}' for i in missing)}" if missing else ""
+            what += ("; " if what and twice else "") + (f"worker(s) given twice {twice}" if twice else "")
+            raise InputError(f"the shard sets are not one complete split: {what}")
+        self.root = Path(first["root"])
+        self.fingerprint = first["fingerprint"]
+        self.spec = first["model_spec"]
+        self.decode = DecodeOptions(**first["decode"])
+        self._records: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._vectors: list[np.ndarray] = []
+        for number, d in enumerate(self.dirs):
+            self._vectors.append(np.load(d / VECTORS_FILE, mmap_mode="r"))
+            for line in (d / ITEMS_FILE).read_text(encoding="utf-8").splitlines():
+                record = json.loads(line)
+                self._records[record["path"]] = (number, record)
+        self.reused = 0
+        self.recomputed = 0
+
+    def __call__(
+        self,
+        items: Iterable[WorkItem],
+        model: Any,
+        writer: Any,
+        options: DecodeOptions,
+        batch_size: int,
+        workers: int,
+        prefetch_batches: int,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> StageTimes:
+        started = time.perf_counter()
+        if options != self.decode:
+            raise InputError(
+                "the index decodes files otherwise than the shard sets did (another recipe or model); "
+                "merge into a new index"
+            )
+        times = StageTimes()
+        again: list[WorkItem] = []
+        root = str(self.root) + os.sep
+        for item in items:
+            rel = item.path[len(root) :] if item.path.startswith(root) else item.path
+            key = os.fsencode(rel).hex()
+            found = self._records.get(key)
+            current = _stat(item.path)
+            if found is None or current != (found[1]["size"], found[1]["mtime_ns"]):
+                again.append(item)  # new or changed since its worker ran: embed it here
+                continue
+            number, record = found
+            times.items += 1
+            if "error" in record:
+                times.failed += 1
+                writer.fail(item.id, record["error"], record.get("size"), record.get("sha256"))
+            else:
+                columns = {k: record[k] for k in ("width", "height", "sha256", "size")}
+                vector = np.asarray(self._vectors[number][record["row"]], dtype=np.float32)[None]
+                writer.add(vector, [item.id], [columns])
+            self.reused += 1
+            if on_progress is not None:
+                on_progress(1)
+        if again:
+            LOG.warning(
+                "%d file(s) changed or appeared since the shard workers ran: embedding them here", len(again)
+            )
+            more = embed_images(
+                again, model, writer, options, batch_size, workers, prefetch_batches, on_progress
+            )
+            self.recomputed += len(again)
+            times.items += more.items
+            times.failed += more.failed
+            times.embed += more.embed
+            times.decode += more.decode
+        else:
+            writer.close()
+        times.wall = time.perf_counter() - started
+        return times
+
+
+def _stat(path: str) -> tuple[int | None, int | None]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None, None
+    return st.st_size, st.st_mtime_ns
+
+
+def merge_shard_sets(
+    index_dir: str | os.PathLike[str],
+    shard_dirs: Iterable[str | os.PathLike[str]],
+    captions: str | os.PathLike[str] | None = None,
+    vocab: str | os.PathLike[str] | None = None,
+    memory_budget: str | int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> Any:
+    """Assemble the shard sets of one split into the index ``index_dir`` (as `build_index` would make it).
+
+    Returns:
+        BuildSummary (``embedded`` counts vectors taken from the shard sets and any embedded again).
+    """
+    from counterclip.index_builder.builder import build_index
+    from counterclip.models import ModelSpec, load_model
+
+    embedder = ShardSetEmbedder(shard_dirs)
+    model = load_model(ModelSpec.from_dict(embedder.spec), device=device)
+    if model.fingerprint != embedder.fingerprint:
+        raise InputError(
+            f"the model {model.spec} loads other weights (fingerprint {model.fingerprint[:12]}) than the shard "
+            f"workers used ({embedder.fingerprint[:12]})"
+        )
+    if not embedder.root.is_dir():
+        raise InputError(f"the image folder {embedder.root} of the shard sets does not exist here")
+    return build_index(
+        embedder.root,
+        index_dir,
+        model=model,
+        captions=captions,
+        vocab=vocab,
+        progress=progress,
+        memory_budget=memory_budget,
+        embedder=embedder,
+    )
+
+
+# --- Ray Data ------------------------------------------------------------------------------------------
+def _require_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--engine ray needs Ray: pip install 'counterclip[ray]'") from None
+    return ray
+
+
+def _decode_batch(batch: dict[str, np.ndarray], options: dict[str, Any]) -> dict[str, Any]:
+    """Ray CPU task: ``{"id", "path"}`` rows -> decoded upright RGB pixels (uint8) and their columns,
+    decoded exactly as a local build decodes (`pipeline.DecodeMapper`)."""
+    from counterclip.index_builder.pipeline import DecodeMapper
+
+    mapper = DecodeMapper(DecodeOptions(**options))
+    out: dict[str, list[Any]] = {
+        k: [] for k in ("id", "pixels", "width", "height", "sha256", "size", "error")
+    }
+    for item_id, path in zip(batch["id"], batch["path"], strict=True):
+        result = mapper(WorkItem(int(item_id), str(path)))
+        image = result["image"]
+        out["id"].append(int(item_id))
+        out["pixels"].append(
+            np.asarray(image, dtype=np.uint8) if image is not None else np.zeros((1, 1, 3), np.uint8)
+        )
+        for key in ("width", "height", "size"):
+            out[key].append(-1 if result[key] is None else int(result[key]))
+        out["sha256"].append(result["sha256"] or "")
+        out["error"].append(result["error"] or "")
+    pixels = np.empty(len(out["pixels"]), dtype=object)
+    pixels[:] = out["pixels"]  # ragged images
+    return {
+        "id": np.asarray(out["id"], dtype=np.int64),
+        "pixels": pixels,
+        **{k: np.asarray(out[k], dtype=np.int64) for k in ("width", "height", "size")},
+        "sha256": np.asarray(out["sha256"], dtype=object),
+        "error": np.asarray(out["error"], dtype=object),
+    }
+
+
+class _ModelActor:
+    """Ray actor holding the model: preprocess + encode a batch of decoded images (as a local build)."""
+
+    def __init__(self, spec: dict[str, Any], fingerprint: str, device: str) -> None:
+        import torch
+
+        from counterclip.models import ModelSpec, load_model
+
+        torch.set_num_threads(1)
+        self.model = load_model(ModelSpec.from_dict(spec), device=device)
+        if self.model.fingerprint != fingerprint:
+            raise InputError(f"the Ray actor loaded other weights for {spec} than the driver")
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import torch
+        from PIL import Image
+
+        n = len(batch["id"])
+        dim = self.model.embed_dim
+        vectors = np.zeros((n, dim), np.float32)
+        errors = list(batch["error"])
+        good = []
+        pixels = []
+        for row in range(n):
+            if errors[row]:
+                continue
+            try:
+                pixels.append(self.model.preprocess(Image.fromarray(batch["pixels"][row])))
+                good.append(row)
+            except Exception as exc:  # noqa: BLE001 - as the local pipeline: one image failing is recorded
+                errors[row] = f"cannot preprocess: {type(exc).__name__}: {str(exc)[:200]}"
+        if pixels:
+            vectors[good] = self.model.encode_images(torch.stack(pixels), batch_size=len(pixels)).numpy()
+        return {
+            "id": batch["id"],
+            "vector": vectors,
+            "width": batch["width"],
+            "height": batch["height"],
+            "sha256": batch["sha256"],
+            "size": batch["size"],
+            "error": np.asarray(errors, dtype=object),
+        }
+
+
+class RayEmbedder:
+    """An embedder (same call as `pipeline.embed_images`) running on Ray Data.
+
+    Args:
+        address: an existing cluster (``ray://host:10001`` or ``auto``); None starts a local Ray (or uses
+            the one this process already started).
+        actors: model actors in the pool. Default: 1.
+        device: the actors' device. Default: ``cpu``.
+        num_cpus: CPUs of a local Ray started here. Default: None (all).
+    """
+
+    def __init__(
+        self, address: str | None = None, actors: int = 1, device: str = "cpu", num_cpus: int | None = None
+    ) -> None:
+        self.address = address
+        self.actors = actors
+        self.device = device
+        self.num_cpus = num_cpus
+        self.seconds: dict[str, float] = {}
+
+    def __call__(
+        self,
+        items: Iterable[WorkItem],
+        model: Any,
+        writer: Any,
+        options: DecodeOptions,
+        batch_size: int,
+        workers: int,
+        prefetch_batches: int,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> StageTimes:
+        ray = _require_ray()
+        started = time.perf_counter()
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"log_to_driver": False}
+            if self.address:
+                kwargs["address"] = self.address
+            elif self.num_cpus:
+                kwargs["num_cpus"] = self.num_cpus
+            ray.init(**kwargs)
+        self.seconds["init"] = time.perf_counter() - started
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True
+        rows = [{"id": item.id, "path": item.path} for item in items]
+        times = StageTimes()
+        if not rows:
+            writer.close()
+            return times
+        ds = ray.data.from_items(rows)
+        ds = ds.map_batches(
+            _decode_batch, fn_kwargs={"options": asdict(options)}, batch_size=batch_size, num_cpus=1
+        )
+        ds = ds.map_batches(
+            _ModelActor,
+            fn_constructor_args=(model.spec.to_dict(), model.fingerprint, self.device),
+            batch_size=batch_size,
+            concurrency=self.actors,
+            num_cpus=1,
+        )
+        for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            t0 = time.perf_counter()
+            ok = [r for r, e in enumerate(batch["error"]) if not e]
+            for r, error in enumerate(batch["error"]):
+                if error:
+                    size = int(batch["size"][r])
+                    writer.fail(
+                        int(batch["id"][r]),
+                        str(error),
+                        None if size < 0 else size,
+                        batch["sha256"][r] or None,
+                    )
+            if ok:
+                columns = [
+                    {
+                        "width": int(batch["width"][r]),
+                        "height": int(batch["height"][r]),
+                        "sha256": str(batch["sha256"][r]),
+                        "size": int(batch["size"][r]),
+                    }
+                    for r in ok
+                ]
+                writer.add(
+                    np.asarray(batch["vector"][ok], dtype=np.float32),
+                    [int(batch["id"][r]) for r in ok],
+                    columns,
+                )
+            times.write += time.perf_counter() - t0
+            times.items += len(batch["id"])
+            times.failed += len(batch["id"]) - len(ok)
+            if on_progress is not None:
+                on_progress(len(batch["id"]))
+        writer.close()
+        times.wall = time.perf_counter() - started
+        self.seconds["pipeline"] = times.wall
+        return times

@@ -1,0 +1,382 @@
+"""Benchmark: millions of vectors on one machine (import, disk, RSS, search, counterfactuals, recall).
+
+For each size N it writes N image + N caption vectors of width 512 in clip-retrieval's layout
+(``img_emb/``, ``text_emb/``, ``metadata/``, float16, partitions of 100k rows), imports them with
+``--memory-budget``, then, in a fresh serving process, opens the index and measures RSS at open and its
+peak while serving, search p50 (text -> image, k=10), counterfactual p50 (image side, increase, k=10;
+the engine's time beyond encoding) and recall@10 against exact search for text -> image queries and
+for the engine's own path queries (every query the engine sent to FAISS during the counterfactuals).
+
+Vectors with realistic structure: image vectors in clusters on the sphere (cluster sizes from a Zipf
+law, spread like CLIP's image-image cosines), each caption near its image plus a shared modality gap
+(image-text cosine ~0.3, as CLIP's), and the bundled model's real embeddings of generated shapes and
+their captions mixed in (1000 pairs, lifted to width 512 by a fixed isometry: cosines unchanged).
+The model is a stand-in object of width 512 (the bundled model embeds to 128): it answers the known
+captions' texts with their vectors and records its encoding time, which is subtracted.
+
+    python scripts/bench_scale.py --sizes 100000 1000000 --memory-budget 2GB --workdir /tmp/bench_scale
+
+The serving process runs FAISS with one OpenMP thread (``BENCH_FAISS_THREADS``): on 2 shared cores
+a team of 2 waits for a busy core (10k vectors: search p50 33 ms with 2 threads, 2.5 ms with 1).
+
+Figures in the closing note of issue 18 were made with this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+D = 512
+PART_ROWS = 100_000
+SHAPES = 1000  # real shapes pairs mixed in
+
+
+def rss() -> dict[str, float]:
+    """VmRSS, VmHWM (peak), RssAnon, RssFile of this process, MB."""
+    out = {}
+    for line in open("/proc/self/status"):
+        key = line.split(":")[0]
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            out[key] = int(line.split()[1]) / 1024
+    return out
+
+
+def shapes_pairs(workdir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The bundled model's embeddings of generated shapes and their captions, lifted to width 512."""
+    cache = workdir / "shapes_pairs.npz"
+    if cache.exists():
+        data = np.load(cache)
+        return data["img"], data["txt"], json.loads(str(data["captions"]))
+    from PIL import Image
+
+    from counterclip.models import load_model
+    from counterclip.shapes import generate_folder
+
+    folder = workdir / "shapes"
+    records = generate_folder(folder, n=SHAPES, seed=11, size=64)
+    model = load_model("bundled:shapes", device="cpu")
+    images = [Image.open(folder / r["file"]).convert("RGB") for r in records]
+    captions = [r["caption"] for r in records]
+    img = np.concatenate([model.encode_pil(images[i : i + 100]).numpy() for i in range(0, SHAPES, 100)])
+    txt = model.encode_texts(captions).numpy()
+    lift = np.linalg.qr(np.random.default_rng(99).standard_normal((D, img.shape[1])))[0]  # isometry
+    img, txt = img @ lift.T, txt @ lift.T
+    np.savez(cache, img=img, txt=txt, captions=json.dumps(captions))
+    return img, txt, captions
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def write_layout(out: Path, n: int, workdir: Path, seed: int = 0) -> dict:
+    """N rows in clip-retrieval's layout; returns a few query captions with their vectors."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    clusters = max(50, n // 500)
+    centres = unit(rng.standard_normal((clusters, D)))
+    weights = 1.0 / np.arange(1, clusters + 1) ** 0.8
+    weights /= weights.sum()
+    gap = unit(rng.standard_normal((1, D)))[0]  # the modality gap: captions sit apart from images
+    shapes_img, shapes_txt, shapes_cap = shapes_pairs(workdir)
+    for sub in ("img_emb", "text_emb", "metadata"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    parts = -(-n // PART_ROWS)
+    width = len(str(parts - 1))
+    queries = {}
+    for p in range(parts):
+        rows = min(PART_ROWS, n - p * PART_ROWS)
+        c = rng.choice(clusters, size=rows, p=weights)
+        img = unit(centres[c] + 0.09 * rng.standard_normal((rows, D)))
+        txt = unit(img + 1.0 * gap + 0.11 * rng.standard_normal((rows, D)) + 0.6 * centres[c])
+        captions = [f"a photo of thing {p * PART_ROWS + i} of kind {c[i]}" for i in range(rows)]
+        if p == 0:  # the real shapes pairs lead the first partition
+            k = min(SHAPES, rows)
+            img[:k], txt[:k] = shapes_img[:k], shapes_txt[:k]
+            captions[:k] = [f"{t} (#{i})" for i, t in enumerate(shapes_cap[:k])]
+        for i in rng.choice(rows, size=min(20, rows), replace=False) if p == 0 else []:
+            queries[captions[i]] = txt[i].astype(np.float32)
+        key = str(p).zfill(width)
+        np.save(out / f"img_emb/img_emb_{key}.npy", img.astype(np.float16))
+        np.save(out / f"text_emb/text_emb_{key}.npy", txt.astype(np.float16))
+        ids = np.arange(p * PART_ROWS, p * PART_ROWS + rows)
+        table = pa.table(
+            {
+                "image_path": pa.array([f"images/{i:08d}.jpg" for i in ids]),
+                "caption": pa.array(captions),
+                "url": pa.array([f"https://example.org/{i:08d}.jpg" for i in ids]),
+            }
+        )
+        pq.write_table(table, out / f"metadata/metadata_{key}.parquet")
+    return queries
+
+
+class StandIn:
+    """A model object of width 512: known texts -> their vectors, others -> a seeded random unit vector.
+    Records the time spent encoding (subtracted from the engine's time)."""
+
+    embed_dim = D
+    fingerprint = "bench-standin-512"
+    calibration = None
+
+    def __init__(self, texts: dict[str, np.ndarray]) -> None:
+        import torch  # noqa: F401 - the engine takes tensors
+
+        from counterclip.models.spec import ModelSpec
+        from counterclip.scores import PairScore
+
+        self.texts = texts
+        self.spec = ModelSpec("open_clip", "bench-standin-512", None, "random")
+        self.pair_score = PairScore(100.0)
+        self.encode_seconds = 0.0
+
+    def encode_texts(self, texts, batch_size: int = 256):  # noqa: ANN001, ANN201
+        import torch
+
+        t0 = time.perf_counter()
+        out = []
+        for t in texts:
+            v = self.texts.get(t)
+            if v is None:
+                v = unit(np.random.default_rng(abs(hash(t)) % 2**32).standard_normal((1, D)))[0]
+            out.append(np.asarray(v, np.float32))
+        self.encode_seconds += time.perf_counter() - t0
+        return torch.from_numpy(np.stack(out))
+
+    def encode_pil(self, images):  # noqa: ANN001, ANN201
+        raise RuntimeError("the benchmark's items have no files")
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def exact_top(index_dir: Path, xq: np.ndarray, k: int, kind: str = "images") -> np.ndarray:
+    """Exact top-k ids by brute force over the stored vectors."""
+    from counterclip.index_builder.faiss_index import exact_knn
+    from counterclip.index_builder.index import Index
+
+    with Index.open(index_dir) as idx:
+        coll = getattr(idx, kind)
+
+        def blocks():
+            for s in range(0, coll.count, 65536):
+                ids = coll.ids[s : s + 65536]
+                yield coll.vectors(ids), ids
+
+        return exact_knn(xq.astype(np.float32), blocks, k)[1]
+
+
+def recall(got: np.ndarray, truth: np.ndarray) -> float:
+    return float(
+        np.mean(
+            [
+                len(set(g[g >= 0]) & set(t[t >= 0])) / max(1, (t >= 0).sum())
+                for g, t in zip(got, truth, strict=True)
+            ]
+        )
+    )
+
+
+def serve(index_dir: Path, queries_file: Path, n_cf: int, n_search: int) -> dict:
+    """The serving process: open, search, counterfactuals; RSS at open and peak; queries recorded."""
+    import faiss
+
+    from counterclip.engine import Engine
+    from counterclip.index_builder.index import Index
+
+    threads = int(os.environ.get("BENCH_FAISS_THREADS", "1"))
+    faiss.omp_set_num_threads(threads)  # one query at a time: OpenMP teams only wait on a shared machine
+    data = np.load(queries_file, allow_pickle=False)
+    texts = json.loads(str(data["texts"]))
+    model = StandIn(dict(zip(texts, data["vectors"], strict=True)))
+    base = rss()
+    t0 = time.perf_counter()
+    index = Index.open(index_dir)
+    engine = Engine(index, model)
+    open_s = time.perf_counter() - t0
+    at_open = rss()
+    recorded: list[np.ndarray] = []
+    search = index.images.search
+
+    def recording(xq, k):  # noqa: ANN001, ANN202
+        recorded.append(np.array(xq, np.float32))
+        return search(xq, k)
+
+    rng = np.random.default_rng(1)
+    times = []
+    for i in range(n_search):
+        t = time.perf_counter()
+        engine.search(text=texts[i % len(texts)], k=10)
+        times.append(time.perf_counter() - t)
+    raw = []
+    for i in range(n_search):
+        v = data["vectors"][i % len(texts)][None]
+        t = time.perf_counter()
+        index.images.search(v, 10)
+        raw.append(time.perf_counter() - t)
+    index.images.search = recording
+    cf, cf_beyond = [], []
+    verdicts: dict[str, int] = {}
+    ids = index.images.ids[rng.choice(min(index.images.count, 1000), n_cf, replace=False)]
+    for i in range(n_cf):
+        model.encode_seconds = 0.0
+        t = time.perf_counter()
+        result = engine.counterfactuals(image=int(ids[i]), text=texts[i % len(texts)], k=10)
+        total = time.perf_counter() - t
+        cf.append(total)
+        cf_beyond.append(total - model.encode_seconds)
+        for item in result.items:
+            verdicts[item.verdict] = verdicts.get(item.verdict, 0) + 1
+    peak = rss()
+    path_q = np.concatenate(recorded) if recorded else np.empty((0, D), np.float32)
+    sample = path_q[np.random.default_rng(2).choice(len(path_q), min(800, len(path_q)), replace=False)]
+    _, path_got = search(sample, 10)
+    _, text_got = search(data["vectors"], 10)
+    np.save(queries_file.with_suffix(".path.npy"), sample)
+    return {
+        "faiss_threads": threads,
+        "rss_before_open_mb": base,
+        "open_seconds": round(open_s, 3),
+        "rss_at_open_mb": at_open,
+        "rss_peak_serving_mb": peak,
+        "search_p50_ms": round(1000 * float(np.median(times)), 2),
+        "faiss_search_p50_ms": round(1000 * float(np.median(raw)), 2),
+        "counterfactual_p50_ms": round(1000 * float(np.median(cf)), 1),
+        "counterfactual_beyond_encoding_p50_ms": round(1000 * float(np.median(cf_beyond)), 1),
+        "counterfactual_queries": n_cf,
+        "verdicts": verdicts,
+        "path_queries_recorded": int(len(path_q)),
+        "path_got": path_got.tolist(),
+        "text_got": text_got.tolist(),
+    }
+
+
+def bench_size(n: int, args: argparse.Namespace) -> dict:
+    from counterclip.index_builder.interop import import_clip_retrieval
+
+    work = Path(args.workdir) / f"n{n}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    t0 = time.perf_counter()
+    queries = write_layout(work / "cr", n, Path(args.workdir))
+    write_s = time.perf_counter() - t0
+    texts = list(queries)
+    qfile = work / "queries.npz"
+    np.savez(qfile, texts=json.dumps(texts), vectors=np.stack([queries[t] for t in texts]))
+    model = StandIn(queries)
+    load = os.getloadavg()
+    t0 = time.perf_counter()
+    from counterclip.index_builder.config import IndexCfg
+
+    # Approximate kinds from 50k vectors up (by the budget), recall measured on 500 queries per kind
+    cfg = IndexCfg(name="bench", exact_max=args.exact_max, hnsw_max=args.hnsw_max, recall_sample=500)
+    summary = import_clip_retrieval(
+        work / "cr", work / "idx", model, memory_budget=args.memory_budget, config=cfg, progress=False
+    )
+    import_s = time.perf_counter() - t0
+    child = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--serve",
+            str(work / "idx"),
+            str(qfile),
+            str(args.cf_queries),
+            str(args.search_queries),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    served = json.loads(child.stdout.strip().splitlines()[-1])
+    path_q = np.load(qfile.with_suffix(".path.npy"))
+    text_q = np.stack([queries[t] for t in texts])
+    truth_text = exact_top(work / "idx", text_q, 10)
+    truth_path = exact_top(work / "idx", path_q, 10)
+    result = {
+        "n": n,
+        "write_layout_seconds": round(write_s, 1),
+        "import_seconds": round(import_s, 1),
+        "import_stage_seconds": summary.stage_seconds,
+        "disk_bytes_index": du(work / "idx"),
+        "disk_bytes_clip_retrieval": du(work / "cr"),
+        "faiss_images": {
+            k: summary.images_index[k]
+            for k in ("factory", "io", "search_params", "recall_by_query", "memory")
+        },
+        "faiss_captions": {
+            k: summary.captions_index[k] for k in ("factory", "io", "search_params", "recall_by_query")
+        },
+        "recall_at_10_text_to_image": recall(np.array(served.pop("text_got")), truth_text),
+        "recall_at_10_engine_path": recall(np.array(served.pop("path_got")), truth_path),
+        **served,
+        "loadavg_at_import": load,
+        "loadavg_after": os.getloadavg(),
+    }
+    if not args.keep:
+        shutil.rmtree(work / "cr", ignore_errors=True)
+    return result
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve":
+        print(json.dumps(serve(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
+    parser.add_argument("--memory-budget", default="2GB")
+    parser.add_argument("--workdir", default="/tmp/bench_scale")
+    parser.add_argument("--cf-queries", type=int, default=30)
+    parser.add_argument("--search-queries", type=int, default=100)
+    parser.add_argument("--exact-max", type=int, default=50_000, help="exact search up to this many")
+    parser.add_argument("--hnsw-max", type=int, default=50_000, help="HNSW up to this many (if it fits)")
+    parser.add_argument("--keep", action="store_true", help="keep the clip-retrieval folders")
+    parser.add_argument("--json", default=None, help="write the results here too")
+    args = parser.parse_args()
+    print("model: a stand-in object of width 512 (the bundled model embeds to 128); encoding time subtracted")
+    results = []
+    for n in args.sizes:
+        r = bench_size(n, args)
+        results.append(r)
+        print(json.dumps(r, indent=1, default=float), flush=True)
+    if len(results) >= 2:
+        a, b = results[0], results[-1]
+        growth = b["n"] / a["n"]
+        ratio = b["counterfactual_beyond_encoding_p50_ms"] / max(
+            a["counterfactual_beyond_encoding_p50_ms"], 1e-9
+        )
+        # on paper: costs that grow with N (import, disk) linearly, query costs by the measured ratio per x10
+        per10 = ratio ** (1 / np.log10(growth))
+        print(
+            json.dumps(
+                {
+                    "growth": growth,
+                    "counterfactual_p50_ratio": round(ratio, 2),
+                    "search_p50_ratio": round(b["search_p50_ms"] / max(a["search_p50_ms"], 1e-9), 2),
+                    "extrapolated_10x_of_largest": {
+                        "n": b["n"] * 10,
+                        "import_seconds": round(b["import_seconds"] * 10),
+                        "disk_bytes_index": b["disk_bytes_index"] * 10,
+                        "counterfactual_p50_ms": round(b["counterfactual_beyond_encoding_p50_ms"] * per10, 1),
+                    },
+                }
+            )
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Memory budget: the choice per size, every FAISS variant against an exact IndexFlatIP oracle (recall per
+query kind, measured on fresh queries), memory-mapped and on-disk opening, and a folder build."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from counterclip.errors import InputError
+from counterclip.index_builder import budget
+from counterclip.index_builder.budget import (
+    Plan,
+    iterate_arrays,
+    open_faiss,
+    parse_size,
+    path_points,
+    plan_index,
+    write_faiss,
+)
+from counterclip.index_builder.config import IndexCfg
+from counterclip.index_builder.faiss_index import FaissInfo, make_search_params, search
+
+
+def clustered(n: int, d: int, seed: int, clusters: int = 40, spread: float = 0.35) -> np.ndarray:
+    """Unit vectors in clusters on the sphere (structure like real embeddings)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, d))
+    x = centres[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, d))
+    x = x.astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_parse_size() -> None:
+    assert parse_size("2GB") == 2_000_000_000
+    assert parse_size("1.5G") == 1_500_000_000
+    assert parse_size("800MB") == 800_000_000
+    assert parse_size("512MiB") == 512 * 1024**2
+    assert parse_size("4096") == 4096
+    assert parse_size(None) is None
+    with pytest.raises(InputError, match="invalid memory size 'lots'"):
+        parse_size("lots")
+
+
+def test_plan_follows_size_and_budget() -> None:
+    cfg = IndexCfg()
+    d = 512
+    # 10k vectors: exact search fits 100 MB
+    assert plan_index(10_000, d, 100_000_000, cfg).factory == "Flat"
+    # 200k vectors: exact is 410 MB; HNSW32 adds the graph: fits 500 MB
+    p = plan_index(200_000, d, 500_000_000, cfg)
+    assert (p.kind, p.factory, p.io) == ("hnsw", "HNSW32,Flat", "mmap")
+    # 1M vectors in 600 MB: 8-bit codes (512 MB + ids + quantizer)
+    p = plan_index(1_000_000, d, 600_000_000, cfg)
+    assert (p.factory, p.wrapper) == ("IVF2048,SQ8", "")
+    assert p.ram_bytes == 1_000_000 * (512 + 8) + 2048 * 4 * 512
+    # 1M vectors in 200 MB: PQ64 codes + exact re-ranking from the mapped vectors
+    p = plan_index(1_000_000, d, 200_000_000, cfg)
+    assert (p.factory, p.wrapper) == ("IVF2048,PQ64x8,RFlat", "IDMap")
+    assert p.disk_bytes - p.ram_bytes == 1_000_000 * 4 * 512
+    # 1M vectors in 10 MB: nothing compressed fits: on-disk inverted lists
+    p = plan_index(1_000_000, d, 10_000_000, cfg)
+    assert (p.factory, p.io, p.ram_bytes) == ("IVF2048,SQ8", "ondisk", 2048 * 4 * 512)
+    # without a budget: by size, read into RAM, as before
+    p = plan_index(1_000_000, d, None, cfg)
+    assert (p.kind, p.io) == ("hnsw", "ram")
+
+
+def test_path_points_walk_the_geodesic() -> None:
+    a = np.array([[1.0, 0.0, 0.0]], np.float32)
+    b = np.array([[0.0, 1.0, 0.0]], np.float32)
+    pts = path_points(a, b, per_path=4)
+    angles = np.arccos(np.clip(pts @ a[0], -1, 1))
+    steps = angles / budget.PATH_STEP
+    assert np.allclose(steps, np.round(steps), atol=1e-4)  # whole steps of the engine's angle
+    assert np.allclose(pts[:, 2], 0) and np.allclose(np.linalg.norm(pts, axis=1), 1, atol=1e-6)
+    assert steps.max() <= budget.PATH_MAX_STEPS and steps.min() >= 1
+
+
+# (budget in bytes, expected factory, expected io) for n=6000, d=32 vectors of the images, 6000 captions
+N, D = 6000, 32
+L = budget.nlist_for(N)  # 128
+VARIANTS = [
+    (10**9, "Flat", "mmap"),
+    (int(N * (4 * D + 8 * 32 + 16) + 8 * N) * 2 + 10, "HNSW32,Flat", "mmap"),
+    ((N * (D + 8) + L * 4 * D) * 2 + 10, f"IVF{L},SQ8", "mmap"),
+    ((N * (8 + 8) + L * 4 * D + 8 * N) * 2 + 10, f"IVF{L},PQ8x8,RFlat", "mmap"),
+    (1000, f"IVF{L},SQ8", "ondisk"),
+]
+
+
+@pytest.mark.parametrize(("total", "factory", "io"), VARIANTS, ids=[f"{f}-{i}" for _, f, i in VARIANTS])
+def test_every_variant_against_exact_oracle(tmp_path, total: int, factory: str, io: str) -> None:
+    images = clustered(N, D, seed=1)
+    captions = clustered(N, D, seed=1)[np.random.default_rng(5).permutation(N)] + 0.25 * clustered(N, D, 9)
+    captions /= np.linalg.norm(captions, axis=1, keepdims=True)
+    ids = np.arange(N, dtype=np.int64) * 3 + 7  # ids are not positions
+    exact_max = 10**9 if factory == "Flat" else N - 1  # above exact_max: the most exact approximate kind
+    cfg = IndexCfg(exact_max=exact_max, recall_sample=400, memory_budget=total, recall_target=0.95)
+    path = tmp_path / "images.faiss"
+    info = write_faiss(
+        iterate_arrays(images, ids, 1000),
+        N,
+        D,
+        cfg,
+        "auto",
+        path,
+        "images",
+        (iterate_arrays(captions, np.arange(N), 1000), N),
+    )
+    assert (info.factory, info.io) == (factory, io)
+    assert set(info.recall_by_query) == {"stored", "text_to_image", "path"}
+    for measured in info.recall_by_query.values():
+        assert measured["recall_at_10"] >= 0.95
+    info = FaissInfo.from_dict(info.to_dict())  # as the manifest gives it back
+    index = open_faiss(path, info)
+    assert index.ntotal == N
+    if io == "ondisk":
+        lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+        assert isinstance(lists, faiss.OnDiskInvertedLists) and lists.read_only
+        assert len(info.memory["files"]) == 2 and (tmp_path / info.memory["files"][1]).is_file()
+    # fresh queries of every kind (not the ones tuned on), against brute force
+    oracle = faiss.IndexFlatIP(D)
+    oracle.add(images)
+    rng = np.random.default_rng(123)
+    fresh = {
+        "stored": images[rng.choice(N, 300, replace=False)],
+        "text": captions[rng.choice(N, 300, replace=False)],
+        "path": path_points(images[rng.choice(N, 60)], captions[rng.choice(N, 60)], 5),
+    }
+    params = make_search_params(info.kind, info.search_params)
+    for name, xq in fresh.items():
+        d_true, i_true = oracle.search(xq, 10)
+        dist, got = search(index, xq, 10, params)
+        hits = np.mean([len(set(ids[t]) & set(g)) / 10 for t, g in zip(i_true, got, strict=True)])
+        assert hits >= 0.93, (name, hits)
+        if factory == "Flat":  # exact: the same ids, distances to 4 decimals
+            assert (got == ids[i_true]).mean() > 0.999
+            np.testing.assert_allclose(dist, d_true, atol=1e-4)
+
+
+def test_ondisk_rebuild_replaces_the_lists_file(tmp_path) -> None:
+    x = clustered(3000, 16, seed=2)
+    cfg = IndexCfg(memory_budget=1000, recall_sample=100)
+    path = tmp_path / "images.faiss"
+    first = write_faiss(iterate_arrays(x, np.arange(3000)), 3000, 16, cfg, "auto", path, "images", None)
+    second = write_faiss(iterate_arrays(x, np.arange(3000)), 3000, 16, cfg, "auto", path, "images", None)
+    assert first.memory["files"][1] != second.memory["files"][1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(second.memory["files"])
+    index = open_faiss(path, second)
+    _, got = index.search(x[:5], 1)
+    assert got[:, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_plan_to_dict_names_the_built_factory() -> None:
+    p = Plan("ivf", "IVF64,PQ8x8,RFlat", "IDMap", "mmap", 1, 2, 3, "why")
+    assert p.to_dict()["factory"] == "IDMap,IVF64,PQ8x8,RFlat"
+
+
+def test_folder_build_with_budget_records_both_query_kinds(tmp_path, model) -> None:
+    from counterclip.index_builder import Index, build_index
+    from tests.index_builder.ibhelpers import make_folder
+
+    root = tmp_path / "photos"
+    names = make_folder(root, 12)
+    for name in names:
+        (root / name).with_suffix(".txt").write_text(f"a photo number {name[:3]}")
+    summary = build_index(root, tmp_path / "idx", model=model, progress=False, memory_budget="1GB")
+    assert summary.images_index["io"] == "mmap"
+    assert set(summary.images_index["recall_by_query"]) == {"stored", "text_to_image", "path"}
+    assert set(summary.captions_index["recall_by_query"]) == {"stored", "image_to_text", "path"}
+    with Index.open(tmp_path / "idx") as idx:
+        assert idx.manifest.settings.config["memory_budget"] == 1_000_000_000
+        vecs = idx.images.vectors(idx.images.ids)
+        _, got = idx.images.search(vecs, 1)
+        assert got[:, 0].tolist() == idx.images.ids.tolist()
