@@ -79,6 +79,8 @@ def test_info_health_and_meta(client, colour_engine) -> None:
         "width": 8,
         "height": 8,
         "captions": [],
+        "has_file": True,
+        "url": None,
     }
 
 
