@@ -740,7 +740,8 @@ class _Builder:
         if had_vectors and recorded:
             mine = f"{entry['runtime']}/{entry['precision']}"
             before = recorded.get("embedded_with") or [f"{recorded['runtime']}/{recorded['precision']}"]
-            entry["embedded_with"] = sorted({*before, mine})
+            if {*before, mine} != {mine}:
+                entry["embedded_with"] = sorted({*before, mine})
             entry["tolerance_cosine"] = min(
                 float(entry["tolerance_cosine"]), float(recorded.get("tolerance_cosine", 1.0))
             )
