@@ -688,7 +688,8 @@ class OnnxEncoder:
                 what = "calibrate and check" if precision == "int8-static" else "check"
                 raise RuntimeExportError(
                     f"{precision} needs a sample of your own images to {what} it against fp32, and no accepted "
-                    f"{precision} image tower is cached in {self.cache.directory}; pass sample= (or use fp32)"
+                    f"{precision} image tower is cached in {self.cache.directory}; build or update the index "
+                    f"with --runtime onnx --precision {precision} first (it checks it on your images), or use fp32"
                 )
             return cached
         sample_hash = _sha256_array(self.sample)
