@@ -132,6 +132,28 @@ def test_an_index_of_one_runtime_queries_with_the_other(built: Path, cache: Path
         assert (a.images.vectors(ids) * b.images.vectors(ids)).sum(1).min() >= 0.9999
 
 
+def test_counterfactual_cli_with_either_runtime(built: Path, cache: Path, capsys) -> None:
+    args = [
+        "counterfactual",
+        str(built / "int8-dynamic.idx"),
+        "--image",
+        str(built / "shapes" / "000001.png"),
+    ]
+    args += ["--text", "a red circle", "-k", "3", "--device", "cpu", "--json", "--runtime"]
+    found = {}
+    for runtime in ("torch", "onnx"):
+        assert run([*args, runtime]) == 0
+        payload = json.loads(capsys.readouterr().out)
+        assert payload["stale"] == [] and payload["items"]
+        found[runtime] = payload
+    assert [i["id"] for i in found["torch"]["items"]] == [i["id"] for i in found["onnx"]["items"]]
+    np.testing.assert_allclose(
+        [i["score_after"] for i in found["torch"]["items"]],
+        [i["score_after"] for i in found["onnx"]["items"]],
+        atol=2e-3,
+    )
+
+
 def test_int8_index_is_not_reported_stale(built: Path, cache: Path) -> None:
     index_dir = built / "int8-dynamic.idx"
     with Engine.open(index_dir, device="cpu") as engine:
