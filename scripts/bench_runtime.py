@@ -16,12 +16,8 @@ Part 1, building (ViT-B-32, random weights: speed does not depend on the values)
 Targets (issue 19): onnx fp32 / torch >= 1.1x with cosine >= 0.9999; int8 / torch >= 1.5x with cosine
 >= 0.99 and recall@10 >= 0.98.
 
-Part 2, a cold text query with the bundled model: a fresh process per runtime (after one warm-up
-process, so the ONNX cache and the page cache are warm, as for a user's second query) opens a
-120-image shapes index, encodes one text and searches; the breakdown is: process start (to the first line
-of the child), imports, index open, model load (weights + fingerprint), runtime start (ONNX text session
-from the cache; nothing for torch), encode, search. A warm query (second query in the same process) is
-timed too. The CLI is not wired to the ONNX runtime yet, so this measures the library path it will take.
+Part 2, a cold ``counterclip search IDX --text ...`` with the bundled model, torch against the torch-free
+ONNX text path: `scripts/bench_cold_start.py` (CLI wall time and breakdown, median of fresh processes).
 
 Usage::
 
@@ -36,7 +32,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -204,133 +199,13 @@ def build_part(args: argparse.Namespace, work: Path) -> dict:
 
 
 # --- part 2: cold query --------------------------------------------------------------------------------
-COLD_CHILD = r"""
-import sys, time, json
-entered = time.time()
-stamps = {}
-runtime, index_dir, cache = sys.argv[1], sys.argv[2], sys.argv[3]
-TEXTS = ["a small red circle on a blue background", "a big green triangle"]
-if runtime == "onnx-standalone":
-    # What a torch-free query path does: the index's manifest, FAISS and SQLite, and the cached text tower.
-    t = time.perf_counter()
-    import sqlite3
-    import faiss
-    import numpy as np
-    from counterclip.models import OnnxTextEncoder
-    stamps["imports"] = time.perf_counter() - t
-    t = time.perf_counter()
-    manifest = json.load(open(f"{index_dir}/manifest.json"))
-    conn = sqlite3.connect(f"file:{index_dir}/items.sqlite?mode=ro", uri=True)
-    stamps["index_open_probe"] = time.perf_counter() - t
-    stamps["model_load"] = 0.0
-    t = time.perf_counter()
-    encoder, reason = OnnxTextEncoder.open(manifest["model"]["spec"], manifest["model"]["fingerprint"], cache)
-    assert encoder is not None, reason
-    stamps["runtime_start"] = time.perf_counter() - t
-    t = time.perf_counter()
-    images = faiss.read_index(f"{index_dir}/images.faiss")
-    stamps["index_open"] = time.perf_counter() - t
-
-    def query(text):
-        vector = encoder.encode_texts([text])
-        return vector, images.search(vector.astype(np.float32), 10)
-
-    def meta(ids):
-        marks = ",".join("?" * len(ids))
-        return conn.execute(f"SELECT id, path FROM images WHERE id IN ({marks})", ids).fetchall()
-else:
-    t = time.perf_counter()
-    import numpy as np
-    from counterclip.index_builder import Index
-    from counterclip.models import load_model
-    stamps["imports"] = time.perf_counter() - t
-    t = time.perf_counter()
-    probe = Index.open(index_dir)
-    spec = probe.model_spec
-    probe.close()
-    stamps["index_open_probe"] = time.perf_counter() - t
-    t = time.perf_counter()
-    model = load_model(spec, device="cpu")
-    model.fingerprint
-    stamps["model_load"] = time.perf_counter() - t
-    t = time.perf_counter()
-    encoder = model
-    if runtime == "onnx":
-        from counterclip.models.onnx_runtime import OnnxEncoder
-        encoder = OnnxEncoder(model, cache_dir=cache, threads=0)
-        encoder.session("text")
-    stamps["runtime_start"] = time.perf_counter() - t
-    t = time.perf_counter()
-    index = Index.open(index_dir, model=encoder)
-    stamps["index_open"] = time.perf_counter() - t
-
-    def query(text):
-        vector = np.asarray(encoder.encode_texts([text]))
-        return vector, index.search_images(vector.astype(np.float32), 10)
-
-    def meta(ids):
-        return index.image_meta(ids)
-t = time.perf_counter()
-vector, (scores, ids) = query(TEXTS[0])
-stamps["encode_and_search"] = time.perf_counter() - t
-t = time.perf_counter()
-found = [int(i) for i in ids[0]]
-meta(found)
-stamps["metadata"] = time.perf_counter() - t
-t = time.perf_counter()
-meta([int(i) for i in query(TEXTS[1])[1][1][0]])
-stamps["warm_query"] = time.perf_counter() - t
-heavy = sorted(m for m in ("torch", "open_clip", "transformers") if m in sys.modules)
-print(json.dumps({"entered": entered, "stamps": stamps, "ids": found, "heavy": heavy, "finished": time.time()}))
-"""
-
-
 def cold_part(args: argparse.Namespace, work: Path) -> dict:
-    from counterclip.index_builder import build_index
-    from counterclip.shapes.evaluate import render_set
+    """`bench_cold_start.measure` in ``work / "cold"`` (a fresh index and ONNX cache)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_cold_start import measure
 
-    folder = work / "shapes"
-    folder.mkdir()
-    for i, image in enumerate(render_set(args.cold_images, 11)[1]):
-        image.save(folder / f"{i:04d}.png")
-    index_dir = work / "shapes-index"
-    build_index(folder, index_dir, model="bundled:shapes", device="cpu", progress=False)
-    cache = work / "onnx-cache-bundled"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    script = work / "cold_child.py"
-    script.write_text(COLD_CHILD)
-
-    def child(runtime: str) -> dict:
-        started = time.time()
-        out = subprocess.run(
-            [sys.executable, str(script), runtime, str(index_dir), str(cache)],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        wall = time.time() - started
-        record = json.loads(out.stdout.strip().splitlines()[-1])
-        stamps = {"process_start": record["entered"] - started, **record["stamps"]}
-        stamps["exit"] = wall - (record["finished"] - started)
-        return {"wall": wall, "stamps": stamps, "ids": record["ids"], "heavy_modules": record["heavy"]}
-
-    results: dict[str, list] = {"torch": [], "onnx": [], "onnx-standalone": []}
-    child("onnx")  # warm-up: exports the text tower into the cache, fills the page cache
-    child("torch")
-    for _ in range(args.cold_repeats):
-        for runtime in results:
-            results[runtime].append(child(runtime))
-    same = all(r["ids"] == results["torch"][0]["ids"] for rs in results.values() for r in rs)
-    pass_start = time.time()
-    subprocess.run([sys.executable, "-c", "pass"], check=True)
-    return {
-        "index_images": args.cold_images,
-        "interpreter_alone_seconds": time.time() - pass_start,
-        "runs": results,
-        "same_top10_every_runtime": same,
-        "median_wall": {k: float(np.median([r["wall"] for r in v])) for k, v in results.items()},
-    }
+    (work / "cold").mkdir()
+    return measure(work / "cold", args.cold_images, args.cold_repeats)
 
 
 def main() -> None:
@@ -349,7 +224,7 @@ def main() -> None:
         "--sample", type=int, default=64, help="images the int8 towers are calibrated/checked on"
     )
     parser.add_argument("--cold-images", type=int, default=120)
-    parser.add_argument("--cold-repeats", type=int, default=3)
+    parser.add_argument("--cold-repeats", type=int, default=5)
     parser.add_argument("--skip-build", action="store_true")
     parser.add_argument("--skip-cold", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
@@ -453,31 +328,10 @@ def print_report(report: dict) -> None:
             )
             print(f"    {name:18s} {verdicts}")
     if "cold" in report:
-        c = report["cold"]
-        print(
-            f"\ncold text query, bundled:shapes, {c['index_images']}-image index (same top 10 on every runtime: "
-            f"{c['same_top10_every_runtime']}); python -c pass alone: {c['interpreter_alone_seconds']:.2f} s"
-        )
-        keys = [
-            "process_start",
-            "imports",
-            "index_open_probe",
-            "model_load",
-            "runtime_start",
-            "index_open",
-            "encode_and_search",
-            "metadata",
-            "exit",
-        ]
-        print("  " + " ".join(f"{k[:15]:>15s}" for k in ["runtime", "wall", *keys, "warm_query"]))
-        for runtime, runs in c["runs"].items():
-            for run in runs:
-                s = run["stamps"]
-                cells = [f"{runtime[:15]:>15s}", f"{run['wall']:15.3f}", *(f"{s[k]:15.3f}" for k in keys)]
-                print("  " + " ".join([*cells, f"{s['warm_query']:15.4f}"]))
-        print("  median wall: " + ", ".join(f"{k} {v:.2f} s" for k, v in c["median_wall"].items()))
-        for runtime, runs in c["runs"].items():
-            print(f"  {runtime}: heavy modules imported: {', '.join(runs[0]['heavy_modules']) or 'none'}")
+        from bench_cold_start import print_report as print_cold
+
+        print()
+        print_cold(report["cold"])
 
 
 if __name__ == "__main__":

@@ -228,7 +228,7 @@ def start_server(index_dir: Path) -> tuple[subprocess.Popen, str]:
         ],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=open(index_dir.parent / "server.log", "wb"),  # noqa: SIM115 - the server's lifetime
     )
     import httpx
 

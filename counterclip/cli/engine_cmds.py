@@ -24,14 +24,54 @@ def _parse_image(value: str | None) -> str | int | None:
     return value
 
 
-def _open_engine(index: Path, device: str):
-    from counterclip.engine import Engine
+RUNTIME_HELP = (
+    "torch | onnx (extra counterclip[onnx]): what embeds the query and re-scores answers; gradients "
+    "and maps stay torch."
+)
+PRECISION_HELP = "With --runtime onnx: fp32 | int8-dynamic | int8-static (an int8 tower accepted before)."
 
+
+def _open_engine(
+    index: Path, device: str, runtime: str = "torch", precision: str | None = None, text_only: bool = False
+):
+    """The engine over ``index``. ``text_only`` (a text search) with ``auto`` or ``onnx``: the model's text
+    tower from the ONNX cache without torch when the cache holds a checked one for the index's weights
+    (`counterclip.models.onnx_text`); otherwise the model is loaded (``auto``: torch)."""
+    from counterclip.models.onnx_common import check_runtime
+
+    if runtime not in ("auto", "torch", "onnx"):
+        raise InputError(f"--runtime must be auto, torch or onnx, got {runtime!r}")
+    check_runtime(None if runtime == "auto" else runtime, precision)
     if not index.exists():
         raise InputError(
             f"index not found: {index} (build one with `counterclip build FOLDER --index {index}`)"
         )
-    return Engine.open(index, device=device)
+    if text_only and runtime != "torch" and precision in (None, "fp32"):
+        engine = _open_text_engine(index)
+        if engine is not None:
+            return engine
+    from counterclip.engine import Engine
+
+    return Engine.open(
+        index, device=device, runtime="torch" if runtime == "auto" else runtime, precision=precision or "fp32"
+    )
+
+
+def _open_text_engine(index: Path):
+    """An engine whose model is the torch-free cached text tower, or None when the cache cannot serve it."""
+    import logging
+
+    from counterclip.engine.engine import Engine
+    from counterclip.index_builder.index import Index
+    from counterclip.index_builder.manifest import Manifest
+    from counterclip.models.onnx_text import OnnxTextEncoder
+
+    record = Manifest.read(index.expanduser()).model
+    encoder, reason = OnnxTextEncoder.open(record.spec, record.fingerprint, score=record.score)
+    if encoder is None:
+        logging.getLogger(__name__).info("text query through the full model: %s", reason)
+        return None
+    return Engine(Index.open(index), encoder)
 
 
 def _caption_cell(text: str, original: str | None) -> str:
@@ -161,6 +201,13 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             help="Print only the full paths, one per line (captions: the texts), for piping.",
         ),
         device: str = typer.Option("auto", help="auto | cpu | cuda"),
+        runtime: str = typer.Option(
+            "auto",
+            "--runtime",
+            help="auto | torch | onnx (extra counterclip[onnx]). auto: a text query runs the ONNX text tower "
+            "without loading torch when the cache holds one checked for this index's weights, else torch.",
+        ),
+        precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
         """Plain retrieval from an index, by text or by image: rank, score, p(match) when the index has a
@@ -180,7 +227,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             raise InputError(f"-k must be at least 1 (the number of results), got {k}")
         if paths and as_json:
             raise InputError("give --paths or --json, not both")
-        with _open_engine(index, device) as engine:
+        with _open_engine(index, device, runtime, precision, text_only=text is not None) as engine:
             result = engine.search(
                 text=text, image=_parse_image(image), k=k, collection="captions" if captions else "images"
             )
@@ -243,6 +290,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         ),
         report: Path = typer.Option(None, "--report", help="Write a self-contained HTML report here."),
         device: str = typer.Option("auto", help="auto | cpu | cuda"),
+        runtime: str = typer.Option("torch", "--runtime", help=RUNTIME_HELP),
+        precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
         """Verified counterfactuals for an (image, text) pair, closest to the original first.
@@ -276,7 +325,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         if verify_with is not None:
             overrides["verify_with"] = verify_with
         label_list = [s for s in (labels or "").split(",") if s.strip()] or None
-        with _open_engine(index, device) as engine:
+        with _open_engine(index, device, runtime, precision) as engine:
             query = _parse_image(image)
             result = engine.counterfactuals(
                 image=query,

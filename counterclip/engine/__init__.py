@@ -1,15 +1,41 @@
-"""The counterfactual engine: verified counterfactuals and plain search over an index."""
+"""The counterfactual engine: verified counterfactuals and plain search over an index.
 
-from counterclip.engine.criteria import MODES, Criterion, Decrease, Flip, Increase
-from counterclip.engine.engine import Engine, EngineOptions, IndexLike, QueryImage, load_image
-from counterclip.engine.path import PathSettings, apply_edit, gradient_path
-from counterclip.engine.ranking import mmr_order
-from counterclip.engine.results import CounterfactualResult, ResultItem, SearchResult, Validity
-from counterclip.engine.sides import SIDES, CaptionSide, ImageSide, Side
+The names are imported on first use (PEP 562): a text search opened without a torch model (see
+`counterclip.models.onnx_text`) imports no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the module that defines it
+_LAZY: dict[str, str] = {
+    "MODES": "counterclip.engine.criteria",
+    "SIDES": "counterclip.engine.sides",
+    "CaptionSide": "counterclip.engine.sides",
+    "CounterfactualResult": "counterclip.engine.results",
+    "Criterion": "counterclip.engine.criteria",
+    "Decrease": "counterclip.engine.criteria",
+    "Engine": "counterclip.engine.engine",
+    "EngineOptions": "counterclip.engine.engine",
+    "Flip": "counterclip.engine.criteria",
+    "ImageSide": "counterclip.engine.sides",
+    "Increase": "counterclip.engine.criteria",
+    "IndexLike": "counterclip.engine.engine",
+    "PathSettings": "counterclip.engine.path",
+    "QueryImage": "counterclip.engine.engine",
+    "ResultItem": "counterclip.engine.results",
+    "SearchResult": "counterclip.engine.results",
+    "Side": "counterclip.engine.sides",
+    "Validity": "counterclip.engine.results",
+    "apply_edit": "counterclip.engine.path",
+    "gradient_path": "counterclip.engine.path",
+    "load_image": "counterclip.engine.engine",
+    "mmr_order": "counterclip.engine.ranking",
+}
 
 __all__ = [
-    "MODES",
-    "SIDES",
     "CaptionSide",
     "CounterfactualResult",
     "Criterion",
@@ -20,9 +46,11 @@ __all__ = [
     "ImageSide",
     "Increase",
     "IndexLike",
+    "MODES",
     "PathSettings",
     "QueryImage",
     "ResultItem",
+    "SIDES",
     "SearchResult",
     "Side",
     "Validity",
@@ -31,3 +59,24 @@ __all__ = [
     "load_image",
     "mmr_order",
 ]
+
+if TYPE_CHECKING:  # static analysers and IDEs see the real imports
+    from counterclip.engine.criteria import MODES, Criterion, Decrease, Flip, Increase
+    from counterclip.engine.engine import Engine, EngineOptions, IndexLike, QueryImage, load_image
+    from counterclip.engine.path import PathSettings, apply_edit, gradient_path
+    from counterclip.engine.ranking import mmr_order
+    from counterclip.engine.results import CounterfactualResult, ResultItem, SearchResult, Validity
+    from counterclip.engine.sides import SIDES, CaptionSide, ImageSide, Side
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'counterclip.engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -16,10 +16,12 @@ import abc
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # imported by the objectives: a plain search needs no torch
+    import torch
 
 from counterclip.engine.path import Objective, normalize
 from counterclip.engine.results import Validity
@@ -99,6 +101,8 @@ class _PairCriterion(Criterion):
     sign: float = 1.0  # +1: the path raises the score; -1: it lowers it
 
     def objective(self) -> Objective:
+        import torch
+
         target = torch.as_tensor(normalize(self.fixed), dtype=torch.float32)
         score, sign = self.pair_score, self.sign
 
@@ -245,6 +249,8 @@ class Flip(Criterion):
         return cls(validity, pair_score, np.asarray(label_vecs), target_index, tuple(labels))
 
     def objective(self) -> Objective:
+        import torch
+
         labels = torch.as_tensor(normalize(self.label_vecs), dtype=torch.float32)
         score, index = self.pair_score, self.target_index
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -41,7 +41,9 @@ from counterclip.engine.words import Lexicon, Swaps
 from counterclip.errors import InputError
 from counterclip.index_builder.decode import DecodeError, LoadedImage
 from counterclip.index_builder.decode import load_image as decode_image
-from counterclip.models import ClipModel, load_model
+
+if TYPE_CHECKING:  # the models import torch; a text search with a torch-free text model needs none
+    from counterclip.models import ClipModel
 
 LOG = logging.getLogger(__name__)
 DUPLICATE_COS = 0.9999  # a candidate this close to the original is the original (or an exact copy)
@@ -212,6 +214,7 @@ class Engine:
         device: str = "auto",
         options: EngineOptions | None = None,
         runtime: str = "torch",
+        precision: str = "fp32",
     ) -> Engine:
         """Open an index directory with the model it was built with.
 
@@ -221,9 +224,11 @@ class Engine:
             options: default query settings.
             runtime: ``torch`` or ``onnx`` (extra ``onnx``): what embeds queries and re-scores answers;
                 an index built with one runtime can be queried with the other.
+            precision: ``onnx`` only: the image tower's precision (int8 reuses a tower accepted before).
         """
         from counterclip.index_builder import Index
         from counterclip.index_builder.manifest import Manifest
+        from counterclip.models import load_model
 
         started = time.perf_counter()
         model = load_model(Manifest.read(Path(index_dir).expanduser()).model.spec, device=device)
@@ -232,7 +237,9 @@ class Engine:
         if runtime != "torch":
             from counterclip.models.onnx_runtime import create_encoder
 
-            encoder = create_encoder(model, runtime)
+            encoder = create_encoder(
+                model, runtime, **({"precision": precision} if precision != "fp32" else {})
+            )
         LOG.info("opened %s in %.1f s", index_dir, time.perf_counter() - started)
         return cls(index, model, options, encoder)
 
@@ -750,6 +757,7 @@ class Engine:
         if not len(found.ids):
             return [], []
         ranked, words = self._rank(side, criterion, found, opts)
+        stale_cos = self._stale_cos()
         items: list[ResultItem] = []
         stale: list[dict[str, Any]] = []
         for start in range(0, len(ranked), opts.k):
@@ -758,7 +766,7 @@ class Engine:
             batch = ranked[start : start + opts.k]
             fresh = side.reencode(found.ids[batch]) if opts.verify else [(None, None)] * len(batch)
             for row, (new, reason) in zip(batch, fresh, strict=True):
-                if opts.verify and new is not None and float(new @ found.vectors[row]) < STALE_COS:
+                if opts.verify and new is not None and float(new @ found.vectors[row]) < stale_cos:
                     reason = "changed since indexing"  # same bytes, another vector: not this model's
                 if opts.verify and reason is not None:
                     item = side.item(int(found.ids[row]))
@@ -776,6 +784,18 @@ class Engine:
                 if len(items) == opts.k:
                     break
         return items, stale
+
+    def _stale_cos(self) -> float:
+        """`STALE_COS`, widened by how far the index's stored vectors (its recorded runtime, e.g. int8) and
+        this engine's re-encodings (its encoder) may each sit from torch fp32: the angles add."""
+        from counterclip.models.onnx_common import combine_cosines
+
+        manifest = getattr(self.index, "manifest", None)
+        built = (getattr(getattr(manifest, "model", None), "runtime", None) or {}).get(
+            "tolerance_cosine", 1.0
+        )
+        encoder = getattr(self.encoder, "tolerance_cosine", 1.0)
+        return combine_cosines(STALE_COS, float(built), float(encoder))
 
     def _scored_item(
         self, side: Side, criterion: Criterion, found: _Candidates, row: int, fresh: np.ndarray | None

@@ -10,13 +10,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # imported where the walk runs: a plain search needs no torch
+    import torch
 
 LOG = logging.getLogger(__name__)
 
-Objective = Callable[[torch.Tensor], torch.Tensor]  # (n, d) unit vectors -> (n,) values to maximise
+Objective = Callable[["torch.Tensor"], "torch.Tensor"]  # (n, d) unit vectors -> (n,) values to maximise
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -63,6 +66,8 @@ def gradient_path(
     Returns:
         ``(path, values)``: path ``(K+1, d)`` float32 with ``path[0] == e0``, and objective values ``(K+1,)``.
     """
+    import torch
+
     e0 = torch.as_tensor(normalize(start), dtype=torch.float32)
     e = e0.clone()
     points, values = [e0.numpy().copy()], []

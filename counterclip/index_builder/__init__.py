@@ -15,11 +15,28 @@ vectors, the source of truth), ``images-G.faiss`` and ``captions-G.faiss`` (deri
 writer lock). Every data file has a checksum in the manifest: `check_index` verifies them all.
 """
 
-from counterclip.index_builder.builder import BuildSummary, build_index, update_index
-from counterclip.index_builder.config import IndexCfg, add_index_config, list_index_configs, load_index_config
-from counterclip.index_builder.decode import DecodeError, decode_query, load_image
-from counterclip.index_builder.index import Index
-from counterclip.index_builder.integrity import CheckReport, check_index
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the module that defines it; imported on first use (PEP 562), so reading a manifest or
+# opening an `Index` does not import torch (the builder's pipeline does)
+_LAZY: dict[str, str] = {
+    "BuildSummary": "counterclip.index_builder.builder",
+    "CheckReport": "counterclip.index_builder.integrity",
+    "DecodeError": "counterclip.index_builder.decode",
+    "Index": "counterclip.index_builder.index",
+    "IndexCfg": "counterclip.index_builder.config",
+    "add_index_config": "counterclip.index_builder.config",
+    "build_index": "counterclip.index_builder.builder",
+    "check_index": "counterclip.index_builder.integrity",
+    "decode_query": "counterclip.index_builder.decode",
+    "list_index_configs": "counterclip.index_builder.config",
+    "load_image": "counterclip.index_builder.decode",
+    "load_index_config": "counterclip.index_builder.config",
+    "update_index": "counterclip.index_builder.builder",
+}
 
 __all__ = [
     "BuildSummary",
@@ -36,3 +53,28 @@ __all__ = [
     "load_index_config",
     "update_index",
 ]
+
+if TYPE_CHECKING:  # static analysers and IDEs see the real imports
+    from counterclip.index_builder.builder import BuildSummary, build_index, update_index
+    from counterclip.index_builder.config import (
+        IndexCfg,
+        add_index_config,
+        list_index_configs,
+        load_index_config,
+    )
+    from counterclip.index_builder.decode import DecodeError, decode_query, load_image
+    from counterclip.index_builder.index import Index
+    from counterclip.index_builder.integrity import CheckReport, check_index
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'counterclip.index_builder' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

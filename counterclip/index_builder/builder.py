@@ -61,7 +61,7 @@ from counterclip.index_builder.budget import parse_size, write_faiss
 from counterclip.index_builder.calibrate import calibration_from_pairs, fit_on_captions_file
 from counterclip.index_builder.checksums import Checksum, checksum_file, mismatch
 from counterclip.index_builder.config import IndexCfg, load_index_config
-from counterclip.index_builder.decode import DecodeOptions, file_sha256
+from counterclip.index_builder.decode import DecodeError, DecodeOptions, file_sha256, load_image
 from counterclip.index_builder.faiss_index import FaissInfo, choose_factory, new_index
 from counterclip.index_builder.generations import collect_garbage, published_files, remove_debris
 from counterclip.index_builder.integrity import Located, expected_files, locate, verify_files
@@ -97,10 +97,12 @@ from counterclip.index_builder.shards import (
 from counterclip.index_builder.sources import refuse_update_of_import
 from counterclip.index_builder.store import Store, sqlite_error
 from counterclip.models import ClipModel, ModelSpec, load_model
+from counterclip.models.onnx_common import check_runtime, runtime_record
 from counterclip.scores import PairScore
 
 LOG = logging.getLogger(__name__)
 DEFAULT_MODEL = "bundled:shapes"
+INT8_SAMPLE = 64  # images of the folder an int8 tower is checked (and calibrated) on
 FAISS_CFG_KEYS = (  # the config fields a FAISS index depends on (others never force a rebuild)
     "exact_max",
     "hnsw_max",
@@ -185,6 +187,8 @@ def build_index(
     config: str | os.PathLike[str] | IndexCfg | None = None,
     memory_budget: str | int | None = None,
     embedder: Any = None,
+    runtime: str | None = None,
+    precision: str | None = None,
 ) -> BuildSummary:
     """Embed every image of ``folder`` into the index at ``index_dir`` (created, resumed or updated).
 
@@ -209,6 +213,11 @@ def build_index(
         embedder: what turns the pending images into vectors, called like `pipeline.embed_images`
             (`distributed.ShardSetEmbedder`: from shard sets; `distributed.RayEmbedder`: on Ray Data).
             Default: None (`embed_images`, in this process).
+        runtime: ``torch`` or ``onnx`` (extra ``onnx``): what embeds the images and captions; recorded in
+            the manifest. Default: None (the recorded one for an existing index, else ``torch``).
+        precision: ``onnx`` only: ``fp32``, ``int8-dynamic`` or ``int8-static`` for the image tower; int8 is
+            checked (and static calibrated) on up to 64 of the folder's images and refused, with nothing
+            written, when it misses the bars. Default: None (``fp32``, or the recorded one).
 
     Returns:
         BuildSummary.
@@ -222,6 +231,7 @@ def build_index(
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise InputError(f"image folder {root} does not exist or is not a directory")
+    check_runtime(runtime, precision)
     overrides = {"batch_size": batch_size, "workers": workers, "memory_budget": parse_size(memory_budget)}
     builder = _Builder(
         Path(index_dir),
@@ -236,6 +246,7 @@ def build_index(
         progress,
     )
     builder.embedder = embedder or embed_images  # distributed.py: shard sets, Ray
+    builder.runtime_arg, builder.precision_arg = runtime, precision
     return builder.run()
 
 
@@ -252,6 +263,8 @@ def update_index(
     config: str | os.PathLike[str] | IndexCfg | None = None,
     repair: bool = False,
     user_calibration: Calibration | None = None,
+    runtime: str | None = None,
+    precision: str | None = None,
 ) -> BuildSummary:
     """Bring an index up to date with its recorded folder (or finish an interrupted build), as a new
     generation beside the one readers use.
@@ -267,6 +280,7 @@ def update_index(
             the images, the SQLite file from the images; the result equals a clean build. Default: False.
         user_calibration: a calibration to record with the new generation (``counterclip calibrate``);
             later updates keep it. Default: None (keep the recorded one).
+        runtime, precision: as in `build_index`. Default: None (the recorded runtime and precision).
 
     Examples::
 
@@ -280,11 +294,13 @@ def update_index(
         raise IndexFormatError(
             f"no index at {index_dir} (run `counterclip build FOLDER --index {index_dir}` first)"
         )
+    check_runtime(runtime, precision)
     overrides = {"batch_size": batch_size, "workers": workers}
     builder = _Builder(
         index_dir, None, model, captions, vocab, device, index_kind, config, overrides, progress, repair
     )
     builder.user_calibration = user_calibration
+    builder.runtime_arg, builder.precision_arg = runtime, precision
     return builder.run()
 
 
@@ -421,6 +437,7 @@ class _MetaView:
                 "index_kind": settings.index_kind,
                 "decode": settings.decode or None,
                 "created": manifest.created,
+                "runtime": manifest.model.runtime,
             }
         )
 
@@ -469,6 +486,9 @@ class _Builder:
         self._base_bytes = 0
         self.user_calibration: Calibration | None = None  # one `counterclip calibrate` fitted
         self.embedder: Any = embed_images
+        self.runtime_arg: str | None = None  # torch | onnx (None: the recorded one, else torch)
+        self.precision_arg: str | None = None  # onnx precision (None: the recorded one, else fp32)
+        self._encoder: Any = None  # what embeds: the model (torch) or an OnnxEncoder over it
 
     # --- entry ----------------------------------------------------------------------------------
     def run(self) -> BuildSummary:
@@ -556,6 +576,11 @@ class _Builder:
         if not isinstance(self.model_arg, ClipModel):
             arg = DEFAULT_MODEL if self.model_arg is None else self.model_arg
             self.model_arg = load_model(arg, device=self.device)
+        if self.root is not None:  # an export or an int8 check that fails leaves no directory either
+            cfg = load_index_config(self.config_arg, **self.overrides)
+            self._prepare_encoder(
+                self.model_arg, {}, self.root, cfg, _fresh_decode_options(cfg, self.model_arg)
+            )
 
     # --- settings -------------------------------------------------------------------------------
     def _resolve(self, meta: _MetaView) -> tuple[Path, IndexCfg]:
@@ -663,8 +688,71 @@ class _Builder:
                     "(build a new index to change them)"
                 )
             return options
-        side = min(self.model.vision_geometry.image_size) if cfg.downscale else None
-        return DecodeOptions(cfg.max_pixels, cfg.max_side, cfg.max_file_bytes, side)
+        return _fresh_decode_options(cfg, self.model)
+
+    # --- the encoder ----------------------------------------------------------------------------
+    def _prepare_encoder(
+        self, model: ClipModel, recorded: dict[str, Any], root: Path, cfg: IndexCfg, decode: DecodeOptions
+    ) -> None:
+        """Choose the runtime (asked, else ``recorded``, else torch) and make its encoder ready: ONNX towers
+        exported and checked, an int8 tower checked on the folder's own images, before anything is written."""
+        if self._encoder is not None:
+            return
+        runtime = self.runtime_arg or str(recorded.get("runtime", "torch"))
+        precision = self.precision_arg or (
+            str(recorded.get("precision", "fp32")) if self.runtime_arg is None else "fp32"
+        )
+        if runtime == "torch":
+            self._encoder = model
+            self._runtime = runtime_record(None, _torch_version())
+            return
+        check_runtime(runtime, precision)
+        from counterclip.models.onnx_runtime import OnnxEncoder
+
+        sample = self._int8_sample(model, root, decode) if precision != "fp32" else None
+        encoder = OnnxEncoder(model, precision=precision, sample=sample, check_batch_size=cfg.batch_size)
+        for tower in ("image", "text"):
+            encoder.session(tower)  # export, check (and quantise) now
+        self._encoder = encoder
+        self._runtime = encoder.manifest_record()
+
+    def _int8_sample(self, model: ClipModel, root: Path, decode: DecodeOptions) -> Any:
+        """Preprocessed pixels of up to `INT8_SAMPLE` of the folder's images, evenly spread in path order."""
+        import torch
+
+        paths = [e.rel for e in scan_folder(root, exclude=(self.index_dir,)) if e.error is None]
+        paths.sort()
+        step = max(1, len(paths) // INT8_SAMPLE)
+        pixels = []
+        for rel in paths[::step]:
+            try:
+                pixels.append(model.preprocess(load_image(root / rel, decode).image))
+            except DecodeError:
+                continue
+            if len(pixels) == INT8_SAMPLE:
+                break
+        h, w = model.vision_geometry.image_size
+        return torch.stack(pixels) if pixels else torch.zeros(0, 3, h, w)
+
+    @property
+    def encoder(self) -> Any:
+        """What embeds this run's images and captions (prepared while checking, before any write)."""
+        assert self._encoder is not None
+        return self._encoder
+
+    def _runtime_entry(self, recorded: dict[str, Any] | None, had_vectors: bool) -> dict[str, Any]:
+        """This run's runtime record; when earlier vectors came from another runtime, its tolerance is the
+        lower of both (the index holds vectors of each)."""
+        entry = dict(self._runtime)
+        if had_vectors and recorded:
+            mine = f"{entry['runtime']}/{entry['precision']}"
+            before = recorded.get("embedded_with") or [f"{recorded['runtime']}/{recorded['precision']}"]
+            if {*before, mine} != {mine}:
+                entry["embedded_with"] = sorted({*before, mine})
+            entry["tolerance_cosine"] = min(
+                float(entry["tolerance_cosine"]), float(recorded.get("tolerance_cosine", 1.0))
+            )
+        return entry
 
     def _check_index_kind(self, index_kind: str) -> None:
         """A FAISS factory string that cannot work is refused before anything is written."""
@@ -847,6 +935,8 @@ class _Builder:
         index_kind = self.index_kind_arg or meta.get_meta("index_kind") or "auto"
         self._check_index_kind(index_kind)
         self.decode = self._decode_options(meta, cfg)
+        self._recorded_runtime = meta.get_meta("runtime")
+        self._prepare_encoder(self.model, self._recorded_runtime or {}, root, cfg, self.decode)
         created = meta.get_meta("created") or _now()
 
         # --- from here on files are written, none that a reader of the current generation uses
@@ -887,6 +977,7 @@ class _Builder:
         resumed: bool,
     ) -> BuildSummary:
         t0 = time.perf_counter()
+        self._runtime_final = self._runtime_entry(self._recorded_runtime, self.base_gen > 0)
         sidecars: list[tuple[str, str]] = []
         self._scan_to_temp(store, root, sidecars)
         with store.transaction():
@@ -903,6 +994,7 @@ class _Builder:
                 config=self.cfg.to_dict(),
                 decode=dataclasses.asdict(self.decode),
                 created=created,
+                runtime=self._runtime_final,
             )
             if self.user_calibration is not None:
                 store.set_meta(user_calibration=self.user_calibration.to_dict())
@@ -950,7 +1042,13 @@ class _Builder:
             created=created,
             updated=last_run["finished"],
             root=str(root),
-            model=ModelRecord(self.spec, self.fingerprint, self.dim, self.pair_score.to_dict()),
+            model=ModelRecord(
+                self.spec,
+                self.fingerprint,
+                self.dim,
+                self.pair_score.to_dict(),
+                self._runtime_final,
+            ),
             counts=counts,
             faiss={kind: {**info.to_dict(), "file": self._faiss_files[kind]} for kind, info in infos.items()},
             settings=Settings(
@@ -1142,7 +1240,7 @@ class _Builder:
         task = self.progress.task("embedding images", total, "img")
         times = self.embedder(
             self._pending(store, root),
-            self.model,
+            self.encoder,
             writer,
             self.decode,
             batch_size=cfg.batch_size,
@@ -1234,7 +1332,7 @@ class _Builder:
             step = self.cfg.caption_batch_size
             for start in range(0, len(pending), step):
                 chunk = pending[start : start + step]
-                vectors = self.model.encode_texts([t for _, t in chunk], batch_size=step).numpy()
+                vectors = np.asarray(self.encoder.encode_texts([t for _, t in chunk], batch_size=step))
                 writer.add(vectors, [int(i) for i, _ in chunk], [{} for _ in chunk])
                 self.progress.advance(task, len(chunk))
             writer.close()
@@ -1373,3 +1471,15 @@ class _Builder:
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f}"
+
+
+def _fresh_decode_options(cfg: IndexCfg, model: ClipModel) -> DecodeOptions:
+    """The decode options a new index fixes: the recipe's limits, JPEG scaling to the model's input side."""
+    side = min(model.vision_geometry.image_size) if cfg.downscale else None
+    return DecodeOptions(cfg.max_pixels, cfg.max_side, cfg.max_file_bytes, side)
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,7 +51,9 @@ from counterclip.index_builder.manifest import (
 from counterclip.index_builder.shards import ShardReader
 from counterclip.index_builder.sources import has_sources, item_sources
 from counterclip.index_builder.store import SqliteMetadataProvider
-from counterclip.models import ClipModel
+
+if TYPE_CHECKING:  # importing the models would import torch; an Index opens without a model
+    from counterclip.models import ClipModel
 
 LOG = logging.getLogger(__name__)
 

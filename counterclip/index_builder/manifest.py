@@ -103,6 +103,14 @@ class ModelRecord:
     fingerprint: str  # weights fingerprint (`ClipModel.fingerprint`)
     embed_dim: int  # embedding width d
     score: dict[str, Any] | None = None  # the model's `PairScore.to_dict()`: scores without loading it
+    # what embedded the vectors (`counterclip.models.onnx_common.runtime_record`): runtime, precision,
+    # version, measured cosines; None in an index that predates it (torch)
+    runtime: dict[str, Any] | None = None
+
+    @property
+    def runtime_name(self) -> str:
+        """``torch`` or ``onnx``: the runtime that embedded the vectors (old indexes: torch)."""
+        return str((self.runtime or {}).get("runtime", "torch"))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (``spec_string`` is for people; ``spec`` is what is read back)."""
@@ -112,6 +120,7 @@ class ModelRecord:
             "fingerprint": self.fingerprint,
             "embed_dim": self.embed_dim,
             "score": self.score,
+            **({"runtime": self.runtime} if self.runtime is not None else {}),
         }
 
     @classmethod
@@ -122,6 +131,7 @@ class ModelRecord:
             str(data["fingerprint"]),
             int(data["embed_dim"]),
             data.get("score"),
+            data.get("runtime") if isinstance(data.get("runtime"), dict) else None,
         )
 
 

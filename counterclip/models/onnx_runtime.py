@@ -62,9 +62,15 @@ from counterclip.models.base import ClipModel, VisionGeometry
 from counterclip.models.onnx_common import (  # noqa: F401 - re-exported
     CACHE_ENV,
     CACHE_FORMAT,
+    FP32_MIN_COSINE,
+    INT8_MIN_COSINE,
     OPSET,
+    PRECISIONS,
+    RUNTIMES,
     default_cache_dir,
     onnxruntime_available,
+    runtime_record,
+    tolerance_cosine,
     unit,
 )
 from counterclip.models.spec import ModelSpec
@@ -72,10 +78,7 @@ from counterclip.models.spec import ModelSpec
 LOG = logging.getLogger(__name__)
 
 TOWERS = ("image", "text")
-PRECISIONS = ("fp32", "int8-dynamic", "int8-static")
-FP32_MIN_COSINE = 0.9999  # every exported embedding vs torch's
 FP32_MAX_ABS = 1e-3  # largest coordinate difference of unit embeddings vs torch
-INT8_MIN_COSINE = 0.99  # every int8 embedding vs its fp32 one
 INT8_MIN_RECALL = 0.98  # recall@10 of the int8 index against the fp32 index
 RECALL_K = 10
 MIN_CHECK_IMAGES = 2 * RECALL_K + 1  # recall@10 over fewer images says little
@@ -534,6 +537,15 @@ class OnnxEncoder:
             "towers": towers,
         }
 
+    @property
+    def tolerance_cosine(self) -> float:
+        """The cosine to torch fp32 its image embeddings are accepted at (export bar, and int8 bar)."""
+        return tolerance_cosine(self.precision, self.min_cosine)
+
+    def manifest_record(self) -> dict[str, Any]:
+        """`runtime_info` reduced to what an index records (`counterclip.models.onnx_common.runtime_record`)."""
+        return runtime_record(self.runtime_info(), "", self.tolerance_cosine)
+
     def __repr__(self) -> str:
         return (
             f"OnnxEncoder(spec={str(self.spec)!r}, precision={self.precision}, cache={self.cache.directory})"
@@ -676,7 +688,8 @@ class OnnxEncoder:
                 what = "calibrate and check" if precision == "int8-static" else "check"
                 raise RuntimeExportError(
                     f"{precision} needs a sample of your own images to {what} it against fp32, and no accepted "
-                    f"{precision} image tower is cached in {self.cache.directory}; pass sample= (or use fp32)"
+                    f"{precision} image tower is cached in {self.cache.directory}; build or update the index "
+                    f"with --runtime onnx --precision {precision} first (it checks it on your images), or use fp32"
                 )
             return cached
         sample_hash = _sha256_array(self.sample)
@@ -745,9 +758,6 @@ class OnnxEncoder:
             for i in range(0, len(pixels), batch_size)
         ]
         return unit(np.concatenate(out))
-
-
-RUNTIMES = ("torch", "onnx")
 
 
 def create_encoder(

@@ -33,9 +33,17 @@ from typing import Any
 
 import numpy as np
 
+from counterclip.calibration import Calibration
 from counterclip.errors import RuntimeExportError
-from counterclip.models.onnx_common import CACHE_FORMAT, default_cache_dir, onnxruntime_available, unit
+from counterclip.models.onnx_common import (
+    CACHE_FORMAT,
+    FP32_MIN_COSINE,
+    default_cache_dir,
+    onnxruntime_available,
+    unit,
+)
 from counterclip.models.spec import ModelSpec
+from counterclip.scores import PairScore
 
 LOG = logging.getLogger(__name__)
 TOKENIZER_FILE = "text.tokenizer.json"  # a Hugging Face fast tokenizer, saved beside the text export
@@ -226,9 +234,20 @@ class OnnxTextEncoder:
     """The text tower of a model from the ONNX cache, with its tokenizer, and nothing else (no torch).
 
     Open with `open`; ``encode_texts`` returns float32 numpy arrays (not torch tensors), L2-normalised.
+    It also carries what a text search needs of the model (``pair_score``, ``calibration``,
+    ``context_length``), so `counterclip.engine.Engine` can run a text search with it as its model.
     """
 
-    def __init__(self, spec: ModelSpec, record: dict[str, Any], directory: Path, threads: int = 0) -> None:
+    tolerance_cosine = FP32_MIN_COSINE  # its embeddings vs torch's: checked at export
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        record: dict[str, Any],
+        directory: Path,
+        threads: int = 0,
+        score: dict[str, Any] | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         self.spec = spec
@@ -247,6 +266,9 @@ class OnnxTextEncoder:
         )
         self._input = self._session.get_inputs()[0].name
         self._version = ort.__version__
+        self.context_length: int = int(record["standalone"]["tokenizer"]["context_length"])
+        self.pair_score = PairScore.from_dict(score) if score else PairScore(scale=self.logit_scale)
+        self.calibration = _shipped_calibration(spec, self.fingerprint)
 
     @classmethod
     def open(
@@ -255,6 +277,7 @@ class OnnxTextEncoder:
         fingerprint: str,
         cache_dir: str | os.PathLike[str] | None = None,
         threads: int = 0,
+        score: dict[str, Any] | None = None,
     ) -> tuple[OnnxTextEncoder | None, str]:
         """``(encoder, "")`` when the cache can serve this model's text tower without torch, else
         ``(None, reason)``.
@@ -264,6 +287,8 @@ class OnnxTextEncoder:
             fingerprint: the weights fingerprint the index records.
             cache_dir: the ONNX cache root. Default: `default_cache_dir()`.
             threads: intra-op threads (0 lets ONNX Runtime choose). Default: 0.
+            score: the model's `PairScore.to_dict()` the index records. Default: None (CLIP's
+                ``logit_scale * cos``, what the export recorded).
         """
         spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec)
         if not onnxruntime_available():
@@ -286,7 +311,7 @@ class OnnxTextEncoder:
         files = weight_files(spec)
         if files is None or files_digest(files) != standalone.get("files_sha256"):
             return None, f"the weight files of {spec} changed since the export (or are not local)"
-        return cls(spec, record, directory, threads), ""
+        return cls(spec, record, directory, threads, score), ""
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         return self._tokenizer(list(texts))
@@ -319,6 +344,14 @@ class OnnxTextEncoder:
             "standalone": True,
             "towers": {"text": {"precision": "fp32", "vs_torch": self.record.get("vs_torch")}},
         }
+
+
+def _shipped_calibration(spec: ModelSpec, fingerprint: str) -> Calibration | None:
+    """The calibration shipped with a bundled model, read as `counterclip.models.factory.load_bundled` does."""
+    if spec.backend != "bundled":
+        return None
+    path = Path(str(resources.files("counterclip"))) / "data" / spec.name / "calibration.json"
+    return Calibration.read(path).check_model(fingerprint, str(spec)) if path.is_file() else None
 
 
 def standalone_entry(model: Any, directory: Path) -> tuple[dict[str, Any] | None, str]:
