@@ -258,7 +258,7 @@ class Engine:
 
     def refresh(self) -> bool:
         """Switch to the index's newest generation now (queries do this by themselves); True if it changed."""
-        return self._live.refresh()
+        return self._live.refresh(wait=True)
 
     def close(self) -> None:
         self._live.close()

@@ -83,8 +83,12 @@ class LiveIndex:
             self._local.generation = None
             self._release(generation)
 
-    def refresh(self) -> bool:
+    def refresh(self, wait: bool = False) -> bool:
         """Switch to a newer generation if an update published one (one ``stat`` when none did).
+
+        Args:
+            wait: when another thread is opening the new generation, wait for it (an explicit refresh,
+                ``/health``) instead of going on with the current one (a query: never held up).
 
         Returns whether the current generation is a new one. A newer generation that fails to open (for
         example rebuilt with another model, or damaged) is logged once and the old one keeps serving.
@@ -96,7 +100,7 @@ class LiveIndex:
         number = newer()
         if number is None or number == self._failed:
             return False
-        if not self._switching.acquire(blocking=False):
+        if not self._switching.acquire(blocking=wait):
             return False  # another thread is opening it; this query uses the one it has
         try:
             if self._current is not current:
