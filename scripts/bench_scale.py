@@ -78,17 +78,67 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+# The generator's structure, from published statistics of CLIP embeddings (ViT-B/32 on COCO / LAION):
+# - a shared mean direction per modality (the "cone effect", Liang et al. 2022, Mind the Gap): random
+#   image pairs have cosine ~0.4-0.5 -> ALPHA2, the squared weight of the image mean direction;
+# - captions sit in their own cone, apart from the images (the modality gap): random image-text pairs
+#   ~0.1-0.15, matching pairs ~0.3 (CLIPScore, Hessel et al. 2021, rescales cos because it rarely
+#   exceeds 0.4) -> GAP_COS between the two mean directions, RHO: how much of the image's own content a
+#   caption carries;
+# - low intrinsic dimension (tens of dimensions): the content lives in LATENT dims of the 512, plus a
+#   small isotropic residue (ISO);
+# - topics of Zipf-distributed sizes, and near duplicates (web collections are full of them: SemDeDup,
+#   Abbas et al. 2023): items come in groups of geometric size (mean 2), so nearest neighbours have
+#   cosine ~0.85-0.9 as in LAION.
+LATENT = 48
+ALPHA2, BETA2, ISO = 0.45, 0.45, 0.04
+TOPIC = 0.25  # share of the content that is the topic's
+DUP_SD = 0.3  # spread of an item around its near-duplicate group
+GAP_COS, RHO = 0.25, 0.22
+
+
+class Generator:
+    """Image and caption vectors with the structure above; `rows` draws one partition."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        basis = np.linalg.qr(self.rng.standard_normal((D, LATENT + 2)))[0].T  # orthonormal rows
+        self.mean_img, gap, self.latent = basis[0], basis[1], basis[2:]
+        self.mean_txt = GAP_COS * self.mean_img + np.sqrt(1 - GAP_COS**2) * gap
+        self.topics = max(50, n // 500)
+        self.centres = self.rng.standard_normal((self.topics, LATENT)) / np.sqrt(LATENT)
+        weights = 1.0 / np.arange(1, self.topics + 1) ** 0.8
+        self.weights = weights / weights.sum()
+
+    def _noise(self, rows: int, d: int) -> np.ndarray:
+        return self.rng.standard_normal((rows, d), dtype=np.float32) / np.float32(np.sqrt(d))
+
+    def rows(self, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(images (rows, D), captions (rows, D), topic of each row)``, unit float32."""
+        sizes = self.rng.geometric(0.5, size=rows)
+        groups = int(np.searchsorted(np.cumsum(sizes), rows)) + 1
+        group = np.repeat(np.arange(groups), sizes[:groups])[:rows]
+        topic_of_group = self.rng.choice(self.topics, size=groups, p=self.weights)
+        topic = topic_of_group[group]
+        own = np.sqrt(1 - DUP_SD**2) * self._noise(groups, LATENT)[group] + DUP_SD * self._noise(rows, LATENT)
+        content = np.sqrt(TOPIC) * self.centres[topic] + np.sqrt(1 - TOPIC) * own
+        said = RHO * content + np.sqrt(1 - RHO**2) * (
+            np.sqrt(TOPIC) * self.centres[topic] + np.sqrt(1 - TOPIC) * self._noise(rows, LATENT)
+        )
+        img = np.sqrt(ALPHA2) * self.mean_img + np.sqrt(1 - ALPHA2 - ISO) * (content @ self.latent)
+        txt = np.sqrt(BETA2) * self.mean_txt + np.sqrt(1 - BETA2 - ISO) * (said @ self.latent)
+        img = img + np.sqrt(ISO) * self._noise(rows, D)
+        txt = txt + np.sqrt(ISO) * self._noise(rows, D)
+        return unit(img).astype(np.float32), unit(txt).astype(np.float32), topic
+
+
 def write_layout(out: Path, n: int, workdir: Path, seed: int = 0) -> dict:
     """N rows in clip-retrieval's layout; returns a few query captions with their vectors."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rng = np.random.default_rng(seed)
-    clusters = max(50, n // 500)
-    centres = unit(rng.standard_normal((clusters, D)))
-    weights = 1.0 / np.arange(1, clusters + 1) ** 0.8
-    weights /= weights.sum()
-    gap = unit(rng.standard_normal((1, D)))[0]  # the modality gap: captions sit apart from images
+    gen = Generator(n, seed)
+    rng = np.random.default_rng(seed + 1)
     shapes_img, shapes_txt, shapes_cap = shapes_pairs(workdir)
     for sub in ("img_emb", "text_emb", "metadata"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -97,9 +147,7 @@ def write_layout(out: Path, n: int, workdir: Path, seed: int = 0) -> dict:
     queries = {}
     for p in range(parts):
         rows = min(PART_ROWS, n - p * PART_ROWS)
-        c = rng.choice(clusters, size=rows, p=weights)
-        img = unit(centres[c] + 0.09 * rng.standard_normal((rows, D)))
-        txt = unit(img + 1.0 * gap + 0.11 * rng.standard_normal((rows, D)) + 0.6 * centres[c])
+        img, txt, c = gen.rows(rows)
         captions = [f"a photo of thing {p * PART_ROWS + i} of kind {c[i]}" for i in range(rows)]
         if p == 0:  # the real shapes pairs lead the first partition
             k = min(SHAPES, rows)
@@ -120,6 +168,54 @@ def write_layout(out: Path, n: int, workdir: Path, seed: int = 0) -> dict:
         )
         pq.write_table(table, out / f"metadata/metadata_{key}.parquet")
     return queries
+
+
+def layout_statistics(out: Path, sample: int = 300, seed: int = 3) -> dict[str, float]:
+    """Statistics of the written vectors (as float16, as imported), from a seeded sample: mean cosine of
+    random image pairs, of each sampled image to its nearest other image (1-NN, exact over all images),
+    of matching and of random image-caption pairs, of random caption pairs."""
+    import faiss
+
+    img_files = sorted((out / "img_emb").glob("img_emb_*.npy"))
+    txt_files = sorted((out / "text_emb").glob("text_emb_*.npy"))
+    counts = [len(np.load(f, mmap_mode="r")) for f in img_files]
+    n = sum(counts)
+    rng = np.random.default_rng(seed)
+    picks = {name: np.sort(rng.choice(n, min(sample, n), replace=False)) for name in "abq"}
+
+    def rows(files: list[Path], chosen: np.ndarray) -> np.ndarray:
+        out_rows, start = [], 0
+        for f, count in zip(files, counts, strict=True):
+            inside = chosen[(chosen >= start) & (chosen < start + count)] - start
+            if len(inside):
+                out_rows.append(np.asarray(np.load(f, mmap_mode="r")[inside], np.float32))
+            start += count
+        return np.concatenate(out_rows)
+
+    ia, ib, ta, tb = (
+        rows(img_files, picks["a"]),
+        rows(img_files, picks["b"]),
+        rows(txt_files, picks["a"]),
+        rows(txt_files, picks["b"]),
+    )
+    xq = rows(img_files, picks["q"])
+    heap = faiss.ResultHeap(len(xq), 2, keep_max=True)
+    start = 0
+    for f in img_files:
+        block = np.asarray(np.load(f), np.float32)
+        dist, pos = faiss.knn(xq, block, 2, metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(dist, pos + start)
+        start += len(block)
+    heap.finalize()
+    nn = np.where(heap.I[:, 0] == picks["q"], heap.D[:, 1], heap.D[:, 0])  # the nearest other image
+    return {
+        "sample": int(len(xq)),
+        "random_image_pair_cos": round(float(np.mean(np.sum(ia * ib, 1))), 3),
+        "image_1nn_cos": round(float(np.mean(nn)), 3),
+        "matching_image_text_cos": round(float(np.mean(np.sum(ia * ta, 1))), 3),
+        "random_image_text_cos": round(float(np.mean(np.sum(ia * tb, 1))), 3),
+        "random_text_pair_cos": round(float(np.mean(np.sum(ta * tb, 1))), 3),
+    }
 
 
 class StandIn:
@@ -272,6 +368,8 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     queries = write_layout(work / "cr", n, Path(args.workdir))
     write_s = time.perf_counter() - t0
+    stats = layout_statistics(work / "cr")
+    print(f"n={n} vectors written in {write_s:.0f} s; statistics: {json.dumps(stats)}", flush=True)
     texts = list(queries)
     qfile = work / "queries.npz"
     np.savez(qfile, texts=json.dumps(texts), vectors=np.stack([queries[t] for t in texts]))
@@ -308,6 +406,7 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
     result = {
         "n": n,
         "write_layout_seconds": round(write_s, 1),
+        "vector_statistics": stats,
         "import_seconds": round(import_s, 1),
         "import_stage_seconds": summary.stage_seconds,
         "disk_bytes_index": du(work / "idx"),
