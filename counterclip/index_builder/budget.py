@@ -19,7 +19,9 @@ reaches the target for every query kind, measured separately: ``stored`` (vector
 in distribution), the other modality (``text_to_image`` for the images: caption vectors; text queries
 are out of distribution for an image index) and ``path`` (points of the engine's ascent path: geodesic
 steps of `PATH_STEP` radians from an item toward an item of the other modality, as
-``engine/path.py`` walks). All three are recorded in the manifest (`FaissInfo.recall_by_query`).
+``engine/path.py`` walks). All three are recorded in the manifest (`FaissInfo.recall_by_query`). Each
+setting is first tried on `PROBE_QUERIES` queries per kind, and on all of them only when those cannot
+decide within their standard error.
 """
 
 from __future__ import annotations
@@ -65,9 +67,7 @@ CROSS_NAMES = {"images": "text_to_image", "captions": "image_to_text"}  # querie
 HAS_MMAP = hasattr(faiss, "IO_FLAG_MMAP_IFC")  # faiss >= 1.11 maps Flat, SQ, PQ, HNSW codes
 _EF_LADDER = (16, 32, 64, 128, 256, 512, 1024, 2048)
 _K_FACTORS = (2, 4, 8, 16, 32)
-TRAIN_PER_LIST = (
-    64  # k-means points per inverted list: FAISS warns below 39; more buys little, costs linearly
-)
+TRAIN_PER_LIST = 64  # k-means points per list: FAISS warns below 39; more costs linearly, buys little
 PROBE_QUERIES = 100  # queries per kind a setting is first measured on (`tune`)
 PROBE_Z = 2.0  # standard errors by which the probe's recall must clear or miss the target to decide
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
