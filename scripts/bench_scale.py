@@ -7,10 +7,14 @@ peak while serving, search p50 (text -> image, k=10), counterfactual p50 (image 
 the engine's time beyond encoding) and recall@10 against exact search for text -> image queries and
 for the engine's own path queries (every query the engine sent to FAISS during the counterfactuals).
 
-Vectors with realistic structure: image vectors in clusters on the sphere (cluster sizes from a Zipf
-law, spread like CLIP's image-image cosines), each caption near its image plus a shared modality gap
-(image-text cosine ~0.3, as CLIP's), and the bundled model's real embeddings of generated shapes and
-their captions mixed in (1000 pairs, lifted to width 512 by a fixed isometry: cosines unchanged).
+Vectors with the structure of CLIP embeddings (`Generator`, constants and sources above it): a shared
+mean direction per modality (random image pairs: cosine ~0.45), captions in their own cone (the
+modality gap: random image-text ~0.12, matching ~0.33), content in 48 of the 512 dimensions, topics of
+Zipf sizes and near-duplicate groups (nearest other image: cosine ~0.9). The statistics of the written
+vectors are measured on a sample and printed (``vector_statistics``). The generator is set from these
+published statistics, not from the index's targets. The bundled model's real embeddings of generated
+shapes and their captions are mixed in (1000 pairs, lifted to width 512 by a fixed isometry: cosines
+unchanged).
 The model is a stand-in object of width 512 (the bundled model embeds to 128): it answers the known
 captions' texts with their vectors and records its encoding time, which is subtracted.
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -78,17 +83,88 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+# The generator's structure, from published statistics of CLIP embeddings (ViT-B/32 on COCO / LAION):
+# - a shared mean direction per modality (the "cone effect", Liang et al. 2022, Mind the Gap): random
+#   image pairs have cosine ~0.4-0.5 -> ALPHA2, the squared weight of the image mean direction;
+# - captions sit in their own cone, apart from the images (the modality gap): random image-text pairs
+#   ~0.1-0.15, matching pairs ~0.3 (CLIPScore, Hessel et al. 2021, rescales cos because it rarely
+#   exceeds 0.4) -> GAP_COS between the two mean directions, RHO: how much of the image's own content a
+#   caption carries;
+# - low intrinsic dimension (tens of dimensions): the content lives in LATENT dims of the 512, plus a
+#   small isotropic residue (ISO);
+# - topics of Zipf-distributed sizes, and near duplicates (web collections are full of them: SemDeDup,
+#   Abbas et al. 2023): items come in groups of geometric size (mean 2), so nearest neighbours have
+#   cosine ~0.85-0.9 as in LAION.
+LATENT = 48
+ALPHA2, BETA2, ISO = 0.45, 0.45, 0.04
+TOPIC = 0.25  # share of the content that is the topic's
+DUP_SD = 0.3  # spread of an item around its near-duplicate group
+GAP_COS, RHO = 0.25, 0.22
+VOCABULARY = 5000  # pseudo-words of the captions
+
+
+class Generator:
+    """Image and caption vectors with the structure above; `rows` draws one partition."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        basis = np.linalg.qr(self.rng.standard_normal((D, LATENT + 2)))[0].T  # orthonormal rows
+        self.mean_img, gap, self.latent = basis[0], basis[1], basis[2:]
+        self.mean_txt = GAP_COS * self.mean_img + np.sqrt(1 - GAP_COS**2) * gap
+        self.topics = max(50, n // 500)
+        self.centres = self.rng.standard_normal((self.topics, LATENT)) / np.sqrt(LATENT)
+        weights = 1.0 / np.arange(1, self.topics + 1) ** 0.8
+        self.weights = weights / weights.sum()
+        syllables = [c + v for c in "bcdfghklmnprstvz" for v in "aeiou"]
+        lengths = self.rng.integers(2, 4, VOCABULARY)
+        self.vocabulary = ["".join(self.rng.choice(syllables, size=m)) for m in lengths]
+        word_weights = 1.0 / np.arange(1, VOCABULARY + 1)
+        self.word_weights = word_weights / word_weights.sum()
+        self.topic_words = self.rng.integers(0, VOCABULARY, (self.topics, 12))
+
+    def captions(self, topic: np.ndarray) -> list[str]:
+        """Caption texts: two of the topic's words and three words of the whole vocabulary (Zipf), letters
+        only (the engine reads words, not numbers), so that one-word swaps of a caption are as rare as in
+        real captions rather than every caption of a template."""
+        own = self.topic_words[
+            topic[:, None], self.rng.integers(0, self.topic_words.shape[1], (len(topic), 2))
+        ]
+        common = self.rng.choice(len(self.vocabulary), size=(len(topic), 3), p=self.word_weights)
+        v = self.vocabulary
+        return [
+            f"a photo of {v[a]} {v[b]} with {v[c]} {v[d]} {v[e]}"
+            for (a, b), (c, d, e) in zip(own, common, strict=True)
+        ]
+
+    def _noise(self, rows: int, d: int) -> np.ndarray:
+        return self.rng.standard_normal((rows, d), dtype=np.float32) / np.float32(np.sqrt(d))
+
+    def rows(self, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(images (rows, D), captions (rows, D), topic of each row)``, unit float32."""
+        sizes = self.rng.geometric(0.5, size=rows)
+        groups = int(np.searchsorted(np.cumsum(sizes), rows)) + 1
+        group = np.repeat(np.arange(groups), sizes[:groups])[:rows]
+        topic_of_group = self.rng.choice(self.topics, size=groups, p=self.weights)
+        topic = topic_of_group[group]
+        own = np.sqrt(1 - DUP_SD**2) * self._noise(groups, LATENT)[group] + DUP_SD * self._noise(rows, LATENT)
+        content = np.sqrt(TOPIC) * self.centres[topic] + np.sqrt(1 - TOPIC) * own
+        said = RHO * content + np.sqrt(1 - RHO**2) * (
+            np.sqrt(TOPIC) * self.centres[topic] + np.sqrt(1 - TOPIC) * self._noise(rows, LATENT)
+        )
+        img = np.sqrt(ALPHA2) * self.mean_img + np.sqrt(1 - ALPHA2 - ISO) * (content @ self.latent)
+        txt = np.sqrt(BETA2) * self.mean_txt + np.sqrt(1 - BETA2 - ISO) * (said @ self.latent)
+        img = img + np.sqrt(ISO) * self._noise(rows, D)
+        txt = txt + np.sqrt(ISO) * self._noise(rows, D)
+        return unit(img).astype(np.float32), unit(txt).astype(np.float32), topic
+
+
 def write_layout(out: Path, n: int, workdir: Path, seed: int = 0) -> dict:
     """N rows in clip-retrieval's layout; returns a few query captions with their vectors."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rng = np.random.default_rng(seed)
-    clusters = max(50, n // 500)
-    centres = unit(rng.standard_normal((clusters, D)))
-    weights = 1.0 / np.arange(1, clusters + 1) ** 0.8
-    weights /= weights.sum()
-    gap = unit(rng.standard_normal((1, D)))[0]  # the modality gap: captions sit apart from images
+    gen = Generator(n, seed)
+    rng = np.random.default_rng(seed + 1)
     shapes_img, shapes_txt, shapes_cap = shapes_pairs(workdir)
     for sub in ("img_emb", "text_emb", "metadata"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -97,10 +173,8 @@ def write_layout(out: Path, n: int, workdir: Path, seed: int = 0) -> dict:
     queries = {}
     for p in range(parts):
         rows = min(PART_ROWS, n - p * PART_ROWS)
-        c = rng.choice(clusters, size=rows, p=weights)
-        img = unit(centres[c] + 0.09 * rng.standard_normal((rows, D)))
-        txt = unit(img + 1.0 * gap + 0.11 * rng.standard_normal((rows, D)) + 0.6 * centres[c])
-        captions = [f"a photo of thing {p * PART_ROWS + i} of kind {c[i]}" for i in range(rows)]
+        img, txt, c = gen.rows(rows)
+        captions = gen.captions(c)
         if p == 0:  # the real shapes pairs lead the first partition
             k = min(SHAPES, rows)
             img[:k], txt[:k] = shapes_img[:k], shapes_txt[:k]
@@ -120,6 +194,67 @@ def write_layout(out: Path, n: int, workdir: Path, seed: int = 0) -> dict:
         )
         pq.write_table(table, out / f"metadata/metadata_{key}.parquet")
     return queries
+
+
+def layout_statistics(out: Path, sample: int = 300, seed: int = 3) -> dict[str, float]:
+    """Statistics of the written vectors (as float16, as imported), from a seeded sample: mean cosine of
+    random image pairs, of each sampled image to its nearest other image (1-NN, exact over all images),
+    of matching and of random image-caption pairs, of random caption pairs; the local intrinsic dimension."""
+    import faiss
+
+    img_files = sorted((out / "img_emb").glob("img_emb_*.npy"))
+    txt_files = sorted((out / "text_emb").glob("text_emb_*.npy"))
+    counts = [len(np.load(f, mmap_mode="r")) for f in img_files]
+    n = sum(counts)
+    rng = np.random.default_rng(seed)
+    picks = {name: np.sort(rng.choice(n, min(sample, n), replace=False)) for name in "abq"}
+
+    def rows(files: list[Path], chosen: np.ndarray) -> np.ndarray:
+        out_rows, start = [], 0
+        for f, count in zip(files, counts, strict=True):
+            inside = chosen[(chosen >= start) & (chosen < start + count)] - start
+            if len(inside):
+                out_rows.append(np.asarray(np.load(f, mmap_mode="r")[inside], np.float32))
+            start += count
+        return np.concatenate(out_rows)
+
+    ia, ib, ta, tb = (
+        rows(img_files, picks["a"]),
+        rows(img_files, picks["b"]),
+        rows(txt_files, picks["a"]),
+        rows(txt_files, picks["b"]),
+    )
+    xq = rows(img_files, picks["q"])
+    k = 10
+    heap = faiss.ResultHeap(len(xq), k + 1, keep_max=True)
+    start = 0
+    for f in img_files:
+        block = np.asarray(np.load(f), np.float32)
+        dist, pos = faiss.knn(xq, block, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(dist, pos + start)
+        start += len(block)
+    heap.finalize()
+    others = np.array(
+        [
+            [c for c, i in zip(cs, ix, strict=True) if i != q][:k]
+            for cs, ix, q in zip(heap.D, heap.I, picks["q"], strict=True)
+        ]
+    )
+    nn = others[:, 0]  # the nearest other image
+    # local intrinsic dimension, Levina-Bickel maximum likelihood from the 10 nearest (chordal distances),
+    # averaged as MacKay and Ghahramani do (mean of the inverses)
+    chord = np.sqrt(np.maximum(2 - 2 * others, 1e-12))
+    inverse = np.mean(np.log(chord[:, -1:] / chord[:, :-1]), axis=1)
+    return {
+        "sample": int(len(xq)),
+        "random_image_pair_cos": round(float(np.mean(np.sum(ia * ib, 1))), 3),
+        "image_1nn_cos": round(float(np.mean(nn)), 3),
+        "matching_image_text_cos": round(float(np.mean(np.sum(ia * ta, 1))), 3),
+        "random_image_text_cos": round(float(np.mean(np.sum(ia * tb, 1))), 3),
+        "random_text_pair_cos": round(float(np.mean(np.sum(ta * tb, 1))), 3),
+        "image_10nn_cos": round(float(np.mean(others[:, -1])), 3),
+        "local_intrinsic_dim_mle_k10": round(float(1 / np.mean(inverse)), 1),
+    }
 
 
 class StandIn:
@@ -272,11 +407,22 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     queries = write_layout(work / "cr", n, Path(args.workdir))
     write_s = time.perf_counter() - t0
+    stats = layout_statistics(work / "cr")
+    print(f"n={n} vectors written in {write_s:.0f} s; statistics: {json.dumps(stats)}", flush=True)
     texts = list(queries)
     qfile = work / "queries.npz"
     np.savez(qfile, texts=json.dumps(texts), vectors=np.stack([queries[t] for t in texts]))
     model = StandIn(queries)
     load = os.getloadavg()
+    log_lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: log_lines.append(  # type: ignore[method-assign]
+        f"{time.perf_counter() - t_import:7.1f}s {record.getMessage()}"
+    )
+    budget_log = logging.getLogger("counterclip.index_builder.budget")
+    budget_log.addHandler(handler)
+    budget_log.setLevel(logging.INFO)
+    t_import = time.perf_counter()
     t0 = time.perf_counter()
     from counterclip.index_builder.config import IndexCfg
 
@@ -286,6 +432,8 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
         work / "cr", work / "idx", model, memory_budget=args.memory_budget, config=cfg, progress=False
     )
     import_s = time.perf_counter() - t0
+    budget_log.removeHandler(handler)
+    print("\n".join(log_lines), flush=True)
     child = subprocess.run(
         [
             sys.executable,
@@ -308,6 +456,7 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
     result = {
         "n": n,
         "write_layout_seconds": round(write_s, 1),
+        "vector_statistics": stats,
         "import_seconds": round(import_s, 1),
         "import_stage_seconds": summary.stage_seconds,
         "disk_bytes_index": du(work / "idx"),
@@ -322,6 +471,7 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
         "recall_at_10_text_to_image": recall(np.array(served.pop("text_got")), truth_text),
         "recall_at_10_engine_path": recall(np.array(served.pop("path_got")), truth_path),
         **served,
+        "faiss_log": log_lines,
         "loadavg_at_import": load,
         "loadavg_after": os.getloadavg(),
     }

@@ -19,7 +19,9 @@ reaches the target for every query kind, measured separately: ``stored`` (vector
 in distribution), the other modality (``text_to_image`` for the images: caption vectors; text queries
 are out of distribution for an image index) and ``path`` (points of the engine's ascent path: geodesic
 steps of `PATH_STEP` radians from an item toward an item of the other modality, as
-``engine/path.py`` walks). All three are recorded in the manifest (`FaissInfo.recall_by_query`).
+``engine/path.py`` walks). All three are recorded in the manifest (`FaissInfo.recall_by_query`). Each
+setting is first tried on `PROBE_QUERIES` queries per kind, and on all of them only when those cannot
+decide within their standard error.
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ from counterclip.index_builder.faiss_index import (
     make_search_params,
     new_index,
     read_index,
-    recall_at_k,
     search,
     write_index_atomic,
 )
@@ -66,6 +67,9 @@ CROSS_NAMES = {"images": "text_to_image", "captions": "image_to_text"}  # querie
 HAS_MMAP = hasattr(faiss, "IO_FLAG_MMAP_IFC")  # faiss >= 1.11 maps Flat, SQ, PQ, HNSW codes
 _EF_LADDER = (16, 32, 64, 128, 256, 512, 1024, 2048)
 _K_FACTORS = (2, 4, 8, 16, 32)
+TRAIN_PER_LIST = 64  # k-means points per list: FAISS warns below 39; more costs linearly, buys little
+PROBE_QUERIES = 100  # queries per kind a setting is first measured on (`tune`)
+PROBE_Z = 2.0  # standard errors by which the probe's recall must clear or miss the target to decide
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 
 
@@ -201,14 +205,15 @@ def plan_index(n: int, d: int, budget: int | None, cfg: IndexCfg, override: str 
 
 # --- building -------------------------------------------------------------------------------------------
 def _train(index: faiss.Index, blocks: Blocks, n: int, cfg: IndexCfg, factory: str) -> None:
-    """Train ``index`` on a seeded sample (39-256 points per inverted list, 50k for the codecs)."""
+    """Train ``index`` on a seeded sample: 39-`TRAIN_PER_LIST` points per inverted list (at most 100k
+    unless 39 per list need more), 50k for the codecs alone."""
     if index.is_trained:
         return
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:
         ivf = None
-    need = max(39 * ivf.nlist, min(256 * ivf.nlist, 100_000)) if ivf is not None else 50_000
+    need = max(39 * ivf.nlist, min(TRAIN_PER_LIST * ivf.nlist, 100_000)) if ivf is not None else 50_000
     if ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFPQ):
         faiss.downcast_index(ivf).do_polysemous_training = False  # minutes, and unused by this search
     sample = _sample_rows(blocks, n, need, cfg.seed)
@@ -229,12 +234,14 @@ def build_in_memory(blocks: Blocks, n: int, d: int, plan: Plan, cfg: IndexCfg) -
     if isinstance(inner, faiss.IndexHNSW):
         inner.hnsw.efConstruction = cfg.hnsw_ef_construction
     _train(index, blocks, n, cfg, plan.factory)
+    started = time.perf_counter()
     added = 0
     for vectors, ids in blocks():
         assert vectors.shape[1] == d, (vectors.shape, d)
         index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
         added += len(ids)
     assert added == n, f"shards yielded {added} vectors, expected {n}"
+    LOG.info("added %d vectors to %s in %.1f s", n, plan.built, time.perf_counter() - started)
     return index
 
 
@@ -362,6 +369,23 @@ def _ladder(kind: str, index: faiss.Index, k: int) -> list[dict[str, int]]:
     return [{}]
 
 
+def _hits(
+    dist: np.ndarray, labels: np.ndarray, exact_D: np.ndarray, exact_I: np.ndarray, exact_scores: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: ``(hits, truths)`` of `faiss_index.recall_at_k` (whose value is ``hits.sum() /
+    truths.sum()``): a returned id counts when it is in the exact top-k, or (``exact_scores``) when its
+    score ties the k-th exact score."""
+    valid = exact_I >= 0
+    truths = valid.sum(1)
+    kth = exact_D[np.arange(len(exact_D)), np.maximum(truths - 1, 0)]
+    rank = np.cumsum(labels >= 0, axis=1)  # the first `truths` returned ids are judged
+    judged = (labels >= 0) & (rank <= truths[:, None])
+    ok = (labels[:, :, None] == np.where(valid, exact_I, -2)[:, None, :]).any(2)
+    if exact_scores:
+        ok |= dist >= kth[:, None] - 1e-5
+    return (ok & judged).sum(1), truths
+
+
 def tune(
     index: faiss.Index, kind: str, factory: str, queries: dict[str, np.ndarray], blocks: Blocks, cfg: IndexCfg
 ) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
@@ -371,58 +395,106 @@ def tune(
     walk runs at a re-ranking depth ``k_factor`` of 8, then the depth is lowered while every kind still
     passes (or raised at the most thorough ``nprobe`` when none did).
 
+    Each setting is first measured on `PROBE_QUERIES` queries per kind (their exact top-k computed once):
+    it fails when some kind's recall + `PROBE_Z` standard errors misses the target, passes when every
+    kind's recall - `PROBE_Z` standard errors reaches it (the standard error of a mean per-query recall,
+    at least ``1 / (k sqrt(queries))``: the bound is at least +-0.02 wide for 100 queries and k=10).
+    Otherwise it is measured on all the queries (the rest's exact top-k computed once, when first
+    needed) and passes when every kind's recall reaches the target, as a measurement of all the queries
+    always decided. So the choice is the one the full measurement makes, barring a probe that misjudges
+    by more than its bound.
+
     Returns:
-        ``(search_params, {query kind: {"recall_at_k", "queries"}})`` measured with those parameters;
-        when no rung reaches the target the most thorough one is kept and its recall recorded.
+        ``(search_params, {query kind: {"recall_at_k", "queries"}})`` measured with those parameters (on
+        the queries that decided); when no setting reaches the target the most thorough one is kept and
+        its recall recorded.
     """
     k = cfg.recall_k
     names = [name for name, q in queries.items() if len(q)]
     if not names or index.ntotal == 0:
         return {}, {}
-    xq = np.concatenate([queries[name] for name in names]).astype(np.float32)
-    bounds = np.cumsum([0] + [len(queries[name]) for name in names])
-    exact_D, exact_I = exact_knn(xq, blocks, k)
     exact_scores = factory.upper().split(",")[-1] in ("FLAT", "RFLAT")
     refine = factory.upper().endswith(",RFLAT")
+    started = time.perf_counter()
 
-    def measure(params: dict[str, int]) -> dict[str, float]:
-        dist, labels = search(index, xq, k, make_search_params(kind, params))
-        got = {
-            name: recall_at_k(
-                dist[bounds[i] : bounds[i + 1]],
-                labels[bounds[i] : bounds[i + 1]],
+    def stage(parts: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Queries of several kinds with their exact top-k (one pass over the vectors)."""
+        kept = [name for name in names if len(parts[name])]
+        xq = np.concatenate([parts[name] for name in kept]).astype(np.float32)
+        exact_D, exact_I = exact_knn(xq, blocks, k)
+        bounds = np.cumsum([0] + [len(parts[name]) for name in kept])
+        return {
+            name: (
+                xq[bounds[i] : bounds[i + 1]],
                 exact_D[bounds[i] : bounds[i + 1]],
                 exact_I[bounds[i] : bounds[i + 1]],
-                exact_scores,
             )
-            for i, name in enumerate(names)
+            for i, name in enumerate(kept)
         }
-        LOG.info("recall@%d of %s with %s: %s", k, factory, params or "defaults", got)
-        return got
 
-    def passes(got: dict[str, float]) -> bool:
-        return min(got.values()) >= cfg.recall_target
+    probe = stage({name: queries[name][:PROBE_QUERIES] for name in names})
+    sequential = any(len(queries[name]) > PROBE_QUERIES for name in names)
+    full: dict[str, Any] = {}
+
+    def measure(params: dict[str, int], sets: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        xq = np.concatenate([sets[name][0] for name in names])
+        dist, labels = search(index, xq, k, make_search_params(kind, params))
+        out, start = {}, 0
+        for name in names:
+            m = len(sets[name][0])
+            out[name] = _hits(
+                dist[start : start + m], labels[start : start + m], *sets[name][1:], exact_scores
+            )
+            start += m
+        return out
+
+    def recalls(measured: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+        return {name: float(h.sum() / t.sum()) if t.sum() else 1.0 for name, (h, t) in measured.items()}
+
+    def evaluate(params: dict[str, int]) -> tuple[bool, dict[str, float], dict[str, int]]:
+        """``(passes, recall by kind, queries by kind)``: on the probe when it decides, else on all."""
+        measured = measure(params, probe)
+        got = recalls(measured)
+        if sequential:
+            margin = {
+                name: PROBE_Z * max(float(np.std(h / np.maximum(t, 1), ddof=1)), 1.0 / k) / math.sqrt(len(h))
+                for name, (h, t) in measured.items()
+            }
+            fails = any(got[name] + margin[name] < cfg.recall_target for name in names)
+            clear = all(got[name] - margin[name] >= cfg.recall_target for name in names)
+            if fails or clear:
+                LOG.info("recall@%d of %s with %s on the probe: %s", k, factory, params or "defaults", got)
+                return clear, got, {name: len(measured[name][0]) for name in names}
+            if not full:
+                rest = stage({name: queries[name][PROBE_QUERIES:] for name in names})
+                for name in names:
+                    parts = [probe[name]] + ([rest[name]] if name in rest else [])
+                    full[name] = tuple(np.concatenate([p[j] for p in parts]) for j in range(3))
+            measured = measure(params, full)
+            got = recalls(measured)
+        LOG.info("recall@%d of %s with %s: %s", k, factory, params or "defaults", got)
+        return min(got.values()) >= cfg.recall_target, got, {name: len(measured[name][0]) for name in names}
 
     extra = {"k_factor": 8} if refine else {}
     params: dict[str, int] = {}
-    got: dict[str, float] = {}
+    ok, got, counts = False, {}, {}
     for rung in _ladder(kind, index, k):
         params = {**rung, **extra}
-        got = measure(params)
-        if passes(got):
+        ok, got, counts = evaluate(params)
+        if ok:
             break
     if refine:
-        depths = [f for f in _K_FACTORS if f < 8][::-1] if passes(got) else [f for f in _K_FACTORS if f > 8]
+        depths = [f for f in _K_FACTORS if f < 8][::-1] if ok else [f for f in _K_FACTORS if f > 8]
         for depth in depths:
             trial = {**params, "k_factor": depth}
-            trial_got = measure(trial)
-            if passes(trial_got) or not passes(got):
-                params, got = trial, trial_got
-            if passes(got) and not passes(trial_got):
+            trial_ok, trial_got, trial_counts = evaluate(trial)
+            if trial_ok or not ok:
+                params, ok, got, counts = trial, trial_ok, trial_got, trial_counts
+            if ok and not trial_ok:
                 break
+    LOG.info("tuned %s to %s in %.1f s", factory, params or "defaults", time.perf_counter() - started)
     report = {
-        name: {f"recall_at_{k}": round(float(got[name]), 4), "queries": int(len(queries[name]))}
-        for name in names
+        name: {f"recall_at_{k}": round(float(got[name]), 4), "queries": int(counts[name])} for name in names
     }
     return dict(params), report
 
@@ -481,9 +553,16 @@ def write_faiss(
         files.append(ivfdata)
     else:
         index = build_in_memory(blocks, n, d, plan, cfg)
+    built = time.perf_counter()
     base_kind = _kind_of(plan.factory)
     queries = query_sets(blocks, n, cross, kind, cfg) if n else {}
     params, by_query = tune(index, base_kind, plan.factory, queries, blocks, cfg)
+    LOG.info(
+        "%s: built (train + add) in %.1f s, tuned in %.1f s",
+        path.name,
+        built - started,
+        time.perf_counter() - built,
+    )
     stored = by_query.get("stored", {})
     write_index_atomic(index, path)
     for old in old_ivfdata:  # readers that mapped it keep the inode; new readers open the new name

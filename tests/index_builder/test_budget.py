@@ -174,3 +174,52 @@ def test_folder_build_with_budget_records_both_query_kinds(tmp_path, model) -> N
         vecs = idx.images.vectors(idx.images.ids)
         _, got = idx.images.search(vecs, 1)
         assert got[:, 0].tolist() == idx.images.ids.tolist()
+
+
+def test_per_query_hits_agree_with_recall_at_k() -> None:
+    from counterclip.index_builder.faiss_index import recall_at_k
+
+    rng = np.random.default_rng(4)
+    for exact_scores in (False, True):
+        exact_d = -np.sort(-rng.random((50, 10)).astype(np.float32), axis=1)
+        exact_i = rng.permutation(1000)[:500].reshape(50, 10)
+        exact_i[3, 7:] = -1  # fewer than k vectors
+        got_i = np.where(
+            rng.random((50, 10)) < 0.6, exact_i[:, rng.permutation(10)], rng.integers(0, 1000, (50, 10))
+        )
+        got_i[5, 6:] = -1
+        got_d = exact_d + np.where(rng.random((50, 10)) < 0.2, 0.0, -0.5).astype(np.float32)
+        hits, truths = budget._hits(got_d, got_i, exact_d, exact_i, exact_scores)
+        assert truths[3] == 7 and truths.sum() == 497
+        assert hits.sum() / truths.sum() == pytest.approx(
+            recall_at_k(got_d, got_i, exact_d, exact_i, exact_scores)
+        )
+
+
+def test_tune_probe_decides_as_the_full_measurement() -> None:
+    """The sequential tuning (a probe of 100 queries per kind, all queries when unsure) picks the nprobe
+    that measuring every query at every rung picks, and records recall >= target."""
+    n, d = 8000, 32
+    x = clustered(n, d, seed=3)
+    y = clustered(n, d, seed=4)
+    ids = np.arange(n)
+    cfg = IndexCfg(recall_sample=600, recall_target=0.95)
+    index = faiss.index_factory(d, "IVF64,SQ8", faiss.METRIC_INNER_PRODUCT)
+    index.train(x)
+    index.add_with_ids(x, ids)
+    queries = budget.query_sets(iterate_arrays(x, ids), n, (iterate_arrays(y, ids), n), "images", cfg)
+    params, report = budget.tune(index, "ivf", "IVF64,SQ8", queries, iterate_arrays(x, ids), cfg)
+    oracle = faiss.IndexFlatIP(d)
+    oracle.add(x)
+    full_choice = None
+    for nprobe in (1, 2, 4, 8, 16, 32, 64):
+        ok = True
+        for xq in queries.values():
+            _, truth = oracle.search(xq, 10)
+            _, got = index.search(xq, 10, params=faiss.SearchParametersIVF(nprobe=nprobe))
+            ok &= np.mean([len(set(t) & set(g)) / 10 for t, g in zip(truth, got, strict=True)]) >= 0.95
+        if ok:
+            full_choice = nprobe
+            break
+    assert params == {"nprobe": full_choice}
+    assert all(v["recall_at_10"] >= 0.95 for v in report.values())
