@@ -13,6 +13,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
+import numpy as np
+
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?", re.UNICODE)
 
 
@@ -78,23 +80,45 @@ class Lexicon:
 
 class Swaps:
     """Captions of the index that say the same as a text but for one word ("a yellow cross" for "a yellow
-    star"): the rival readings an image that really matches the text must not prefer."""
+    star"): the rival readings an image that really matches the text must not prefer.
+
+    Each caption of L words is filed under L keys, the hash of its words with one masked, in sorted numpy
+    arrays (16 bytes a key) rather than a dict of word tuples: a million captions fit in ~150 MB, not
+    gigabytes. A lookup compares the words themselves, so a hash collision never makes a false rival.
+    """
 
     def __init__(self, ids: Iterable[int], texts: Iterable[str]) -> None:
-        self._by_mask: dict[tuple[str, ...], list[tuple[int, tuple[str, ...]]]] = {}
+        item_ids: list[int] = []
+        self._words: list[tuple[str, ...]] = []
+        keys: list[int] = []
+        owners: list[int] = []
         for item_id, text in zip(ids, texts, strict=True):
             words = tuple(words_of(text))
+            owner = len(self._words)
+            item_ids.append(int(item_id))
+            self._words.append(words)
             for i in range(len(words)):
-                self._by_mask.setdefault(_masked(words, i), []).append((int(item_id), words))
+                keys.append(hash(_masked(words, i)))
+                owners.append(owner)
+        key_array = np.asarray(keys, dtype=np.int64)
+        order = np.argsort(key_array, kind="stable")  # stable: captions keep their order within a key
+        self._keys = key_array[order]
+        self._owners = np.asarray(owners, dtype=np.int64)[order]
+        self._ids = np.asarray(item_ids, dtype=np.int64)
 
     def of(self, text: str) -> list[int]:
         """Ids of the captions that differ from ``text`` in exactly one word (same length)."""
         words = tuple(words_of(text))
         found: dict[int, None] = {}
         for i in range(len(words)):
-            for item_id, other in self._by_mask.get(_masked(words, i), ()):
-                if other != words:
-                    found[item_id] = None
+            masked = _masked(words, i)
+            key = hash(masked)
+            lo = int(np.searchsorted(self._keys, key, side="left"))
+            hi = int(np.searchsorted(self._keys, key, side="right"))
+            for owner in self._owners[lo:hi].tolist():
+                other = self._words[owner]
+                if other != words and len(other) == len(words) and _masked(other, i) == masked:
+                    found[int(self._ids[owner])] = None
         return list(found)
 
 

@@ -69,3 +69,24 @@ def test_swaps_are_captions_one_word_away() -> None:
     )
     assert sorted(swaps.of("A yellow star.")) == [2, 3]  # not itself (1, 4), not a different length (5)
     assert swaps.of("a green circle") == []
+
+
+def test_swaps_equal_a_brute_force_oracle() -> None:
+    """Every caption that differs from the text in exactly one word (same length), and no other."""
+    from counterclip.engine.words import Swaps, words_of
+
+    rng = np.random.default_rng(7)
+    vocab = ["a", "red", "blue", "green", "circle", "square", "star", "small", "big", "left", "right"]
+    texts = [" ".join(rng.choice(vocab, size=rng.integers(2, 6))) for _ in range(600)]
+    ids = rng.permutation(10_000)[:600] + 1
+    swaps = Swaps(ids, texts)
+    for text in texts[:80] + ["a red circle", "an unknown phrase here"]:
+        words = words_of(text)
+        expected = {
+            int(i)
+            for i, other in zip(ids, texts, strict=True)
+            if len(words_of(other)) == len(words)
+            and sum(a != b for a, b in zip(words_of(other), words, strict=True)) == 1
+        }
+        got = swaps.of(text)
+        assert len(got) == len(set(got)) and set(got) == expected, text
