@@ -7,8 +7,10 @@ Every method takes a validated request and returns plain data; user errors raise
 from __future__ import annotations
 
 import functools
+import html
 import logging
 import os
+import re
 import threading
 from contextlib import nullcontext
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 from PIL import Image
 
 from counterclip.errors import InputError
+from counterclip.report.html import rule_in_words
 from counterclip.server import explain as explain_api
 from counterclip.server.files import (
     IndexLookup,
@@ -208,6 +211,7 @@ class Service:
         if isinstance(image, int):
             ids.append(image)
         out["images"] = self.describe(ids)
+        out["rule_in_words"] = plain_text(rule_in_words(out))  # what the page shows; the report's wording
         return out
 
     @_one_generation
@@ -245,3 +249,8 @@ class Service:
             return meta["path"], data
 
         return explain_api.report_html(self.engine.model, result, query, image_of, with_maps=request.maps)
+
+
+def plain_text(markup: str) -> str:
+    """The text of a small HTML fragment (tags dropped, entities decoded): the page sets it as text."""
+    return html.unescape(re.sub(r"<[^>]+>", "", markup))

@@ -137,10 +137,10 @@ def test_image_side_counterfactual_shows_verdicts(page, live_server, screenshot)
         # the original beside each answer
         originals = shown.find_elements(By.CSS_SELECTOR, "figure.was img")
         assert originals and originals[0].get_attribute("src").endswith(f"/images/{picked}")
-    assert (
-        page.find_element(By.CLASS_NAME, "rule").text
-        == "Counts as an answer when " + expected["validity"]["rule"]
-    )
+    rule = page.find_element(By.CLASS_NAME, "rule")
+    assert rule.text == expected["rule_in_words"]  # the report's plain wording, with its numbers
+    assert rule.get_attribute("title") == expected["validity"]["rule"]
+    assert f"at least {expected['validity']['threshold']:.2f}" in rule.text
     wait_for(page, lambda d: images_loaded(d, "#cf-results img"), 30, "answer images")
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(page.current_url).query)
     assert query["image"] == [str(picked)] and query["text"] == ["a blue square"]

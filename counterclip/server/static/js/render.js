@@ -232,7 +232,9 @@ export function counterfactualResults(result, original, handlers) {
   const stale = result.stale || [];
   return [
     el("p", { class: "goal" }, goalSentence(result)),
-    el("div", { class: "rule" }, el("b", {}, "Counts as an answer when "), result.validity ? result.validity.rule : ""),
+    // the rule in plain words with its numbers (as in the report); the engine's own statement on hover
+    el("div", { class: "rule", title: result.validity ? result.validity.rule : null },
+      result.rule_in_words || (result.validity ? "Counts as an answer when " + result.validity.rule : "")),
     el("p", { class: "muted" }, result.calibration ? `Verdicts by the ${result.calibration}.` : "No calibration holds for this model and index: no answer can be verified."),
     warnings.length ? el("ul", { class: "warnings" }, warnings.map((w) => el("li", {}, w))) : null,
     items.length
