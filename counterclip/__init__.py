@@ -14,9 +14,9 @@ then cost milliseconds instead of the seconds torch, FAISS and open_clip take to
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from counterclip._lazy import lazy_exports
 from counterclip._version import __version__
 from counterclip.errors import CounterclipError
 
@@ -54,14 +54,4 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real imports
     from counterclip.models import ClipModel, ModelSpec, load_model
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'counterclip' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

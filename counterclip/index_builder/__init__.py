@@ -17,8 +17,9 @@ writer lock). Every data file has a checksum in the manifest: `check_index` veri
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from counterclip._lazy import lazy_exports
 
 # public name -> the module that defines it; imported on first use (PEP 562), so reading a manifest or
 # opening an `Index` does not import torch (the builder's pipeline does)
@@ -67,14 +68,4 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real imports
     from counterclip.index_builder.integrity import CheckReport, check_index
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'counterclip.index_builder' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

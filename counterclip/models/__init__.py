@@ -8,8 +8,9 @@ The names are imported on first use (PEP 562), so ``from counterclip.models impo
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from counterclip._lazy import lazy_exports
 
 # public name -> the module that defines it
 _LAZY: dict[str, str] = {
@@ -67,14 +68,4 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real imports
     from counterclip.models.towers import TowerInternals
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'counterclip.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
