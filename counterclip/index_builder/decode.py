@@ -176,15 +176,7 @@ def _decode(
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DecodeError(f"corrupt image header: {exc}") from None
     width, height = image.size
-    if width < 1 or height < 1:
-        raise DecodeError(f"invalid dimensions {width}x{height}")
-    if width * height > options.max_pixels:
-        raise ImageTooLarge(
-            f"image too large: {width}x{height} = {width * height} pixels > {options.max_pixels} "
-            "(possible decompression bomb)"
-        )
-    if max(width, height) > options.max_side:
-        raise ImageTooLarge(f"absurd dimensions {width}x{height} (longest side > {options.max_side})")
+    _check_size(width, height, options)
     try:
         orientation = int(image.getexif().get(_ORIENTATION, 1))
     except Exception:  # malformed EXIF: treated as upright, like exif_transpose below
@@ -278,6 +270,19 @@ def decode_query(source: QuerySource, options: DecodeOptions = DecodeOptions()) 
     raise TypeError(f"a query image is a path, bytes or a PIL image, not {type(source).__name__}")
 
 
+def _check_size(width: int, height: int, options: DecodeOptions) -> None:
+    """The size rules, checked on the header before any pixel is decoded (`ImageTooLarge` when over)."""
+    if width < 1 or height < 1:
+        raise DecodeError(f"invalid dimensions {width}x{height}")
+    if width * height > options.max_pixels:
+        raise ImageTooLarge(
+            f"image too large: {width}x{height} = {width * height} pixels > {options.max_pixels} "
+            "(possible decompression bomb)"
+        )
+    if max(width, height) > options.max_side:
+        raise ImageTooLarge(f"absurd dimensions {width}x{height} (longest side > {options.max_side})")
+
+
 def _decode_pil(image: Image.Image, options: DecodeOptions) -> LoadedImage:
     """A PIL image -> the builder's pixels (the caller's image is not modified)."""
     filename = getattr(image, "filename", "") or ""
@@ -290,15 +295,7 @@ def _decode_pil(image: Image.Image, options: DecodeOptions) -> LoadedImage:
         decoded, (width, height) = _decode(data, options)
         return LoadedImage(decoded, width, height, None, None)
     width, height = image.size
-    if width < 1 or height < 1:
-        raise DecodeError(f"invalid dimensions {width}x{height}")
-    if width * height > options.max_pixels:
-        raise DecodeError(
-            f"image too large: {width}x{height} = {width * height} pixels > {options.max_pixels} "
-            "(possible decompression bomb)"
-        )
-    if max(width, height) > options.max_side:
-        raise DecodeError(f"absurd dimensions {width}x{height} (longest side > {options.max_side})")
+    _check_size(width, height, options)
     try:
         if getattr(image, "n_frames", 1) > 1 and image.tell() != 0:
             image = image.copy()
