@@ -34,20 +34,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the checkout this script lives in
+from _index_checks import noise_image  # noqa: E402 - beside this script
 
 MODES = ("truncate", "zero", "garble", "delete")
 COMMANDS = ("open", "search", "info", "update", "check")
-
-
-def noise_image(seed: int, size: tuple[int, int] = (72, 64)):  # noqa: ANN201
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    w, h = size
-    base = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
-    blocks = np.kron(base, np.ones((h // 4 + 1, w // 4 + 1, 1), dtype=np.uint8))[:h, :w]
-    noise = rng.integers(-20, 21, size=(h, w, 3))
-    return Image.fromarray(np.clip(blocks.astype(int) + noise, 0, 255).astype(np.uint8))
 
 
 def damage(path: Path, mode: str, seed: int) -> None:

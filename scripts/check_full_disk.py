@@ -24,50 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the checkout this script lives in
+from _index_checks import noise_image, same, snapshot  # noqa: E402 - beside this script
 
 BUILD_SIZES = ("64k", "128k", "256k", "384k", "512k")  # tmpfs sizes for the builds
 UPDATE_FREE_KB = (24, 64, 128, 256, 384)  # space left free before each update
-
-
-def noise_image(seed: int, size: tuple[int, int] = (72, 64)):  # noqa: ANN201
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    w, h = size
-    base = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
-    blocks = np.kron(base, np.ones((h // 4 + 1, w // 4 + 1, 1), dtype=np.uint8))[:h, :w]
-    noise = rng.integers(-20, 21, size=(h, w, 3))
-    return Image.fromarray(np.clip(blocks.astype(int) + noise, 0, 255).astype(np.uint8))
-
-
-def snapshot(index_dir: Path) -> dict[str, Any]:
-    from counterclip.index_builder import Index
-
-    with Index.open(index_dir) as idx:
-        vectors = idx.images.vectors(idx.images.ids)
-        images = {
-            m["path"]: (m["id"], vectors[i], m["sha256"])
-            for i, m in enumerate(idx.images.meta(idx.images.ids))
-        }
-        return {
-            "generation": idx.generation,
-            "images": images,
-            "errors": {e["path"]: e["reason"] for e in idx.errors()},
-        }
-
-
-def same(a: dict[str, Any], b: dict[str, Any], same_ids: bool = True) -> bool:
-    if sorted(a["images"]) != sorted(b["images"]) or a["errors"] != b["errors"]:
-        return False
-    for path, (id_a, vec_a, sha_a) in a["images"].items():
-        id_b, vec_b, sha_b = b["images"][path]
-        if (same_ids and id_a != id_b) or sha_a != sha_b or not np.allclose(vec_a, vec_b, atol=2e-5):
-            return False
-    return True
 
 
 def cli(*argv: str) -> tuple[int, list[str], str]:

@@ -43,8 +43,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the checkout this script lives in
-
-from PIL import Image  # noqa: E402
+from _index_checks import noise_image  # noqa: E402 - beside this script
 
 from counterclip.index_builder import Index  # noqa: E402
 from counterclip.index_builder.manifest import MANIFEST_NAME, manifest_generations  # noqa: E402
@@ -53,15 +52,6 @@ VOCABS = [
     ["a red circle", "a blue square", "a green triangle"],
     ["a red circle", "a yellow star", "a green triangle", "a small blue square"],
 ]
-
-
-def noise_image(seed: int, size: tuple[int, int] = (72, 64)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    w, h = size
-    base = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
-    blocks = np.kron(base, np.ones((h // 4 + 1, w // 4 + 1, 1), dtype=np.uint8))[:h, :w]
-    noise = rng.integers(-20, 21, size=(h, w, 3))
-    return Image.fromarray(np.clip(blocks.astype(int) + noise, 0, 255).astype(np.uint8))
 
 
 # --- the writer (a separate process) ----------------------------------------------------------------

@@ -9,7 +9,6 @@ rank -> verify -> baselines -> result. What differs between the image and the ca
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import threading
 import time
@@ -23,7 +22,7 @@ from PIL import Image
 
 from counterclip.calibration import MIN_PAIRS, Calibration, native_calibration, self_calibration
 from counterclip.engine.criteria import MODES, Criterion, Decrease, Flip, Increase, check_labels
-from counterclip.engine.live import LiveIndex
+from counterclip.engine.live import LiveIndex, one_generation
 from counterclip.engine.path import PathSettings, gradient_path
 from counterclip.engine.ranking import mmr_order
 from counterclip.engine.results import CounterfactualResult, ResultItem, SearchResult
@@ -146,17 +145,6 @@ class _Stopwatch:
     def total(self) -> dict[str, float]:
         self.timings["total"] = time.perf_counter() - self.started
         return self.timings
-
-
-def _one_generation(method: Any) -> Any:
-    """Run a public query on one index generation from start to end (see `Engine.pinned`)."""
-
-    @functools.wraps(method)
-    def pinned(self: Engine, *args: Any, **kwargs: Any) -> Any:
-        with self.pinned():
-            return method(self, *args, **kwargs)
-
-    return pinned
 
 
 class Engine:
@@ -295,7 +283,7 @@ class Engine:
             raise InputError("text is empty: give the caption to score, e.g. --text 'a photo of a dog'")
         return _array(self.encoder.encode_texts([text.strip()]))[0]
 
-    @_one_generation
+    @one_generation
     def resolve_image(self, image: str | Path | Image.Image | int) -> QueryImage:
         """Embed a query image given as a path, a PIL image, or an index id."""
         if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
@@ -452,7 +440,7 @@ class Engine:
         return query_warnings(texts, criterion, evidence, self.lexicon, tokens, context, rivalled)
 
     # --- plain search ---------------------------------------------------------------------------
-    @_one_generation
+    @one_generation
     def search(
         self,
         text: str | None = None,
@@ -512,7 +500,7 @@ class Engine:
         return SearchResult(query, items, watch.total(), warnings)
 
     # --- counterfactuals ------------------------------------------------------------------------
-    @_one_generation
+    @one_generation
     def counterfactuals(
         self,
         image: str | Path | Image.Image | int,

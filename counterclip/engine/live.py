@@ -16,9 +16,10 @@ generation (`Generation.cache`), so a new generation starts with fresh statistic
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -152,3 +153,15 @@ def _close(index: Any) -> None:
     close = getattr(index, "close", None)
     if close is not None:
         close()
+
+
+def one_generation(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a method of an object with a ``pinned()`` context on one index generation from start to end
+    (`counterclip.engine.Engine` queries, the server's requests)."""
+
+    @functools.wraps(method)
+    def pinned(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self.pinned():
+            return method(self, *args, **kwargs)
+
+    return pinned

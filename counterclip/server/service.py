@@ -6,7 +6,6 @@ Every method takes a validated request and returns plain data; user errors raise
 
 from __future__ import annotations
 
-import functools
 import html
 import logging
 import os
@@ -17,6 +16,7 @@ from typing import Any
 
 from PIL import Image
 
+from counterclip.engine.live import one_generation
 from counterclip.errors import InputError
 from counterclip.report.html import rule_in_words
 from counterclip.server import explain as explain_api
@@ -40,17 +40,6 @@ from counterclip.server.schemas import (
 from counterclip.server.settings import ServerSettings
 
 LOG = logging.getLogger(__name__)
-
-
-def _one_generation(method: Any) -> Any:
-    """Answer a request from one index generation (an update meanwhile is seen by the next request)."""
-
-    @functools.wraps(method)
-    def pinned(self: Service, *args: Any, **kwargs: Any) -> Any:
-        with self.pinned():
-            return method(self, *args, **kwargs)
-
-    return pinned
 
 
 class Service:
@@ -138,12 +127,12 @@ class Service:
         except NotServed:
             return []
 
-    @_one_generation
+    @one_generation
     def describe_one(self, image_id: int) -> dict[str, Any]:
         meta = image_meta(self.engine.index, image_id)
         return describe_image(meta, self.lookup.captions_of(image_id))
 
-    @_one_generation
+    @one_generation
     def info(self) -> dict[str, Any]:
         """What the page header shows and the limits the page checks before uploading."""
         index = self.engine.index
@@ -166,7 +155,7 @@ class Service:
         }
 
     # --- queries ------------------------------------------------------------------------------
-    @_one_generation
+    @one_generation
     def search(self, request: SearchRequest) -> dict[str, Any]:
         self._check(request)
         result = self.engine.search(
@@ -202,7 +191,7 @@ class Service:
         )
         return result, image
 
-    @_one_generation
+    @one_generation
     def counterfactual(self, request: CounterfactualRequest) -> dict[str, Any]:
         result, image = self._run_counterfactuals(request)
         out = result.to_dict()
@@ -214,7 +203,7 @@ class Service:
         out["rule_in_words"] = plain_text(rule_in_words(out))  # what the page shows; the report's wording
         return out
 
-    @_one_generation
+    @one_generation
     def maps(self, request: MapsRequest) -> dict[str, Any]:
         """The explanation maps of one answer (``request.item``) of a counterfactual query."""
         self._check(request)
@@ -234,7 +223,7 @@ class Service:
             maps = explain_api.item_maps(self.engine.model, "text", query, text, result_text=caption)
         return {"item": request.item, "side": request.side, "text": text, "maps": maps}
 
-    @_one_generation
+    @one_generation
     def report(self, request: ReportRequest) -> str:
         """The self-contained HTML report of a counterfactual query."""
         result, image = self._run_counterfactuals(request)
