@@ -324,7 +324,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             f"{payload['last_run'].get('removed', 0)} removed, {payload['last_run'].get('seconds', 0):.1f} s",
             f"runtime    {_runtime_line(payload['runtime'])}",
             f"on disk    {payload['size_on_disk_bytes'] / 1e6:.1f} MB",
-            "calibration "
+            "calibrated "  # the calibration the verdicts use, aligned with the labels above
             + (
                 f"{idx.calibration.name()}: match line at score {idx.calibration.score_at():.2f}"
                 if idx.calibration is not None

@@ -155,8 +155,8 @@ class BuildSummary:
         lines = [
             f"index {self.index_dir} <- {self.root}",
             f"  model      {self.model} ({self.fingerprint[:12]})",
-            f"  images     {self.indexed} indexed, {self.skipped} skipped"
-            f" | this run: {self.embedded} embedded, {self.added} new, {self.changed} changed,"
+            f"  images     {self.indexed} indexed, {self.skipped} skipped",
+            f"  this run   {self.embedded} embedded, {self.added} new, {self.changed} changed,"
             f" {self.removed} removed, {self.unchanged} unchanged" + (" (resumed)" if self.resumed else ""),
             f"  captions   {self.captions} ({self.captions_embedded} embedded this run)",
             f"  faiss      {self.images_index.get('factory')} {self.images_index.get('search_params') or ''}"
