@@ -276,6 +276,12 @@ class _Importer:
         conn.executescript(SOURCES_SCHEMA)
         total = sum(p.rows for p in self.parts)
         task = self.progress.task("importing", total, "rows") if self.progress else None
+        with store.bulk_insert():
+            self._insert_all(store, conn, task)
+        if self.progress:
+            self.progress.done(task)
+
+    def _insert_all(self, store: Store, conn: sqlite3.Connection, task: Any) -> None:
         position = 0
         for part in self.parts:
             img = np.load(part.img, mmap_mode="r")
@@ -294,8 +300,6 @@ class _Importer:
                     self.progress.advance(task, n)
         with store.transaction():
             self._flush_captions(conn, final=True)
-        if self.progress:
-            self.progress.done(task)
 
     def _rows(
         self,
@@ -317,10 +321,11 @@ class _Importer:
         self.sums.update(write_shard(self.emb_dir, "images", number, vectors, ids))
         self.shard["images"] += 1
         images, sources, links = [], [], []
+        root = os.fspath(self.image_root)  # os.path: a million pathlib objects cost seconds
         for r in range(n):
             item_id = int(ids[r])
             image_path, url = paths[r], urls[r]
-            has_file = bool(image_path) and (self.image_root / image_path).is_file()
+            has_file = bool(image_path) and os.path.isfile(os.path.join(root, image_path))
             origin = f"{part.key}:{start + r}"
             if has_file and image_path not in self.local_keys:
                 self.local_keys.add(image_path)

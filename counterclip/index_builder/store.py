@@ -16,7 +16,8 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,11 @@ CREATE TABLE IF NOT EXISTS files (
 """
 
 
+# indexes of SCHEMA no constraint needs (`Store.bulk_insert` drops them while it fills a new store)
+SECONDARY_INDEXES = ("images_status", "images_shard", "captions_shard", "caption_links_image")
+WRITER_CACHE_KB = 256 * 1024  # page cache of the builder's connection, KiB
+
+
 def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     """Open an items file: read-write in WAL mode (the builder), or read-only and immutable (a
     published generation: no locks, no WAL)."""
@@ -78,6 +84,10 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(path, timeout=30, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        # The builder inserts up to millions of rows into tables with unique indexes on keys in no
+        # particular order (paths, caption texts); with SQLite's default 2 MB page cache each insert then
+        # reads index pages back from the file. A larger cap is only used as the file grows.
+        conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KB}")
     return conn
 
 
@@ -147,6 +157,16 @@ class Store:
     def transaction(self) -> _Transaction:
         """``with store.transaction():`` runs the block in BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
         return _Transaction(self.conn)
+
+    @contextmanager
+    def bulk_insert(self) -> Iterator[None]:
+        """``with store.bulk_insert():`` fills a new store without its secondary indexes, rebuilt at the
+        end: one sort each instead of a B-tree insert per row (an import of 1M rows). Unique keys stay
+        checked. Not for a store readers see: an error leaves the indexes dropped."""
+        for name in SECONDARY_INDEXES:
+            self.conn.execute(f"DROP INDEX IF EXISTS {name}")
+        yield
+        self.conn.executescript(SCHEMA)  # CREATE INDEX IF NOT EXISTS: only the dropped ones
 
     # --- meta -----------------------------------------------------------------------------------
     def get_meta(self, key: str, default: Any = None) -> Any:

@@ -50,14 +50,15 @@ def test_plan_follows_size_and_budget() -> None:
     # 200k vectors: exact is 410 MB; HNSW32 adds the graph: fits 500 MB
     p = plan_index(200_000, d, 500_000_000, cfg)
     assert (p.kind, p.factory, p.io) == ("hnsw", "HNSW32,Flat", "mmap")
-    # 1M vectors in 600 MB: 8-bit codes (512 MB + ids + quantizer)
+    # 1M vectors in 600 MB: 4-bit fast-scan codes of 4 dimensions each, 1024 lists, exact re-ranking from
+    # the vectors mapped from disk (RAM: codes, ids in the lists and the id map, quantizer)
     p = plan_index(1_000_000, d, 600_000_000, cfg)
-    assert (p.factory, p.wrapper) == ("IVF2048,SQ8", "")
-    assert p.ram_bytes == 1_000_000 * (512 + 8) + 2048 * 4 * 512
-    # 1M vectors in 200 MB: PQ64 codes + exact re-ranking from the mapped vectors
-    p = plan_index(1_000_000, d, 200_000_000, cfg)
-    assert (p.factory, p.wrapper) == ("IVF2048,PQ64x8,RFlat", "IDMap")
+    assert (p.factory, p.wrapper, p.io) == ("IVF1024,PQ128x4fs,RFlat", "IDMap", "mmap")
+    assert p.ram_bytes == 1_000_000 * (64 + 8 + 8) + 1024 * 4 * 512
     assert p.disk_bytes - p.ram_bytes == 1_000_000 * 4 * 512
+    # 1M vectors in 60 MB: coarser codes (8 dimensions each) still fit
+    p = plan_index(1_000_000, d, 60_000_000, cfg)
+    assert (p.factory, p.wrapper) == ("IVF1024,PQ64x4fs,RFlat", "IDMap")
     # 1M vectors in 10 MB: nothing compressed fits: on-disk inverted lists
     p = plan_index(1_000_000, d, 10_000_000, cfg)
     assert (p.factory, p.io, p.ram_bytes) == ("IVF2048,SQ8", "ondisk", 2048 * 4 * 512)
@@ -80,11 +81,12 @@ def test_path_points_walk_the_geodesic() -> None:
 # (budget in bytes, expected factory, expected io) for n=6000, d=32 vectors of the images, 6000 captions
 N, D = 6000, 32
 L = budget.nlist_for(N)  # 128
+LF = budget.nlist_fast_scan(N)  # 64
 VARIANTS = [
     (10**9, "Flat", "mmap"),
     (int(N * (4 * D + 8 * 32 + 16) + 8 * N) * 2 + 10, "HNSW32,Flat", "mmap"),
-    ((N * (D + 8) + L * 4 * D) * 2 + 10, f"IVF{L},SQ8", "mmap"),
-    ((N * (8 + 8) + L * 4 * D + 8 * N) * 2 + 10, f"IVF{L},PQ8x8,RFlat", "mmap"),
+    ((N * (D // 8 + 16) + LF * 4 * D) * 2 + 10, f"IVF{LF},PQ{D // 4}x4fs,RFlat", "mmap"),
+    ((N * (D // 16 + 16) + LF * 4 * D) * 2 + 10, f"IVF{LF},PQ{D // 8}x4fs,RFlat", "mmap"),
     (1000, f"IVF{L},SQ8", "ondisk"),
 ]
 
@@ -153,8 +155,8 @@ def test_ondisk_rebuild_replaces_the_lists_file(tmp_path) -> None:
 
 
 def test_plan_to_dict_names_the_built_factory() -> None:
-    p = Plan("ivf", "IVF64,PQ8x8,RFlat", "IDMap", "mmap", 1, 2, 3, "why")
-    assert p.to_dict()["factory"] == "IDMap,IVF64,PQ8x8,RFlat"
+    p = Plan("ivf", "IVF64,PQ8x4fs,RFlat", "IDMap", "mmap", 1, 2, 3, "why")
+    assert p.to_dict()["factory"] == "IDMap,IVF64,PQ8x4fs,RFlat"
 
 
 def test_folder_build_with_budget_records_both_query_kinds(tmp_path, model) -> None:
