@@ -235,16 +235,28 @@ def recall_at_k(
     return hits / total if total else 1.0
 
 
-def make_search_params(kind: str, params: dict[str, int]) -> faiss.SearchParameters | None:
-    """Per-call FAISS search parameters (never mutate a shared index per request); ``k_factor``: the
-    re-ranking depth of an index with a refine stage (``...,RFlat``)."""
+def make_search_params(
+    kind: str, params: dict[str, int], k: int | None = None, tuned_k: int = 10
+) -> faiss.SearchParameters | None:
+    """Per-call FAISS search parameters (never mutate a shared index per request).
+
+    ``k_factor`` is the re-ranking depth of an index with a refine stage (``...,RFlat``), tuned for
+    recall@``tuned_k``: the refine stage re-ranks ``tuned_k * k_factor`` candidates for ``tuned_k``
+    results. A search for ``k > tuned_k`` results re-ranks ``k`` plus the same ``tuned_k * (k_factor - 1)``
+    extra candidates, not ``k * k_factor``: the extra rows cover how far coarse codes misplace the true
+    neighbours, which does not grow with ``k`` (the engine gathers 64-256 neighbours per query; multiplied,
+    that re-ranked 16k rows per query, read from disk).
+    """
     base = None
     if kind == "hnsw" and "efSearch" in params:
         base = faiss.SearchParametersHNSW(efSearch=int(params["efSearch"]))
     if kind == "ivf" and "nprobe" in params:
         base = faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
     if "k_factor" in params:
-        return faiss.IndexRefineSearchParameters(k_factor=float(params["k_factor"]), base_index_params=base)
+        factor = float(params["k_factor"])
+        if k is not None and k > tuned_k:
+            factor = (k + tuned_k * (factor - 1.0)) / k
+        return faiss.IndexRefineSearchParameters(k_factor=factor, base_index_params=base)
     return base
 
 

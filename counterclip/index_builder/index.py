@@ -87,7 +87,7 @@ class Collection:
             index_dir / self._faiss_name, manifest.checksum(self._faiss_name), io=self.info.io
         )
         self._meta = meta
-        self._params = make_search_params(self.info.kind, self.info.search_params)
+        self._params: dict[int, Any] = {}  # FAISS search parameters by k (`make_search_params`)
         self.dim = dim = manifest.model.embed_dim
         if self._faiss.ntotal != len(self.ids) or self._faiss.d != dim:
             raise damaged_error(
@@ -137,7 +137,12 @@ class Collection:
         xq = np.asarray(xq, dtype=np.float32)
         if xq.ndim != 2 or xq.shape[1] != self.dim:
             raise ValueError(f"queries must have shape (nq, {self.dim}), got {xq.shape}")
-        dist, labels = search(self._faiss, xq, k, self._params)
+        params = self._params.get(k)
+        if params is None:
+            params = make_search_params(self.info.kind, self.info.search_params, k, self.info.recall_k or 10)
+            if len(self._params) < 64:  # the few k a server uses, made once
+                self._params[k] = params
+        dist, labels = search(self._faiss, xq, k, params)
         check_search_result(xq, dist, labels, self.ids, self._faiss_name, self._index_dir)
         return dist, labels
 

@@ -50,14 +50,24 @@ def test_plan_follows_size_and_budget() -> None:
     # 200k vectors: exact is 410 MB; HNSW32 adds the graph: fits 500 MB
     p = plan_index(200_000, d, 500_000_000, cfg)
     assert (p.kind, p.factory, p.io) == ("hnsw", "HNSW32,Flat", "mmap")
-    # 1M vectors in 600 MB: 4-bit fast-scan codes of 4 dimensions each, 1024 lists, exact re-ranking from
-    # the vectors mapped from disk (RAM: codes, ids in the lists and the id map, quantizer)
-    p = plan_index(1_000_000, d, 600_000_000, cfg)
+    # 1M vectors: 4-bit fast-scan codes of 4 dimensions each in 1024 lists (RAM: codes, the ids in the lists
+    # and the id map, quantizer), then the re-ranking stage the budget holds
+    fast = 1_000_000 * (64 + 8 + 8) + 1024 * 4 * 512
+    p = plan_index(1_000_000, d, 2_200_000_000, cfg)  # exact vectors fit: memory-mapped
     assert (p.factory, p.wrapper, p.io) == ("IVF1024,PQ128x4fs,RFlat", "IDMap", "mmap")
-    assert p.ram_bytes == 1_000_000 * (64 + 8 + 8) + 1024 * 4 * 512
+    assert p.ram_bytes == fast + 1_000_000 * 4 * 512
+    p = plan_index(1_000_000, d, 600_000_000, cfg)  # 8-bit re-ranking codes fit
+    assert (p.factory, p.wrapper, p.ram_bytes) == (
+        "IVF1024,PQ128x4fs,Refine(SQ8)",
+        "IDMap",
+        fast + 512_000_000,
+    )
+    p = plan_index(
+        1_000_000, d, 200_000_000, cfg
+    )  # the codes fit; exact vectors from disk, beyond the budget
+    assert (p.factory, p.ram_bytes) == ("IVF1024,PQ128x4fs,RFlat", fast)
     assert p.disk_bytes - p.ram_bytes == 1_000_000 * 4 * 512
-    # 1M vectors in 60 MB: coarser codes (8 dimensions each) still fit
-    p = plan_index(1_000_000, d, 60_000_000, cfg)
+    p = plan_index(1_000_000, d, 60_000_000, cfg)  # coarser codes (8 dimensions each)
     assert (p.factory, p.wrapper) == ("IVF1024,PQ64x4fs,RFlat", "IDMap")
     # 1M vectors in 10 MB: nothing compressed fits: on-disk inverted lists
     p = plan_index(1_000_000, d, 10_000_000, cfg)
@@ -85,13 +95,14 @@ LF = budget.nlist_fast_scan(N)  # 64
 VARIANTS = [
     (10**9, "Flat", "mmap"),
     (int(N * (4 * D + 8 * 32 + 16) + 8 * N) * 2 + 10, "HNSW32,Flat", "mmap"),
+    ((N * (D // 8 + 16 + 4 * D) + LF * 4 * D) * 2 + 10, f"IVF{LF},PQ{D // 4}x4fs,RFlat", "mmap"),
     ((N * (D // 8 + 16) + LF * 4 * D) * 2 + 10, f"IVF{LF},PQ{D // 4}x4fs,RFlat", "mmap"),
     ((N * (D // 16 + 16) + LF * 4 * D) * 2 + 10, f"IVF{LF},PQ{D // 8}x4fs,RFlat", "mmap"),
     (1000, f"IVF{L},SQ8", "ondisk"),
 ]
 
 
-@pytest.mark.parametrize(("total", "factory", "io"), VARIANTS, ids=[f"{f}-{i}" for _, f, i in VARIANTS])
+@pytest.mark.parametrize(("total", "factory", "io"), VARIANTS, ids=[f"{f}-{t}" for t, f, _ in VARIANTS])
 def test_every_variant_against_exact_oracle(tmp_path, total: int, factory: str, io: str) -> None:
     images = clustered(N, D, seed=1)
     captions = clustered(N, D, seed=1)[np.random.default_rng(5).permutation(N)] + 0.25 * clustered(N, D, 9)
@@ -225,3 +236,52 @@ def test_tune_probe_decides_as_the_full_measurement() -> None:
             break
     assert params == {"nprobe": full_choice}
     assert all(v["recall_at_10"] >= 0.95 for v in report.values())
+
+
+def test_reranking_depth_adds_rows_for_large_k(tmp_path) -> None:
+    """A search for more results than the tuning measured re-ranks k plus the tuned extra rows, not k times
+    the depth, and still finds the exact top k."""
+    assert make_search_params("ivf", {"nprobe": 4, "k_factor": 8}, k=5).k_factor == 8
+    assert make_search_params("ivf", {"nprobe": 4, "k_factor": 8}, k=10).k_factor == 8
+    assert make_search_params("ivf", {"nprobe": 4, "k_factor": 8}, k=64).k_factor == (64 + 70) / 64
+    n, d = 6000, 32
+    images = clustered(n, d, seed=3)
+    cfg = IndexCfg(exact_max=n - 1, recall_sample=300, memory_budget=n * (d // 8 + 16) + 64 * 4 * d + 10)
+    path = tmp_path / "images.faiss"
+    info = write_faiss(iterate_arrays(images, np.arange(n)), n, d, cfg, "auto", path, "images", None)
+    assert info.factory.endswith("x4fs,RFlat") and info.search_params["k_factor"] > 1
+    index = open_faiss(path, info)
+    oracle = faiss.IndexFlatIP(d)
+    oracle.add(images)
+    xq = images[np.random.default_rng(7).choice(n, 200, replace=False)]
+    _, truth = oracle.search(xq, 64)
+    _, got = search(index, xq, 64, make_search_params(info.kind, info.search_params, k=64))
+    hits = np.mean([len(set(t) & set(g)) / 64 for t, g in zip(truth, got, strict=True)])
+    assert hits >= 0.93, hits
+
+
+@pytest.mark.parametrize(("spread", "factory"), [(1.0, "Refine(SQ8)"), (0.35, "RFlat")])
+def test_eight_bit_reranking_or_exact_when_it_misses_the_target(
+    tmp_path, spread: float, factory: str
+) -> None:
+    """A budget that holds 8-bit re-ranking codes but not the vectors: 8-bit re-ranking where it reaches the
+    recall target; on tight clusters, where 8-bit codes cannot order near-ties (recall@10 about 0.94 at any
+    depth), exact re-ranking from the vectors on disk, past the budget, and the reason says so."""
+    n, d = 6000, 32
+    images = clustered(n, d, seed=1, spread=spread)
+    lists = budget.nlist_fast_scan(n)
+    fast = n * (d // 8 + 16) + lists * 4 * d
+    cfg = IndexCfg(exact_max=n - 1, recall_sample=400, memory_budget=fast + n * d + 10, recall_target=0.95)
+    path = tmp_path / "images.faiss"
+    info = write_faiss(iterate_arrays(images, np.arange(n)), n, d, cfg, "auto", path, "images", None)
+    assert info.factory == f"IVF{lists},PQ{d // 4}x4fs,{factory}"
+    assert info.memory["ram_bytes"] == fast + (n * d if factory == "Refine(SQ8)" else 0)
+    assert ("8-bit codes reached recall@10" in info.memory["reason"]) == (factory == "RFlat")
+    assert info.recall_by_query["stored"]["recall_at_10"] >= 0.95
+    index = open_faiss(path, info)
+    oracle = faiss.IndexFlatIP(d)
+    oracle.add(images)
+    xq = images[np.random.default_rng(11).choice(n, 300, replace=False)]
+    _, truth = oracle.search(xq, 10)
+    _, got = search(index, xq, 10, make_search_params(info.kind, info.search_params))
+    assert np.mean([len(set(t) & set(g)) / 10 for t, g in zip(truth, got, strict=True)]) >= 0.93
