@@ -83,20 +83,25 @@ class Swaps:
     star"): the rival readings an image that really matches the text must not prefer.
 
     Each caption of L words is filed under L keys, the hash of its words with one masked, in sorted numpy
-    arrays (16 bytes a key) rather than a dict of word tuples: a million captions fit in ~150 MB, not
-    gigabytes. A lookup compares the words themselves, so a hash collision never makes a false rival.
+    arrays (16 bytes a key) rather than a dict of word tuples; the captions' words are kept as int32 codes
+    of a vocabulary (a million captions: ~150 MB of keys, not gigabytes; tuples of word strings alone took
+    ~700 bytes a caption). A lookup compares the words themselves, so a hash collision never makes a
+    false rival.
     """
 
     def __init__(self, ids: Iterable[int], texts: Iterable[str]) -> None:
         item_ids: list[int] = []
-        self._words: list[tuple[str, ...]] = []
+        vocabulary: dict[str, int] = {}
+        codes: list[int] = []
+        starts = [0]
         keys: list[int] = []
         owners: list[int] = []
         for item_id, text in zip(ids, texts, strict=True):
             words = tuple(words_of(text))
-            owner = len(self._words)
+            owner = len(item_ids)
             item_ids.append(int(item_id))
-            self._words.append(words)
+            codes.extend(vocabulary.setdefault(word, len(vocabulary)) for word in words)
+            starts.append(len(codes))
             for i in range(len(words)):
                 keys.append(hash(_masked(words, i)))
                 owners.append(owner)
@@ -105,6 +110,13 @@ class Swaps:
         self._keys = key_array[order]
         self._owners = np.asarray(owners, dtype=np.int64)[order]
         self._ids = np.asarray(item_ids, dtype=np.int64)
+        self._codes = np.asarray(codes, dtype=np.int32)
+        self._starts = np.asarray(starts, dtype=np.int64)
+        self._vocabulary = list(vocabulary)
+
+    def _words(self, owner: int) -> tuple[str, ...]:
+        codes = self._codes[self._starts[owner] : self._starts[owner + 1]].tolist()
+        return tuple(self._vocabulary[code] for code in codes)
 
     def of(self, text: str) -> list[int]:
         """Ids of the captions that differ from ``text`` in exactly one word (same length)."""
@@ -116,7 +128,7 @@ class Swaps:
             lo = int(np.searchsorted(self._keys, key, side="left"))
             hi = int(np.searchsorted(self._keys, key, side="right"))
             for owner in self._owners[lo:hi].tolist():
-                other = self._words[owner]
+                other = self._words(owner)
                 if other != words and len(other) == len(words) and _masked(other, i) == masked:
                     found[int(self._ids[owner])] = None
         return list(found)
