@@ -40,6 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
+# as the `counterclip` command does (counterclip/cli/__init__.py): OpenMP waits without spinning
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 D = 512
 PART_ROWS = 100_000
 SHAPES = 1000  # real shapes pairs mixed in

@@ -78,3 +78,18 @@ def test_console_script_exit_status() -> None:
     )
     assert proc.returncode == 2
     assert "no bundled model named 'nothing'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_lets_openmp_wait_without_spinning() -> None:
+    """The command sets OMP_WAIT_POLICY=PASSIVE before torch or faiss loads OpenMP; a user's value wins."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import counterclip.cli, os, sys; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["PASSIVE", "False"]
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[0] == "ACTIVE"
