@@ -285,3 +285,49 @@ def test_eight_bit_reranking_or_exact_when_it_misses_the_target(
     _, truth = oracle.search(xq, 10)
     _, got = search(index, xq, 10, make_search_params(info.kind, info.search_params))
     assert np.mean([len(set(t) & set(g)) / 10 for t, g in zip(truth, got, strict=True)]) >= 0.93
+
+
+def _resident_kb(path) -> int | None:
+    """Resident kB of this process's mappings of ``path`` (None without /proc/self/smaps)."""
+    import os
+    from pathlib import Path
+
+    smaps = Path("/proc/self/smaps")
+    if not smaps.exists():
+        return None
+    total, inside, target = 0, False, os.path.realpath(path)
+    for line in smaps.read_text().splitlines():
+        head = line.split(maxsplit=5)
+        if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            inside = len(head) == 6 and head[5] == target
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_mapped_open_releases_the_pages_read_at_load(tmp_path) -> None:
+    """Opening a memory-mapped index leaves none of the file's pages resident (FAISS copied what it reads
+    into RAM); searches give the same answers as the index read whole, and bring back only what they touch."""
+    n, d = 20_000, 32
+    x = clustered(n, d, seed=4)
+    lists = budget.nlist_fast_scan(n)
+    cfg = IndexCfg(
+        exact_max=n - 1,
+        hnsw_max=n - 1,
+        recall_sample=200,
+        memory_budget=n * (4 + 16 + 4 * d) + lists * 128 * 4 + 10,
+    )
+    path = tmp_path / "images.faiss"
+    info = write_faiss(iterate_arrays(x, np.arange(n)), n, d, cfg, "auto", path, "images", None)
+    assert (info.io, info.factory) == ("mmap", f"IVF{lists},PQ{d // 4}x4fs,RFlat")
+    mapped = open_faiss(path, info)
+    resident = _resident_kb(path)
+    if resident is not None:
+        assert resident == 0
+    whole = open_faiss(path, FaissInfo.from_dict({**info.to_dict(), "io": "ram"}))
+    params = make_search_params(info.kind, info.search_params)
+    got, want = search(mapped, x[:50], 5, params), search(whole, x[:50], 5, params)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[0], want[0])
+    if resident is not None:
+        assert 0 < _resident_kb(path) < path.stat().st_size // 1024
