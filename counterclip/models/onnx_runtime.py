@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -46,8 +47,9 @@ import tempfile
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,8 @@ CHECK_TEXTS = (
     "photographed on film in the early morning light of a cold winter day near the harbour",
     "ünïcödé, punctuation!? and numbers 1234",
 )
+GRAPH_FUSED = "fused"  # attention fused at export, then ONNX Runtime's transformer fusions
+GRAPH_PLAIN = "plain"  # the TorchScript export as it is (the fallback)
 _TRACE_BATCH = 2  # batch size the graph is traced with; the check uses others, so a baked-in batch shows
 
 
@@ -286,8 +290,82 @@ def check_inputs(
     return [pixels[:1], pixels[1:]]
 
 
-def export_tower(model: ClipModel, tower: str, path: Path, opset: int = OPSET) -> None:
-    """Export ``tower`` of ``model`` to ``path`` (TorchScript exporter, dynamic batch axis)."""
+_MHA_FAST_PATH = "aten::_native_multi_head_attention"
+
+
+def _mha_as_attention(
+    g: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    embed_dim: Any,
+    num_heads: Any,
+    qkv_weight: Any,
+    qkv_bias: Any,
+    proj_weight: Any,
+    proj_bias: Any,
+    mask: Any,
+    need_weights: Any,
+    average_attn_weights: Any,
+    mask_type: Any = None,
+) -> tuple[Any, Any]:
+    """ONNX for `nn.MultiheadAttention`'s fused fast path (unmasked self-attention: ``query is key is value``).
+
+    The Q, K and V projections as three plain MatMuls (slices of the packed weight, folded into three
+    weights at export, so int8 quantisation, static or dynamic, reaches them), then ONNX Runtime's
+    ``com.microsoft::MultiHeadAttention`` (the packed bias, the split into heads, softmax(QK^T/sqrt(d))V and
+    the merge in one kernel), then the output projection.
+    """
+    from torch.onnx import symbolic_helper
+
+    if not symbolic_helper._is_none(mask):
+        raise RuntimeExportError("masked attention has no fused export")
+    if symbolic_helper._maybe_get_const(need_weights, "b") is True:
+        raise RuntimeExportError("attention that returns its weights has no fused export")
+    heads = symbolic_helper._get_const(num_heads, "i", "num_heads")
+    width = symbolic_helper._get_const(embed_dim, "i", "embed_dim")
+
+    def const(value: int) -> Any:
+        return g.op("Constant", value_t=torch.tensor([value]))
+
+    def projection(i: int) -> Any:  # x @ W_i^T with W_i rows [i*E, (i+1)*E) of the packed (3E, E) weight
+        weight = g.op("Slice", qkv_weight, const(i * width), const((i + 1) * width), const(0))
+        return g.op("MatMul", query, g.op("Transpose", weight, perm_i=[1, 0]))
+
+    context = g.op(
+        "com.microsoft::MultiHeadAttention",
+        projection(0),
+        projection(1),
+        projection(2),
+        qkv_bias,
+        num_heads_i=heads,
+    )
+    out = g.op("Add", g.op("MatMul", context, g.op("Transpose", proj_weight, perm_i=[1, 0])), proj_bias)
+    return out, g.op("Constant", value_t=torch.zeros(0))  # no attention weights (need_weights=False)
+
+
+@contextmanager
+def _fused_attention(opset: int) -> Iterator[None]:
+    """Within the block the TorchScript exporter writes the fast path of `nn.MultiheadAttention` as
+    `_mha_as_attention` (the registration is removed on leaving)."""
+    torch.onnx.register_custom_op_symbolic(_MHA_FAST_PATH, _mha_as_attention, opset)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic(_MHA_FAST_PATH, opset)
+
+
+def export_tower(
+    model: ClipModel, tower: str, path: Path, opset: int = OPSET, *, fused_attention: bool = False
+) -> None:
+    """Export ``tower`` of ``model`` to ``path`` (TorchScript exporter, dynamic batch axis).
+
+    ``fused_attention``: traced without autograd, so each unmasked `nn.MultiheadAttention` (open_clip's
+    image towers) takes its fused fast path, written with ONNX Runtime's ``MultiHeadAttention`` op
+    (`_mha_as_attention`); other attention
+    (masked, Hugging Face's) is traced op by op as usual. Otherwise traced with autograd on, where the fast
+    path is never taken (it has no standard ONNX export).
+    """
     module = _Tower(model, tower).eval()
     if tower == "image":
         example = torch.zeros(_TRACE_BATCH, 3, *model.vision_geometry.image_size, device=model.device)
@@ -295,9 +373,11 @@ def export_tower(model: ClipModel, tower: str, path: Path, opset: int = OPSET) -
         example = model.tokenize(["a photo", "a photo of a cat"]).to(model.device)
     input_name, output_name = _io_names(tower)
     try:
-        # Traced with autograd on: under no_grad, nn.MultiheadAttention takes its fused fast path
-        # (aten::_native_multi_head_attention), which has no ONNX export.
-        with warnings.catch_warnings(), torch.enable_grad():
+        with (
+            warnings.catch_warnings(),
+            _fused_attention(opset) if fused_attention else nullcontext(),
+            torch.no_grad() if fused_attention else torch.enable_grad(),
+        ):
             warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
             torch.onnx.export(
                 module,
@@ -309,10 +389,83 @@ def export_tower(model: ClipModel, tower: str, path: Path, opset: int = OPSET) -
                 opset_version=opset,
                 do_constant_folding=True,
                 dynamo=False,
+                custom_opsets={"com.microsoft": 1} if fused_attention else None,
             )
     except Exception as exc:  # noqa: BLE001 - any exporter failure becomes one line naming the model
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise RuntimeExportError(f"cannot export the {tower} tower of {model.spec} to ONNX: {first}") from exc
+
+
+def _attention_heads(module: nn.Module) -> tuple[int, int] | None:
+    """``(heads, width)`` of an attention layer (`nn.MultiheadAttention`, Hugging Face's, timm's), else None."""
+    heads = getattr(module, "num_heads", None) or getattr(module, "num_attention_heads", None)
+    width = getattr(module, "embed_dim", None) or getattr(module, "all_head_size", None)
+    if not width and isinstance(getattr(module, "head_dim", None), int) and isinstance(heads, int):
+        width = heads * module.head_dim
+    if isinstance(heads, int) and isinstance(width, int) and heads > 0 and width % heads == 0:
+        return heads, width
+    return None
+
+
+def attention_shape(model: ClipModel, tower: str) -> tuple[int, int]:
+    """``(heads, width)`` of the attention layers ``tower`` runs (the most frequent), ``(0, 0)`` if none.
+
+    Read from the layers that fire during one forward of the tower (forward hooks, removed after the call):
+    the model holds both towers, whose widths differ.
+    """
+    seen: Counter[tuple[int, int]] = Counter()
+    handles = []
+    try:
+        for module in model.module.modules():
+            shape = _attention_heads(module)
+            if shape is not None:
+                handles.append(module.register_forward_hook(lambda *_, shape=shape: seen.update([shape])))
+        _torch_reference(model, tower, check_inputs(model, tower)[0])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen.most_common(1)[0][0] if seen else (0, 0)
+
+
+def optimize_graph(source: Path, target: Path, num_heads: int = 0, hidden_size: int = 0) -> dict[str, int]:
+    """ONNX Runtime's transformer optimizer on ``source`` -> ``target``; returns the fused op counts.
+
+    ``model_type="clip"`` (BERT's fusions plus CLIP's attention pattern and QuickGelu): LayerNormalization,
+    SkipLayerNormalization (residual add + layer norm), BiasGelu / QuickGelu, and attention subgraphs it
+    recognises (Hugging Face's CLIP) into ``Attention``; ``num_heads`` / ``hidden_size`` are used where the
+    graph does not show them. Python fusions only (``opt_level=0``): the file stays portable, and the
+    session applies ONNX Runtime's own optimisations when it loads it.
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    chatter = io.StringIO()  # the optimizer prints shape-inference notes to stdout
+    with redirect_stdout(chatter), _quiet_loggers():
+        optimized = optimize_model(
+            str(source), model_type="clip", num_heads=num_heads, hidden_size=hidden_size, opt_level=0
+        )
+        optimized.save_model_to_file(str(target))
+        fused = optimized.get_fused_operator_statistics()
+    if chatter.getvalue().strip():
+        LOG.debug("ONNX Runtime transformer optimizer: %s", chatter.getvalue().strip())
+    return {op: int(count) for op, count in sorted(fused.items()) if count}
+
+
+@contextmanager
+def _quiet_loggers() -> Iterator[None]:
+    """The transformer optimizer's modules (imported by their bare names, so their loggers are too) log
+    a warning per fusion they cannot apply: raised to ERROR for the block, then restored."""
+    import onnxruntime.transformers
+
+    names = {path.stem for path in Path(onnxruntime.transformers.__file__).parent.glob("*.py")}
+    loggers = [logging.getLogger(name) for name in sorted(names) if name in logging.root.manager.loggerDict]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _torch_reference(model: ClipModel, tower: str, inputs: torch.Tensor) -> np.ndarray:
@@ -338,30 +491,47 @@ def _pixel_reader(input_name: str, pixels: np.ndarray, batch_size: int = 8) -> A
     return PixelReader()
 
 
+def _prepare_for_quantization(source: Path, target: Path) -> Path:
+    """``source`` pre-processed for the quantiser into ``target`` (symbolic shape inference first, then ONNX's
+    own); -> the path to quantise (``source`` itself when both fail)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    failures = []
+    for skip_symbolic in (False, True):
+        try:
+            with redirect_stdout(io.StringIO()):
+                quant_pre_process(str(source), str(target), skip_symbolic_shape=skip_symbolic)
+            return target
+        except Exception as exc:  # noqa: BLE001 - pre-processing is an optimisation; try the next way
+            failures.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+    LOG.info("quantisation pre-processing skipped (%s)", "; ".join(failures))
+    return source
+
+
 def _quantize(fp32_path: Path, out_path: Path, precision: str, calibration: np.ndarray | None) -> None:
     """Write the int8 model of ``fp32_path`` to ``out_path``.
 
-    Dynamic: int8 weights of MatMul/Gemm, activations quantised per batch at run time. Static (QDQ): int8
-    weights of MatMul/Gemm/Conv per channel, activation ranges from ``calibration`` (min-max).
-    ``reduce_range`` (7-bit weights) avoids the saturation of the u8 x s8 instruction on CPUs without VNNI.
+    Dynamic: int8 weights of MatMul/Gemm (and of a fused ``Attention`` op's QKV projection), activations
+    quantised per batch at run time. Static (QDQ): int8 weights of MatMul/Gemm/Conv per channel, activation
+    ranges from ``calibration`` (min-max). In a `GRAPH_FUSED` graph the Q, K, V projections are plain
+    MatMuls (`_mha_as_attention`), so both reach them. ``reduce_range`` (7-bit weights) avoids the
+    saturation of the u8 x s8 instruction on CPUs without VNNI.
+
+    The graph is first pre-processed (`quant_pre_process`: shape inference, ONNX Runtime's basic graph
+    optimisations), with symbolic shape inference where it succeeds: only it knows the shapes of ONNX
+    Runtime's own ops (MultiHeadAttention, SkipLayerNormalization), which the quantiser needs.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(dir=out_path.parent) as scratch:
-        prepared = Path(scratch) / "prepared.onnx"
-        try:
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        except Exception as exc:  # noqa: BLE001 - pre-processing is an optimisation; quantise the raw graph
-            LOG.info("quantisation pre-processing skipped (%s: %s)", type(exc).__name__, exc)
-            prepared = fp32_path
+        prepared = _prepare_for_quantization(fp32_path, Path(scratch) / "prepared.onnx")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if precision == "int8-dynamic":
                 quantize_dynamic(
                     str(prepared),
                     str(out_path),
-                    op_types_to_quantize=["MatMul", "Gemm"],
+                    op_types_to_quantize=["MatMul", "Gemm", "Attention"],
                     per_channel=True,
                     reduce_range=True,
                     weight_type=QuantType.QInt8,
@@ -521,6 +691,7 @@ class OnnxEncoder:
                 "precision": record["precision"],
                 "file": str(self.cache.onnx_path(tower, record["precision"])),
                 "vs_torch": record["vs_torch"],
+                "graph": record.get("graph"),
                 **({"vs_fp32": record["vs_fp32"]} if "vs_fp32" in record else {}),
             }
         providers = sorted({p for s in self._sessions.values() for p in s.get_providers()}) or [
@@ -605,9 +776,7 @@ class OnnxEncoder:
         started = time.perf_counter()
         target = self.cache.onnx_path(tower, "fp32")
         with _atomic_path(target) as tmp:
-            export_tower(self.torch_model, tower, tmp)
-            session = self._new_session(tmp)
-            agreement = self._check_against_torch(tower, session)
+            agreement, graph = self._export_checked(tower, tmp)
         extra: dict[str, Any] = {}
         if tower == "text":  # what lets OnnxTextEncoder run this tower later without torch
             from counterclip.models.onnx_text import standalone_entry
@@ -624,6 +793,7 @@ class OnnxEncoder:
                 "torch": torch.__version__,
                 "onnxruntime": self._ort.__version__,
                 "input": {"name": _io_names(tower)[0], "batch": "dynamic"},
+                "graph": graph,
                 "vs_torch": {
                     **agreement.to_dict(),
                     "min_cosine_bar": FP32_MIN_COSINE,
@@ -634,15 +804,47 @@ class OnnxEncoder:
         )
         self.exported.append(f"{tower}.fp32")
         LOG.info(
-            "exported the %s tower of %s to %s in %.1f s (cosine to torch >= %.6f, max abs %.2e)",
+            "exported the %s tower of %s to %s in %.1f s (%s graph; cosine to torch >= %.6f, max abs %.2e)",
             tower,
             self.spec,
             target,
             record["seconds"],
+            graph["optimization"],
             agreement.cosine_min,
             agreement.max_abs,
         )
         return record
+
+    def _export_checked(self, tower: str, path: Path) -> tuple[Agreement, dict[str, Any]]:
+        """Export ``tower`` to ``path`` and check it against torch; -> (agreement, how the graph was made).
+
+        First the optimised graph (`GRAPH_FUSED`): attention fused at export (`export_tower` with
+        ``fused_attention``), then ONNX Runtime's transformer fusions (`optimize_graph`). If any step of it
+        fails, or it misses the bars against torch, the plain export (`GRAPH_PLAIN`) replaces it, with the
+        reason logged and recorded; a plain export that misses the bars is refused (`RuntimeExportError`).
+        """
+        try:
+            heads, width = attention_shape(self.torch_model, tower)
+            with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+                traced = Path(scratch) / "traced.onnx"
+                export_tower(self.torch_model, tower, traced, fused_attention=True)
+                fused = optimize_graph(traced, path, num_heads=heads, hidden_size=width)
+            agreement = self._check_against_torch(tower, self._new_session(path))
+            graph = {"optimization": GRAPH_FUSED, "fused": fused, "num_heads": heads, "hidden_size": width}
+            return agreement, graph
+        except Exception as exc:  # noqa: BLE001 - any failure of the optimised path falls back to the plain one
+            reason = (
+                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+            )
+        LOG.warning(
+            "the optimised ONNX graph of the %s tower of %s failed (%s); using the plain export",
+            tower,
+            self.spec,
+            reason,
+        )
+        export_tower(self.torch_model, tower, path)
+        agreement = self._check_against_torch(tower, self._new_session(path))
+        return agreement, {"optimization": GRAPH_PLAIN, "fallback_reason": reason}
 
     def _check_against_torch(self, tower: str, session: Any) -> Agreement:
         name = session.get_inputs()[0].name
