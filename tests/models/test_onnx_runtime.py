@@ -181,14 +181,14 @@ def test_export_that_does_not_match_torch_is_refused(
 ) -> None:
     real_export = ort_mod.export_tower
 
-    def export_other_weights(model, tower, path, opset=ort_mod.OPSET):
+    def export_other_weights(model, tower, path, opset=ort_mod.OPSET, **options):
         """Export with the text projection perturbed, then put the weights back (a wrong export)."""
         projection = model.module.text_projection
         saved = projection.detach().clone()
         with torch.no_grad():
             projection.add_(0.5 * torch.randn_like(projection))
         try:
-            real_export(model, tower, path, opset)
+            real_export(model, tower, path, opset, **options)
         finally:
             with torch.no_grad():
                 projection.copy_(saved)
@@ -198,9 +198,141 @@ def test_export_that_does_not_match_torch_is_refused(
     with pytest.raises(
         RuntimeExportError, match=r"does not match torch: lowest cosine 0\.\d+ \(needs >= 0\.9999\)"
     ):
-        encoder.encode_texts(["a"])
+        encoder.encode_texts(["a"])  # the optimised graph misses the bars, and so does the plain fallback
     assert _files(tmp_path) == []  # nothing refused enters the cache
-    assert not any(tmp_path.rglob("*.tmp"))
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))  # no temp or scratch files left
+
+
+# --- the optimised graph ----------------------------------------------------------------------------------
+def _op_counts(path: Path) -> dict[str, int]:
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path)).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize(
+    ("which", "attention_op"), [("openclip_model", "MultiHeadAttention"), ("hf_model", "Attention")]
+)
+def test_optimised_graph_fuses_attention_and_matches_torch(
+    which: str, attention_op: str, request: pytest.FixtureRequest, tmp_path: Path, capsys
+) -> None:
+    model = request.getfixturevalue(which)
+    encoder = OnnxEncoder(model, cache_dir=tmp_path)
+    pixels = _pixels(model, 5)
+    assert (
+        encoder.encode_images(pixels, batch_size=3) - model.encode_images(pixels)
+    ).abs().max().item() < 1e-5
+    graph = json.loads(encoder.cache.record_path("image", "fp32").read_text())["graph"]
+    layers = 2  # both tiny image towers
+    # the record says what was applied, and the file holds it: one fused attention per layer (open_clip's
+    # fast path written as MultiHeadAttention at export; Hugging Face's pattern fused by ONNX Runtime's
+    # optimizer), the residual adds fused with the layer norms, no softmax left outside a fused op
+    assert graph["optimization"] == "fused" and "fallback_reason" not in graph
+    assert (graph["num_heads"], graph["hidden_size"]) == (2, 64 if which == "openclip_model" else 32)
+    assert graph["fused"][attention_op] == layers and graph["fused"]["SkipLayerNormalization"] >= layers
+    ops = _op_counts(encoder.cache.onnx_path("image", "fp32"))
+    assert ops[attention_op] == layers and "Softmax" not in ops
+    assert ops["SkipLayerNormalization"] == graph["fused"]["SkipLayerNormalization"]
+    assert encoder.runtime_info()["towers"]["image"]["graph"] == graph
+    assert (
+        capsys.readouterr().out == ""
+    )  # the optimizer's notes do not reach stdout (the CLI prints JSON there)
+
+
+def test_attention_shape_reads_the_layers_each_tower_runs(openclip_model, hf_model) -> None:
+    # tiny open_clip: image width 64 in heads of 32, text width 32 with 2 heads; tiny HF CLIP: 32 and 2 heads
+    assert ort_mod.attention_shape(openclip_model, "image") == (2, 64)
+    assert ort_mod.attention_shape(openclip_model, "text") == (2, 32)
+    assert ort_mod.attention_shape(hf_model, "image") == (2, 32)
+    for model in (openclip_model, hf_model):  # the hooks are gone
+        assert not any(m._forward_hooks for m in model.module.modules())
+
+
+def test_fused_attention_symbolic_is_registered_only_during_the_export(tmp_path: Path) -> None:
+    """The fast path of nn.MultiheadAttention exports only inside `_fused_attention` (no global change)."""
+    torch.manual_seed(0)
+    attention = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
+
+    class SelfAttention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention = attention
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.attention(x, x, x, need_weights=False)[0]
+
+    x = torch.randn(3, 5, 8)
+
+    def export(path: Path) -> None:
+        with torch.no_grad():
+            torch.onnx.export(
+                SelfAttention(),
+                (x,),
+                str(path),
+                opset_version=ort_mod.OPSET,
+                dynamo=False,
+            )
+
+    with ort_mod._fused_attention(ort_mod.OPSET):
+        export(tmp_path / "fused.onnx")
+    assert _op_counts(tmp_path / "fused.onnx")["MultiHeadAttention"] == 1
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "fused.onnx"), providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        want = SelfAttention()(x).numpy()
+    assert np.abs(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0] - want).max() < 1e-5
+    from torch.onnx._internal.torchscript_exporter.registration import registry
+
+    assert not registry.is_registered_op(ort_mod._MHA_FAST_PATH, ort_mod.OPSET)  # unregistered again
+    with pytest.raises(Exception):  # noqa: B017, PT011 - torch's own error for an op with no export
+        export(tmp_path / "after.onnx")
+
+
+def test_optimiser_failure_falls_back_to_the_plain_export(
+    openclip_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    def cannot_fuse(*args, **kwargs):
+        raise ValueError("unsupported model type for fusion")
+
+    monkeypatch.setattr(ort_mod, "optimize_graph", cannot_fuse)
+    encoder = OnnxEncoder(openclip_model, cache_dir=tmp_path)
+    pixels = _pixels(openclip_model, 4)
+    with caplog.at_level("WARNING", logger="counterclip.models.onnx_runtime"):
+        got = encoder.encode_images(pixels)
+    assert (got - openclip_model.encode_images(pixels)).abs().max().item() < 1e-5
+    graph = json.loads(encoder.cache.record_path("image", "fp32").read_text())["graph"]
+    assert graph == {
+        "optimization": "plain",
+        "fallback_reason": "ValueError: unsupported model type for fusion",
+    }
+    assert "using the plain export" in caplog.text and "unsupported model type" in caplog.text
+    ops = _op_counts(encoder.cache.onnx_path("image", "fp32"))
+    assert "MultiHeadAttention" not in ops and ops["Softmax"] == 2  # attention op by op
+    assert _files(tmp_path) == ["image.fp32.onnx"] and not any(tmp_path.rglob("*.tmp"))
+
+
+def test_fused_graph_that_misses_the_bars_falls_back_to_the_plain_export(
+    openclip_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The torch comparison guards the optimised graph: attention fused with the wrong head count (one head
+    of 64 instead of two of 32) computes other embeddings, so the plain export is used instead."""
+    real = ort_mod._mha_as_attention
+
+    def one_head(g, query, key, value, embed_dim, num_heads, *rest):
+        return real(g, query, key, value, embed_dim, g.op("Constant", value_t=torch.tensor(1)), *rest)
+
+    monkeypatch.setattr(ort_mod, "_mha_as_attention", one_head)
+    encoder = OnnxEncoder(openclip_model, cache_dir=tmp_path)
+    pixels = _pixels(openclip_model, 4)
+    assert (encoder.encode_images(pixels) - openclip_model.encode_images(pixels)).abs().max().item() < 1e-5
+    record = json.loads(encoder.cache.record_path("image", "fp32").read_text())
+    assert record["graph"]["optimization"] == "plain"
+    assert "does not match torch: lowest cosine" in record["graph"]["fallback_reason"]
+    assert record["vs_torch"]["cosine_min"] >= 0.9999  # the figures of the plain export that was kept
 
 
 # --- int8 -------------------------------------------------------------------------------------------------
