@@ -43,6 +43,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -454,6 +455,139 @@ def optimize_graph(source: Path, target: Path, num_heads: int = 0, hidden_size: 
     return dict(sorted(fused.items()))
 
 
+# Ops that act on each token on its own (over the last axis), and which of their inputs carry tokens.
+# Their other inputs must be constants of rank <= 1 (gains, biases) or 2-D weights (MatMul's second input).
+_TOKENWISE_INPUTS = {
+    "MatMul": (0,),
+    "Add": (0, 1),
+    "Mul": (0, 1),
+    "LayerNormalization": (0,),
+    "SkipLayerNormalization": (0, 1),
+    "BiasGelu": (0,),
+    "FastGelu": (0,),
+    "Gelu": (0,),
+    "QuickGelu": (0,),
+    "MultiHeadAttention": (0,),  # the queries only: every token's keys and values are still needed
+}
+
+
+def narrow_to_pooled_token(model: Any) -> int:
+    """Compute only the pooled token where nothing else is used (in place); -> the number of nodes narrowed.
+
+    A ViT tower keeps one token of its last layer (``Gather(axis=1, index 0)``: the class token of open_clip
+    and Hugging Face CLIP). Walking back from that Gather, every token-wise node (`_TOKENWISE_INPUTS`) whose
+    outputs feed only narrowed inputs is narrowed: its token inputs are sliced to the first token. In the last
+    block that is the query projection, the attention for one query, the output projection and the MLP,
+    about 10/12 of a layer; keys and values stay whole. The result is the same computation for the token
+    that is kept (checked against torch like every export). No such Gather (text towers pool by position,
+    SigLIP by attention): nothing changes.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    nodes = list(graph.node)
+    initializers = {t.name: t for t in graph.initializer}
+    constants = {n.output[0]: n for n in nodes if n.op_type == "Constant" and len(n.output) == 1}
+
+    def constant_value(name: str) -> np.ndarray | None:
+        if name in initializers:
+            return numpy_helper.to_array(initializers[name])
+        node = constants.get(name)
+        if node is not None and node.attribute and node.attribute[0].name == "value":
+            return numpy_helper.to_array(node.attribute[0].t)
+        return None
+
+    def attribute(node: Any, name: str, default: Any) -> Any:
+        found = [a for a in node.attribute if a.name == name]
+        return helper.get_attribute_value(found[0]) if found else default
+
+    pooled = [
+        n
+        for n in nodes
+        if n.op_type == "Gather"
+        and attribute(n, "axis", 0) == 1
+        and (index := constant_value(n.input[1])) is not None
+        and index.ndim == 0
+        and int(index) == 0
+    ]
+    if len(pooled) != 1:
+        return 0
+    gather = pooled[0]
+    consumers: dict[str, list[tuple[int, int]]] = {}  # tensor -> [(node position, input slot)]
+    for position, node in enumerate(nodes):
+        for slot, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((position, slot))
+    graph_outputs = {o.name for o in graph.output}
+
+    def token_slots(node: Any) -> tuple[int, ...] | None:
+        """The inputs of ``node`` to narrow if it acts on each token on its own, else None."""
+        slots = _TOKENWISE_INPUTS.get(node.op_type)
+        if slots is None or node.domain not in ("", "com.microsoft"):
+            return None
+        if node.op_type == "LayerNormalization" and attribute(node, "axis", -1) != -1:
+            return None
+        if node.op_type == "MultiHeadAttention" and (len(node.input) < 3 or any(node.input[4:])):
+            return None  # packed QKV, masks or past state
+        tokens = []
+        for slot, name in enumerate(node.input):
+            if not name or (node.op_type == "MultiHeadAttention" and slot in (1, 2)):
+                continue  # absent inputs, and the keys and values (used whole)
+            value = constant_value(name)
+            if value is None and slot in slots:
+                tokens.append(slot)
+            elif value is None or value.ndim > (2 if node.op_type == "MatMul" and slot == 1 else 1):
+                return None  # another activation, or a constant that differs per token
+        return tuple(tokens) or None
+
+    gather_position = nodes.index(gather)
+    narrowed = {gather_position: (0,)}  # position -> its narrowed input slots
+    for position in range(gather_position - 1, -1, -1):
+        node = nodes[position]
+        slots = token_slots(node)
+        if slots is None:
+            continue
+        uses = [use for out in node.output if out for use in consumers.get(out, [])]
+        if any(out in graph_outputs for out in node.output) or not uses:
+            continue
+        if all(slot in narrowed.get(user, ()) for user, slot in uses):
+            narrowed[position] = slots
+    if len(narrowed) == 1:
+        return 0
+    first = "narrow_to_pooled_token_first"
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([0], np.int64), f"{first}_starts"),
+            numpy_helper.from_array(np.array([1], np.int64), f"{first}_ends"),
+            numpy_helper.from_array(np.array([1], np.int64), f"{first}_axes"),
+        ]
+    )
+    producers = {out: position for position, node in enumerate(nodes) for out in node.output if out}
+    first_use: dict[str, int] = {}  # a token input from outside the narrowed part -> its first narrowed user
+    for position, slots in narrowed.items():
+        if position == gather_position:
+            continue
+        node = nodes[position]
+        for slot in slots:
+            name = node.input[slot] if slot < len(node.input) else ""
+            if name and producers.get(name) not in narrowed:
+                first_use[name] = min(first_use.get(name, position), position)
+                node.input[slot] = f"{name}_first_token"
+    inserts: dict[int, list[Any]] = {}  # position -> the Slice nodes placed before it
+    for name, position in first_use.items():
+        inputs = [name, f"{first}_starts", f"{first}_ends", f"{first}_axes"]
+        slice_node = helper.make_node("Slice", inputs, [f"{name}_first_token"], name=f"{name}_first_token")
+        inserts.setdefault(position, []).append(slice_node)
+    ordered = []
+    for position, node in enumerate(nodes):
+        ordered.extend(inserts.get(position, []))
+        ordered.append(node)
+    del graph.node[:]
+    graph.node.extend(ordered)
+    onnx.checker.check_model(model)
+    return len(narrowed) - 1
+
+
 @contextmanager
 def _quiet_loggers() -> Iterator[None]:
     """The transformer optimizer's modules (imported by their bare names, so their loggers are too) log
@@ -477,6 +611,23 @@ def _torch_reference(model: ClipModel, tower: str, inputs: torch.Tensor) -> np.n
         x = inputs.to(model.device)
         out = model.image_features(x.float()) if tower == "image" else model.text_features(x)
     return out.float().cpu().numpy()
+
+
+def _narrow_file(source: Path, target: Path) -> int:
+    """`narrow_to_pooled_token` of the ONNX file ``source``, written to ``target`` when something narrowed;
+    -> the number of nodes narrowed."""
+    import onnx
+
+    model = onnx.load(str(source))
+    narrowed = narrow_to_pooled_token(model)
+    if narrowed:
+        onnx.save(model, str(target))
+    return narrowed
+
+
+def _reason(reasons: list[str]) -> dict[str, str]:
+    """``{"fallback_reason": ...}`` when something was given up, else ``{}``."""
+    return {"fallback_reason": "; ".join(reasons)} if reasons else {}
 
 
 # --- quantisation -----------------------------------------------------------------------------------------
@@ -822,33 +973,55 @@ class OnnxEncoder:
     def _export_checked(self, tower: str, path: Path) -> tuple[Agreement, dict[str, Any]]:
         """Export ``tower`` to ``path`` and check it against torch; -> (agreement, how the graph was made).
 
-        First the optimised graph (`GRAPH_FUSED`): attention fused at export (`export_tower` with
-        ``fused_attention``), then ONNX Runtime's transformer fusions (`optimize_graph`). If any step of it
-        fails, or it misses the bars against torch, the plain export (`GRAPH_PLAIN`) replaces it, with the
-        reason logged and recorded; a plain export that misses the bars is refused (`RuntimeExportError`).
+        The optimised graph (`GRAPH_FUSED`): attention fused at export (`export_tower` with
+        ``fused_attention``), ONNX Runtime's transformer fusions (`optimize_graph`), and the last layer computed
+        for the pooled token only (`narrow_to_pooled_token`, where it applies). If the narrowed graph misses
+        the bars against torch, the fused graph without it is checked; if any step fails or the fused graph
+        misses the bars too, the plain export (`GRAPH_PLAIN`) replaces it. Each fallback is logged with its
+        reason, which the record keeps; a plain export that misses the bars is refused (`RuntimeExportError`).
         """
-        try:
-            heads, width = attention_shape(self.torch_model, tower)
-            with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
-                traced = Path(scratch) / "traced.onnx"
+        reasons: list[str] = []
+        with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+            try:
+                heads, width = attention_shape(self.torch_model, tower)
+                traced, fused_path = Path(scratch) / "traced.onnx", Path(scratch) / "fused.onnx"
                 export_tower(self.torch_model, tower, traced, fused_attention=True)
-                fused = optimize_graph(traced, path, num_heads=heads, hidden_size=width)
-            agreement = self._check_against_torch(tower, self._new_session(path))
-            graph = {"optimization": GRAPH_FUSED, "fused": fused, "num_heads": heads, "hidden_size": width}
-            return agreement, graph
-        except Exception as exc:  # noqa: BLE001 - any failure of the optimised path falls back to the plain one
-            reason = (
-                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:600] if str(exc).strip() else ''}"
-            )
+                fused = optimize_graph(traced, fused_path, num_heads=heads, hidden_size=width)
+                graph = {
+                    "optimization": GRAPH_FUSED,
+                    "fused": fused,
+                    "num_heads": heads,
+                    "hidden_size": width,
+                }
+                try:
+                    narrowed = _narrow_file(fused_path, path)
+                    if narrowed:
+                        agreement = self._check_against_torch(tower, self._new_session(path))
+                        return agreement, {**graph, "pooled_token_only": narrowed}
+                except Exception as exc:  # noqa: BLE001 - the fused graph without the narrowing is next
+                    reasons.append(self._fallback(tower, "narrowed to the pooled token", "fused", exc))
+                shutil.copyfile(fused_path, path)
+                agreement = self._check_against_torch(tower, self._new_session(path))
+                return agreement, {**graph, "pooled_token_only": 0, **_reason(reasons)}
+            except Exception as exc:  # noqa: BLE001 - any failure of the optimised graph falls back to the plain one
+                reasons.append(self._fallback(tower, "optimised", "plain", exc))
+        export_tower(self.torch_model, tower, path)
+        agreement = self._check_against_torch(tower, self._new_session(path))
+        return agreement, {"optimization": GRAPH_PLAIN, **_reason(reasons)}
+
+    def _fallback(self, tower: str, what: str, instead: str, exc: BaseException) -> str:
+        """Log that the ``what`` graph of ``tower`` was given up for the ``instead`` one; -> the reason."""
+        text = str(exc).strip()
+        reason = f"{type(exc).__name__}: {text.splitlines()[0][:600] if text else ''}".rstrip(": ")
         LOG.warning(
-            "the optimised ONNX graph of the %s tower of %s failed (%s); using the plain export",
+            "the %s ONNX graph of the %s tower of %s failed (%s); using the %s graph",
+            what,
             tower,
             self.spec,
             reason,
+            instead,
         )
-        export_tower(self.torch_model, tower, path)
-        agreement = self._check_against_torch(tower, self._new_session(path))
-        return agreement, {"optimization": GRAPH_PLAIN, "fallback_reason": reason}
+        return reason
 
     def _check_against_torch(self, tower: str, session: Any) -> Agreement:
         name = session.get_inputs()[0].name

@@ -233,6 +233,9 @@ def test_optimised_graph_fuses_attention_and_matches_torch(
     assert graph["optimization"] == "fused" and "fallback_reason" not in graph
     assert (graph["num_heads"], graph["hidden_size"]) == (2, 64 if which == "openclip_model" else 32)
     assert graph["fused"][attention_op] == layers and graph["fused"]["SkipLayerNormalization"] >= layers
+    # the last layer for the class token only: query projection (or none, in HF's packed Attention op, whose
+    # output is sliced instead), attention, output projection, MLP, and the norms / residual adds between
+    assert graph["pooled_token_only"] == 8
     ops = _op_counts(encoder.cache.onnx_path("image", "fp32"))
     assert ops[attention_op] == layers and "Softmax" not in ops
     assert ops["SkipLayerNormalization"] == graph["fused"]["SkipLayerNormalization"]
@@ -292,6 +295,107 @@ def test_fused_attention_symbolic_is_registered_only_during_the_export(tmp_path:
         export(tmp_path / "after.onnx")
 
 
+def _pooled_graph(index: int, extra_output: bool = False):
+    """x (B, S, 4) -> LayerNorm -> MatMul -> + bias -> + x -> token ``index`` (B, 4); optionally the MatMul
+    output is also a graph output (then it must stay whole)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "gain"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "shift"),
+        numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "weight"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "bias"),
+        numpy_helper.from_array(np.array(index, np.int64), "index"),
+    ]
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gain", "shift"], ["normed"], axis=-1),
+        helper.make_node("MatMul", ["normed", "weight"], ["projected"]),
+        helper.make_node("Add", ["bias", "projected"], ["biased"]),
+        helper.make_node("Add", ["x", "biased"], ["summed"]),
+        helper.make_node("Gather", ["summed", "index"], ["pooled"], axis=1),
+    ]
+    outputs = [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["b", 4])]
+    if extra_output:
+        outputs.append(helper.make_tensor_value_info("projected", TensorProto.FLOAT, ["b", "s", 4]))
+    graph = helper.make_graph(
+        nodes,
+        "pooled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", 4])],
+        outputs,
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", ort_mod.OPSET)])
+
+
+def _run_graph(model, x: np.ndarray) -> list[np.ndarray]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+def test_narrow_to_pooled_token_oracle() -> None:
+    x = np.random.default_rng(1).standard_normal((3, 5, 4)).astype(np.float32)
+    model = _pooled_graph(0)
+    want = _run_graph(model, x)[0]
+    assert ort_mod.narrow_to_pooled_token(model) == 4  # every node before the Gather
+    got = _run_graph(model, x)[0]
+    assert np.abs(got - want).max() < 1e-6
+    slices = [n for n in model.graph.node if n.op_type == "Slice"]
+    assert len(slices) == 1 and slices[0].input[0] == "x"  # x sliced once, for the norm and the residual
+    # the token computed by hand: LayerNorm, projection, bias, residual on token 0 alone
+    token = x[:, 0]
+    normed = (token - token.mean(-1, keepdims=True)) / np.sqrt(token.var(-1, keepdims=True) + 1e-5)
+    init = {t.name: onnx_numpy(t) for t in model.graph.initializer}
+    by_hand = token + (normed * init["gain"] + init["shift"]) @ init["weight"] + init["bias"]
+    assert np.abs(got - by_hand).max() < 1e-5
+    # another token kept: nothing changes; an intermediate that is also an output stays whole
+    for other in (_pooled_graph(1), _pooled_graph(0, extra_output=True)):
+        before = other.SerializeToString()
+        want = _run_graph(other, x)
+        narrowed = ort_mod.narrow_to_pooled_token(other)
+        got = _run_graph(other, x)
+        assert all(np.abs(a - b).max() < 1e-6 for a, b in zip(got, want, strict=True))
+        if narrowed == 0:
+            assert other.SerializeToString() == before
+        else:  # only the residual add after the kept output narrows
+            assert narrowed == 2 and got[1].shape == (3, 5, 4)
+    assert ort_mod.narrow_to_pooled_token(_pooled_graph(1)) == 0
+
+
+def onnx_numpy(tensor) -> np.ndarray:
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(tensor)
+
+
+def test_narrowed_graph_that_misses_the_bars_falls_back_to_the_fused_graph(
+    openclip_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Narrowed to the wrong token (the first patch instead of the class token), the graph computes other
+    embeddings: the torch check catches it and the fused graph without the narrowing is kept."""
+    from onnx import numpy_helper
+
+    real = ort_mod.narrow_to_pooled_token
+
+    def wrong_token(model) -> int:
+        count = real(model)
+        for tensor in model.graph.initializer:
+            if tensor.name.endswith("_starts") or tensor.name.endswith("_ends"):
+                tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) + 1, tensor.name))
+        return count
+
+    monkeypatch.setattr(ort_mod, "narrow_to_pooled_token", wrong_token)
+    encoder = OnnxEncoder(openclip_model, cache_dir=tmp_path)
+    pixels = _pixels(openclip_model, 4)
+    assert (encoder.encode_images(pixels) - openclip_model.encode_images(pixels)).abs().max().item() < 1e-5
+    graph = json.loads(encoder.cache.record_path("image", "fp32").read_text())["graph"]
+    assert graph["optimization"] == "fused" and graph["pooled_token_only"] == 0
+    assert "does not match torch: lowest cosine" in graph["fallback_reason"]
+    assert "Slice" not in _op_counts(encoder.cache.onnx_path("image", "fp32"))
+
+
 def test_optimiser_failure_falls_back_to_the_plain_export(
     openclip_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:
@@ -309,7 +413,7 @@ def test_optimiser_failure_falls_back_to_the_plain_export(
         "optimization": "plain",
         "fallback_reason": "ValueError: unsupported model type for fusion",
     }
-    assert "using the plain export" in caplog.text and "unsupported model type" in caplog.text
+    assert "using the plain graph" in caplog.text and "unsupported model type" in caplog.text
     ops = _op_counts(encoder.cache.onnx_path("image", "fp32"))
     assert "MultiHeadAttention" not in ops and ops["Softmax"] == 2  # attention op by op
     assert _files(tmp_path) == ["image.fp32.onnx"] and not any(tmp_path.rglob("*.tmp"))
