@@ -127,6 +127,10 @@ def test_round_trip_matches_torch(which: str, request: pytest.FixtureRequest, tm
     info = encoder.runtime_info()
     assert info["runtime"] == "onnxruntime" and "CPUExecutionProvider" in info["providers"]
     assert info["precision"] == {"image": "fp32", "text": "fp32"} and info["threads"] == 1
+    for tower in ("image", "text"):  # idle threads sleep (the pipeline's decode threads need the CPU)
+        options = encoder.session(tower).get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert info["session_config"] == {"session.intra_op.allow_spinning": "0"}
     for tower in ("image", "text"):
         check = info["towers"][tower]["vs_torch"]
         assert check["cosine_min"] >= 0.9999 and check["max_abs"] <= 1e-3 and check["samples"] >= 4
