@@ -667,8 +667,19 @@ def _prepare_for_quantization(source: Path, target: Path) -> Path:
     return source
 
 
-def _quantize(fp32_path: Path, out_path: Path, precision: str, calibration: np.ndarray | None) -> None:
-    """Write the int8 model of ``fp32_path`` to ``out_path``.
+def _kept_fp32(path: Path, stem: bool) -> list[str]:
+    """Names of the nodes of the ONNX file ``path`` that int8 leaves fp32: the last MatMul (the output
+    projection) and, with ``stem``, the first Conv (see `_quantize`)."""
+    import onnx
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    matmuls = [n.name for n in nodes if n.op_type == "MatMul" and n.name]
+    convs = [n.name for n in nodes if n.op_type == "Conv" and n.name]
+    return matmuls[-1:] + (convs[:1] if stem else [])
+
+
+def _quantize(fp32_path: Path, out_path: Path, precision: str, calibration: np.ndarray | None) -> list[str]:
+    """Write the int8 model of ``fp32_path`` to ``out_path``; -> the names of the nodes kept fp32.
 
     Dynamic: int8 weights of MatMul/Gemm (and of a fused ``Attention`` op's QKV projection), activations
     quantised per batch at run time. Static (QDQ): int8 weights of MatMul/Gemm/Conv per channel, activation
@@ -679,11 +690,18 @@ def _quantize(fp32_path: Path, out_path: Path, precision: str, calibration: np.n
     The graph is first pre-processed (`quant_pre_process`: shape inference, ONNX Runtime's basic graph
     optimisations), with symbolic shape inference where it succeeds: only it knows the shapes of ONNX
     Runtime's own ops (MultiHeadAttention, SkipLayerNormalization), which the quantiser needs.
+
+    Kept fp32 (`_kept_fp32`): the output projection (the last MatMul), which runs once per image after
+    pooling, so int8 saves nothing there while its error goes straight into the embedding; for static,
+    also the input stem (the first Conv: the patch embedding), whose error every layer carries. Measured
+    (ViT-B-32, random weights, 256 photos against fp32): dynamic recall@10 0.977 -> 0.987 (lowest cosine
+    0.99965 -> 0.99987), static 0.971 -> 0.982 (0.99950 -> 0.99973), at the same speed within noise.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     with tempfile.TemporaryDirectory(dir=out_path.parent) as scratch:
         prepared = _prepare_for_quantization(fp32_path, Path(scratch) / "prepared.onnx")
+        kept = _kept_fp32(prepared, stem=precision == "int8-static")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if precision == "int8-dynamic":
@@ -691,6 +709,7 @@ def _quantize(fp32_path: Path, out_path: Path, precision: str, calibration: np.n
                     str(prepared),
                     str(out_path),
                     op_types_to_quantize=["MatMul", "Gemm", "Attention"],
+                    nodes_to_exclude=kept,
                     per_channel=True,
                     reduce_range=True,
                     weight_type=QuantType.QInt8,
@@ -704,11 +723,13 @@ def _quantize(fp32_path: Path, out_path: Path, precision: str, calibration: np.n
                     _pixel_reader(input_name, calibration),
                     quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+                    nodes_to_exclude=kept,
                     per_channel=True,
                     reduce_range=True,
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                 )
+    return kept
 
 
 # --- the encoder ------------------------------------------------------------------------------------------
@@ -1087,7 +1108,7 @@ class OnnxEncoder:
         fp32_session = self._new_session(self.cache.onnx_path("image", "fp32"))
         reference = self._run_session(fp32_session, self.sample, self.check_batch_size)
         with _atomic_path(target) as tmp:
-            _quantize(self.cache.onnx_path("image", "fp32"), tmp, precision, calibration)
+            kept = _quantize(self.cache.onnx_path("image", "fp32"), tmp, precision, calibration)
             candidate = self._run_session(self._new_session(tmp), self.sample, self.check_batch_size)
             agreement = compare(reference, candidate)
             recall = recall_at_k(reference, candidate, RECALL_K)
@@ -1110,6 +1131,7 @@ class OnnxEncoder:
                 "onnxruntime": self._ort.__version__,
                 "vs_torch": fp32_record["vs_torch"],
                 "graph": fp32_record.get("graph"),  # the fp32 graph that was quantised
+                "kept_fp32": kept,  # its nodes left fp32 (see _quantize)
                 "vs_fp32": {
                     **agreement.to_dict(),
                     f"recall_at_{RECALL_K}": recall,

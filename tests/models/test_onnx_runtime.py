@@ -445,16 +445,19 @@ def test_fused_graph_that_misses_the_bars_falls_back_to_the_plain_export(
 
 # --- int8 -------------------------------------------------------------------------------------------------
 def _broken_for_int8(tmp_path: Path):
-    """A tiny open_clip model whose int8 image tower really breaks: one pooled feature is always 0 (its
-    ln_post gain and bias are 0) and its projection row is huge. fp32 is unaffected (0 x 1e4 = 0), but int8
-    weights get one scale per output column set by that row, and every other weight rounds to 0."""
+    """A tiny open_clip model whose int8 image tower really breaks: in each block one MLP hidden unit is
+    always 0 (its c_fc row and bias are 0, and GELU(0) = 0) and its c_proj column is huge. fp32 is unaffected
+    (0 x 1e4 = 0), but int8 weights get one scale per output channel set by that column, and every other
+    weight of c_proj rounds to 0: the MLPs vanish."""
     from safetensors.torch import load_file, save_file
 
     config, weights = write_tiny_openclip(tmp_path / "broken", name="cc-tiny-vit", seed=2)
     state = load_file(str(weights))
-    state["visual.ln_post.weight"][0] = 0.0
-    state["visual.ln_post.bias"][0] = 0.0
-    state["visual.proj"][0, :] = 1e4
+    for block in range(2):
+        prefix = f"visual.transformer.resblocks.{block}.mlp"
+        state[f"{prefix}.c_fc.weight"][0, :] = 0.0
+        state[f"{prefix}.c_fc.bias"][0] = 0.0
+        state[f"{prefix}.c_proj.weight"][:, 0] = 1e4
     broken = weights.with_name("broken.safetensors")
     save_file(state, str(broken))
     return load_model(f"{config}:{broken}", device="cpu")
@@ -502,6 +505,15 @@ def test_int8_accepted_records_its_figures_and_is_reused(tmp_path: Path) -> None
     assert compare(fp32, got.numpy()).cosine_min == pytest.approx(check["cosine_min"], abs=1e-6)
     assert recall_at_k(fp32, got.numpy()) == pytest.approx(check["recall_at_10"])
     assert np.abs(fp32 - got.numpy()).max() > 1e-4  # it is really another (int8) graph
+    # int8 everywhere but the output projection (one row per image: nothing to gain, its error unshared)
+    import onnx
+
+    record = json.loads(encoder.cache.record_path("image", "int8-dynamic").read_text())
+    nodes = onnx.load(str(encoder.cache.onnx_path("image", "int8-dynamic"))).graph.node
+    kept = [n for n in nodes if n.name in record["kept_fp32"]]
+    assert len(record["kept_fp32"]) == 1 and [n.op_type for n in kept] == ["MatMul"]
+    assert sum(n.op_type == "MatMulInteger" for n in nodes) >= 4 * 4  # Q, K, V, out, MLP x 4 layers
+    assert record["graph"]["optimization"] == "fused"  # the fused fp32 graph was quantised
     # an accepted int8 tower is reused without a sample (a query process), with the same figures
     again = OnnxEncoder(model, cache_dir=tmp_path, precision="int8-dynamic")
     assert torch.equal(again.encode_images(sample), got)
