@@ -6,6 +6,13 @@ torch, run it on the CPU; optionally an int8 image tower, accepted only if it pa
   ``CACHE/<fingerprint>/<tower>.<precision>.onnx`` with a JSON record beside it; both are written atomically
   (temp file in the same directory, fsync, rename), the record last. A tower is exported when it is first
   used, so text-only work (a query) never exports or runs the image tower.
+- **Optimised graph** (``graph`` in the record): `nn.MultiheadAttention`'s fast path is written at export
+  as three MatMuls and ONNX Runtime's ``MultiHeadAttention`` op; ONNX Runtime's transformer optimizer then
+  fuses the rest (layer norms with their residual adds, GELUs with their biases, Hugging Face CLIP's
+  attention); and where the tower keeps one token (the class token), its last layer is computed for that
+  token only. Each step is checked against torch like the export; a step that fails or misses the bars
+  falls back (fused graph without the narrowing, then the plain export), logged, with the reason recorded.
+  ViT-B-32 on 2 CPUs: the model alone 1.2-1.3x torch's throughput, against ~1.2x for the plain export.
 - **Check**: before it enters the cache, an export is run on sample inputs at two batch sizes other than
   the traced one and compared with torch; it is refused (`RuntimeExportError`, with the figures) unless
   every embedding has cosine >= 0.9999 to torch's and no coordinate differs by more than 1e-3.
@@ -17,7 +24,7 @@ torch, run it on the CPU; optionally an int8 image tower, accepted only if it pa
   neighbours (recall@10, each sample image as a query, itself left out); otherwise refused
   (`QuantizationRefusedError`, with the figures). The text tower stays fp32 (queries are one text each).
 - **Run**: one ``InferenceSession`` per tower, created on first use and kept; CPU provider; intra-op
-  threads settable.
+  threads settable; idle threads sleep rather than spin (`SESSION_CONFIG`).
 
 - **Without torch**: the text export's record also says how `onnx_text.OnnxTextEncoder` may later run it
   with no torch at all (cold text queries): the SHA-256 of the spec's weight files and a torch-free
