@@ -118,6 +118,8 @@ def build_part(args: argparse.Namespace, work: Path) -> dict:
         ("onnx-int8-dynamic", "int8-dynamic"),
         ("onnx-int8-static", "int8-static"),
     ):
+        if name not in args.runtimes:
+            continue
         t0 = time.perf_counter()
         encoder = OnnxEncoder(
             model,
@@ -157,6 +159,18 @@ def build_part(args: argparse.Namespace, work: Path) -> dict:
             per_round[name].append(len(chunk_paths) / took)
             pieces[name].append(vectors)
             print(f"  round {r + 1} {name}: {len(chunk_paths) / took:.2f} img/s", flush=True)
+    # the model alone on the preprocessed sample (no decode), alternating the same way
+    model_seconds = {name: 0.0 for name in encoders}
+    for r in range(args.model_rounds):
+        for name in list(encoders) if r % 2 == 0 else list(reversed(encoders)):
+            t0 = time.perf_counter()
+            encoders[name].encode_images(sample, batch_size=args.batch_size)
+            model_seconds[name] += time.perf_counter() - t0
+    model_ips = (
+        {name: args.model_rounds * len(sample) / s for name, s in model_seconds.items()}
+        if args.model_rounds
+        else {}
+    )
     outputs = {name: np.concatenate(v) for name, v in pieces.items()}
     ips = {name: len(paths) / s for name, s in seconds.items()}
     reference = outputs["torch"]
@@ -190,10 +204,15 @@ def build_part(args: argparse.Namespace, work: Path) -> dict:
         "rounds": args.rounds,
         "threads": threads,
         "model_load_seconds": load_seconds,
+        "setup_sample": len(sample),
         "setup": setup,
         "images_per_s": ips,
         "images_per_s_per_round": per_round,
         "ratio_to_torch": {name: ips[name] / ips["torch"] for name in ips},
+        "model_only_images_per_s": model_ips,
+        "model_only_ratio_to_torch": {name: model_ips[name] / model_ips["torch"] for name in model_ips},
+        "model_only_rounds": args.model_rounds,
+        "graphs": {name: setup[name].get("graph") for name in setup if "graph" in setup[name]},
         "agreement_to_torch": agreement,
     }
 
@@ -225,11 +244,26 @@ def main() -> None:
     )
     parser.add_argument("--cold-images", type=int, default=120)
     parser.add_argument("--cold-repeats", type=int, default=5)
+    parser.add_argument(
+        "--runtimes",
+        type=lambda text: [r.strip() for r in text.split(",") if r.strip()],
+        default=list(RUNTIMES),
+        help=f"comma-separated ONNX runtimes to time against torch (always timed), of {', '.join(RUNTIMES[1:])}",
+    )
+    parser.add_argument(
+        "--model-rounds",
+        type=int,
+        default=2,
+        help="rounds of the model alone on the preprocessed sample (no decode), alternated; 0 skips it",
+    )
     parser.add_argument("--skip-build", action="store_true")
     parser.add_argument("--skip-cold", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the raw figures to this file")
     args = parser.parse_args()
+    unknown = sorted(set(args.runtimes) - set(RUNTIMES))
+    if unknown:
+        parser.error(f"unknown runtimes {unknown}; expected some of {', '.join(RUNTIMES[1:])}")
 
     import onnxruntime
     import torch
@@ -290,6 +324,19 @@ def print_report(report: dict) -> None:
                 if "recall_at_10_vs_fp32_index" in agreement:
                     line += f"  recall@10 vs fp32 index {agreement['recall_at_10_vs_fp32_index']:.3f}"
             print(line)
+        for name, ips in b.get("model_only_images_per_s", {}).items():
+            print(
+                f"  model alone {name:18s} {ips:6.2f} img/s  x{b['model_only_ratio_to_torch'][name]:.2f} of torch "
+                f"({b['model_only_rounds']} rounds over the {b['setup_sample']} sample images, no decode)"
+            )
+        for name, graph in b.get("graphs", {}).items():
+            if graph:
+                extra = f", fallback: {graph['fallback_reason']}" if graph.get("fallback_reason") else ""
+                fused = ", ".join(f"{op} {n}" for op, n in graph.get("fused", {}).items())
+                print(
+                    f"  graph {name}: {graph['optimization']} ({fused}; last layer for the pooled token: "
+                    f"{graph.get('pooled_token_only', 0)} nodes{extra})"
+                )
         for name, setup in b["setup"].items():
             if "refused" not in setup:
                 check = setup.get("vs_fp32")

@@ -14,7 +14,7 @@ import numpy as np
 from counterclip.errors import InputError, RuntimeExportError
 
 CACHE_ENV = "COUNTERCLIP_ONNX_CACHE"  # overrides the cache directory
-CACHE_FORMAT = 1  # bump when the layout or the exported graphs change meaning
+CACHE_FORMAT = 2  # bump when the layout or the exported graphs change meaning (2: optimised graphs)
 OPSET = 17  # LayerNormalization is a native op from 17 on
 RUNTIMES = ("torch", "onnx")
 PRECISIONS = ("fp32", "int8-dynamic", "int8-static")

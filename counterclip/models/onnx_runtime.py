@@ -6,6 +6,13 @@ torch, run it on the CPU; optionally an int8 image tower, accepted only if it pa
   ``CACHE/<fingerprint>/<tower>.<precision>.onnx`` with a JSON record beside it; both are written atomically
   (temp file in the same directory, fsync, rename), the record last. A tower is exported when it is first
   used, so text-only work (a query) never exports or runs the image tower.
+- **Optimised graph** (``graph`` in the record): `nn.MultiheadAttention`'s fast path is written at export
+  as three MatMuls and ONNX Runtime's ``MultiHeadAttention`` op; ONNX Runtime's transformer optimizer then
+  fuses the rest (layer norms with their residual adds, GELUs with their biases, Hugging Face CLIP's
+  attention); and where the tower keeps one token (the class token), its last layer is computed for that
+  token only. Each step is checked against torch like the export; a step that fails or misses the bars
+  falls back (fused graph without the narrowing, then the plain export), logged, with the reason recorded.
+  ViT-B-32 on 2 CPUs: the model alone 1.2-1.3x torch's throughput, against ~1.2x for the plain export.
 - **Check**: before it enters the cache, an export is run on sample inputs at two batch sizes other than
   the traced one and compared with torch; it is refused (`RuntimeExportError`, with the figures) unless
   every embedding has cosine >= 0.9999 to torch's and no coordinate differs by more than 1e-3.
@@ -17,7 +24,7 @@ torch, run it on the CPU; optionally an int8 image tower, accepted only if it pa
   neighbours (recall@10, each sample image as a query, itself left out); otherwise refused
   (`QuantizationRefusedError`, with the figures). The text tower stays fp32 (queries are one text each).
 - **Run**: one ``InferenceSession`` per tower, created on first use and kept; CPU provider; intra-op
-  threads settable.
+  threads settable; idle threads sleep rather than spin (`SESSION_CONFIG`).
 
 - **Without torch**: the text export's record also says how `onnx_text.OnnxTextEncoder` may later run it
   with no torch at all (cold text queries): the SHA-256 of the spec's weight files and a torch-free
@@ -39,15 +46,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +100,12 @@ CHECK_TEXTS = (
     "photographed on film in the early morning light of a cold winter day near the harbour",
     "ünïcödé, punctuation!? and numbers 1234",
 )
+# Session settings. Idle intra-op threads sleep instead of spinning: in the build pipeline the decode
+# threads need those cycles (ViT-B-32, 128 JPEGs on 2 loaded CPUs: 4.95 against 4.43 img/s with spinning;
+# the model alone: equal, 10.43 against 10.44 img/s).
+SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
+GRAPH_FUSED = "fused"  # attention fused at export, then ONNX Runtime's transformer fusions
+GRAPH_PLAIN = "plain"  # the TorchScript export as it is (the fallback)
 _TRACE_BATCH = 2  # batch size the graph is traced with; the check uses others, so a baked-in batch shows
 
 
@@ -286,8 +302,82 @@ def check_inputs(
     return [pixels[:1], pixels[1:]]
 
 
-def export_tower(model: ClipModel, tower: str, path: Path, opset: int = OPSET) -> None:
-    """Export ``tower`` of ``model`` to ``path`` (TorchScript exporter, dynamic batch axis)."""
+_MHA_FAST_PATH = "aten::_native_multi_head_attention"
+
+
+def _mha_as_attention(
+    g: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    embed_dim: Any,
+    num_heads: Any,
+    qkv_weight: Any,
+    qkv_bias: Any,
+    proj_weight: Any,
+    proj_bias: Any,
+    mask: Any,
+    need_weights: Any,
+    average_attn_weights: Any,
+    mask_type: Any = None,
+) -> tuple[Any, Any]:
+    """ONNX for `nn.MultiheadAttention`'s fused fast path (unmasked self-attention: ``query is key is value``).
+
+    The Q, K and V projections as three plain MatMuls (slices of the packed weight, folded into three
+    weights at export, so int8 quantisation, static or dynamic, reaches them), then ONNX Runtime's
+    ``com.microsoft::MultiHeadAttention`` (the packed bias, the split into heads, softmax(QK^T/sqrt(d))V and
+    the merge in one kernel), then the output projection.
+    """
+    from torch.onnx import symbolic_helper
+
+    if not symbolic_helper._is_none(mask):
+        raise RuntimeExportError("masked attention has no fused export")
+    if symbolic_helper._maybe_get_const(need_weights, "b") is True:
+        raise RuntimeExportError("attention that returns its weights has no fused export")
+    heads = symbolic_helper._get_const(num_heads, "i", "num_heads")
+    width = symbolic_helper._get_const(embed_dim, "i", "embed_dim")
+
+    def const(value: int) -> Any:
+        return g.op("Constant", value_t=torch.tensor([value]))
+
+    def projection(i: int) -> Any:  # x @ W_i^T with W_i rows [i*E, (i+1)*E) of the packed (3E, E) weight
+        weight = g.op("Slice", qkv_weight, const(i * width), const((i + 1) * width), const(0))
+        return g.op("MatMul", query, g.op("Transpose", weight, perm_i=[1, 0]))
+
+    context = g.op(
+        "com.microsoft::MultiHeadAttention",
+        projection(0),
+        projection(1),
+        projection(2),
+        qkv_bias,
+        num_heads_i=heads,
+    )
+    out = g.op("Add", g.op("MatMul", context, g.op("Transpose", proj_weight, perm_i=[1, 0])), proj_bias)
+    return out, g.op("Constant", value_t=torch.zeros(0))  # no attention weights (need_weights=False)
+
+
+@contextmanager
+def _fused_attention(opset: int) -> Iterator[None]:
+    """Within the block the TorchScript exporter writes the fast path of `nn.MultiheadAttention` as
+    `_mha_as_attention` (the registration is removed on leaving)."""
+    torch.onnx.register_custom_op_symbolic(_MHA_FAST_PATH, _mha_as_attention, opset)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic(_MHA_FAST_PATH, opset)
+
+
+def export_tower(
+    model: ClipModel, tower: str, path: Path, opset: int = OPSET, *, fused_attention: bool = False
+) -> None:
+    """Export ``tower`` of ``model`` to ``path`` (TorchScript exporter, dynamic batch axis).
+
+    ``fused_attention``: traced without autograd, so each unmasked `nn.MultiheadAttention` (open_clip's
+    image towers) takes its fused fast path, written with ONNX Runtime's ``MultiHeadAttention`` op
+    (`_mha_as_attention`); other attention
+    (masked, Hugging Face's) is traced op by op as usual. Otherwise traced with autograd on, where the fast
+    path is never taken (it has no standard ONNX export).
+    """
     module = _Tower(model, tower).eval()
     if tower == "image":
         example = torch.zeros(_TRACE_BATCH, 3, *model.vision_geometry.image_size, device=model.device)
@@ -295,9 +385,11 @@ def export_tower(model: ClipModel, tower: str, path: Path, opset: int = OPSET) -
         example = model.tokenize(["a photo", "a photo of a cat"]).to(model.device)
     input_name, output_name = _io_names(tower)
     try:
-        # Traced with autograd on: under no_grad, nn.MultiheadAttention takes its fused fast path
-        # (aten::_native_multi_head_attention), which has no ONNX export.
-        with warnings.catch_warnings(), torch.enable_grad():
+        with (
+            warnings.catch_warnings(),
+            _fused_attention(opset) if fused_attention else nullcontext(),
+            torch.no_grad() if fused_attention else torch.enable_grad(),
+        ):
             warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
             torch.onnx.export(
                 module,
@@ -315,11 +407,238 @@ def export_tower(model: ClipModel, tower: str, path: Path, opset: int = OPSET) -
         raise RuntimeExportError(f"cannot export the {tower} tower of {model.spec} to ONNX: {first}") from exc
 
 
+def _attention_heads(module: nn.Module) -> tuple[int, int] | None:
+    """``(heads, width)`` of an attention layer (`nn.MultiheadAttention`, Hugging Face's, timm's), else None."""
+    heads = getattr(module, "num_heads", None) or getattr(module, "num_attention_heads", None)
+    width = getattr(module, "embed_dim", None) or getattr(module, "all_head_size", None)
+    if not width and isinstance(getattr(module, "head_dim", None), int) and isinstance(heads, int):
+        width = heads * module.head_dim
+    if isinstance(heads, int) and isinstance(width, int) and heads > 0 and width % heads == 0:
+        return heads, width
+    return None
+
+
+def attention_shape(model: ClipModel, tower: str) -> tuple[int, int]:
+    """``(heads, width)`` of the attention layers ``tower`` runs (the most frequent), ``(0, 0)`` if none.
+
+    Read from the layers that fire during one forward of the tower (forward hooks, removed after the call):
+    the model holds both towers, whose widths differ.
+    """
+    seen: Counter[tuple[int, int]] = Counter()
+    handles = []
+    try:
+        for module in model.module.modules():
+            shape = _attention_heads(module)
+            if shape is not None:
+                handles.append(module.register_forward_hook(lambda *_, shape=shape: seen.update([shape])))
+        _torch_reference(model, tower, check_inputs(model, tower)[0])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen.most_common(1)[0][0] if seen else (0, 0)
+
+
+def optimize_graph(source: Path, target: Path, num_heads: int = 0, hidden_size: int = 0) -> dict[str, int]:
+    """ONNX Runtime's transformer optimizer on ``source`` -> ``target``; returns the count of each fused op
+    in the result (ONNX Runtime's own ops and LayerNormalization), including the attention fused at export.
+
+    ``model_type="clip"`` (BERT's fusions plus CLIP's attention pattern and QuickGelu): LayerNormalization,
+    SkipLayerNormalization (residual add + layer norm), BiasGelu / QuickGelu, and attention subgraphs it
+    recognises (Hugging Face's CLIP) into ``Attention``; ``num_heads`` / ``hidden_size`` are used where the
+    graph does not show them. Python fusions only (``opt_level=0``): the file stays portable, and the
+    session applies ONNX Runtime's own optimisations when it loads it.
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    chatter = io.StringIO()  # the optimizer prints shape-inference notes to stdout
+    with redirect_stdout(chatter), _quiet_loggers():
+        optimized = optimize_model(
+            str(source), model_type="clip", num_heads=num_heads, hidden_size=hidden_size, opt_level=0
+        )
+        optimized.save_model_to_file(str(target))
+    if chatter.getvalue().strip():
+        LOG.debug("ONNX Runtime transformer optimizer: %s", chatter.getvalue().strip())
+    fused = Counter(
+        node.op_type
+        for node in optimized.model.graph.node
+        if node.domain == "com.microsoft" or node.op_type == "LayerNormalization"
+    )
+    return dict(sorted(fused.items()))
+
+
+# Ops that act on each token on its own (over the last axis), and which of their inputs carry tokens.
+# Their other inputs must be constants of rank <= 1 (gains, biases) or 2-D weights (MatMul's second input).
+_TOKENWISE_INPUTS = {
+    "MatMul": (0,),
+    "Add": (0, 1),
+    "Mul": (0, 1),
+    "LayerNormalization": (0,),
+    "SkipLayerNormalization": (0, 1),
+    "BiasGelu": (0,),
+    "FastGelu": (0,),
+    "Gelu": (0,),
+    "QuickGelu": (0,),
+    "MultiHeadAttention": (0,),  # the queries only: every token's keys and values are still needed
+}
+
+
+def narrow_to_pooled_token(model: Any) -> int:
+    """Compute only the pooled token where nothing else is used (in place); -> the number of nodes narrowed.
+
+    A ViT tower keeps one token of its last layer (``Gather(axis=1, index 0)``: the class token of open_clip
+    and Hugging Face CLIP). Walking back from that Gather, every token-wise node (`_TOKENWISE_INPUTS`) whose
+    outputs feed only narrowed inputs is narrowed: its token inputs are sliced to the first token. In the last
+    block that is the query projection, the attention for one query, the output projection and the MLP,
+    about 10/12 of a layer; keys and values stay whole. The result is the same computation for the token
+    that is kept (checked against torch like every export). No such Gather (text towers pool by position,
+    SigLIP by attention): nothing changes.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    nodes = list(graph.node)
+    initializers = {t.name: t for t in graph.initializer}
+    constants = {n.output[0]: n for n in nodes if n.op_type == "Constant" and len(n.output) == 1}
+
+    def constant_value(name: str) -> np.ndarray | None:
+        if name in initializers:
+            return numpy_helper.to_array(initializers[name])
+        node = constants.get(name)
+        if node is not None and node.attribute and node.attribute[0].name == "value":
+            return numpy_helper.to_array(node.attribute[0].t)
+        return None
+
+    def attribute(node: Any, name: str, default: Any) -> Any:
+        found = [a for a in node.attribute if a.name == name]
+        return helper.get_attribute_value(found[0]) if found else default
+
+    pooled = [
+        n
+        for n in nodes
+        if n.op_type == "Gather"
+        and attribute(n, "axis", 0) == 1
+        and (index := constant_value(n.input[1])) is not None
+        and index.ndim == 0
+        and int(index) == 0
+    ]
+    if len(pooled) != 1:
+        return 0
+    gather = pooled[0]
+    consumers: dict[str, list[tuple[int, int]]] = {}  # tensor -> [(node position, input slot)]
+    for position, node in enumerate(nodes):
+        for slot, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((position, slot))
+    graph_outputs = {o.name for o in graph.output}
+
+    def token_slots(node: Any) -> tuple[int, ...] | None:
+        """The inputs of ``node`` to narrow if it acts on each token on its own, else None."""
+        slots = _TOKENWISE_INPUTS.get(node.op_type)
+        if slots is None or node.domain not in ("", "com.microsoft"):
+            return None
+        if node.op_type == "LayerNormalization" and attribute(node, "axis", -1) != -1:
+            return None
+        if node.op_type == "MultiHeadAttention" and (len(node.input) < 3 or any(node.input[4:])):
+            return None  # packed QKV, masks or past state
+        tokens = []
+        for slot, name in enumerate(node.input):
+            if not name or (node.op_type == "MultiHeadAttention" and slot in (1, 2)):
+                continue  # absent inputs, and the keys and values (used whole)
+            value = constant_value(name)
+            if value is None and slot in slots:
+                tokens.append(slot)
+            elif value is None or value.ndim > (2 if node.op_type == "MatMul" and slot == 1 else 1):
+                return None  # another activation, or a constant that differs per token
+        return tuple(tokens) or None
+
+    gather_position = nodes.index(gather)
+    narrowed = {gather_position: (0,)}  # position -> its narrowed input slots
+    for position in range(gather_position - 1, -1, -1):
+        node = nodes[position]
+        slots = token_slots(node)
+        if slots is None:
+            continue
+        uses = [use for out in node.output if out for use in consumers.get(out, [])]
+        if any(out in graph_outputs for out in node.output) or not uses:
+            continue
+        if all(slot in narrowed.get(user, ()) for user, slot in uses):
+            narrowed[position] = slots
+    if len(narrowed) == 1:
+        return 0
+    first = "narrow_to_pooled_token_first"
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([0], np.int64), f"{first}_starts"),
+            numpy_helper.from_array(np.array([1], np.int64), f"{first}_ends"),
+            numpy_helper.from_array(np.array([1], np.int64), f"{first}_axes"),
+        ]
+    )
+    producers = {out: position for position, node in enumerate(nodes) for out in node.output if out}
+    first_use: dict[str, int] = {}  # a token input from outside the narrowed part -> its first narrowed user
+    for position, slots in narrowed.items():
+        if position == gather_position:
+            continue
+        node = nodes[position]
+        for slot in slots:
+            name = node.input[slot] if slot < len(node.input) else ""
+            if name and producers.get(name) not in narrowed:
+                first_use[name] = min(first_use.get(name, position), position)
+                node.input[slot] = f"{name}_first_token"
+    inserts: dict[int, list[Any]] = {}  # position -> the Slice nodes placed before it
+    for name, position in first_use.items():
+        inputs = [name, f"{first}_starts", f"{first}_ends", f"{first}_axes"]
+        slice_node = helper.make_node("Slice", inputs, [f"{name}_first_token"], name=f"{name}_first_token")
+        inserts.setdefault(position, []).append(slice_node)
+    ordered = []
+    for position, node in enumerate(nodes):
+        ordered.extend(inserts.get(position, []))
+        ordered.append(node)
+    del graph.node[:]
+    graph.node.extend(ordered)
+    onnx.checker.check_model(model)
+    return len(narrowed) - 1
+
+
+@contextmanager
+def _quiet_loggers() -> Iterator[None]:
+    """The transformer optimizer's modules (imported by their bare names, so their loggers are too) log
+    a warning per fusion they cannot apply: raised to ERROR for the block, then restored."""
+    import onnxruntime.transformers
+
+    names = {path.stem for path in Path(onnxruntime.transformers.__file__).parent.glob("*.py")}
+    loggers = [logging.getLogger(name) for name in sorted(names) if name in logging.root.manager.loggerDict]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def _torch_reference(model: ClipModel, tower: str, inputs: torch.Tensor) -> np.ndarray:
     with torch.inference_mode():
         x = inputs.to(model.device)
         out = model.image_features(x.float()) if tower == "image" else model.text_features(x)
     return out.float().cpu().numpy()
+
+
+def _narrow_file(source: Path, target: Path) -> int:
+    """`narrow_to_pooled_token` of the ONNX file ``source``, written to ``target`` when something narrowed;
+    -> the number of nodes narrowed."""
+    import onnx
+
+    model = onnx.load(str(source))
+    narrowed = narrow_to_pooled_token(model)
+    if narrowed:
+        onnx.save(model, str(target))
+    return narrowed
+
+
+def _reason(reasons: list[str]) -> dict[str, str]:
+    """``{"fallback_reason": ...}`` when something was given up, else ``{}``."""
+    return {"fallback_reason": "; ".join(reasons)} if reasons else {}
 
 
 # --- quantisation -----------------------------------------------------------------------------------------
@@ -338,30 +657,66 @@ def _pixel_reader(input_name: str, pixels: np.ndarray, batch_size: int = 8) -> A
     return PixelReader()
 
 
-def _quantize(fp32_path: Path, out_path: Path, precision: str, calibration: np.ndarray | None) -> None:
-    """Write the int8 model of ``fp32_path`` to ``out_path``.
-
-    Dynamic: int8 weights of MatMul/Gemm, activations quantised per batch at run time. Static (QDQ): int8
-    weights of MatMul/Gemm/Conv per channel, activation ranges from ``calibration`` (min-max).
-    ``reduce_range`` (7-bit weights) avoids the saturation of the u8 x s8 instruction on CPUs without VNNI.
-    """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+def _prepare_for_quantization(source: Path, target: Path) -> Path:
+    """``source`` pre-processed for the quantiser into ``target`` (symbolic shape inference first, then ONNX's
+    own); -> the path to quantise (``source`` itself when both fail)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory(dir=out_path.parent) as scratch:
-        prepared = Path(scratch) / "prepared.onnx"
+    failures = []
+    for skip_symbolic in (False, True):
         try:
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        except Exception as exc:  # noqa: BLE001 - pre-processing is an optimisation; quantise the raw graph
-            LOG.info("quantisation pre-processing skipped (%s: %s)", type(exc).__name__, exc)
-            prepared = fp32_path
+            with redirect_stdout(io.StringIO()):
+                quant_pre_process(str(source), str(target), skip_symbolic_shape=skip_symbolic)
+            return target
+        except Exception as exc:  # noqa: BLE001 - pre-processing is an optimisation; try the next way
+            failures.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+    LOG.info("quantisation pre-processing skipped (%s)", "; ".join(failures))
+    return source
+
+
+def _kept_fp32(path: Path, stem: bool) -> list[str]:
+    """Names of the nodes of the ONNX file ``path`` that int8 leaves fp32: the last MatMul (the output
+    projection) and, with ``stem``, the first Conv (see `_quantize`)."""
+    import onnx
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    matmuls = [n.name for n in nodes if n.op_type == "MatMul" and n.name]
+    convs = [n.name for n in nodes if n.op_type == "Conv" and n.name]
+    return matmuls[-1:] + (convs[:1] if stem else [])
+
+
+def _quantize(fp32_path: Path, out_path: Path, precision: str, calibration: np.ndarray | None) -> list[str]:
+    """Write the int8 model of ``fp32_path`` to ``out_path``; -> the names of the nodes kept fp32.
+
+    Dynamic: int8 weights of MatMul/Gemm (and of a fused ``Attention`` op's QKV projection), activations
+    quantised per batch at run time. Static (QDQ): int8 weights of MatMul/Gemm/Conv per channel, activation
+    ranges from ``calibration`` (min-max). In a `GRAPH_FUSED` graph the Q, K, V projections are plain
+    MatMuls (`_mha_as_attention`), so both reach them. ``reduce_range`` (7-bit weights) avoids the
+    saturation of the u8 x s8 instruction on CPUs without VNNI.
+
+    The graph is first pre-processed (`quant_pre_process`: shape inference, ONNX Runtime's basic graph
+    optimisations), with symbolic shape inference where it succeeds: only it knows the shapes of ONNX
+    Runtime's own ops (MultiHeadAttention, SkipLayerNormalization), which the quantiser needs.
+
+    Kept fp32 (`_kept_fp32`): the output projection (the last MatMul), which runs once per image after
+    pooling, so int8 saves nothing there while its error goes straight into the embedding; for static,
+    also the input stem (the first Conv: the patch embedding), whose error every layer carries. Measured
+    (ViT-B-32, random weights, 256 photos against fp32): dynamic recall@10 0.977 -> 0.987 (lowest cosine
+    0.99965 -> 0.99987), static 0.971 -> 0.982 (0.99950 -> 0.99973), at the same speed within noise.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as scratch:
+        prepared = _prepare_for_quantization(fp32_path, Path(scratch) / "prepared.onnx")
+        kept = _kept_fp32(prepared, stem=precision == "int8-static")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if precision == "int8-dynamic":
                 quantize_dynamic(
                     str(prepared),
                     str(out_path),
-                    op_types_to_quantize=["MatMul", "Gemm"],
+                    op_types_to_quantize=["MatMul", "Gemm", "Attention"],
+                    nodes_to_exclude=kept,
                     per_channel=True,
                     reduce_range=True,
                     weight_type=QuantType.QInt8,
@@ -375,11 +730,13 @@ def _quantize(fp32_path: Path, out_path: Path, precision: str, calibration: np.n
                     _pixel_reader(input_name, calibration),
                     quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+                    nodes_to_exclude=kept,
                     per_channel=True,
                     reduce_range=True,
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                 )
+    return kept
 
 
 # --- the encoder ------------------------------------------------------------------------------------------
@@ -521,6 +878,7 @@ class OnnxEncoder:
                 "precision": record["precision"],
                 "file": str(self.cache.onnx_path(tower, record["precision"])),
                 "vs_torch": record["vs_torch"],
+                "graph": record.get("graph"),
                 **({"vs_fp32": record["vs_fp32"]} if "vs_fp32" in record else {}),
             }
         providers = sorted({p for s in self._sessions.values() for p in s.get_providers()}) or [
@@ -532,6 +890,7 @@ class OnnxEncoder:
             "providers": providers,
             "opset": OPSET,
             "threads": self.threads,
+            "session_config": dict(SESSION_CONFIG),
             "precision": {"image": self.precision, "text": "fp32"},
             "cache": str(self.cache.directory),
             "towers": towers,
@@ -582,6 +941,8 @@ class OnnxEncoder:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        for key, value in SESSION_CONFIG.items():
+            options.add_session_config_entry(key, value)
         options.log_severity_level = 3
         try:
             return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
@@ -605,9 +966,7 @@ class OnnxEncoder:
         started = time.perf_counter()
         target = self.cache.onnx_path(tower, "fp32")
         with _atomic_path(target) as tmp:
-            export_tower(self.torch_model, tower, tmp)
-            session = self._new_session(tmp)
-            agreement = self._check_against_torch(tower, session)
+            agreement, graph = self._export_checked(tower, tmp)
         extra: dict[str, Any] = {}
         if tower == "text":  # what lets OnnxTextEncoder run this tower later without torch
             from counterclip.models.onnx_text import standalone_entry
@@ -624,6 +983,7 @@ class OnnxEncoder:
                 "torch": torch.__version__,
                 "onnxruntime": self._ort.__version__,
                 "input": {"name": _io_names(tower)[0], "batch": "dynamic"},
+                "graph": graph,
                 "vs_torch": {
                     **agreement.to_dict(),
                     "min_cosine_bar": FP32_MIN_COSINE,
@@ -634,15 +994,69 @@ class OnnxEncoder:
         )
         self.exported.append(f"{tower}.fp32")
         LOG.info(
-            "exported the %s tower of %s to %s in %.1f s (cosine to torch >= %.6f, max abs %.2e)",
+            "exported the %s tower of %s to %s in %.1f s (%s graph; cosine to torch >= %.6f, max abs %.2e)",
             tower,
             self.spec,
             target,
             record["seconds"],
+            graph["optimization"],
             agreement.cosine_min,
             agreement.max_abs,
         )
         return record
+
+    def _export_checked(self, tower: str, path: Path) -> tuple[Agreement, dict[str, Any]]:
+        """Export ``tower`` to ``path`` and check it against torch; -> (agreement, how the graph was made).
+
+        The optimised graph (`GRAPH_FUSED`): attention fused at export (`export_tower` with
+        ``fused_attention``), ONNX Runtime's transformer fusions (`optimize_graph`), and the last layer computed
+        for the pooled token only (`narrow_to_pooled_token`, where it applies). If the narrowed graph misses
+        the bars against torch, the fused graph without it is checked; if any step fails or the fused graph
+        misses the bars too, the plain export (`GRAPH_PLAIN`) replaces it. Each fallback is logged with its
+        reason, which the record keeps; a plain export that misses the bars is refused (`RuntimeExportError`).
+        """
+        reasons: list[str] = []
+        with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+            try:
+                heads, width = attention_shape(self.torch_model, tower)
+                traced, fused_path = Path(scratch) / "traced.onnx", Path(scratch) / "fused.onnx"
+                export_tower(self.torch_model, tower, traced, fused_attention=True)
+                fused = optimize_graph(traced, fused_path, num_heads=heads, hidden_size=width)
+                graph = {
+                    "optimization": GRAPH_FUSED,
+                    "fused": fused,
+                    "num_heads": heads,
+                    "hidden_size": width,
+                }
+                try:
+                    narrowed = _narrow_file(fused_path, path)
+                    if narrowed:
+                        agreement = self._check_against_torch(tower, self._new_session(path))
+                        return agreement, {**graph, "pooled_token_only": narrowed}
+                except Exception as exc:  # noqa: BLE001 - the fused graph without the narrowing is next
+                    reasons.append(self._fallback(tower, "narrowed to the pooled token", "fused", exc))
+                shutil.copyfile(fused_path, path)
+                agreement = self._check_against_torch(tower, self._new_session(path))
+                return agreement, {**graph, "pooled_token_only": 0, **_reason(reasons)}
+            except Exception as exc:  # noqa: BLE001 - any failure of the optimised graph falls back to the plain one
+                reasons.append(self._fallback(tower, "optimised", "plain", exc))
+        export_tower(self.torch_model, tower, path)
+        agreement = self._check_against_torch(tower, self._new_session(path))
+        return agreement, {"optimization": GRAPH_PLAIN, **_reason(reasons)}
+
+    def _fallback(self, tower: str, what: str, instead: str, exc: BaseException) -> str:
+        """Log that the ``what`` graph of ``tower`` was given up for the ``instead`` one; -> the reason."""
+        text = str(exc).strip()
+        reason = f"{type(exc).__name__}: {text.splitlines()[0][:600] if text else ''}".rstrip(": ")
+        LOG.warning(
+            "the %s ONNX graph of the %s tower of %s failed (%s); using the %s graph",
+            what,
+            tower,
+            self.spec,
+            reason,
+            instead,
+        )
+        return reason
 
     def _check_against_torch(self, tower: str, session: Any) -> Agreement:
         name = session.get_inputs()[0].name
@@ -701,7 +1115,7 @@ class OnnxEncoder:
         fp32_session = self._new_session(self.cache.onnx_path("image", "fp32"))
         reference = self._run_session(fp32_session, self.sample, self.check_batch_size)
         with _atomic_path(target) as tmp:
-            _quantize(self.cache.onnx_path("image", "fp32"), tmp, precision, calibration)
+            kept = _quantize(self.cache.onnx_path("image", "fp32"), tmp, precision, calibration)
             candidate = self._run_session(self._new_session(tmp), self.sample, self.check_batch_size)
             agreement = compare(reference, candidate)
             recall = recall_at_k(reference, candidate, RECALL_K)
@@ -714,6 +1128,7 @@ class OnnxEncoder:
                 raise QuantizationRefusedError(
                     f"{precision} image tower of {self.spec} refused: {figures}; use fp32 (int8 is too lossy here)"
                 )
+        fp32_record = self.cache.read("image", "fp32") or {}
         record = self.cache.write_record(
             "image",
             precision,
@@ -721,7 +1136,9 @@ class OnnxEncoder:
                 "opset": OPSET,
                 "spec": self.spec.to_dict(),
                 "onnxruntime": self._ort.__version__,
-                "vs_torch": self.cache.read("image", "fp32")["vs_torch"],
+                "vs_torch": fp32_record["vs_torch"],
+                "graph": fp32_record.get("graph"),  # the fp32 graph that was quantised
+                "kept_fp32": kept,  # its nodes left fp32 (see _quantize)
                 "vs_fp32": {
                     **agreement.to_dict(),
                     f"recall_at_{RECALL_K}": recall,

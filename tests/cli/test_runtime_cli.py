@@ -244,13 +244,15 @@ def test_refused_int8_leaves_no_index(tmp_path: Path, monkeypatch: pytest.Monkey
     from counterclip.shapes import generate_folder
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    # a tiny open_clip whose int8 image tower really breaks (one pooled feature always 0 with a huge
-    # projection row: fp32 is unaffected, int8 weight scales are ruined; see test_onnx_runtime.py)
+    # a tiny open_clip whose int8 image tower really breaks (in each block one MLP hidden unit always 0 with
+    # a huge c_proj column: fp32 is unaffected, int8 weight scales are ruined; see test_onnx_runtime.py)
     config, weights = write_tiny_openclip(tmp_path / "broken", name="cc-tiny-vit", seed=2)
     state = load_file(str(weights))
-    state["visual.ln_post.weight"][0] = 0.0
-    state["visual.ln_post.bias"][0] = 0.0
-    state["visual.proj"][0, :] = 1e4
+    for block in range(2):
+        prefix = f"visual.transformer.resblocks.{block}.mlp"
+        state[f"{prefix}.c_fc.weight"][0, :] = 0.0
+        state[f"{prefix}.c_fc.bias"][0] = 0.0
+        state[f"{prefix}.c_proj.weight"][:, 0] = 1e4
     broken = weights.with_name("broken.safetensors")
     save_file(state, str(broken))
     folder = tmp_path / "shapes"

@@ -127,6 +127,10 @@ def test_round_trip_matches_torch(which: str, request: pytest.FixtureRequest, tm
     info = encoder.runtime_info()
     assert info["runtime"] == "onnxruntime" and "CPUExecutionProvider" in info["providers"]
     assert info["precision"] == {"image": "fp32", "text": "fp32"} and info["threads"] == 1
+    for tower in ("image", "text"):  # idle threads sleep (the pipeline's decode threads need the CPU)
+        options = encoder.session(tower).get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert info["session_config"] == {"session.intra_op.allow_spinning": "0"}
     for tower in ("image", "text"):
         check = info["towers"][tower]["vs_torch"]
         assert check["cosine_min"] >= 0.9999 and check["max_abs"] <= 1e-3 and check["samples"] >= 4
@@ -181,14 +185,14 @@ def test_export_that_does_not_match_torch_is_refused(
 ) -> None:
     real_export = ort_mod.export_tower
 
-    def export_other_weights(model, tower, path, opset=ort_mod.OPSET):
+    def export_other_weights(model, tower, path, opset=ort_mod.OPSET, **options):
         """Export with the text projection perturbed, then put the weights back (a wrong export)."""
         projection = model.module.text_projection
         saved = projection.detach().clone()
         with torch.no_grad():
             projection.add_(0.5 * torch.randn_like(projection))
         try:
-            real_export(model, tower, path, opset)
+            real_export(model, tower, path, opset, **options)
         finally:
             with torch.no_grad():
                 projection.copy_(saved)
@@ -198,23 +202,262 @@ def test_export_that_does_not_match_torch_is_refused(
     with pytest.raises(
         RuntimeExportError, match=r"does not match torch: lowest cosine 0\.\d+ \(needs >= 0\.9999\)"
     ):
-        encoder.encode_texts(["a"])
+        encoder.encode_texts(["a"])  # the optimised graph misses the bars, and so does the plain fallback
     assert _files(tmp_path) == []  # nothing refused enters the cache
-    assert not any(tmp_path.rglob("*.tmp"))
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))  # no temp or scratch files left
+
+
+# --- the optimised graph ----------------------------------------------------------------------------------
+def _op_counts(path: Path) -> dict[str, int]:
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path)).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize(
+    ("which", "attention_op"), [("openclip_model", "MultiHeadAttention"), ("hf_model", "Attention")]
+)
+def test_optimised_graph_fuses_attention_and_matches_torch(
+    which: str, attention_op: str, request: pytest.FixtureRequest, tmp_path: Path, capsys
+) -> None:
+    model = request.getfixturevalue(which)
+    encoder = OnnxEncoder(model, cache_dir=tmp_path)
+    pixels = _pixels(model, 5)
+    assert (
+        encoder.encode_images(pixels, batch_size=3) - model.encode_images(pixels)
+    ).abs().max().item() < 1e-5
+    graph = json.loads(encoder.cache.record_path("image", "fp32").read_text())["graph"]
+    layers = 2  # both tiny image towers
+    # the record says what was applied, and the file holds it: one fused attention per layer (open_clip's
+    # fast path written as MultiHeadAttention at export; Hugging Face's pattern fused by ONNX Runtime's
+    # optimizer), the residual adds fused with the layer norms, no softmax left outside a fused op
+    assert graph["optimization"] == "fused" and "fallback_reason" not in graph
+    assert (graph["num_heads"], graph["hidden_size"]) == (2, 64 if which == "openclip_model" else 32)
+    assert graph["fused"][attention_op] == layers and graph["fused"]["SkipLayerNormalization"] >= layers
+    # the last layer for the class token only: query projection (or none, in HF's packed Attention op, whose
+    # output is sliced instead), attention, output projection, MLP, and the norms / residual adds between
+    assert graph["pooled_token_only"] == 8
+    ops = _op_counts(encoder.cache.onnx_path("image", "fp32"))
+    assert ops[attention_op] == layers and "Softmax" not in ops
+    assert ops["SkipLayerNormalization"] == graph["fused"]["SkipLayerNormalization"]
+    assert encoder.runtime_info()["towers"]["image"]["graph"] == graph
+    assert (
+        capsys.readouterr().out == ""
+    )  # the optimizer's notes do not reach stdout (the CLI prints JSON there)
+
+
+def test_attention_shape_reads_the_layers_each_tower_runs(openclip_model, hf_model) -> None:
+    # tiny open_clip: image width 64 in heads of 32, text width 32 with 2 heads; tiny HF CLIP: 32 and 2 heads
+    assert ort_mod.attention_shape(openclip_model, "image") == (2, 64)
+    assert ort_mod.attention_shape(openclip_model, "text") == (2, 32)
+    assert ort_mod.attention_shape(hf_model, "image") == (2, 32)
+    for model in (openclip_model, hf_model):  # the hooks are gone
+        assert not any(m._forward_hooks for m in model.module.modules())
+
+
+def test_fused_attention_symbolic_is_registered_only_during_the_export(tmp_path: Path) -> None:
+    """The fast path of nn.MultiheadAttention exports only inside `_fused_attention` (no global change)."""
+    torch.manual_seed(0)
+    attention = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
+
+    class SelfAttention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention = attention
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.attention(x, x, x, need_weights=False)[0]
+
+    x = torch.randn(3, 5, 8)
+
+    def export(path: Path) -> None:
+        with torch.no_grad():
+            torch.onnx.export(
+                SelfAttention(),
+                (x,),
+                str(path),
+                opset_version=ort_mod.OPSET,
+                dynamo=False,
+            )
+
+    with ort_mod._fused_attention(ort_mod.OPSET):
+        export(tmp_path / "fused.onnx")
+    assert _op_counts(tmp_path / "fused.onnx")["MultiHeadAttention"] == 1
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "fused.onnx"), providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        want = SelfAttention()(x).numpy()
+    assert np.abs(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0] - want).max() < 1e-5
+    from torch.onnx._internal.torchscript_exporter.registration import registry
+
+    assert not registry.is_registered_op(ort_mod._MHA_FAST_PATH, ort_mod.OPSET)  # unregistered again
+    with pytest.raises(Exception):  # noqa: B017, PT011 - torch's own error for an op with no export
+        export(tmp_path / "after.onnx")
+
+
+def _pooled_graph(index: int, extra_output: bool = False):
+    """x (B, S, 4) -> LayerNorm -> MatMul -> + bias -> + x -> token ``index`` (B, 4); optionally the MatMul
+    output is also a graph output (then it must stay whole)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "gain"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "shift"),
+        numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "weight"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "bias"),
+        numpy_helper.from_array(np.array(index, np.int64), "index"),
+    ]
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gain", "shift"], ["normed"], axis=-1),
+        helper.make_node("MatMul", ["normed", "weight"], ["projected"]),
+        helper.make_node("Add", ["bias", "projected"], ["biased"]),
+        helper.make_node("Add", ["x", "biased"], ["summed"]),
+        helper.make_node("Gather", ["summed", "index"], ["pooled"], axis=1),
+    ]
+    outputs = [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["b", 4])]
+    if extra_output:
+        outputs.append(helper.make_tensor_value_info("projected", TensorProto.FLOAT, ["b", "s", 4]))
+    graph = helper.make_graph(
+        nodes,
+        "pooled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", 4])],
+        outputs,
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", ort_mod.OPSET)])
+
+
+def _run_graph(model, x: np.ndarray) -> list[np.ndarray]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+def test_narrow_to_pooled_token_oracle() -> None:
+    x = np.random.default_rng(1).standard_normal((3, 5, 4)).astype(np.float32)
+    model = _pooled_graph(0)
+    want = _run_graph(model, x)[0]
+    assert ort_mod.narrow_to_pooled_token(model) == 4  # every node before the Gather
+    got = _run_graph(model, x)[0]
+    assert np.abs(got - want).max() < 1e-6
+    slices = [n for n in model.graph.node if n.op_type == "Slice"]
+    assert len(slices) == 1 and slices[0].input[0] == "x"  # x sliced once, for the norm and the residual
+    # the token computed by hand: LayerNorm, projection, bias, residual on token 0 alone
+    token = x[:, 0]
+    normed = (token - token.mean(-1, keepdims=True)) / np.sqrt(token.var(-1, keepdims=True) + 1e-5)
+    init = {t.name: onnx_numpy(t) for t in model.graph.initializer}
+    by_hand = token + (normed * init["gain"] + init["shift"]) @ init["weight"] + init["bias"]
+    assert np.abs(got - by_hand).max() < 1e-5
+    # another token kept: nothing changes; an intermediate that is also an output stays whole
+    for other in (_pooled_graph(1), _pooled_graph(0, extra_output=True)):
+        before = other.SerializeToString()
+        want = _run_graph(other, x)
+        narrowed = ort_mod.narrow_to_pooled_token(other)
+        got = _run_graph(other, x)
+        assert all(np.abs(a - b).max() < 1e-6 for a, b in zip(got, want, strict=True))
+        if narrowed == 0:
+            assert other.SerializeToString() == before
+        else:  # only the residual add after the kept output narrows
+            assert narrowed == 2 and got[1].shape == (3, 5, 4)
+    assert ort_mod.narrow_to_pooled_token(_pooled_graph(1)) == 0
+
+
+def onnx_numpy(tensor) -> np.ndarray:
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(tensor)
+
+
+def test_narrowed_graph_that_misses_the_bars_falls_back_to_the_fused_graph(
+    openclip_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Narrowed to the wrong token (the first patch instead of the class token), the graph computes other
+    embeddings: the torch check catches it and the fused graph without the narrowing is kept."""
+    from onnx import numpy_helper
+
+    real = ort_mod.narrow_to_pooled_token
+
+    def wrong_token(model) -> int:
+        count = real(model)
+        for tensor in model.graph.initializer:
+            if tensor.name.endswith("_starts") or tensor.name.endswith("_ends"):
+                tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) + 1, tensor.name))
+        return count
+
+    monkeypatch.setattr(ort_mod, "narrow_to_pooled_token", wrong_token)
+    encoder = OnnxEncoder(openclip_model, cache_dir=tmp_path)
+    pixels = _pixels(openclip_model, 4)
+    assert (encoder.encode_images(pixels) - openclip_model.encode_images(pixels)).abs().max().item() < 1e-5
+    graph = json.loads(encoder.cache.record_path("image", "fp32").read_text())["graph"]
+    assert graph["optimization"] == "fused" and graph["pooled_token_only"] == 0
+    assert "does not match torch: lowest cosine" in graph["fallback_reason"]
+    assert "Slice" not in _op_counts(encoder.cache.onnx_path("image", "fp32"))
+
+
+def test_optimiser_failure_falls_back_to_the_plain_export(
+    openclip_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    def cannot_fuse(*args, **kwargs):
+        raise ValueError("unsupported model type for fusion")
+
+    monkeypatch.setattr(ort_mod, "optimize_graph", cannot_fuse)
+    encoder = OnnxEncoder(openclip_model, cache_dir=tmp_path)
+    pixels = _pixels(openclip_model, 4)
+    with caplog.at_level("WARNING", logger="counterclip.models.onnx_runtime"):
+        got = encoder.encode_images(pixels)
+    assert (got - openclip_model.encode_images(pixels)).abs().max().item() < 1e-5
+    graph = json.loads(encoder.cache.record_path("image", "fp32").read_text())["graph"]
+    assert graph == {
+        "optimization": "plain",
+        "fallback_reason": "ValueError: unsupported model type for fusion",
+    }
+    assert "using the plain graph" in caplog.text and "unsupported model type" in caplog.text
+    ops = _op_counts(encoder.cache.onnx_path("image", "fp32"))
+    assert "MultiHeadAttention" not in ops and ops["Softmax"] == 2  # attention op by op
+    assert _files(tmp_path) == ["image.fp32.onnx"] and not any(tmp_path.rglob("*.tmp"))
+
+
+def test_fused_graph_that_misses_the_bars_falls_back_to_the_plain_export(
+    openclip_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The torch comparison guards the optimised graph: attention fused with the wrong head count (one head
+    of 64 instead of two of 32) computes other embeddings, so the plain export is used instead."""
+    real = ort_mod._mha_as_attention
+
+    def one_head(g, query, key, value, embed_dim, num_heads, *rest):
+        return real(g, query, key, value, embed_dim, g.op("Constant", value_t=torch.tensor(1)), *rest)
+
+    monkeypatch.setattr(ort_mod, "_mha_as_attention", one_head)
+    encoder = OnnxEncoder(openclip_model, cache_dir=tmp_path)
+    pixels = _pixels(openclip_model, 4)
+    assert (encoder.encode_images(pixels) - openclip_model.encode_images(pixels)).abs().max().item() < 1e-5
+    record = json.loads(encoder.cache.record_path("image", "fp32").read_text())
+    assert record["graph"]["optimization"] == "plain"
+    assert "does not match torch: lowest cosine" in record["graph"]["fallback_reason"]
+    assert record["vs_torch"]["cosine_min"] >= 0.9999  # the figures of the plain export that was kept
 
 
 # --- int8 -------------------------------------------------------------------------------------------------
 def _broken_for_int8(tmp_path: Path):
-    """A tiny open_clip model whose int8 image tower really breaks: one pooled feature is always 0 (its
-    ln_post gain and bias are 0) and its projection row is huge. fp32 is unaffected (0 x 1e4 = 0), but int8
-    weights get one scale per output column set by that row, and every other weight rounds to 0."""
+    """A tiny open_clip model whose int8 image tower really breaks: in each block one MLP hidden unit is
+    always 0 (its c_fc row and bias are 0, and GELU(0) = 0) and its c_proj column is huge. fp32 is unaffected
+    (0 x 1e4 = 0), but int8 weights get one scale per output channel set by that column, and every other
+    weight of c_proj rounds to 0: the MLPs vanish."""
     from safetensors.torch import load_file, save_file
 
     config, weights = write_tiny_openclip(tmp_path / "broken", name="cc-tiny-vit", seed=2)
     state = load_file(str(weights))
-    state["visual.ln_post.weight"][0] = 0.0
-    state["visual.ln_post.bias"][0] = 0.0
-    state["visual.proj"][0, :] = 1e4
+    for block in range(2):
+        prefix = f"visual.transformer.resblocks.{block}.mlp"
+        state[f"{prefix}.c_fc.weight"][0, :] = 0.0
+        state[f"{prefix}.c_fc.bias"][0] = 0.0
+        state[f"{prefix}.c_proj.weight"][:, 0] = 1e4
     broken = weights.with_name("broken.safetensors")
     save_file(state, str(broken))
     return load_model(f"{config}:{broken}", device="cpu")
@@ -262,6 +505,15 @@ def test_int8_accepted_records_its_figures_and_is_reused(tmp_path: Path) -> None
     assert compare(fp32, got.numpy()).cosine_min == pytest.approx(check["cosine_min"], abs=1e-6)
     assert recall_at_k(fp32, got.numpy()) == pytest.approx(check["recall_at_10"])
     assert np.abs(fp32 - got.numpy()).max() > 1e-4  # it is really another (int8) graph
+    # int8 everywhere but the output projection (one row per image: nothing to gain, its error unshared)
+    import onnx
+
+    record = json.loads(encoder.cache.record_path("image", "int8-dynamic").read_text())
+    nodes = onnx.load(str(encoder.cache.onnx_path("image", "int8-dynamic"))).graph.node
+    kept = [n for n in nodes if n.name in record["kept_fp32"]]
+    assert len(record["kept_fp32"]) == 1 and [n.op_type for n in kept] == ["MatMul"]
+    assert sum(n.op_type == "MatMulInteger" for n in nodes) >= 4 * 4  # Q, K, V, out, MLP x 4 layers
+    assert record["graph"]["optimization"] == "fused"  # the fused fp32 graph was quantised
     # an accepted int8 tower is reused without a sample (a query process), with the same figures
     again = OnnxEncoder(model, cache_dir=tmp_path, precision="int8-dynamic")
     assert torch.equal(again.encode_images(sample), got)
