@@ -35,6 +35,25 @@ def write_tiny_openclip(directory: Path, name: str = "cc-tiny-vit", seed: int = 
 _HF_SPECIALS = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
 
 
+def write_broken_for_int8(directory: Path) -> str:
+    """A tiny open_clip model whose int8 image tower really breaks; returns its model spec. In each block
+    one MLP hidden unit is always 0 (its c_fc row and bias are 0, and GELU(0) = 0) and its c_proj column is
+    huge. fp32 is unaffected (0 x 1e4 = 0), but int8 weights get one scale per output channel set by that
+    column, and every other weight of c_proj rounds to 0: the MLPs vanish."""
+    from safetensors.torch import load_file, save_file
+
+    config, weights = write_tiny_openclip(directory, name="cc-tiny-vit", seed=2)
+    state = load_file(str(weights))
+    for block in range(2):
+        prefix = f"visual.transformer.resblocks.{block}.mlp"
+        state[f"{prefix}.c_fc.weight"][0, :] = 0.0
+        state[f"{prefix}.c_fc.bias"][0] = 0.0
+        state[f"{prefix}.c_proj.weight"][:, 0] = 1e4
+    broken = weights.with_name("broken.safetensors")
+    save_file(state, str(broken))
+    return f"{config}:{broken}"
+
+
 def write_tiny_hf_clip(directory: Path, seed: int = 0) -> Path:
     """Save a tiny random `transformers.CLIPModel` with processor files to ``directory``.
 

@@ -311,13 +311,13 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             f"images     {payload['images']} indexed, {payload['skipped']} skipped",
             f"captions   {payload['captions']}",
             f"model      {payload['model']}  (fingerprint {payload['fingerprint']}, d={payload['embed_dim']})",
-            f"faiss      images: {images['factory']} {images['search_params'] or ''}"
-            + (
-                f" recall@{k} {recall:.3f} on {images['recall_queries']} queries"
+            f"faiss      images: {images['factory']} {images['search_params'] or ''}".rstrip(),
+            *(
+                [f"           recall@{k} {recall:.3f} on {images['recall_queries']} queries"]
                 if recall is not None
-                else ""
-            )
-            + f"; captions: {payload['faiss']['captions']['factory']}",
+                else []
+            ),
+            f"           captions: {payload['faiss']['captions']['factory']}",
             f"built      {payload['created']}, updated {payload['updated']} (generation {payload['generation']})",
             f"last run   {payload['last_run'].get('embedded', 0)} embedded, "
             f"{payload['last_run'].get('added', 0)} new, {payload['last_run'].get('changed', 0)} changed, "

@@ -188,30 +188,32 @@ def plan_index(n: int, d: int, budget: int | None, cfg: IndexCfg, override: str 
     if n <= cfg.hnsw_max and hnsw <= budget:
         return Plan("hnsw", f"HNSW{cfg.hnsw_m},Flat", "IDMap", mmap, hnsw, hnsw, budget, "HNSW graph fits")
     nlist_fs = nlist_fast_scan(n)
-    # fast-scan codes (m/2 bytes), the ids in the lists and in the id map (re-ranking works on positions),
-    # the quantizer; then the re-ranking stage, whose rows a server ends up holding (memory-mapped pages
-    # stay resident while searches keep touching them): counted in RAM when they should fit
+
+    def codes(m: int) -> int:
+        """RAM of the fast-scan part: codes (m/2 bytes), the ids in the lists and in the id map (re-ranking
+        works on positions), the quantizer."""
+        return n * m // 2 + ids + n * 8 + nlist_fs * 4 * d
+
+    # then the re-ranking stage, whose rows a server ends up holding (memory-mapped pages stay resident
+    # while searches keep touching them): counted in RAM when they should fit
     m = _fast_scan_m(d)[0]
-    fast = n * m // 2 + ids + n * 8 + nlist_fs * 4 * d
-    coarse = f"IVF{nlist_fs},PQ{m}x4fs"
     for refine, per_row, why in (
         ("RFlat", 4 * d, "exact re-ranking from the vectors, memory-mapped, fits"),
         ("Refine(SQ8)", d, "re-ranking with 8-bit codes fits"),
     ):
-        if fast + n * per_row <= budget:
-            ram = fast + n * per_row
+        ram = codes(m) + n * per_row
+        if ram <= budget:
             reason = f"4-bit PQ{m} codes (fast scan); {why}"
-            return Plan("ivf", f"{coarse},{refine}", "IDMap", mmap, ram, ram, budget, reason)
+            return Plan("ivf", f"IVF{nlist_fs},PQ{m}x4fs,{refine}", "IDMap", mmap, ram, ram, budget, reason)
     for m in _fast_scan_m(d):
-        fast = n * m // 2 + ids + n * 8 + nlist_fs * 4 * d
-        if fast <= budget:
+        if codes(m) <= budget:
             return Plan(
                 "ivf",
                 f"IVF{nlist_fs},PQ{m}x4fs,RFlat",
                 "IDMap",
                 mmap,
-                fast,
-                fast + n * 4 * d,
+                codes(m),
+                codes(m) + n * 4 * d,
                 budget,
                 f"4-bit PQ{m} codes (fast scan) fit; exact re-ranking from vectors on disk, beyond the budget",
             )
@@ -418,10 +420,11 @@ def tune(
 ) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
     """The cheapest search parameters whose recall@k reaches ``cfg.recall_target`` for every query kind.
 
-    ``nprobe`` / ``efSearch`` doubles until every kind passes. With a re-ranking stage (``RFlat``, ``Refine(SQ8)``) that
-    walk runs at the deepest re-ranking depth (``k_factor`` 64), so each ``nprobe`` is judged at its best
-    recall and the first that passes is the fewest lists that can; then the depth is halved while every
-    kind still passes and loses at most `DEPTH_LOSS` recall on the probe against the deepest depth.
+    ``nprobe`` / ``efSearch`` doubles until every kind passes. With a re-ranking stage (``RFlat``,
+    ``Refine(SQ8)``) that walk runs at the deepest re-ranking depth (``k_factor`` 64), so each ``nprobe``
+    is judged at its best recall and the first that passes is the fewest lists that can; then the depth is
+    halved while every kind still passes and loses at most `DEPTH_LOSS` recall on the probe against the
+    deepest depth.
     Re-ranking a few hundred rows costs less than scanning twice the lists, and a walk at a shallow depth
     would stall where coarse 4-bit codes, not the lists, limit the recall; a depth that only just passes
     leaves no margin for queries the tuning did not see, so depth is given up only where it buys nothing.

@@ -238,26 +238,15 @@ def test_without_onnxruntime_the_error_names_the_extra(
 
 
 def test_refused_int8_leaves_no_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from safetensors.torch import load_file, save_file
-    from tiny_models import write_tiny_openclip
+    from tiny_models import write_broken_for_int8
 
     from counterclip.shapes import generate_folder
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    # a tiny open_clip whose int8 image tower really breaks (in each block one MLP hidden unit always 0 with
-    # a huge c_proj column: fp32 is unaffected, int8 weight scales are ruined; see test_onnx_runtime.py)
-    config, weights = write_tiny_openclip(tmp_path / "broken", name="cc-tiny-vit", seed=2)
-    state = load_file(str(weights))
-    for block in range(2):
-        prefix = f"visual.transformer.resblocks.{block}.mlp"
-        state[f"{prefix}.c_fc.weight"][0, :] = 0.0
-        state[f"{prefix}.c_fc.bias"][0] = 0.0
-        state[f"{prefix}.c_proj.weight"][:, 0] = 1e4
-    broken = weights.with_name("broken.safetensors")
-    save_file(state, str(broken))
+    # a tiny open_clip whose int8 image tower really breaks (fp32 is unaffected)
+    spec = write_broken_for_int8(tmp_path / "broken")
     folder = tmp_path / "shapes"
     generate_folder(folder, n=24, seed=3, size=48)
-    spec = f"{config}:{broken}"
 
     idx = tmp_path / "int8.idx"
     with pytest.raises(QuantizationRefusedError, match="on 24 of your images"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import write_tiny_openclip
+from tiny_models import write_broken_for_int8, write_tiny_openclip
 
 if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
     pytest.skip(
@@ -445,22 +445,8 @@ def test_fused_graph_that_misses_the_bars_falls_back_to_the_plain_export(
 
 # --- int8 -------------------------------------------------------------------------------------------------
 def _broken_for_int8(tmp_path: Path):
-    """A tiny open_clip model whose int8 image tower really breaks: in each block one MLP hidden unit is
-    always 0 (its c_fc row and bias are 0, and GELU(0) = 0) and its c_proj column is huge. fp32 is unaffected
-    (0 x 1e4 = 0), but int8 weights get one scale per output channel set by that column, and every other
-    weight of c_proj rounds to 0: the MLPs vanish."""
-    from safetensors.torch import load_file, save_file
-
-    config, weights = write_tiny_openclip(tmp_path / "broken", name="cc-tiny-vit", seed=2)
-    state = load_file(str(weights))
-    for block in range(2):
-        prefix = f"visual.transformer.resblocks.{block}.mlp"
-        state[f"{prefix}.c_fc.weight"][0, :] = 0.0
-        state[f"{prefix}.c_fc.bias"][0] = 0.0
-        state[f"{prefix}.c_proj.weight"][:, 0] = 1e4
-    broken = weights.with_name("broken.safetensors")
-    save_file(state, str(broken))
-    return load_model(f"{config}:{broken}", device="cpu")
+    """The tiny open_clip model whose int8 image tower really breaks (`tiny_models.write_broken_for_int8`)."""
+    return load_model(write_broken_for_int8(tmp_path / "broken"), device="cpu")
 
 
 def test_int8_that_misses_the_bars_is_refused_with_the_figures(tmp_path: Path) -> None:
