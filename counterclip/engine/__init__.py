@@ -19,20 +19,20 @@ _LAZY: dict[str, str] = {
     "Criterion": "counterclip.engine.criteria",
     "Decrease": "counterclip.engine.criteria",
     "Engine": "counterclip.engine.engine",
-    "EngineOptions": "counterclip.engine.engine",
+    "EngineOptions": "counterclip.engine.options",
     "Flip": "counterclip.engine.criteria",
     "ImageSide": "counterclip.engine.sides",
     "Increase": "counterclip.engine.criteria",
-    "IndexLike": "counterclip.engine.engine",
+    "IndexLike": "counterclip.engine.resources",
     "PathSettings": "counterclip.engine.path",
-    "QueryImage": "counterclip.engine.engine",
+    "QueryImage": "counterclip.engine.request",
     "ResultItem": "counterclip.engine.results",
     "SearchResult": "counterclip.engine.results",
     "Side": "counterclip.engine.sides",
     "Validity": "counterclip.engine.results",
     "apply_edit": "counterclip.engine.path",
     "gradient_path": "counterclip.engine.path",
-    "load_image": "counterclip.engine.engine",
+    "load_image": "counterclip.engine.request",
     "mmr_order": "counterclip.engine.ranking",
 }
 
@@ -63,9 +63,12 @@ __all__ = [
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real imports
     from counterclip.engine.criteria import MODES, Criterion, Decrease, Flip, Increase
-    from counterclip.engine.engine import Engine, EngineOptions, IndexLike, QueryImage, load_image
+    from counterclip.engine.engine import Engine
+    from counterclip.engine.options import EngineOptions
     from counterclip.engine.path import PathSettings, apply_edit, gradient_path
     from counterclip.engine.ranking import mmr_order
+    from counterclip.engine.request import QueryImage, load_image
+    from counterclip.engine.resources import IndexLike
     from counterclip.engine.results import CounterfactualResult, ResultItem, SearchResult, Validity
     from counterclip.engine.sides import SIDES, CaptionSide, ImageSide, Side
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -101,3 +101,24 @@ def gradient_path(
             e = e / e.norm()
         points.append(e.detach().numpy().copy())
     return np.stack(points[: len(values)]).astype(np.float32), np.asarray(values, dtype=np.float32)
+
+
+class Goal(Protocol):
+    """What the path needs from a criterion (`counterclip.engine.criteria.Criterion`)."""
+
+    def objective(self) -> Objective: ...
+    def stop(self, value: float) -> bool: ...
+
+
+@dataclass(frozen=True)
+class TargetPath:
+    """Stage 3 of a query: the walk of the moving embedding toward what the criterion asks."""
+
+    points: np.ndarray  # (K+1, d) float32, points[0] the original
+    values: np.ndarray  # (K+1,) the objective at each point
+
+
+def target_path(start: np.ndarray, goal: Goal, settings: PathSettings) -> TargetPath:
+    """The gradient path from ``start`` up the goal's objective, ending where the goal says."""
+    points, values = gradient_path(start, goal.objective(), settings, stop=goal.stop)
+    return TargetPath(points, values)

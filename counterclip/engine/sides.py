@@ -134,7 +134,7 @@ class ImageSide(Side):
                 continue
             loaded.append((decoded.image, None))
         present = [image for image, _ in loaded if image is not None]
-        encoded = iter(_array(self.model.encode_pil(present))) if present else iter(())
+        encoded = iter(as_array(self.model.encode_pil(present))) if present else iter(())
         return [(next(encoded), None) if image is not None else (None, reason) for image, reason in loaded]
 
 
@@ -193,7 +193,7 @@ class CaptionSide(Side):
 
     def reencode(self, ids: np.ndarray) -> Fresh:
         texts = [m["text"] for m in self.collection.meta(ids)]
-        return [(vec, None) for vec in _array(self.model.encode_texts(texts))]
+        return [(vec, None) for vec in as_array(self.model.encode_texts(texts))]
 
 
 def normalise_text(text: str) -> str:
@@ -201,6 +201,6 @@ def normalise_text(text: str) -> str:
     return " ".join(text.lower().split()).rstrip(".")
 
 
-def _array(embeddings: Any) -> np.ndarray:
+def as_array(embeddings: Any) -> np.ndarray:
     """Embeddings as float32 numpy (encoders return torch tensors or numpy arrays)."""
     return np.asarray(embeddings.numpy() if hasattr(embeddings, "numpy") else embeddings, dtype=np.float32)

@@ -155,10 +155,12 @@ def test_counterfactual_cli_with_either_runtime(built: Path, cache: Path, capsys
 
 
 def test_int8_index_is_not_reported_stale(built: Path, cache: Path) -> None:
+    from counterclip.engine.verify import stale_cosine
+
     index_dir = built / "int8-dynamic.idx"
     with Engine.open(index_dir, device="cpu") as engine:
         # stored int8 vectors, torch re-encodings: the tolerance adds the index's and the encoder's angles
-        assert engine._stale_cos() == pytest.approx(
+        assert stale_cosine(engine.index, engine.encoder) == pytest.approx(
             combine_cosines(0.999, combine_cosines(0.9999, 0.99)), abs=1e-6
         )
         query = str(built / "shapes" / "000001.png")
@@ -167,9 +169,13 @@ def test_int8_index_is_not_reported_stale(built: Path, cache: Path) -> None:
             assert result.stale == []
             assert result.items and all(i.verdict is not None for i in result.items)
     with Engine.open(built / "torch.idx", device="cpu") as engine:
-        assert engine._stale_cos() == pytest.approx(0.999, abs=1e-9)  # torch on torch: unchanged
+        assert stale_cosine(engine.index, engine.encoder) == pytest.approx(
+            0.999, abs=1e-9
+        )  # torch on torch: unchanged
     with Engine.open(built / "torch.idx", device="cpu", runtime="onnx") as engine:
-        assert engine._stale_cos() == pytest.approx(combine_cosines(0.999, 0.9999), abs=1e-9)
+        assert stale_cosine(engine.index, engine.encoder) == pytest.approx(
+            combine_cosines(0.999, 0.9999), abs=1e-9
+        )
 
 
 def test_update_keeps_the_recorded_runtime(built: Path, cache: Path, tmp_path: Path) -> None:

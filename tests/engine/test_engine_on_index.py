@@ -248,6 +248,7 @@ def test_cli_text_side_and_errors(shapes_index, tmp_path, capsys) -> None:
 def test_large_jpegs_verify_without_false_stale(tmp_path, tiny_openclip) -> None:
     """The index may decode big JPEGs at a reduced DCT scale; verification decodes them the same way, so a
     re-encoded file reproduces its stored vector."""
+    from counterclip.engine.request import decode_as_indexed
     from counterclip.index_builder.decode import load_image as full_decode
 
     rng = np.random.default_rng(0)
@@ -260,7 +261,7 @@ def test_large_jpegs_verify_without_false_stale(tmp_path, tiny_openclip) -> None
     with Engine.open(index_dir, device="cpu") as engine:
         query = int(engine.index.images.ids[0])
         meta = engine.index.images.meta([query])[0]
-        decoded = engine._decode(meta["abs_path"]).image
+        decoded = decode_as_indexed(engine.index, meta["abs_path"]).image
         assert decoded.size == engine.index.load_image(meta["abs_path"]).image.size
         assert decoded.size != full_decode(meta["abs_path"]).image.size  # the index really scaled it
         fresh = engine.model.encode_pil([decoded]).numpy()[0]

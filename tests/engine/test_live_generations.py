@@ -57,7 +57,7 @@ def test_a_query_after_an_update_reads_the_new_generation(live_index, tmp_path: 
         assert before._closed
         assert not (index_dir / "items-000001.sqlite").exists()
         # the new generation's statistics are its own (the image sample covers the added images)
-        assert len(engine._typical_sample(engine.index.images)) == 15
+        assert len(engine.resources().typical_sample(engine.index.images)) == 15
 
 
 def test_a_pinned_query_keeps_its_generation_through_an_update(live_index, tmp_path: Path) -> None:

@@ -1,0 +1,99 @@
+"""Stage 6, re-score: walk the ordered candidates, re-encode each from its source (the file, or the caption
+text) and keep the first ``k`` that still pass; an entry whose file changed or vanished is reported stale,
+never returned."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from counterclip.engine.candidates import Candidates
+from counterclip.engine.options import EngineOptions
+from counterclip.engine.ordering import Ordered
+from counterclip.engine.posing import Posed
+from counterclip.engine.resources import IndexLike, Resources
+from counterclip.engine.results import ResultItem
+
+STALE_COS = 0.999  # a re-encoded file further than this from its stored vector changed since indexing
+
+
+@dataclass(frozen=True)
+class Rescored:
+    """One answer that passed: its item (scores set, no verdict yet), the vector it was scored from."""
+
+    item: ResultItem
+    vector: np.ndarray  # (d,) the fresh vector, or the stored one when there was nothing to re-score
+    rescored: bool  # True when ``vector`` was re-encoded from the item's source
+
+
+@dataclass(frozen=True)
+class Verified:
+    """The answers in order (at most k) and the stale index entries met on the way."""
+
+    answers: list[Rescored]
+    stale: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def items(self) -> list[ResultItem]:
+        return [answer.item for answer in self.answers]
+
+
+def verify(
+    res: Resources, posed: Posed, found: Candidates, ordered: Ordered, opts: EngineOptions
+) -> Verified:
+    """The first ``opts.k`` ordered candidates that still pass when re-scored from their source; a
+    re-encoding further than `stale_cosine` from its stored vector is "changed since indexing"."""
+    stale_cos = stale_cosine(res.index, res.encoder)
+    answers: list[Rescored] = []
+    stale: list[dict[str, Any]] = []
+    rows = ordered.rows
+    for start in range(0, len(rows), opts.k):
+        if len(answers) == opts.k:
+            break
+        batch = rows[start : start + opts.k]
+        fresh = posed.side.reencode(found.ids[batch]) if opts.verify else [(None, None)] * len(batch)
+        for row, (new, reason) in zip(batch, fresh, strict=True):
+            if opts.verify and new is not None and float(new @ found.vectors[row]) < stale_cos:
+                reason = "changed since indexing"  # same bytes, another vector: not this model's
+            if opts.verify and reason is not None:
+                item = posed.side.item(int(found.ids[row]))
+                stale.append({"id": item.id, "path": item.path, "text": item.text, "reason": reason})
+                continue
+            answer = _scored(posed, found, row, new)
+            if answer is None:
+                continue
+            answer.item.word_edits = ordered.word_edits.get(row)
+            answer.item.rank = len(answers) + 1
+            answers.append(answer)
+            if len(answers) == opts.k:
+                break
+    return Verified(answers, stale)
+
+
+def _scored(posed: Posed, found: Candidates, row: int, fresh: np.ndarray | None) -> Rescored | None:
+    """The item of ``row`` scored from its fresh vector or, when there is none (no verification asked,
+    or no source to re-score from), its stored one; None when the fresh vector no longer passes."""
+    criterion, stored = posed.criterion, found.vectors[row]
+    if fresh is not None and not bool(criterion.valid(fresh[None])[0]):
+        return None
+    item = posed.side.item(int(found.ids[row]))
+    vector = fresh if fresh is not None else stored
+    item.score_before = criterion.original
+    item.score_after = float(criterion.score(vector[None])[0])
+    item.delta = item.score_after - criterion.original
+    item.distance = float(1.0 - stored @ posed.side.start)
+    item.step = int(found.steps[row]) if found.steps is not None else None
+    return Rescored(item, vector, fresh is not None)
+
+
+def stale_cosine(index: IndexLike, encoder: Any) -> float:
+    """`STALE_COS`, widened by how far the index's stored vectors (its recorded runtime, e.g. int8) and
+    the re-encodings (the encoder) may each sit from torch fp32: the angles add."""
+    from counterclip.models.onnx_common import combine_cosines
+
+    manifest = getattr(index, "manifest", None)
+    built = (getattr(getattr(manifest, "model", None), "runtime", None) or {}).get("tolerance_cosine", 1.0)
+    tolerance = getattr(encoder, "tolerance_cosine", 1.0)
+    return combine_cosines(STALE_COS, float(built), float(tolerance))
