@@ -264,17 +264,8 @@ class Engine:
             compared = baselines.baselines(res, posed, judged.evidence, opts)
             watch.lap("baselines")
         return CounterfactualResult(
-            side=posed.side.name,
-            mode=mode,
-            text=text if mode != "flip" else None,
-            query=posed.query,
-            validity=posed.criterion.validity,
-            items=judged.items,
-            baselines=compared,
-            stale=verified.stale,
-            warnings=judged.warnings,
-            calibration=judged.evidence.describe(),
-            candidates=len(found.ids),
-            path_values=walked.values.tolist(),
-            timings=watch.total(),
-        )
+            side=posed.side.name, mode=mode, text=text if mode != "flip" else None, query=posed.query,
+            validity=posed.criterion.validity, items=judged.items, baselines=compared, stale=verified.stale,
+            warnings=judged.warnings, calibration=judged.evidence.describe(), candidates=len(found.ids),
+            path_values=walked.values.tolist(), timings=watch.total(),
+        )  # fmt: skip
