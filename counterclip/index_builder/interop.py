@@ -417,7 +417,7 @@ def import_clip_retrieval(
         InputError: a bad layout or row (see `scan_layout`): the message names the file and row; the
             index directory is left as it was (nothing half-written).
     """
-    from counterclip.index_builder.builder import _Progress
+    from counterclip.index_builder.progress import Progress as _Progress
     from counterclip.models import ClipModel, load_model
 
     started = time.perf_counter()
