@@ -71,6 +71,10 @@ class BuildState:
         """Where the shards live."""
         return self.index_dir / EMBEDDINGS_DIR
 
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds per stage so far, to the millisecond (for the summary and the manifest)."""
+        return {k: round(v, 3) for k, v in self.stage.items()}
+
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:
         """Record the seconds the block takes as stage ``name``."""

@@ -154,45 +154,29 @@ def build_index(
             (the recorded one for an existing index, else ``default``).
         memory_budget: RAM the FAISS indexes may use (``"2GB"`` or bytes): the kind, memory-mapping and
             on-disk lists follow it (`budget.plan_index`). Default: None (the kind follows the size).
-        embedder: what turns the pending images into vectors, called like `pipeline.embed_images`
-            (`distributed.ShardSetEmbedder`: from shard sets; `distributed.RayEmbedder`: on Ray Data).
-            Default: None (`embed_images`, in this process).
+        embedder: what embeds the pending images, called like `pipeline.embed_images` (`distributed`'s
+            `ShardSetEmbedder`: from shard sets, `RayEmbedder`: on Ray Data). Default: None (here).
         runtime: ``torch`` or ``onnx`` (extra ``onnx``): what embeds the images and captions; recorded in
             the manifest. Default: None (the recorded one for an existing index, else ``torch``).
-        precision: ``onnx`` only: ``fp32``, ``int8-dynamic`` or ``int8-static`` for the image tower; int8 is
-            checked (and static calibrated) on up to 64 of the folder's images and refused, with nothing
-            written, when it misses the bars. Default: None (``fp32``, or the recorded one).
+        precision: ``onnx`` only, the image tower's: ``fp32``, ``int8-dynamic`` or ``int8-static`` (int8 checked,
+            static calibrated, on up to 64 of the folder's images; refused below the bars, nothing written).
+            Default: None (``fp32``, or the recorded one).
 
     Returns:
         BuildSummary.
 
     Examples::
 
-        >>> summary = build_index("photos/", "photos.idx", model="bundled:shapes", progress=False)
-        >>> summary.indexed, summary.skipped
-        (1200, 3)
+        >>> build_index("photos/", "photos.idx", model="bundled:shapes", progress=False).indexed
+        1200
     """
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise InputError(f"image folder {root} does not exist or is not a directory")
-    check_runtime(runtime, precision)
+    root = _checked_arguments(folder, runtime, precision)
     overrides = {"batch_size": batch_size, "workers": workers, "memory_budget": parse_size(memory_budget)}
-    request = BuildRequest(
-        index_dir=Path(index_dir).expanduser().absolute(),
-        root=root.resolve(),
-        model=model,
-        captions=captions,
-        vocab=vocab,
-        device=device,
-        index_kind=index_kind,
-        config=config,
-        overrides=overrides,
-        progress=progress,
-        runtime=runtime,
-        precision=precision,
-        embedder=embedder,  # distributed.py: shard sets, Ray
-    )
-    return _run(request)
+    return _run(BuildRequest(
+        index_dir=Path(index_dir).expanduser().absolute(), root=root, model=model, captions=captions, vocab=vocab,
+        device=device, index_kind=index_kind, config=config, overrides=overrides, progress=progress,
+        runtime=runtime, precision=precision, embedder=embedder,  # distributed.py: shard sets, Ray
+    ))  # fmt: skip
 
 
 def update_index(
@@ -241,23 +225,11 @@ def update_index(
         )
     check_runtime(runtime, precision)
     overrides = {"batch_size": batch_size, "workers": workers}
-    request = BuildRequest(
-        index_dir=index_dir.expanduser().absolute(),
-        root=None,
-        model=model,
-        captions=captions,
-        vocab=vocab,
-        device=device,
-        index_kind=index_kind,
-        config=config,
-        overrides=overrides,
-        progress=progress,
-        repair=repair,
-        user_calibration=user_calibration,
-        runtime=runtime,
-        precision=precision,
-    )
-    return _run(request)
+    return _run(BuildRequest(
+        index_dir=index_dir.expanduser().absolute(), root=None, model=model, captions=captions, vocab=vocab,
+        device=device, index_kind=index_kind, config=config, overrides=overrides, progress=progress,
+        repair=repair, user_calibration=user_calibration, runtime=runtime, precision=precision,
+    ))  # fmt: skip
 
 
 def calibrate_index(
@@ -276,6 +248,15 @@ def calibrate_index(
     calibration = fit_on_captions_file(index_dir, captions, model)
     update_index(index_dir, model=model, progress=False, user_calibration=calibration)
     return calibration
+
+
+def _checked_arguments(folder: str | os.PathLike[str], runtime: str | None, precision: str | None) -> Path:
+    """The image folder, absolute, once the folder and the runtime are known to work (else a one-line error)."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise InputError(f"image folder {root} does not exist or is not a directory")
+    check_runtime(runtime, precision)
+    return root.resolve()
 
 
 # --- the run: the stages in order ---------------------------------------------------------------------
@@ -341,7 +322,7 @@ def _publish(
         "resumed": base.resume,
         "repair": state.repair,
         **scanned.diff,
-        "stage_seconds": {k: round(v, 3) for k, v in state.stage.items()},
+        "stage_seconds": state.stage_seconds(),
         "warnings": list(state.warnings),
         "seconds": round(time.perf_counter() - state.started, 3),
     }
@@ -368,6 +349,6 @@ def _publish(
         captions_index=faiss["captions"].to_dict(),
         errors=[{"path": e["path"], "reason": e["reason"]} for e in errors],
         warnings=state.warnings,
-        stage_seconds={k: round(v, 3) for k, v in state.stage.items()},
+        stage_seconds=state.stage_seconds(),
         generation=state.work_gen,
     )

@@ -31,7 +31,6 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ import numpy as np
 from counterclip._fileio import atomic_write
 from counterclip.errors import InputError
 from counterclip.index_builder.build_plan import fresh_decode_options
+from counterclip.index_builder.build_state import now
 from counterclip.index_builder.config import IndexCfg, load_index_config
 from counterclip.index_builder.decode import DecodeOptions
 from counterclip.index_builder.distributed_ray import RayEmbedder
@@ -142,18 +142,7 @@ def embed_shard(
     options = decode_options_for(model, cfg)
     entries = sorted(scan_folder(root, exclude=(out,)), key=lambda e: e.key)
     mine = [e for position, e in enumerate(entries) if position % n == i]
-    items = [WorkItem(k, str(root / e.rel)) for k, e in enumerate(mine) if e.error is None]
-    collector = _Collector()
-    times = embed_images(
-        items,
-        model,
-        collector,
-        options,
-        batch_size=cfg.batch_size,
-        workers=cfg.workers,
-        prefetch_batches=cfg.prefetch_batches,
-        on_progress=on_progress,
-    )
+    collector, times = _embed_files(root, mine, model, options, cfg, on_progress)
     out.mkdir(parents=True, exist_ok=True)
     embedded = _write_vectors_and_items(out, mine, collector, model.embed_dim)
     description = {
@@ -166,12 +155,36 @@ def embed_shard(
         "decode": asdict(options),
         "files": len(mine),
         "embedded": embedded,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": now(),
         "seconds": round(time.perf_counter() - started, 3),
         "stage_seconds": {"decode": times.decode, "embed": times.embed, "wall": times.wall},
     }
     atomic_write(out / SHARDSET_FILE, json.dumps(description, indent=2, sort_keys=True) + "\n")
     return description
+
+
+def _embed_files(
+    root: Path,
+    mine: list[ScanEntry],
+    model: Any,
+    options: DecodeOptions,
+    cfg: IndexCfg,
+    on_progress: Callable[[int], None] | None,
+) -> tuple[_Collector, StageTimes]:
+    """Embed a worker's files (by their position in ``mine``) as a local build embeds them."""
+    items = [WorkItem(k, str(root / e.rel)) for k, e in enumerate(mine) if e.error is None]
+    collector = _Collector()
+    times = embed_images(
+        items,
+        model,
+        collector,
+        options,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+        prefetch_batches=cfg.prefetch_batches,
+        on_progress=on_progress,
+    )
+    return collector, times
 
 
 def _write_vectors_and_items(out: Path, mine: list[ScanEntry], collector: _Collector, dim: int) -> int:

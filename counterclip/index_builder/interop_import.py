@@ -284,32 +284,31 @@ def import_clip_retrieval(
     parts = scan_layout(src, model.embed_dim)
     cfg = load_index_config(config, memory_budget=parse_size(memory_budget))
     root = Path(image_root).expanduser().resolve() if image_root is not None else src
-    work = index_dir.parent / f".{index_dir.name}.import{os.getpid()}.tmp"
-    shutil.rmtree(work, ignore_errors=True)
-    (work / EMBEDDINGS_DIR).mkdir(parents=True)
-    state = BuildState(work, Progress(progress), work_gen=GENERATION, work_path=work / db_name(GENERATION))
+    state = _work_state(index_dir, progress)
     try:
         with state.progress:
             manifest, importer = _import(state, _import_plan(model, cfg, root), src, parts, encode_captions)
         if index_dir.exists():
             index_dir.rmdir()  # empty (checked above)
-        os.replace(work, index_dir)
+        os.replace(state.index_dir, index_dir)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(state.index_dir, ignore_errors=True)
         raise
     return ImportSummary(
-        index_dir=str(index_dir),
-        source=str(src),
-        model=str(model.spec),
-        partitions=len(parts),
-        images=manifest.counts["images"],
-        with_file=importer.with_file,
-        captions=manifest.counts["captions"],
-        seconds=round(time.perf_counter() - started, 3),
-        images_index=manifest.faiss["images"],
-        captions_index=manifest.faiss["captions"],
-        stage_seconds={k: round(v, 3) for k, v in state.stage.items()},
-    )
+        index_dir=str(index_dir), source=str(src), model=str(model.spec), partitions=len(parts),
+        images=manifest.counts["images"], with_file=importer.with_file, captions=manifest.counts["captions"],
+        seconds=round(time.perf_counter() - started, 3), images_index=manifest.faiss["images"],
+        captions_index=manifest.faiss["captions"], stage_seconds=state.stage_seconds(),
+    )  # fmt: skip
+
+
+def _work_state(index_dir: Path, progress: bool) -> BuildState:
+    """The state of an import into a fresh work directory beside ``index_dir`` (renamed into place at the
+    end): its first generation."""
+    work = index_dir.parent / f".{index_dir.name}.import{os.getpid()}.tmp"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / EMBEDDINGS_DIR).mkdir(parents=True)
+    return BuildState(work, Progress(progress), work_gen=GENERATION, work_path=work / db_name(GENERATION))
 
 
 def _import_plan(model: Any, cfg: IndexCfg, root: Path) -> BuildPlan:
@@ -349,7 +348,7 @@ def _import(
             "imported": counts["images"],
             "with_file": importer.with_file,
             "source": source,
-            "stage_seconds": {k: round(v, 3) for k, v in state.stage.items()},
+            "stage_seconds": state.stage_seconds(),
         }
         manifest = publish(state, plan, store, faiss, calibration, counts, last_run)
     finally:
