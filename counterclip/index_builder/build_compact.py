@@ -13,10 +13,18 @@ import numpy as np
 
 from counterclip.index_builder.build_state import BuildState
 from counterclip.index_builder.checksums import Checksum
+from counterclip.index_builder.manifest import KINDS
 from counterclip.index_builder.shards import delete_shards, load_shard, read_ids, shard_names, write_shard
 from counterclip.index_builder.store import Store
 
 LOG = logging.getLogger(__name__)
+
+
+def compact_shards(state: BuildState, store: Store, shard_size: int) -> None:
+    """Compact the shards of every collection (stage ``compact``)."""
+    with state.timed("compact"):
+        for kind in KINDS:
+            compact(state, store, kind, shard_size)
 
 
 def compact(state: BuildState, store: Store, kind: str, shard_size: int) -> None:

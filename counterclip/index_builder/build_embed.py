@@ -1,4 +1,4 @@
-"""Build stages 5 and 6, decode and embed, then write shards: every ``pending`` image row becomes a vector.
+"""Build stage 5, decode and embed -> write shards: every ``pending`` image row becomes a vector.
 
 The rows are read in id order, in pages; the embedder (`pipeline.embed_images`, or one of
 `distributed`'s) decodes and embeds them and hands the vectors to a `pipeline.ShardWriter`, which writes

@@ -41,7 +41,7 @@ from counterclip.index_builder._fs import WriterLock
 from counterclip.index_builder.budget import parse_size
 from counterclip.index_builder.build_base import Base, check_directory, find_base, looks_like_index, meta_view
 from counterclip.index_builder.build_captions import sync_captions
-from counterclip.index_builder.build_compact import compact
+from counterclip.index_builder.build_compact import compact_shards
 from counterclip.index_builder.build_embed import embed_pending
 from counterclip.index_builder.build_encoder import Encoding
 from counterclip.index_builder.build_faiss import faiss_indexes
@@ -53,7 +53,6 @@ from counterclip.index_builder.build_work import open_work, retire_old
 from counterclip.index_builder.calibrate import fit_on_captions_file
 from counterclip.index_builder.config import IndexCfg
 from counterclip.index_builder.faiss_index import FaissInfo
-from counterclip.index_builder.manifest import KINDS
 from counterclip.index_builder.pipeline import embed_images
 from counterclip.index_builder.progress import Progress
 from counterclip.index_builder.store import Store
@@ -286,16 +285,14 @@ def _stages(state: BuildState, request: BuildRequest, encoding: Encoding | None)
     store = open_work(state, base)  # 3. items-(G+1).sqlite: from here on files are written
     try:
         scanned = scan_and_diff(state, plan, store, request.user_calibration)  # 4.
-        embedded = embed_pending(state, plan, store, request.embedder or embed_images)  # 5.
-        captions_embedded = sync_captions(state, plan, store, scanned.sidecars)  # 6.
-        with state.timed("compact"):  # 7.
-            for kind in KINDS:
-                compact(state, store, kind, plan.cfg.shard_size)
+        embedded = {
+            "embedded": embed_pending(state, plan, store, request.embedder or embed_images),  # 5.
+            "captions_embedded": sync_captions(state, plan, store, scanned.sidecars),  # 6.
+        }
+        compact_shards(state, store, plan.cfg.shard_size)  # 7.
         faiss = faiss_indexes(state, plan, store)  # 8.
         calibration = index_calibration(state, plan, store, "build")  # 9.
-        summary = _publish(
-            state, plan, store, base, scanned, faiss, calibration, (embedded, captions_embedded)
-        )
+        summary = _publish(state, plan, store, base, scanned, faiss, calibration, embedded)
     finally:
         store.close()
     retire_old(state, base)
@@ -311,14 +308,14 @@ def _publish(
     scanned: Scanned,
     faiss: dict[str, FaissInfo],
     calibration: Calibration | None,
-    embedded: tuple[int, int],
+    embedded: dict[str, int],
 ) -> BuildSummary:
-    """Stage 9's manifest with this run's record, and the summary of the run."""
+    """Stage 9's manifest with this run's record (``embedded``: images and captions embedded), and the
+    summary of the run."""
     counts = generation_counts(store)
     last_run = {
         "finished": now(),
-        "embedded": embedded[0],
-        "captions_embedded": embedded[1],
+        **embedded,
         "resumed": base.resume,
         "repair": state.repair,
         **scanned.diff,
@@ -336,13 +333,11 @@ def _publish(
         fingerprint=model.fingerprint,
         indexed=counts["images"],
         skipped=counts["skipped"],
-        embedded=embedded[0],
         added=diff["added"],
         changed=diff["changed"],
         removed=diff["removed"],
         unchanged=diff["unchanged"],
         captions=counts["captions"],
-        captions_embedded=embedded[1],
         resumed=base.resume,
         seconds=0.0,
         images_index=faiss["images"].to_dict(),
@@ -351,4 +346,5 @@ def _publish(
         warnings=state.warnings,
         stage_seconds=state.stage_seconds(),
         generation=state.work_gen,
+        **embedded,
     )
