@@ -6,13 +6,38 @@ Public API::
 
     summary = build_index("photos/", "photos.idx", model="bundled:shapes")
     with Index.open("photos.idx") as idx:
-        D, I = idx.search_images(query_vectors, k=10)
+        D, I = idx.images.search(query_vectors, 10)
 
 The layout of an index directory, one generation after another (see `manifest`): ``manifest.json``
 (the current generation's manifest, switched atomically), ``manifest-G.json`` (generation G's, locked
 by its readers), ``items-G.sqlite`` (one row per image and caption), ``embeddings/*.npy`` (the raw
 vectors, the source of truth), ``images-G.faiss`` and ``captions-G.faiss`` (derived), ``.lock`` (the
 writer lock). Every data file has a checksum in the manifest: `check_index` verifies them all.
+
+A build or an update (`builder`) makes generation G+1 beside G in stages, each a module with one job,
+sharing one `build_state.BuildState`::
+
+    build_base       G located, its files verified against their checksums
+        |
+    build_plan       checks before changes: folder, model, recipe, caption files, FAISS kind, decode
+        |            options, encoder (build_encoder); nothing is written before this passes
+    build_work       items-(G+1).sqlite copied from G's (or resumed), debris removed, repairs applied
+        |
+    build_scan       scan the folder, diff it with the rows: pending, changed, removed
+        |
+    build_embed      decode and embed the pending images -> write shards (pipeline; the unit of resume)
+        |
+    build_captions   sidecars, captions file, vocabulary; new texts embedded once
+        |
+    build_compact    shards holding removed rows (and small ones) rewritten
+        |
+    build_faiss      each collection's FAISS index from its shards (budget: plan, build, tune, write)
+        |
+    build_finalize   calibration, checksums, manifest-(G+1).json and the switch of manifest.json
+                     (then build_work retires the generations no reader holds)
+
+An import of clip-retrieval output (`interop`) writes its rows, then publishes through build_faiss and
+build_finalize; the distributed embedders (`distributed`: shard sets, Ray Data) are build_embed's.
 """
 
 from __future__ import annotations

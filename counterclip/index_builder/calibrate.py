@@ -123,15 +123,7 @@ def fit_on_captions_file(
     # the published generation is immutable: read without locks
     store = Store(index_dir / manifest.db_file, readonly=True)
     try:
-        ids = {}
-        for ref in refs:
-            row = store.conn.execute(
-                "SELECT id FROM images WHERE path_key = ? AND status = 'indexed'",
-                (os.fsencode(ref.image_rel),),
-            ).fetchone()
-            if row is not None:
-                ids.setdefault(ref.image_rel, int(row[0]))
-        known = [(ids[ref.image_rel], ref.text) for ref in refs if ref.image_rel in ids]
+        known = _known_pairs(store, refs)
         if len({i for i, _ in known}) < MIN_PAIRS:
             raise InputError(
                 f"captions file {path} names {len({i for i, _ in known})} indexed images; a calibration needs "
@@ -157,3 +149,16 @@ def fit_on_captions_file(
     if calibration is None:
         raise InputError(f"captions file {path}: too few distinct pairs to calibrate on")
     return dataclasses.replace(calibration, description=f"{path.name}: {calibration.description}")
+
+
+def _known_pairs(store: Store, refs: list[caption_sources.CaptionRef]) -> list[tuple[int, str]]:
+    """``(image id, caption text)`` of the caption references that name an indexed image."""
+    ids = {}
+    for ref in refs:
+        row = store.conn.execute(
+            "SELECT id FROM images WHERE path_key = ? AND status = 'indexed'",
+            (os.fsencode(ref.image_rel),),
+        ).fetchone()
+        if row is not None:
+            ids.setdefault(ref.image_rel, int(row[0]))
+    return [(ids[ref.image_rel], ref.text) for ref in refs if ref.image_rel in ids]

@@ -13,9 +13,13 @@ single-process build makes (same ids, same vectors).
 - `merge_shard_sets` (``counterclip merge IDX SHARD_DIRS...``): checks that the sets are one complete
   split made with one model, then builds the index with `ShardSetEmbedder`, which reads the vectors
   instead of computing them (a file changed since its worker ran is embedded again here).
-- `RayEmbedder` (``counterclip build --engine ray``, extra ``counterclip[ray]``): the same pipeline on
-  Ray Data: the rows with their paths, decoding in CPU tasks, an actor pool holding the model, vectors
-  carried with their ids back to the driver, which commits them to the index as a local build does.
+- `RayEmbedder` (``counterclip build --engine ray``, extra ``counterclip[ray]``; in `distributed_ray`):
+  the same pipeline on Ray Data: the rows with their paths, decoding in CPU tasks, an actor pool holding
+  the model, vectors carried with their ids back to the driver, which commits them to the index as a
+  local build does.
+
+Either way the build runs the builder's own stages (`builder`), the embedder being stage 5's; a worker
+decodes as the build will (`build_plan.fresh_decode_options`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +38,30 @@ import numpy as np
 
 from counterclip._fileio import atomic_write
 from counterclip.errors import InputError
+from counterclip.index_builder.build_plan import fresh_decode_options
+from counterclip.index_builder.build_state import now
 from counterclip.index_builder.config import IndexCfg, load_index_config
 from counterclip.index_builder.decode import DecodeOptions
+from counterclip.index_builder.distributed_ray import RayEmbedder
 from counterclip.index_builder.pipeline import StageTimes, WorkItem, embed_images
-from counterclip.index_builder.scan import scan_folder
+from counterclip.index_builder.scan import ScanEntry, scan_folder
 
 LOG = logging.getLogger(__name__)
 SHARDSET_FORMAT = "counterclip-shardset"
 SHARDSET_FILE, VECTORS_FILE, ITEMS_FILE = "shardset.json", "vectors.npy", "items.jsonl"
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+__all__ = [
+    "ITEMS_FILE",
+    "SHARDSET_FILE",
+    "SHARDSET_FORMAT",
+    "VECTORS_FILE",
+    "RayEmbedder",
+    "ShardSetEmbedder",
+    "decode_options_for",
+    "embed_shard",
+    "merge_shard_sets",
+    "parse_shard",
+]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -59,9 +77,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def decode_options_for(model: Any, cfg: IndexCfg) -> DecodeOptions:
-    """How a build decodes files for this model and recipe (as `build_index` fixes them at creation)."""
-    side = min(model.vision_geometry.image_size) if cfg.downscale else None
-    return DecodeOptions(cfg.max_pixels, cfg.max_side, cfg.max_file_bytes, side)
+    """How a build decodes files for this model and recipe (`build_plan.fresh_decode_options`)."""
+    return fresh_decode_options(cfg, model)
 
 
 class _Collector:
@@ -125,6 +142,36 @@ def embed_shard(
     options = decode_options_for(model, cfg)
     entries = sorted(scan_folder(root, exclude=(out,)), key=lambda e: e.key)
     mine = [e for position, e in enumerate(entries) if position % n == i]
+    collector, times = _embed_files(root, mine, model, options, cfg, on_progress)
+    out.mkdir(parents=True, exist_ok=True)
+    embedded = _write_vectors_and_items(out, mine, collector, model.embed_dim)
+    description = {
+        "format": SHARDSET_FORMAT,
+        "shard": [i, n],
+        "root": str(root),
+        "model_spec": model.spec.to_dict(),
+        "fingerprint": model.fingerprint,
+        "embed_dim": model.embed_dim,
+        "decode": asdict(options),
+        "files": len(mine),
+        "embedded": embedded,
+        "created": now(),
+        "seconds": round(time.perf_counter() - started, 3),
+        "stage_seconds": {"decode": times.decode, "embed": times.embed, "wall": times.wall},
+    }
+    atomic_write(out / SHARDSET_FILE, json.dumps(description, indent=2, sort_keys=True) + "\n")
+    return description
+
+
+def _embed_files(
+    root: Path,
+    mine: list[ScanEntry],
+    model: Any,
+    options: DecodeOptions,
+    cfg: IndexCfg,
+    on_progress: Callable[[int], None] | None,
+) -> tuple[_Collector, StageTimes]:
+    """Embed a worker's files (by their position in ``mine``) as a local build embeds them."""
     items = [WorkItem(k, str(root / e.rel)) for k, e in enumerate(mine) if e.error is None]
     collector = _Collector()
     times = embed_images(
@@ -137,11 +184,14 @@ def embed_shard(
         prefetch_batches=cfg.prefetch_batches,
         on_progress=on_progress,
     )
-    out.mkdir(parents=True, exist_ok=True)
+    return collector, times
+
+
+def _write_vectors_and_items(out: Path, mine: list[ScanEntry], collector: _Collector, dim: int) -> int:
+    """A shard set's ``vectors.npy`` (the embedded files' vectors, in scan order) and ``items.jsonl``
+    (per file: path, size, mtime, and its columns and row, or its error); returns the vectors written."""
     rows = [k for k in range(len(mine)) if k in collector.vectors]
-    vectors = (
-        np.stack([collector.vectors[k] for k in rows]) if rows else np.zeros((0, model.embed_dim), np.float32)
-    )
+    vectors = np.stack([collector.vectors[k] for k in rows]) if rows else np.zeros((0, dim), np.float32)
     lines = []
     row_of = {k: r for r, k in enumerate(rows)}
     for k, entry in enumerate(mine):
@@ -155,22 +205,7 @@ def embed_shard(
         lines.append(json.dumps(record, sort_keys=True))
     atomic_write(out / VECTORS_FILE, lambda h: np.save(h, vectors))
     atomic_write(out / ITEMS_FILE, "\n".join(lines) + ("\n" if lines else ""))
-    description = {
-        "format": SHARDSET_FORMAT,
-        "shard": [i, n],
-        "root": str(root),
-        "model_spec": model.spec.to_dict(),
-        "fingerprint": model.fingerprint,
-        "embed_dim": model.embed_dim,
-        "decode": asdict(options),
-        "files": len(mine),
-        "embedded": len(rows),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.perf_counter() - started, 3),
-        "stage_seconds": {"decode": times.decode, "embed": times.embed, "wall": times.wall},
-    }
-    atomic_write(out / SHARDSET_FILE, json.dumps(description, indent=2, sort_keys=True) + "\n")
-    return description
+    return len(rows)
 
 
 @dataclass
@@ -341,184 +376,3 @@ def merge_shard_sets(
         memory_budget=memory_budget,
         embedder=embedder,
     )
-
-
-# --- Ray Data ------------------------------------------------------------------------------------------
-def _require_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise InputError("--engine ray needs Ray: pip install 'counterclip[ray]'") from None
-    return ray
-
-
-def _decode_batch(batch: dict[str, np.ndarray], options: dict[str, Any]) -> dict[str, Any]:
-    """Ray CPU task: ``{"id", "path"}`` rows -> decoded upright RGB pixels (uint8) and their columns,
-    decoded exactly as a local build decodes (`pipeline.DecodeMapper`)."""
-    from counterclip.index_builder.pipeline import DecodeMapper
-
-    mapper = DecodeMapper(DecodeOptions(**options))
-    out: dict[str, list[Any]] = {
-        k: [] for k in ("id", "pixels", "width", "height", "sha256", "size", "error")
-    }
-    for item_id, path in zip(batch["id"], batch["path"], strict=True):
-        result = mapper(WorkItem(int(item_id), str(path)))
-        image = result["image"]
-        out["id"].append(int(item_id))
-        out["pixels"].append(
-            np.asarray(image, dtype=np.uint8) if image is not None else np.zeros((1, 1, 3), np.uint8)
-        )
-        for key in ("width", "height", "size"):
-            out[key].append(-1 if result[key] is None else int(result[key]))
-        out["sha256"].append(result["sha256"] or "")
-        out["error"].append(result["error"] or "")
-    pixels = np.empty(len(out["pixels"]), dtype=object)
-    pixels[:] = out["pixels"]  # ragged images
-    return {
-        "id": np.asarray(out["id"], dtype=np.int64),
-        "pixels": pixels,
-        **{k: np.asarray(out[k], dtype=np.int64) for k in ("width", "height", "size")},
-        "sha256": np.asarray(out["sha256"], dtype=object),
-        "error": np.asarray(out["error"], dtype=object),
-    }
-
-
-class _ModelActor:
-    """Ray actor holding the model: preprocess + encode a batch of decoded images (as a local build)."""
-
-    def __init__(self, spec: dict[str, Any], fingerprint: str, device: str) -> None:
-        import torch
-
-        from counterclip.models import ModelSpec, load_model
-
-        torch.set_num_threads(1)
-        self.model = load_model(ModelSpec.from_dict(spec), device=device)
-        if self.model.fingerprint != fingerprint:
-            raise InputError(f"the Ray actor loaded other weights for {spec} than the driver")
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        import torch
-        from PIL import Image
-
-        n = len(batch["id"])
-        dim = self.model.embed_dim
-        vectors = np.zeros((n, dim), np.float32)
-        errors = list(batch["error"])
-        good = []
-        pixels = []
-        for row in range(n):
-            if errors[row]:
-                continue
-            try:
-                pixels.append(self.model.preprocess(Image.fromarray(batch["pixels"][row])))
-                good.append(row)
-            except Exception as exc:  # noqa: BLE001 - as the local pipeline: one image failing is recorded
-                errors[row] = f"cannot preprocess: {type(exc).__name__}: {str(exc)[:200]}"
-        if pixels:
-            vectors[good] = self.model.encode_images(torch.stack(pixels), batch_size=len(pixels)).numpy()
-        return {
-            "id": batch["id"],
-            "vector": vectors,
-            "width": batch["width"],
-            "height": batch["height"],
-            "sha256": batch["sha256"],
-            "size": batch["size"],
-            "error": np.asarray(errors, dtype=object),
-        }
-
-
-class RayEmbedder:
-    """An embedder (same call as `pipeline.embed_images`) running on Ray Data.
-
-    Args:
-        address: an existing cluster (``ray://host:10001`` or ``auto``); None starts a local Ray (or uses
-            the one this process already started).
-        actors: model actors in the pool. Default: 1.
-        device: the actors' device. Default: ``cpu``.
-        num_cpus: CPUs of a local Ray started here. Default: None (all).
-    """
-
-    def __init__(
-        self, address: str | None = None, actors: int = 1, device: str = "cpu", num_cpus: int | None = None
-    ) -> None:
-        self.address = address
-        self.actors = actors
-        self.device = device
-        self.num_cpus = num_cpus
-        self.seconds: dict[str, float] = {}
-
-    def __call__(
-        self,
-        items: Iterable[WorkItem],
-        model: Any,
-        writer: Any,
-        options: DecodeOptions,
-        batch_size: int,
-        workers: int,
-        prefetch_batches: int,
-        on_progress: Callable[[int], None] | None = None,
-    ) -> StageTimes:
-        ray = _require_ray()
-        started = time.perf_counter()
-        if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"log_to_driver": False}
-            if self.address:
-                kwargs["address"] = self.address
-            elif self.num_cpus:
-                kwargs["num_cpus"] = self.num_cpus
-            ray.init(**kwargs)
-        self.seconds["init"] = time.perf_counter() - started
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True
-        rows = [{"id": item.id, "path": item.path} for item in items]
-        times = StageTimes()
-        if not rows:
-            writer.close()
-            return times
-        ds = ray.data.from_items(rows)
-        ds = ds.map_batches(
-            _decode_batch, fn_kwargs={"options": asdict(options)}, batch_size=batch_size, num_cpus=1
-        )
-        ds = ds.map_batches(
-            _ModelActor,
-            fn_constructor_args=(model.spec.to_dict(), model.fingerprint, self.device),
-            batch_size=batch_size,
-            concurrency=self.actors,
-            num_cpus=1,
-        )
-        for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-            t0 = time.perf_counter()
-            ok = [r for r, e in enumerate(batch["error"]) if not e]
-            for r, error in enumerate(batch["error"]):
-                if error:
-                    size = int(batch["size"][r])
-                    writer.fail(
-                        int(batch["id"][r]),
-                        str(error),
-                        None if size < 0 else size,
-                        batch["sha256"][r] or None,
-                    )
-            if ok:
-                columns = [
-                    {
-                        "width": int(batch["width"][r]),
-                        "height": int(batch["height"][r]),
-                        "sha256": str(batch["sha256"][r]),
-                        "size": int(batch["size"][r]),
-                    }
-                    for r in ok
-                ]
-                writer.add(
-                    np.asarray(batch["vector"][ok], dtype=np.float32),
-                    [int(batch["id"][r]) for r in ok],
-                    columns,
-                )
-            times.write += time.perf_counter() - t0
-            times.items += len(batch["id"])
-            times.failed += len(batch["id"]) - len(ok)
-            if on_progress is not None:
-                on_progress(len(batch["id"]))
-        writer.close()
-        times.wall = time.perf_counter() - started
-        self.seconds["pipeline"] = times.wall
-        return times

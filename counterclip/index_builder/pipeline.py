@@ -249,48 +249,32 @@ def embed_images(
     times = StageTimes()
     started = time.perf_counter()
     mapper = DecodeMapper(options)
-    pixels: list[torch.Tensor] = []
-    ids: list[int] = []
-    columns: list[dict[str, Any]] = []
-
-    def run_batch() -> None:
-        t0 = time.perf_counter()
-        vectors = model.encode_images(torch.stack(pixels), batch_size=len(pixels)).numpy()
-        t1 = time.perf_counter()
-        writer.add(vectors, list(ids), list(columns))
-        times.embed += t1 - t0
-        times.write += time.perf_counter() - t1
-        if on_progress is not None:
-            on_progress(len(ids))
-        pixels.clear(), ids.clear(), columns.clear()
-
+    batch = _Batch(model, writer, times, on_progress)
     window = max(batch_size * prefetch_batches, workers)
     for result in ordered_map(mapper, items, workers, window):
         times.items += 1
         times.decode += result["seconds"]
-        if result["error"] is None:
-            t0 = time.perf_counter()
-            try:
-                pixels.append(model.preprocess(result.pop("image")))
-            except Exception as exc:  # noqa: BLE001 - the model's transform failing on one image
-                result["error"] = f"cannot preprocess: {type(exc).__name__}: {str(exc)[:200]}"
-            times.preprocess += time.perf_counter() - t0
+        pixels = _preprocess(model, result, times)
         if result["error"] is not None:
             times.failed += 1
             writer.fail(result["id"], result["error"], result["size"], result["sha256"])
             if on_progress is not None:
                 on_progress(1)
             continue
-        ids.append(result["id"])
-        columns.append({k: result[k] for k in ("width", "height", "sha256", "size")})
-        if len(pixels) == batch_size:
-            run_batch()
-    if pixels:
-        run_batch()
+        batch.add(pixels, result["id"], {k: result[k] for k in ("width", "height", "sha256", "size")})
+        if len(batch) == batch_size:
+            batch.run()
+    if len(batch):
+        batch.run()
     t0 = time.perf_counter()
     writer.close()
     times.write += time.perf_counter() - t0
     times.wall = time.perf_counter() - started
+    _log_times(times, workers)
+    return times
+
+
+def _log_times(times: StageTimes, workers: int) -> None:
     LOG.info(
         "embedded %d images (%d skipped) in %.2f s: decode %.2f s (over %d threads), preprocess %.2f s, "
         "embed %.2f s, write %.2f s",
@@ -303,4 +287,52 @@ def embed_images(
         times.embed,
         times.write,
     )
-    return times
+
+
+def _preprocess(model: Encoder, result: dict[str, Any], times: StageTimes) -> torch.Tensor | None:
+    """The model's preprocessing of a decoded image (its error recorded in ``result`` if it fails)."""
+    if result["error"] is not None:
+        return None
+    t0 = time.perf_counter()
+    pixels = None
+    try:
+        pixels = model.preprocess(result.pop("image"))
+    except Exception as exc:  # noqa: BLE001 - the model's transform failing on one image
+        result["error"] = f"cannot preprocess: {type(exc).__name__}: {str(exc)[:200]}"
+    times.preprocess += time.perf_counter() - t0
+    return pixels
+
+
+class _Batch:
+    """The preprocessed images of the next forward pass; `run` embeds them and hands them to the writer."""
+
+    def __init__(
+        self,
+        model: Encoder,
+        writer: ShardWriter,
+        times: StageTimes,
+        on_progress: Callable[[int], None] | None,
+    ) -> None:
+        self.model, self.writer, self.times, self.on_progress = model, writer, times, on_progress
+        self.pixels: list[torch.Tensor] = []
+        self.ids: list[int] = []
+        self.columns: list[dict[str, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def add(self, pixels: torch.Tensor, item_id: int, columns: dict[str, Any]) -> None:
+        self.pixels.append(pixels)
+        self.ids.append(item_id)
+        self.columns.append(columns)
+
+    def run(self) -> None:
+        t0 = time.perf_counter()
+        vectors = self.model.encode_images(torch.stack(self.pixels), batch_size=len(self.pixels)).numpy()
+        t1 = time.perf_counter()
+        self.writer.add(vectors, list(self.ids), list(self.columns))
+        self.times.embed += t1 - t0
+        self.times.write += time.perf_counter() - t1
+        if self.on_progress is not None:
+            self.on_progress(len(self.ids))
+        self.pixels.clear(), self.ids.clear(), self.columns.clear()

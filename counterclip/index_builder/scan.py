@@ -150,46 +150,55 @@ def scan_folder(
         for entry in entries:
             if is_hidden(entry.name):
                 continue
-            rel = prefix + entry.name
-            ext = os.path.splitext(entry.name)[1].lower()
-            try:
-                is_dir = entry.is_dir(follow_symlinks=True)
-            except OSError:
-                is_dir = False
-            if is_dir:
-                outside = _outside(entry, real_root) if entry.is_symlink() else None
-                if outside:
-                    yield ScanEntry(rel, None, None, outside)
-                    continue
-                subdirs.append((Path(entry.path), rel + "/"))
-                continue
-            if ext == SIDECAR_EXTENSION:
-                if sidecars is not None and entry.is_file(follow_symlinks=True):
-                    sidecars.append((os.path.splitext(rel)[0], rel))
-                continue
-            if ext in UNSUPPORTED_EXTENSIONS:
-                # no size or mtime: if a later Pillow reads the format, the row counts as changed
-                if entry.is_file(follow_symlinks=True):
-                    yield ScanEntry(rel, None, None, unsupported_reason(ext))
-                continue
-            if ext not in IMAGE_EXTENSIONS:
-                continue
-            is_link = entry.is_symlink()
-            try:
-                st = entry.stat(follow_symlinks=True)
-            except OSError as exc:
-                yield ScanEntry(rel, None, None, _stat_error(exc, is_link))
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                yield ScanEntry(rel, None, None, f"not a regular file ({_kind(st.st_mode)})")
-                continue
-            outside = _outside(entry, real_root) if is_link else None
-            if outside:
-                yield ScanEntry(rel, None, None, outside)
-                continue
-            yield ScanEntry(rel, st.st_size, st.st_mtime_ns)
+            found = _classify(entry, prefix + entry.name, real_root, sidecars, subdirs)
+            if found is not None:
+                yield found
         # Depth-first in sorted order: push in reverse so the first subdirectory is walked first.
         stack.extend(reversed(subdirs))
+
+
+def _classify(
+    entry: os.DirEntry,
+    rel: str,
+    real_root: str,
+    sidecars: list[tuple[str, str]] | None,
+    subdirs: list[tuple[Path, str]],
+) -> ScanEntry | None:
+    """What a directory entry is: an image (or an unreadable thing named like one) to list, a folder to
+    walk (appended to ``subdirs``), a sidecar (appended to ``sidecars``), or nothing of ours (None)."""
+    ext = os.path.splitext(entry.name)[1].lower()
+    try:
+        is_dir = entry.is_dir(follow_symlinks=True)
+    except OSError:
+        is_dir = False
+    if is_dir:
+        outside = _outside(entry, real_root) if entry.is_symlink() else None
+        if outside:
+            return ScanEntry(rel, None, None, outside)
+        subdirs.append((Path(entry.path), rel + "/"))
+        return None
+    if ext == SIDECAR_EXTENSION:
+        if sidecars is not None and entry.is_file(follow_symlinks=True):
+            sidecars.append((os.path.splitext(rel)[0], rel))
+        return None
+    if ext in UNSUPPORTED_EXTENSIONS:
+        # no size or mtime: if a later Pillow reads the format, the row counts as changed
+        if entry.is_file(follow_symlinks=True):
+            return ScanEntry(rel, None, None, unsupported_reason(ext))
+        return None
+    if ext not in IMAGE_EXTENSIONS:
+        return None
+    is_link = entry.is_symlink()
+    try:
+        st = entry.stat(follow_symlinks=True)
+    except OSError as exc:
+        return ScanEntry(rel, None, None, _stat_error(exc, is_link))
+    if not stat.S_ISREG(st.st_mode):
+        return ScanEntry(rel, None, None, f"not a regular file ({_kind(st.st_mode)})")
+    outside = _outside(entry, real_root) if is_link else None
+    if outside:
+        return ScanEntry(rel, None, None, outside)
+    return ScanEntry(rel, st.st_size, st.st_mtime_ns)
 
 
 def _outside(entry: os.DirEntry, real_root: str) -> str | None:

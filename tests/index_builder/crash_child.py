@@ -44,8 +44,8 @@ def main() -> None:
 
     from counterclip.index_builder import (
         budget,
+        build_compact,
         build_index,
-        builder,
         manifest,
         pipeline,
         shards,
@@ -71,7 +71,7 @@ def main() -> None:
     elif mode == "before-manifest":
         die_on_call(manifest.Manifest, "write", int(arg), before=True)
     elif mode == "during-compaction":
-        die_on_call(builder, "delete_shards", int(arg), before=True)
+        die_on_call(build_compact, "delete_shards", int(arg), before=True)
     else:
         raise SystemExit(f"unknown mode {mode}")
     print("ready", flush=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from counterclip.errors import InputError
-from counterclip.index_builder import budget
+from counterclip.index_builder import budget, faiss_tune
 from counterclip.index_builder.budget import (
     Plan,
     iterate_arrays,
@@ -202,7 +202,7 @@ def test_per_query_hits_agree_with_recall_at_k() -> None:
         )
         got_i[5, 6:] = -1
         got_d = exact_d + np.where(rng.random((50, 10)) < 0.2, 0.0, -0.5).astype(np.float32)
-        hits, truths = budget._hits(got_d, got_i, exact_d, exact_i, exact_scores)
+        hits, truths = faiss_tune._hits(got_d, got_i, exact_d, exact_i, exact_scores)
         assert truths[3] == 7 and truths.sum() == 497
         assert hits.sum() / truths.sum() == pytest.approx(
             recall_at_k(got_d, got_i, exact_d, exact_i, exact_scores)
