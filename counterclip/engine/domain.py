@@ -40,6 +40,7 @@ def domain_doubt(texts: list[str], lexicon: Lexicon | None, calibration: Calibra
     if known is None or not len(known):
         return None
     unknown = [(w, closest) for text in texts for w, closest in known.unknown(text) if w not in FRAMING_WORDS]
+    unknown = list(dict(unknown).items())  # each word once, in the order the texts use them
     misspelt = [w for w, closest in unknown if closest]
     if misspelt:
         return (

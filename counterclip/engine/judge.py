@@ -98,13 +98,24 @@ def judge(res: Resources, posed: Posed, verified: Verified, opts: EngineOptions)
     tokens, context = res.token_counts(posed.texts)
     warnings = query_warnings(posed.texts, posed.criterion, evidence, res.lexicon, tokens, context, rivalled)
     warnings += [w for w in [unchecked_words(posed.texts, res.lexicon, evidence.calibration)] if w]
-    if verified.left_out:
-        copies = ", ".join(f"{n} as {why}" for why, n in sorted(verified.left_out.items()))
-        warnings.append(f"{sum(verified.left_out.values())} copies of the original left out ({copies})")
+    warnings += [w for w in [copies_warning(verified.left_out)] if w]
     if opts.verify_with:
         warning = matching_head_opinion(res, posed, items)
         warnings += [warning] if warning else []
     return Judged(items, evidence, warnings, original_reading(posed, evidence))
+
+
+ITSELF = ("the query itself", "the query's text")  # the query's own entry: left out, never a "copy"
+
+
+def copies_warning(left_out: dict[str, int]) -> str | None:
+    """ "2 copies of the original left out (...)": candidates that were the query again under another name."""
+    copies = {why: n for why, n in left_out.items() if why not in ITSELF}
+    if not copies:
+        return None
+    total = sum(copies.values())
+    ways = ", ".join(f"{n} as {why}" for why, n in sorted(copies.items()))
+    return f"{total} {'copy' if total == 1 else 'copies'} of the original left out ({ways})"
 
 
 def original_reading(posed: Posed, evidence: Evidence) -> dict[str, Any]:
