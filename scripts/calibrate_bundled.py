@@ -14,12 +14,14 @@ prints the fitted line, the AUC and the accuracy on a separate seeded set, and w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from counterclip.calibration import fit_calibration
+from counterclip.engine.words import FRAMING_WORDS, words_of
 from counterclip.models import bundled_dir, load_model
 from counterclip.shapes import TEMPLATES, VALUES, caption, render, sample_attrs
 
@@ -31,6 +33,14 @@ NAMED = [
     ("size", "colour", "shape", "position"),
     ("size", "colour", "shape", "position", "background"),
 ]
+
+
+def fitted_vocabulary() -> list[str]:
+    """The content words of every caption the fit can draw (values and templates): the calibration's domain
+    (`counterclip.engine.domain`), recorded with it."""
+    texts = list(TEMPLATES) + [value for values in VALUES.values() for value in values]
+    texts += [caption(sample_attrs(np.random.default_rng(0)), named, "{}") for named in NAMED]
+    return sorted({w for text in texts for w in words_of(text) if w not in FRAMING_WORDS and len(w) > 2})
 
 
 def pairs(model, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,6 +92,7 @@ def main() -> None:
         f"shapes world, {args.n} images with true, one-attribute-wrong and other captions",
         seed=args.seed,
     )
+    calibration = dataclasses.replace(calibration, extras={"vocabulary": fitted_vocabulary()})
     check_pos, check_neg = pairs(model, 1000, args.seed + 1)
     accuracy = (
         np.sum(calibration.probability(check_pos) >= 0.5) + np.sum(calibration.probability(check_neg) < 0.5)

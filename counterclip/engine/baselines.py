@@ -32,7 +32,7 @@ def baselines(
 
     def best_of(found) -> list[ResultItem]:  # noqa: ANN001 - Candidates
         verified = verify(res, posed, found, order(posed, found, first), first)
-        return judge_answers(evidence, posed, verified.answers)
+        return judge_answers(res, evidence, posed, verified.answers)
 
     nearest: list[ResultItem] = []
     for item_id in without_query(side, ids, None).ids:

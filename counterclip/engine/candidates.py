@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -10,7 +11,9 @@ from counterclip.engine.options import EngineOptions
 from counterclip.engine.posing import Posed
 from counterclip.engine.sides import Side
 
-DUPLICATE_COS = 0.9999  # a candidate this close to the original is the original (or an exact copy)
+# A candidate this close to the original is the original again (a re-encoded copy, a resized twin): never
+# an answer, whatever it scores. 0.999 per issue 27; a one-attribute change sits far below it.
+DUPLICATE_COS = 0.999
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,7 @@ class Candidates:
     ids: np.ndarray  # (n,) int64
     vectors: np.ndarray  # (n, d) stored vectors
     steps: np.ndarray | None  # (n,) path step that first found each (None: found otherwise)
+    left_out: dict[str, int] = field(default_factory=dict)  # candidates dropped as the query again, by why
 
 
 def gather(posed: Posed, path: np.ndarray, opts: EngineOptions) -> Candidates:
@@ -51,9 +55,17 @@ def gather(posed: Posed, path: np.ndarray, opts: EngineOptions) -> Candidates:
 
 
 def without_query(side: Side, ids: np.ndarray, steps: np.ndarray | None) -> Candidates:
-    """Drop the query itself and exact duplicates of the original."""
+    """Drop the query itself and its copies (the side's own test, and any embedding within `DUPLICATE_COS`
+    of the original), counted by why."""
     vectors = side.collection.vectors(ids)
     if not len(ids):
         return Candidates(ids, vectors, steps)
-    keep = ((vectors @ side.start) < DUPLICATE_COS) & ~side.is_query(ids)
-    return Candidates(ids[keep], vectors[keep], steps[keep] if steps is not None else None)
+    why = side.copies_of_query(ids)
+    same_embedding = (vectors @ side.start) >= DUPLICATE_COS
+    why = [
+        w or ("the same embedding (cosine >= 0.999)" if s else None)
+        for w, s in zip(why, same_embedding, strict=True)
+    ]
+    keep = np.array([w is None for w in why], dtype=bool)
+    left_out = dict(Counter(w for w in why if w is not None))
+    return Candidates(ids[keep], vectors[keep], steps[keep] if steps is not None else None, left_out)

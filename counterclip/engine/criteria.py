@@ -237,7 +237,8 @@ class Flip(Criterion):
         probabilities = pair_score.label_probabilities(np.asarray(original)[None], label_vecs)[0]
         if int(np.argmax(probabilities)) == target_index:
             raise InputError(
-                f"the image is already classified as {labels[target_index]!r}; choose another target"
+                f"the image is already classified as {labels[target_index]!r} (class probability "
+                f"{probabilities[target_index]:.2f}): nothing to flip; choose another target"
             )
         validity = Validity(
             "flip",
@@ -290,13 +291,22 @@ class Flip(Criterion):
         return self.label_vecs[self.target_index]
 
 
-def check_labels(labels: Sequence[str] | None, target: str | None) -> tuple[list[str], str]:
-    """Clean a flip query's label set and target, or raise `InputError` saying what is wrong."""
+def check_labels(labels: Sequence[str] | None) -> list[str]:
+    """Clean a flip query's label set, or raise `InputError` saying what is wrong."""
     cleaned = [label.strip() for label in (labels or []) if label.strip()]
     if len(cleaned) < 2:
         raise InputError("mode flip needs at least two labels, e.g. --labels 'a cat,a dog'")
     if len(set(cleaned)) != len(cleaned):
         raise InputError("labels must be distinct")
-    if target is None or target.strip() not in cleaned:
-        raise InputError(f"target {target!r} is not one of the labels: {', '.join(cleaned)}")
-    return cleaned, target.strip()
+    return cleaned
+
+
+def check_target(labels: list[str], target: str | None, probabilities: np.ndarray) -> str:
+    """The label a flip must reach: the one asked, else the most likely label other than the predicted one
+    (the nearest flip; the first label typed is usually the image's own class)."""
+    if target is None or not target.strip():
+        ranked = np.argsort(-np.asarray(probabilities), kind="stable")
+        return labels[int(ranked[1])]
+    if target.strip() not in labels:
+        raise InputError(f"target {target!r} is not one of the labels: {', '.join(labels)}")
+    return target.strip()

@@ -257,7 +257,7 @@ class Engine:
         found = candidates.gather(posed, walked.points, opts)
         verified = verify.verify(res, posed, found, ordering.order(posed, found, opts), opts)
         watch.lap("search_verify")
-        judged = judge.judge(res, posed, verified.answers, opts)
+        judged = judge.judge(res, posed, verified, opts)
         watch.lap("judge")
         compared = {}
         if opts.baselines:
@@ -267,5 +267,6 @@ class Engine:
             side=posed.side.name, mode=mode, text=text if mode != "flip" else None, query=posed.query,
             validity=posed.criterion.validity, items=judged.items, baselines=compared, stale=verified.stale,
             warnings=judged.warnings, calibration=judged.evidence.describe(), candidates=len(found.ids),
-            path_values=walked.values.tolist(), timings=watch.total(),
+            path_values=walked.values.tolist(), timings=watch.total(), original=judged.original,
+            left_out=verified.left_out, order=ordering.in_words(posed, opts),
         )  # fmt: skip

@@ -5,16 +5,18 @@ gathers the evidence a query needs (its calibration, its doubts, the rival capti
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from counterclip.engine.domain import domain_doubt, unchecked_words
 from counterclip.engine.options import EngineOptions
 from counterclip.engine.posing import Posed
 from counterclip.engine.request import indexed_image, query_pil
 from counterclip.engine.resources import Resources
 from counterclip.engine.results import ResultItem
-from counterclip.engine.verdicts import Evidence, misspelt, query_warnings, second_opinion
-from counterclip.engine.verify import Rescored
+from counterclip.engine.verdicts import MATCH, NO_MATCH, Evidence, query_warnings, second_opinion
+from counterclip.engine.verify import Rescored, Verified
 
 
 @dataclass(frozen=True)
@@ -24,40 +26,109 @@ class Judged:
     items: list[ResultItem]
     evidence: Evidence
     warnings: list[str]
+    original: dict[str, Any]  # the original pair as the model reads it (`CounterfactualResult.original`)
 
 
 def query_evidence(res: Resources, posed: Posed, opts: EngineOptions) -> Evidence:
-    """The calibration the options ask for, doubting misspelt words, checking image answers against the
-    index's one-word swaps of the asked text (a rival caption the model prefers)."""
-    evidence = res.evidence(opts.calibration).doubting(misspelt(posed.texts, res.lexicon))
-    swaps, criterion = res.swaps, posed.criterion
+    """The calibration the options ask for, with this query's readings: doubting words outside the
+    calibration's domain, the original's p(match) and whether it already is past the verified line, the
+    asked text and the captions' substitutes (an answer's own caption may contradict it), and the index's
+    one-word swaps of the asked text (a rival caption the model prefers)."""
+    calibration = res.evidence(opts.calibration)
+    criterion = posed.criterion
+    evidence = calibration.doubting(domain_doubt(posed.texts, res.lexicon, calibration.calibration))
+    before = evidence.p_match(float(criterion.match_score(posed.side.start[None])[0]))
+    asked = criterion.validity.target or posed.texts[0]
+    evidence = evidence.for_query(
+        before=before,
+        settled=settled(posed, before) if evidence.usable else None,
+        min_effect=opts.min_effect,
+        asked=asked,
+        substitutes=res.substitutes,
+    )
+    swaps = res.swaps
     if swaps is None or posed.side.kind != "image" or not criterion.wants_match:
         return evidence
-    ids = np.asarray(swaps.of(criterion.validity.target or posed.texts[0]), dtype=np.int64)
+    ids = np.asarray(swaps.of(asked), dtype=np.int64)
     if not len(ids):
         return evidence
     rivals = [m["text"] for m in res.index.captions.meta(ids)]
     return evidence.with_rivals(res.index.captions.vectors(ids), rivals)
 
 
-def judge_answers(evidence: Evidence, posed: Posed, answers: list[Rescored]) -> list[ResultItem]:
-    """Set each answer's verdict, p(match) and rival; the items in order."""
+def settled(posed: Posed, before: float | None) -> str | None:
+    """The original already is past the verified line for the goal, in words (None when it is not)."""
+    if before is None or posed.criterion.mode == "flip":
+        return None  # flip: an image already of the target class is refused when the query is posed
+    text = posed.texts[0]
+    if posed.criterion.wants_match and before >= MATCH:
+        return f"the original already matches {text!r} (p(match) {before:.2f}): nothing to add"
+    if not posed.criterion.wants_match and before <= NO_MATCH:
+        return f"the original already does not match {text!r} (p(match) {before:.2f}): nothing to take away"
+    return None
+
+
+def judge_answers(
+    res: Resources, evidence: Evidence, posed: Posed, answers: list[Rescored]
+) -> list[ResultItem]:
+    """Set each answer's verdict, p(match), rival and reason; the items in order. An image answer's own
+    captions (sidecars, captions files) are what the index itself says of it."""
+    items = [answer.item for answer in answers]
+    own: dict[int, list[str]] = {}
+    if posed.side.kind == "image" and posed.criterion.wants_match and items and res.index.captions.count:
+        texts_of_images = getattr(res.index.captions, "texts_of_images", None)
+        own = texts_of_images([item.id for item in items]) if texts_of_images is not None else {}
     for answer in answers:
-        evidence.judge(answer.item, posed.criterion, answer.vector, answer.rescored)
-    return [answer.item for answer in answers]
+        captions = own.get(answer.item.id, [])
+        evidence.judge(answer.item, posed.criterion, answer.vector, answer.rescored, captions)
+    if posed.criterion.mode == "flip":
+        for answer in answers:
+            probabilities = posed.criterion.probabilities(answer.vector[None])[0]
+            answer.item.probabilities = dict(
+                zip(posed.criterion.labels, map(float, probabilities), strict=True)
+            )
+    return items
 
 
-def judge(res: Resources, posed: Posed, answers: list[Rescored], opts: EngineOptions) -> Judged:
+def judge(res: Resources, posed: Posed, verified: Verified, opts: EngineOptions) -> Judged:
     """Verdicts on the answers, the query's warnings (most important first), the second opinion."""
     evidence = query_evidence(res, posed, opts)
-    items = judge_answers(evidence, posed, answers)
+    items = judge_answers(res, evidence, posed, verified.answers)
     rivalled = [repr(item.rival) for item in items if item.rival]
     tokens, context = res.token_counts(posed.texts)
     warnings = query_warnings(posed.texts, posed.criterion, evidence, res.lexicon, tokens, context, rivalled)
+    warnings += [w for w in [unchecked_words(posed.texts, res.lexicon, evidence.calibration)] if w]
+    warnings += [w for w in [copies_warning(verified.left_out)] if w]
     if opts.verify_with:
         warning = matching_head_opinion(res, posed, items)
         warnings += [warning] if warning else []
-    return Judged(items, evidence, warnings)
+    return Judged(items, evidence, warnings, original_reading(posed, evidence))
+
+
+ITSELF = ("the query itself", "the query's text")  # the query's own entry: left out, never a "copy"
+
+
+def copies_warning(left_out: dict[str, int]) -> str | None:
+    """ "2 copies of the original left out (...)": candidates that were the query again under another name."""
+    copies = {why: n for why, n in left_out.items() if why not in ITSELF}
+    if not copies:
+        return None
+    total = sum(copies.values())
+    ways = ", ".join(f"{n} as {why}" for why, n in sorted(copies.items()))
+    return f"{total} {'copy' if total == 1 else 'copies'} of the original left out ({ways})"
+
+
+def original_reading(posed: Posed, evidence: Evidence) -> dict[str, Any]:
+    """The original's pair score, p(match) and (flip) class probability, and whether it is settled."""
+    criterion = posed.criterion
+    reading: dict[str, Any] = {
+        "score": float(criterion.match_score(posed.side.start[None])[0]),
+        "p_match": evidence.before,
+        "settled": evidence.settled,
+    }
+    if criterion.mode == "flip":
+        reading["class_probability"] = criterion.original
+    return reading
 
 
 def matching_head_opinion(res: Resources, posed: Posed, answers: list[ResultItem]) -> str | None:

@@ -31,6 +31,10 @@ class EngineOptions:
     # 0.25 -> minimal@1 1.0; 0.4 -> 0.68; 0.5 -> 0.17.
     nomatch_margin: float = 0.25
     threshold: float | None = None  # absolute score threshold overriding the two rules above
+    # "verified" needs a real change: the answer's p(match) differs from the original's by at least this
+    # much (flip: the target's class probability), besides being past the verified line (0.9 / 0.1). 0.4
+    # asks an increase to start from at most an even chance (0.5 -> 0.9) and a decrease from at least one.
+    min_effect: float = 0.4
     # Distinct changes among the k: MMR weight on how unlike the already picked changes (embedding
     # difference directions; edited word positions for captions) the next answer is; 0 = closest first.
     diversity: float = 0.3

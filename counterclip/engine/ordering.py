@@ -40,3 +40,10 @@ def order(posed: Posed, found: Candidates, opts: EngineOptions) -> Ordered:
     in_head = set(head)
     rows = [int(valid[i]) for i in head] + [int(row) for i, row in enumerate(valid) if i not in in_head]
     return Ordered(rows, words)
+
+
+def in_words(posed: Posed, opts: EngineOptions) -> str:
+    """The order `order` gives, as a heading may state it."""
+    by_words = getattr(posed.side, "by_words", False)
+    first = "fewest changed words first, then distance" if by_words else "by distance to the original"
+    return f"{first}, then variety (distinct changes first)" if opts.diversity > 0 else first

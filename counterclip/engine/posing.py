@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from counterclip.engine.criteria import Criterion, Decrease, Flip, Increase, check_labels
+from counterclip.engine.criteria import Criterion, Decrease, Flip, Increase, check_labels, check_target
 from counterclip.engine.options import EngineOptions
 from counterclip.engine.request import ImageQuery, Resolved, decode_as_indexed, encode_text
 from counterclip.engine.resources import Resources
@@ -28,12 +28,18 @@ class Posed:
 
 
 def make_side(
-    res: Resources, name: str, start: np.ndarray, query_id: int | None, text: str, opts: EngineOptions
+    res: Resources,
+    name: str,
+    start: np.ndarray,
+    query_id: int | None,
+    text: str,
+    opts: EngineOptions,
+    query_sha256: str | None = None,
 ) -> Side:
     """The side named ``name`` (``image`` or ``text``) starting at ``start``."""
     if name == "image":
         decode = functools.partial(decode_as_indexed, res.index)  # this query's generation
-        return ImageSide(res.index.images, start, query_id, res.encoder, decode)
+        return ImageSide(res.index.images, start, query_id, res.encoder, decode, query_sha256)
     return CaptionSide(res.index.captions, start, text, res.encoder, opts.text_proximity == "words")
 
 
@@ -44,7 +50,7 @@ def pose(res: Resources, resolved: Resolved, opts: EngineOptions) -> Posed:
         return _pose_flip(res, resolved, opts)
     text_vec = encode_text(res.encoder, asked.text)
     if asked.side == "image":
-        moving = make_side(res, "image", image.vector, image.id, asked.text, opts)
+        moving = make_side(res, "image", image.vector, image.id, asked.text, opts, image.sha256)
         fixed = text_vec
     else:
         moving = make_side(res, "text", text_vec, None, asked.text, opts)
@@ -60,17 +66,20 @@ def pose(res: Resources, resolved: Resolved, opts: EngineOptions) -> Posed:
 def _pose_flip(res: Resources, resolved: Resolved, opts: EngineOptions) -> Posed:
     """Flip: the image moves until the zero-shot prediction over the labels becomes the target."""
     image = resolved.image
-    labels, target = check_labels(resolved.asked.labels, resolved.asked.target)
+    labels = check_labels(resolved.asked.labels)
     label_vecs = as_array(res.encoder.encode_texts(labels))
+    probabilities = res.pair_score.label_probabilities(image.vector[None], label_vecs)[0]
+    target = check_target(labels, resolved.asked.target, probabilities)
     criterion = Flip.build(res.pair_score, image.vector, labels, label_vecs, target)
-    probabilities = criterion.probabilities(image.vector[None])[0]
     query = {
         "image": image.described,
         "labels": labels,
         "target": target,
+        "target_chosen": resolved.asked.target is None,  # the most likely label other than the prediction
         "predicted": labels[int(np.argmax(probabilities))],
+        "class_probabilities": dict(zip(labels, map(float, probabilities), strict=True)),
     }
-    side = make_side(res, "image", image.vector, image.id, "", opts)
+    side = make_side(res, "image", image.vector, image.id, "", opts, image.sha256)
     return Posed(side, criterion, query, list(labels), resolved.asked.image)
 
 

@@ -42,6 +42,7 @@ class QueryImage:
     vector: np.ndarray  # (d,)
     id: int | None
     described: dict[str, Any]
+    sha256: str | None = None  # the file's content hash (an indexed image's, or the query file's)
 
 
 def check_asked(asked: Asked, opts: EngineOptions, res: Resources) -> None:
@@ -114,10 +115,10 @@ def resolve_image(index: IndexLike, encoder: Any, image: ImageQuery) -> QueryIma
     if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
         try:
             vector = index.images.vectors([int(image)])[0]
-            path = index.images.meta([int(image)])[0]["path"]
+            meta = index.images.meta([int(image)])[0]
         except KeyError:
             raise InputError(f"image id {int(image)} is not in the index") from None
-        return QueryImage(vector, int(image), {"id": int(image), "path": path})
+        return QueryImage(vector, int(image), {"id": int(image), "path": meta["path"]}, meta.get("sha256"))
     if isinstance(image, Image.Image):
         # the builder's rules (EXIF orientation, alpha on white, 16-bit scaling, shrinking): a PIL copy
         # of an indexed file embeds like the file did
@@ -132,11 +133,12 @@ def resolve_image(index: IndexLike, encoder: Any, image: ImageQuery) -> QueryIma
         raise InputError(f"query image not found: {path}")
     try:
         # absolute: the index resolves relative paths against its own root, a user means the cwd
-        pil = decode_as_indexed(index, path.resolve()).image
+        decoded = decode_as_indexed(index, path.resolve())
     except DecodeError as exc:
         raise InputError(f"query image {path} is not a readable image: {exc}") from exc
     indexed = index.image_id_for_path(path.resolve())
-    return QueryImage(as_array(encoder.encode_pil([pil]))[0], indexed, {"path": str(path), "id": indexed})
+    vector = as_array(encoder.encode_pil([decoded.image]))[0]
+    return QueryImage(vector, indexed, {"path": str(path), "id": indexed}, decoded.sha256)
 
 
 def query_pil(index: IndexLike, image: ImageQuery) -> Image.Image | None:

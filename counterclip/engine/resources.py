@@ -18,7 +18,7 @@ from counterclip.calibration import MIN_PAIRS, Calibration, native_calibration, 
 from counterclip.engine.options import EngineOptions
 from counterclip.engine.sides import CollectionLike
 from counterclip.engine.verdicts import Evidence
-from counterclip.engine.words import Lexicon, Swaps
+from counterclip.engine.words import Lexicon, Substitutes, Swaps
 from counterclip.errors import InputError
 from counterclip.index_builder.decode import LoadedImage
 
@@ -73,21 +73,36 @@ class GenerationState:
                 chosen[source] = Evidence(choose_calibration(source, index, model))
             return chosen[source]
 
-    def caption_words(self, index: IndexLike) -> tuple[Lexicon | None, Swaps | None]:
-        """The lexicon and the one-word-swap table of the index's captions (a sample of 200k captions for
-        larger collections: enough to know their words); (None, None) when it holds no captions."""
+    def caption_words(self, index: IndexLike) -> CaptionWords:
+        """What the index's captions say about words: which it uses, one-word swaps, substitutes (a sample
+        of 200k captions for larger collections: enough to know their words)."""
         with self._lock:
-            if "words" not in self._cache and index.captions.count:
-                ids = np.asarray(index.captions.ids)
-                if len(ids) > 200_000:
-                    ids = np.sort(np.random.default_rng(0).choice(ids, 200_000, replace=False))
-                texts = [
-                    m["text"]
-                    for start in range(0, len(ids), 5000)
-                    for m in index.captions.meta(ids[start : start + 5000])
-                ]
-                self._cache["words"] = Lexicon(texts), Swaps(ids, texts)
-            return self._cache.get("words", (None, None))
+            if "words" not in self._cache:
+                self._cache["words"] = CaptionWords.of(index)
+            return self._cache["words"]
+
+
+@dataclass(frozen=True)
+class CaptionWords:
+    """The words of an index's captions (all None when it holds none)."""
+
+    lexicon: Lexicon | None
+    swaps: Swaps | None
+    substitutes: Substitutes | None
+
+    @classmethod
+    def of(cls, index: IndexLike) -> CaptionWords:
+        if not index.captions.count:
+            return cls(None, None, None)
+        ids = np.asarray(index.captions.ids)
+        if len(ids) > 200_000:
+            ids = np.sort(np.random.default_rng(0).choice(ids, 200_000, replace=False))
+        texts = [
+            m["text"]
+            for start in range(0, len(ids), 5000)
+            for m in index.captions.meta(ids[start : start + 5000])
+        ]
+        return cls(Lexicon(texts), Swaps(ids, texts), Substitutes(texts))
 
 
 @dataclass(frozen=True)
@@ -112,11 +127,15 @@ class Resources:
 
     @property
     def lexicon(self) -> Lexicon | None:
-        return self.state.caption_words(self.index)[0]
+        return self.state.caption_words(self.index).lexicon
 
     @property
     def swaps(self) -> Swaps | None:
-        return self.state.caption_words(self.index)[1]
+        return self.state.caption_words(self.index).swaps
+
+    @property
+    def substitutes(self) -> Substitutes | None:
+        return self.state.caption_words(self.index).substitutes
 
     def token_counts(self, texts: list[str]) -> tuple[dict[str, int], int | None]:
         """Tokens per text and the model's context (the context-length warning), where the model says."""

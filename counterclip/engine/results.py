@@ -15,6 +15,17 @@ VERDICTS: dict[str, str] = {
     "unverifiable": "no file to re-score it from",
 }
 
+#: The numbers an answer carries, named once for every place that shows them (CLI, report, web app, API).
+NUMBERS: dict[str, str] = {
+    "score": "the model's pair score: scale x cosine (+ bias); comparable only within one model and one "
+    "kind of pair",
+    "p_match": "calibrated probability, 0-1, that the image and the text really match (flip: the image "
+    "and the target label's text)",
+    "class_probability": "flip: softmax over the given labels, 0-1; says which label wins, not whether any "
+    "label really fits",
+    "distance": "1 - cosine to the original's embedding, 0 (same) to 2 (opposite); near-copies sit below 0.05",
+}
+
 
 @dataclass
 class ResultItem:
@@ -42,6 +53,7 @@ class ResultItem:
     step: int | None = None
     probabilities: dict[str, float] | None = None  # flip mode: softmax over the labels
     word_edits: int | None = None  # text side: words changed from the original caption
+    reason: str | None = None  # why the verdict is not "verified" (None when it is)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -80,6 +92,11 @@ class CounterfactualResult:
     candidates: int = 0  # distinct candidates re-scored
     path_values: list[float] = field(default_factory=list)  # objective along the path
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    # the original pair as the model reads it: score, p_match (flip: of the target's text, and the target's
+    # class probability), and "settled" when it already is past the verified line for the goal (in words)
+    original: dict[str, Any] = field(default_factory=dict)
+    left_out: dict[str, int] = field(default_factory=dict)  # candidates dropped as the query again, by why
+    order: str = "by distance"  # the order of the items, in words
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +113,9 @@ class CounterfactualResult:
             "candidates": self.candidates,
             "path_values": self.path_values,
             "timings": self.timings,
+            "original": self.original,
+            "left_out": self.left_out,
+            "order": self.order,
         }
 
 

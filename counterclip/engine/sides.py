@@ -18,6 +18,7 @@ from PIL import Image
 
 from counterclip.engine.ranking import alignment, change_directions, edit_features
 from counterclip.engine.results import ResultItem
+from counterclip.engine.words import content_words
 from counterclip.index_builder.decode import DecodeError, LoadedImage
 
 SIDES = ("image", "text")
@@ -63,8 +64,13 @@ class Side(abc.ABC):
         self.start = np.asarray(start, dtype=np.float32)
 
     @abc.abstractmethod
+    def copies_of_query(self, ids: np.ndarray) -> list[str | None]:
+        """Per id, why it is the query again (never returned), or None. The embedding test (a candidate
+        within `DUPLICATE_COS` of the original) is the caller's, the same for both sides."""
+
     def is_query(self, ids: np.ndarray) -> np.ndarray:
-        """``(n,)`` bool: which ids are the query itself (never returned)."""
+        """``(n,)`` bool: which ids are the query itself or a copy of it."""
+        return np.array([why is not None for why in self.copies_of_query(ids)], dtype=bool)
 
     def proximity(self, ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """How close each item is to the original (higher is closer) and, for texts, the words changed.
@@ -100,16 +106,24 @@ class ImageSide(Side):
         query_id: int | None,
         model: EncoderLike,
         decode: Callable[[str], LoadedImage],
+        query_sha256: str | None = None,
     ) -> None:
         super().__init__(collection, start)
         self.query_id = query_id
+        self.query_sha256 = query_sha256  # the query file's content hash (a copy elsewhere is the query)
         self.model = model
         self.decode = decode
 
-    def is_query(self, ids: np.ndarray) -> np.ndarray:
-        if self.query_id is None:
-            return np.zeros(len(ids), dtype=bool)
-        return ids == self.query_id
+    def copies_of_query(self, ids: np.ndarray) -> list[str | None]:
+        """The query's own entry, and files with the query file's content (a copy under another name)."""
+        why: list[str | None] = [
+            "the query itself" if self.query_id is not None and int(i) == self.query_id else None for i in ids
+        ]
+        if self.query_sha256 and len(ids):
+            for n, meta in enumerate(self.collection.meta(ids)):
+                if why[n] is None and meta.get("sha256") == self.query_sha256:
+                    why[n] = "a copy of the query's file"
+        return why
 
     def item(self, item_id: int) -> ResultItem:
         meta = self.collection.meta([item_id])[0]
@@ -166,12 +180,21 @@ class CaptionSide(Side):
                 self._aligned[int(m["id"])] = alignment(self.original_text, m["text"])
         return [self._aligned[int(i)] for i in ids]
 
-    def is_query(self, ids: np.ndarray) -> np.ndarray:
-        """Captions that say the original text again (case, spacing and a final full stop aside)."""
+    def copies_of_query(self, ids: np.ndarray) -> list[str | None]:
+        """Captions that say the original text again: the same text (case, spacing and a final full stop
+        aside), or the same content words reworded ("an image of a red circle", "a circle, red")."""
         if not len(ids):
-            return np.zeros(0, dtype=bool)
-        original = normalise_text(self.original_text)
-        return np.array([normalise_text(m["text"]) == original for m in self.collection.meta(ids)])
+            return []
+        original, words = normalise_text(self.original_text), content_words(self.original_text)
+        why: list[str | None] = []
+        for meta in self.collection.meta(ids):
+            if normalise_text(meta["text"]) == original:
+                why.append("the query's text")
+            elif content_words(meta["text"]) == words:
+                why.append("a rewording of the query's text")
+            else:
+                why.append(None)
+        return why
 
     def proximity(self, ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Fewest changed words first; embedding proximity breaks ties (it would otherwise prefer

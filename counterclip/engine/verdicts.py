@@ -17,7 +17,7 @@ import numpy as np
 from counterclip.calibration import Calibration
 from counterclip.engine.criteria import Criterion
 from counterclip.engine.results import ResultItem
-from counterclip.engine.words import Lexicon
+from counterclip.engine.words import Lexicon, Substitutes
 
 # A verdict is a claim: "verified" needs a clear reading, not a coin flip at the match line. Between the
 # two bounds an answer stays "weak" (measured on 64-px shapes images the bundled model reads less surely:
@@ -31,14 +31,23 @@ RIVAL_MARGIN = float(np.log(3.0))
 VERIFIERS = ("itm",)  # second verifiers (--verify-with): the model's image-text matching head
 
 
+DEFAULT_MIN_EFFECT = 0.4  # EngineOptions.min_effect: the least move of p(match) a real change makes
+
+
 @dataclass(frozen=True)
 class Evidence:
-    """The calibration a query's verdicts use (None: none holds for this model and index)."""
+    """What a query's verdicts rest on: the calibration (None: none holds for this model and index), the
+    original's own reading, and the checks an answer must pass besides the calibrated probability."""
 
     calibration: Calibration | None
     doubt: str | None = None  # why this query's scores cannot be trusted (e.g. misspelt words), if so
     rivals: np.ndarray | None = None  # (r, d) the asked text's one-word swaps among the index's captions
     rival_texts: tuple[str, ...] = ()
+    before: float | None = None  # the original's p(match) (flip: of the target label's text)
+    settled: str | None = None  # the original already is past the verified line, in words
+    min_effect: float = DEFAULT_MIN_EFFECT  # the least move of p(match) (flip: class probability)
+    asked: str | None = None  # the text the answers must match (flip: the target label)
+    substitutes: Substitutes | None = None  # words the index's captions use in each other's place
 
     @property
     def usable(self) -> bool:
@@ -52,28 +61,87 @@ class Evidence:
         """The same evidence, checking image answers against these rival captions of the asked text."""
         return dataclasses.replace(self, rivals=vectors, rival_texts=tuple(texts)) if len(texts) else self
 
+    def for_query(self, **fields: object) -> Evidence:
+        """The same calibration with one query's readings (`before`, `settled`, `min_effect`, ...)."""
+        return dataclasses.replace(self, **fields)
+
     def p_match(self, score: float) -> float | None:
         if self.calibration is None:
             return None
         return float(self.calibration.probability(score))
 
-    def judge(self, item: ResultItem, criterion: Criterion, vector: np.ndarray, rescored: bool) -> None:
-        """Set ``item.verdict``, ``item.p_match`` and ``item.verified`` for an answer that passed the rule."""
+    def judge(
+        self,
+        item: ResultItem,
+        criterion: Criterion,
+        vector: np.ndarray,
+        rescored: bool,
+        own_captions: list[str] = (),
+    ) -> None:
+        """Set ``item.verdict``, ``verified``, ``p_match``, ``rival`` and ``reason`` (why it is not
+        verified) for an answer that passed the rule; ``own_captions``: what the index says of the item."""
         match = float(criterion.match_score(vector[None])[0])
         item.p_match = self.p_match(match)
-        agrees = (
-            self.usable
-            and item.p_match is not None
-            and (item.p_match >= MATCH if criterion.wants_match else item.p_match <= NO_MATCH)
-        )
+        reason = self._unusable() or self._not_past_line(item.p_match, criterion.wants_match) or self.settled
+        reason = reason or self._too_small(item, criterion, vector)
         if criterion.wants_match and self.rivals is not None and item.kind == "image":
             rival_scores = criterion.pair_score.against(self.rivals, vector)
             best = int(np.argmax(rival_scores))
             if float(rival_scores[best]) - match > RIVAL_MARGIN:
                 item.rival = self.rival_texts[best]
-                agrees = False
-        item.verdict = "unverifiable" if not rescored else ("verified" if agrees else "weak")
+                reason = reason or (
+                    f"the model reads it as {item.rival!r} (a caption of the index one word away) more "
+                    "than as the text"
+                )
+        reason = reason or self._contradicted(own_captions, criterion.wants_match)
+        if not rescored:
+            item.verdict, reason = "unverifiable", "no file to re-score it from"
+        else:
+            item.verdict = "weak" if reason else "verified"
         item.verified = item.verdict == "verified"
+        item.reason = reason
+
+    def _unusable(self) -> str | None:
+        if self.doubt:
+            return self.doubt
+        if self.calibration is None:
+            return "no calibration holds for this model and index"
+        if not self.calibration.informative:
+            return f"the {self.calibration.name()} hardly separates true pairs from others"
+        return None
+
+    @staticmethod
+    def _not_past_line(p: float | None, wants_match: bool) -> str | None:
+        if p is None:
+            return "no calibrated p(match)"
+        if wants_match and p < MATCH:
+            return f"p(match) {p:.2f} is below the verified line {MATCH:g}"
+        if not wants_match and p > NO_MATCH:
+            return f"p(match) {p:.2f} is above the verified line {NO_MATCH:g}"
+        return None
+
+    def _too_small(self, item: ResultItem, criterion: Criterion, vector: np.ndarray) -> str | None:
+        """A real change: p(match) (flip: the target's class probability) moves at least `min_effect`."""
+        if criterion.mode == "flip":
+            before, after = criterion.original, float(criterion.score(vector[None])[0])
+            what = "the target's class probability"
+        else:
+            before, after, what = self.before, item.p_match, "p(match)"
+        if before is None or after is None or abs(after - before) >= self.min_effect - 1e-12:
+            return None
+        return (
+            f"{what} moves {before:.2f} -> {after:.2f}: less than the {self.min_effect:g} a real change needs"
+        )
+
+    def _contradicted(self, own_captions: list[str], wants_match: bool) -> str | None:
+        """The item's own caption names another value of something the asked text names."""
+        if not wants_match or self.substitutes is None or not self.asked:
+            return None
+        for caption in own_captions:
+            clash = self.substitutes.contradiction(self.asked, caption)
+            if clash:
+                return f"its own caption {caption!r} says {clash[1]!r} where the text says {clash[0]!r}"
+        return None
 
     def describe(self) -> str | None:
         return None if self.calibration is None else self.calibration.name()
@@ -123,7 +191,8 @@ def query_warnings(
         context: the model's context length in tokens (None: unknown).
         rivalled: the rival captions the answers were read as (quoted in one warning).
     """
-    out: list[str] = [evidence.doubt] if evidence.doubt else []
+    out: list[str] = [evidence.settled] if evidence.settled else []
+    out += [evidence.doubt] if evidence.doubt else []
     if rivalled:
         out.append(
             f"{len(rivalled)} answer(s) score higher for a caption of the index one word away "
@@ -141,23 +210,9 @@ def query_warnings(
             f"the {calibration.name()} hardly separates true pairs from others, so no answer is 'verified' "
             "(is the model trained?)"
         )
-    else:
+    elif not evidence.settled:
         out += _absolute_warnings(shown, criterion, calibration)
     return out + text_warnings(texts, lexicon, tokens, context)
-
-
-def misspelt(texts: list[str], lexicon: Lexicon | None) -> str | None:
-    """Why a query's verdicts stay 'weak' when its texts use words the index never does but that are one
-    or two edits from words it does (likely misspellings: the model scores them, but not as meant)."""
-    if lexicon is None or not len(lexicon):
-        return None
-    words = [word for text in texts for word, closest in lexicon.unknown(text) if closest]
-    if not words:
-        return None
-    return (
-        f"the text uses {', '.join(map(repr, words))}, which the index's captions never do: no answer is "
-        "'verified' until the text uses words the index knows"
-    )
 
 
 def text_warnings(

@@ -34,6 +34,7 @@ class Verified:
 
     answers: list[Rescored]
     stale: list[dict[str, Any]] = field(default_factory=list)
+    left_out: dict[str, int] = field(default_factory=dict)  # the candidates' copies of the query, by why
 
     @property
     def items(self) -> list[ResultItem]:
@@ -69,7 +70,7 @@ def verify(
             answers.append(answer)
             if len(answers) == opts.k:
                 break
-    return Verified(answers, stale)
+    return Verified(answers, stale, found.left_out)
 
 
 def _scored(posed: Posed, found: Candidates, row: int, fresh: np.ndarray | None) -> Rescored | None:

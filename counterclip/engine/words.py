@@ -23,6 +23,22 @@ def words_of(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+#: Words that frame a caption rather than say what is in the picture: articles, prepositions, and the
+#: prompt templates' nouns ("a photo of", "an image of"). Two captions with the same other words say the
+#: same thing, whatever their order ("a red circle" and "an image of a circle, red").
+FRAMING_WORDS = frozenset(
+    "a an the of on in at to with and or is are be this that it its there here some one "
+    "photo photograph picture image rendering render drawing painting illustration shot view "
+    "showing shows depicting depicts close up".split()
+)
+
+
+def content_words(text: str) -> tuple[str, ...]:
+    """The words of a text that say what it shows (`FRAMING_WORDS` dropped), sorted: equal tuples mean
+    the two texts only reword each other."""
+    return tuple(sorted(word for word in words_of(text) if word not in FRAMING_WORDS))
+
+
 def edit_distance(a: str, b: str, limit: int) -> int:
     """Optimal-string-alignment distance (insert, delete, substitute, swap two neighbours), or
     ``limit + 1`` as soon as it exceeds ``limit``."""
@@ -136,3 +152,54 @@ class Swaps:
 
 def _masked(words: tuple[str, ...], i: int) -> tuple[str, ...]:
     return (*words[:i], "\0", *words[i + 1 :])
+
+
+class Substitutes:
+    """Which content words the index's captions use in each other's place ("red" and "orange" in "a red
+    circle" / "an orange circle"; "top" and "left" in "... at the top" / "... on the left"): two such words
+    name different values of one thing, so a caption saying one where a text says the other contradicts it.
+
+    Learnt from the captions alone, without a list of attributes: two captions whose content words
+    (`content_words` order kept, `FRAMING_WORDS` dropped) agree but at one position make the two words
+    there substitutes. Keys are 64-bit hashes in a sorted numpy array, as in `Swaps`. Groups wider than
+    ``widest`` words (a slot anything fills) teach nothing and are skipped.
+    """
+
+    def __init__(self, texts: Iterable[str], widest: int = 64) -> None:
+        vocabulary: dict[str, int] = {}
+        keys: list[int] = []
+        codes: list[int] = []
+        for text in texts:
+            words = tuple(w for w in words_of(text) if w not in FRAMING_WORDS)
+            for i, word in enumerate(words):
+                keys.append(hash(_masked(words, i)))
+                codes.append(vocabulary.setdefault(word, len(vocabulary)))
+        self._words = list(vocabulary)
+        self._pairs: dict[str, set[str]] = {}
+        if not keys:
+            return
+        key_array, code_array = np.asarray(keys, dtype=np.int64), np.asarray(codes, dtype=np.int32)
+        order = np.argsort(key_array, kind="stable")
+        key_array, code_array = key_array[order], code_array[order]
+        starts = np.flatnonzero(np.r_[True, key_array[1:] != key_array[:-1]])
+        ends = np.r_[starts[1:], len(key_array)]
+        for start, end in zip(starts[ends - starts > 1], ends[ends - starts > 1], strict=True):
+            group = {self._words[c] for c in np.unique(code_array[start:end]).tolist()}
+            if 1 < len(group) <= widest:
+                for word in group:
+                    self._pairs.setdefault(word, set()).update(group - {word})
+
+    def of(self, word: str) -> set[str]:
+        """The words the captions use in ``word``'s place (empty when none)."""
+        return self._pairs.get(word, set())
+
+    def contradiction(self, text: str, caption: str) -> tuple[str, str] | None:
+        """``(word of text, word of caption)`` when the caption says one where the text says the other,
+        else None. Words only one of them names are no contradiction (a caption names what it names)."""
+        text_words, caption_words = set(content_words(text)), set(content_words(caption))
+        caption_only = caption_words - text_words
+        for word in sorted(text_words - caption_words):
+            clash = sorted(self.of(word) & caption_only)
+            if clash:
+                return word, clash[0]
+        return None

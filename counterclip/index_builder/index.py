@@ -243,6 +243,22 @@ class CaptionCollection(Collection):
             )
         return out
 
+    def texts_of_images(self, image_ids: Any) -> dict[int, list[str]]:
+        """The captions written for each image (sidecars and captions files; vocabulary captions describe
+        no image), keyed by image id; an image with none is absent from the result."""
+        wanted = sorted({int(i) for i in np.asarray(image_ids, dtype=np.int64).reshape(-1)})
+        found: dict[int, list[str]] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for image_id, text in self._meta.query(
+                "SELECT l.image_id, c.text FROM caption_links l JOIN captions c ON c.id = l.caption_id "
+                f"WHERE l.image_id IN ({marks}) ORDER BY l.image_id, l.position",
+                chunk,
+            ):
+                found.setdefault(int(image_id), []).append(text)
+        return found
+
 
 class Index:
     """One generation of a built index, opened read-only.

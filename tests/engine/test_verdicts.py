@@ -54,9 +54,13 @@ def test_decrease_is_verified_only_when_the_answer_really_stops_matching(tmp_pat
     assert result.items
     for item in result.items:
         assert item.verdict == ("verified" if item.p_match <= 0.1 else "weak")
-    # the original (purple-blue) matches "red" by no measure: decreasing it warns
+    # the original (purple-blue) matches "red" by no measure: there is nothing to take away, said first,
+    # and no answer gets the green badge (each says why)
     result = engine.counterfactuals(image=0, text="red", mode="decrease", threshold=-20.0)
-    assert any("does not match 'red' to begin with" in w for w in result.warnings)
+    assert result.warnings[0].startswith("the original already does not match 'red'")
+    assert "nothing to take away" in result.warnings[0]
+    assert result.original["settled"] == result.warnings[0] and result.original["p_match"] <= 0.1
+    assert all(item.verdict == "weak" and "already does not match" in item.reason for item in result.items)
 
 
 def test_without_calibration_nothing_is_verified(tmp_path, colour_texts) -> None:
@@ -130,7 +134,9 @@ def test_an_image_the_model_reads_as_a_rival_caption_is_weak(tmp_path, colour_te
     assert item.id == 1 and item.score_after == pytest.approx(7.0, abs=1e-3) and item.p_match > 0.9
     assert item.verdict == "weak" and item.rival == "a blue car"
     assert any("one word away ('a blue car')" in w for w in result.warnings)
-    # without the rival caption in the index the same answer is verified
+    # without the rival caption in the index the same answer is verified (the index's captions still use
+    # the text's words: a text whose words they never use is out of the calibration's domain)
     (tmp_path / "b").mkdir()
-    plain = _engine(tmp_path / "b", {1: REDS[1]}, texts, captions={11: captions[11]}, calibration=low_line)
+    known = {11: captions[11], 12: ("a small red car", asked.astype(np.float32))}
+    plain = _engine(tmp_path / "b", {1: REDS[1]}, texts, captions=known, calibration=low_line)
     assert plain.counterfactuals(image=0, text="a red car", threshold=5.0, k=1).items[0].verdict == "verified"
