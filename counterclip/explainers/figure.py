@@ -29,15 +29,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from counterclip._fileio import atomic_write
-
-if TYPE_CHECKING:
-    from counterclip.explainers.base import Explanation
 
 SEQUENTIAL = "inferno"  # maps without negative values: 0 (dark) .. largest value (bright)
 DIVERGING = "RdBu_r"  # maps with both signs: blue (lowers) .. white (0) .. red (raises)
@@ -637,8 +634,26 @@ def _token_block(row: TokenRow, head: ImageFont.ImageFont, text: ImageFont.Image
 
 
 # --- explanations -----------------------------------------------------------------------------------------
+class ExplanationLike(Protocol):
+    """What a figure reads of a `counterclip.explainers.base.Explanation`.
+
+    Named here rather than imported: ``Explanation.show`` draws with this module, so this module does not
+    import that one (no import circle, not even for type checkers).
+    """
+
+    method: str
+    score: float
+    pixel_map: np.ndarray | None
+    tokens: list[str] | None
+    token_map: np.ndarray | None
+    explains: str
+    extras: dict[str, Any]
+
+    def flags(self) -> list[str]: ...
+
+
 def explanation_figure(
-    explanation: Explanation,
+    explanation: ExplanationLike,
     image: Image.Image | None = None,
     title: str | None = None,
     map_title: str | None = None,
@@ -713,7 +728,7 @@ def map_title_for(explains: str) -> str:
 SCORE_UNIT_METHODS = ("ig", "lime")
 
 
-def token_floor(explanation: Explanation) -> float:
+def token_floor(explanation: ExplanationLike) -> float:
     """The smallest colour scale of a token map: a tenth of the change it explains, so attributions
     that are tiny beside the score stay pale (methods in `SCORE_UNIT_METHODS`; 0 for the others, whose
     values have units of their own).
@@ -729,7 +744,7 @@ def token_floor(explanation: Explanation) -> float:
 
 
 def _pixel_counterfactual_tiles(
-    explanation: Explanation, rgb: Image.Image, edited: Image.Image, change: np.ndarray
+    explanation: ExplanationLike, rgb: Image.Image, edited: Image.Image, change: np.ndarray
 ) -> list[Tile]:
     """Original, edited image, and where it changed (in 8-bit levels), titled honestly."""
     extras = explanation.extras
