@@ -262,32 +262,19 @@ def self_calibration(
     Raises:
         InputError: the readings do not beat the null captions, or too few are mutual.
     """
-    from sklearn.metrics import roc_auc_score
-
     rng = np.random.default_rng(seed)
-
-    def scores_with(captions: np.ndarray) -> np.ndarray:
-        return np.concatenate(
-            [pair_score.matrix(image_vecs[i : i + 512], captions) for i in range(0, len(image_vecs), 512)]
-        )
-
-    scores = scores_with(caption_vecs)
-    null = scores_with(np.ascontiguousarray(caption_vecs[:, rng.permutation(caption_vecs.shape[1])]))
-    rows = np.arange(len(scores))
-    best_caption = scores.argmax(axis=1)
-    best = scores[rows, best_caption]
-    null_best = null.max(axis=1)
-    labels = np.concatenate([np.ones(len(best)), np.zeros(len(null_best))])
-    null_auc = float(roc_auc_score(labels, np.concatenate([best, null_best])))
-    rank_among_images = (scores[:, best_caption] > best[None, :]).sum(axis=0)
-    mutual = rank_among_images < max(1, int(0.05 * len(scores)))
+    scores = _pair_scores(pair_score, image_vecs, caption_vecs)
+    null = _pair_scores(
+        pair_score, image_vecs, np.ascontiguousarray(caption_vecs[:, rng.permutation(caption_vecs.shape[1])])
+    )
+    best, mutual, null_auc = _readings(scores, null)
     if null_auc < 0.9 or mutual.mean() < 0.25:
         raise InputError(
             f"the model's own readings of the index do not hold (best captions beat null captions with AUC "
             f"{null_auc:.2f}, {mutual.mean():.0%} agree both ways): is the model trained, and do the captions "
             "describe the images?"
         )
-    random_pairs = scores[rows, rng.integers(0, scores.shape[1], size=len(scores))]
+    random_pairs = scores[np.arange(len(scores)), rng.integers(0, scores.shape[1], size=len(scores))]
     calibration = fit_calibration(
         best[mutual],
         random_pairs,
@@ -300,3 +287,26 @@ def self_calibration(
     return dataclasses.replace(
         calibration, extras={"null_auc": null_auc, "mutual_rate": float(mutual.mean())}
     )
+
+
+def _pair_scores(pair_score: Any, image_vecs: np.ndarray, caption_vecs: np.ndarray) -> np.ndarray:
+    """``(n, m)`` pair scores of every image with every caption, 512 images at a time."""
+    return np.concatenate(
+        [pair_score.matrix(image_vecs[i : i + 512], caption_vecs) for i in range(0, len(image_vecs), 512)]
+    )
+
+
+def _readings(scores: np.ndarray, null: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The model's zero-shot reading of each image and whether it holds: -> (each image's best caption
+    score ``(n,)``, which readings are mutual ``(n,)`` (the image is among the top 5 % of images for its
+    best caption), and the AUC of the best scores against the best scores among the null captions)."""
+    from sklearn.metrics import roc_auc_score
+
+    best_caption = scores.argmax(axis=1)
+    best = scores[np.arange(len(scores)), best_caption]
+    null_best = null.max(axis=1)
+    labels = np.concatenate([np.ones(len(best)), np.zeros(len(null_best))])
+    null_auc = float(roc_auc_score(labels, np.concatenate([best, null_best])))
+    rank_among_images = (scores[:, best_caption] > best[None, :]).sum(axis=0)
+    mutual = rank_among_images < max(1, int(0.05 * len(scores)))
+    return best, mutual, null_auc

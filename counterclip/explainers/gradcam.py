@@ -89,18 +89,7 @@ def gradcam(
     rule = rule or ("hirescam" if vit else "gradcam")
     if rule not in RULES:
         raise InputError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
-    if layer is not None and blocks is not None:
-        raise InputError("give either a layer name or blocks, not both")
-    names = tower.layer_names()
-    if vit and layer is None:
-        indices = select_blocks(len(tower.blocks), blocks)
-        chosen = [names[i] for i in indices]
-    elif blocks is not None:
-        raise InputError("blocks applies to ViT towers; pick a conv layer with layer= (see --list-layers)")
-    else:
-        chosen = [layer or default_layer(model)]
-        conv_layer = tower.layer(chosen[0])  # an unknown name raises, listing candidates
-        indices = [names.index(chosen[0])] if vit else []
+    chosen, indices, conv_layer = _chosen_layers(model, tower, layer, blocks)
     cost = Cost()
     with model_guard(model):
         text_emb = text_embedding(model, inputs.tokens)
@@ -121,6 +110,25 @@ def gradcam(
         seconds=cost.seconds,
         extras={"layer": "+".join(chosen), "rule": rule},
     )
+
+
+def _chosen_layers(
+    model: ClipModel, tower: TowerInternals, layer: str | None, blocks: int | Sequence[int] | None
+) -> tuple[list[str], list[int], nn.Module | None]:
+    """The layers the map is read at: their names, their block indices (ViT towers) and the layer module
+    (a named layer); refuses a layer and blocks together, and blocks on a conv tower."""
+    if layer is not None and blocks is not None:
+        raise InputError("give either a layer name or blocks, not both")
+    vit = bool(tower.blocks)
+    names = tower.layer_names()
+    if vit and layer is None:
+        indices = select_blocks(len(tower.blocks), blocks)
+        return [names[i] for i in indices], indices, None
+    if blocks is not None:
+        raise InputError("blocks applies to ViT towers; pick a conv layer with layer= (see --list-layers)")
+    chosen = [layer or default_layer(model)]
+    module = tower.layer(chosen[0])  # an unknown name raises, listing candidates
+    return chosen, ([names.index(chosen[0])] if vit else []), module
 
 
 def _token_cam(

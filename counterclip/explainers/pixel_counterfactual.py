@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
 
 from counterclip.errors import InputError
 from counterclip.explainers._core.common import (
@@ -73,32 +74,40 @@ def pixel_counterfactual(
     original = inputs.pixels.detach().clone()
     with model_guard(model):
         text_emb = text_embedding(model, inputs.tokens)
-        x = original.clone().requires_grad_(True)
-        optimiser = torch.optim.Adam([x], lr=lr)
-        trajectory: list[float] = []
-        for _ in range(steps):
-            score = target(model.image_features(inputs.codec.to_model(x)), text_emb)[0]
-            change = x - original
-            loss = -sign * score + l2 * change.pow(2).mean() + tv * total_variation(change)
-            optimiser.zero_grad(set_to_none=True)
-            (grad,) = torch.autograd.grad(loss, [x])
-            x.grad = grad
-            optimiser.step()
-            with torch.no_grad():
-                x.clamp_(0.0, 1.0)
-            trajectory.append(float(score.detach()))
-            cost.forward += 1
-            cost.backward += 1
-        with torch.no_grad():
-            start_score = trajectory[0]
-            final_float = float(target(image_embedding(model, inputs.codec, x.detach()), text_emb)[0])
-            edited = pixels_to_pil(x.detach())
-            reencoded = inputs.codec.pil_to_pixels(edited).to(model.device)
-            final_8bit = float(target(image_embedding(model, inputs.codec, reencoded), text_emb)[0])
+        x, trajectory = _edit_pixels(
+            model, inputs, target, text_emb, original, sign=sign, steps=steps, lr=lr, l2=l2, tv=tv, cost=cost
+        )
+        saved = _rescore(model, inputs, target, text_emb, x)
         cost.forward += 2
-    trajectory.append(final_float)
-    difference = (reencoded - original).abs().sum(dim=1)[0].double().cpu().numpy()
-    verified = sign * (final_8bit - start_score) > 0
+    return _edit_explanation(model, inputs, target, direction, original, trajectory, saved, cost)
+
+
+@dataclass(frozen=True)
+class _Saved:
+    """The edited image as it is saved (8 bits), and the score before and after saving."""
+
+    image: Image.Image  # the 8-bit edited image, at the model's size
+    pixels: torch.Tensor  # (1, 3, h, w) pixels re-encoded from it
+    score_float: float  # score of the float pixels the descent ended on
+    score_8bit: float  # score of the re-encoded 8-bit image
+
+
+def _edit_explanation(
+    model: ClipModel,
+    inputs: PreparedInputs,
+    target: Target,
+    direction: str,
+    original: torch.Tensor,
+    trajectory: list[float],
+    saved: _Saved,
+    cost: Cost,
+) -> Explanation:
+    """The ``pixel-cf`` explanation: where the saved image differs from the original, and whether it moved
+    the score as asked."""
+    start_score = trajectory[0]
+    trajectory.append(saved.score_float)
+    difference = (saved.pixels - original).abs().sum(dim=1)[0].double().cpu().numpy()
+    sign = 1.0 if direction == "increase" else -1.0
     return Explanation(
         method="pixel-cf",
         modality="image",
@@ -110,15 +119,62 @@ def pixel_counterfactual(
         backward_passes=cost.backward,
         seconds=cost.seconds,
         extras={
-            "edited_image": edited,
+            "edited_image": saved.image,
             "trajectory": trajectory,
             "direction": direction,
-            "score_edited": final_float,
-            "score_8bit": final_8bit,
-            "verified": bool(verified),
-            "l2_change": float((reencoded - original).pow(2).mean().sqrt()),
+            "score_edited": saved.score_float,
+            "score_8bit": saved.score_8bit,
+            "verified": bool(sign * (saved.score_8bit - start_score) > 0),
+            "l2_change": float((saved.pixels - original).pow(2).mean().sqrt()),
         },
     )
+
+
+def _edit_pixels(
+    model: ClipModel,
+    inputs: PreparedInputs,
+    target: Target,
+    text_emb: torch.Tensor,
+    original: torch.Tensor,
+    *,
+    sign: float,
+    steps: int,
+    lr: float,
+    l2: float,
+    tv: float,
+    cost: Cost,
+) -> tuple[torch.Tensor, list[float]]:
+    """Adam on the pixels for ``steps`` steps, clamped to ``[0, 1]`` after each; -> (the edited pixels, the
+    score before each step). Each step is one forward and one backward pass (counted in ``cost``)."""
+    x = original.clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([x], lr=lr)
+    trajectory: list[float] = []
+    for _ in range(steps):
+        score = target(model.image_features(inputs.codec.to_model(x)), text_emb)[0]
+        change = x - original
+        loss = -sign * score + l2 * change.pow(2).mean() + tv * total_variation(change)
+        optimiser.zero_grad(set_to_none=True)
+        (grad,) = torch.autograd.grad(loss, [x])
+        x.grad = grad
+        optimiser.step()
+        with torch.no_grad():
+            x.clamp_(0.0, 1.0)
+        trajectory.append(float(score.detach()))
+        cost.forward += 1
+        cost.backward += 1
+    return x, trajectory
+
+
+def _rescore(
+    model: ClipModel, inputs: PreparedInputs, target: Target, text_emb: torch.Tensor, x: torch.Tensor
+) -> _Saved:
+    """The edited pixels scored as they are and as the 8-bit image they save to (re-encoded from it)."""
+    with torch.no_grad():
+        final_float = float(target(image_embedding(model, inputs.codec, x.detach()), text_emb)[0])
+        edited = pixels_to_pil(x.detach())
+        reencoded = inputs.codec.pil_to_pixels(edited).to(model.device)
+        final_8bit = float(target(image_embedding(model, inputs.codec, reencoded), text_emb)[0])
+    return _Saved(edited, reencoded, final_float, final_8bit)
 
 
 @dataclass(frozen=True)

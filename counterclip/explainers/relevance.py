@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from counterclip.errors import InputError
@@ -97,6 +98,52 @@ def relevance(
         `Explanation` with ``pixel_map (H, W)`` at the image's own size and ``patch_map (gh, gw)`` (image),
         and/or ``tokens`` and ``token_map (T,)`` (text), plus ``extras['blocks']`` / ``extras['text_blocks']``.
     """
+    plan = _plan(model, inputs, modality, blocks)
+    cost = Cost()
+    with model_guard(model):
+        score, captured, grads = _captured_gradients(model, inputs, target, plan, cost)
+    explanation = Explanation(
+        method="relevance",
+        modality=modality,
+        score=float(score.detach()),
+        explains=target.describe(inputs.texts),
+        extras={"blocks": plan.image_blocks, "text_blocks": plan.text_blocks},
+    )
+    if plan.image:
+        image_part = slice(0, len(plan.image_blocks))
+        pool = (captured[-1], grads[-1]) if plan.pooled else (None, None)
+        patch_map = _patch_map(model.image_tower(), captured[image_part], grads[image_part], pool)
+        explanation.patch_map = patch_map
+        explanation.pixel_map = upsample(patch_map, (inputs.image.height, inputs.image.width))
+    if plan.text:
+        text_part = slice(len(plan.image_blocks), len(plan.image_blocks) + len(plan.text_blocks))
+        explanation.tokens, explanation.token_map = _token_map(
+            model, inputs, captured[text_part], grads[text_part]
+        )
+    explanation.forward_passes, explanation.backward_passes, explanation.seconds = (
+        cost.forward,
+        cost.backward,
+        cost.seconds,
+    )
+    return explanation
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which maps one call computes, and from which blocks."""
+
+    image: bool  # a map over the image patches
+    text: bool  # a map over the caption's tokens
+    image_blocks: list[int]  # image tower blocks included (empty without an image map)
+    text_blocks: list[int]  # text tower blocks included (empty without a text map)
+    pooled: bool  # the image tower reads out by attention pooling: its pool attention is captured too
+
+
+def _plan(
+    model: ClipModel, inputs: PreparedInputs, modality: str, blocks: int | Sequence[int] | None
+) -> _Plan:
+    """The maps ``modality`` asks for and their blocks; refuses a label set for text maps and image maps of
+    a conv tower."""
     if modality not in ("image", "text", "both"):
         raise InputError(f"modality must be image, text or both, got {modality!r}")
     want_image, want_text = modality in ("image", "both"), modality in ("text", "both")
@@ -105,60 +152,65 @@ def relevance(
     image_tower, text_tower = model.image_tower(), model.text_tower()
     if want_image and image_tower.grid is None:
         raise InputError("relevance maps need a ViT image tower; use --method gradcam for conv towers")
-    image_ids = select_blocks(len(image_tower.blocks), blocks) if want_image else []
-    text_ids = select_blocks(len(text_tower.blocks), blocks) if want_text else []
-    pooled = want_image and image_tower.readout == "pool"
-    cost = Cost()
-    with model_guard(model):
-        with (
-            image_tower.capture_attention(image_ids) as image_cap,
-            text_tower.capture_attention(text_ids) as text_cap,
-            image_tower.capture_pool_attention() if pooled else contextlib.nullcontext() as pool_cap,
-        ):
-            if want_image:
-                image_emb = model.image_features(inputs.codec.to_model(inputs.pixels))
-            else:
-                image_emb = image_embedding(model, inputs.codec, inputs.pixels)
-            text_emb = (
-                model.text_features(inputs.tokens) if want_text else text_embedding(model, inputs.tokens)
-            )
-            score = target(image_emb, text_emb)[0]
-        cost.forward += 1
-        captured = image_cap.ordered() + text_cap.ordered() + (pool_cap.ordered() if pooled else [])
-        grads = torch.autograd.grad(score, captured, allow_unused=True)
-        cost.backward += 1
-    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(captured, grads, strict=True)]
-    explanation = Explanation(
-        method="relevance",
-        modality=modality,
-        score=float(score.detach()),
-        explains=target.describe(inputs.texts),
-        extras={"blocks": image_ids, "text_blocks": text_ids},
+    return _Plan(
+        image=want_image,
+        text=want_text,
+        image_blocks=select_blocks(len(image_tower.blocks), blocks) if want_image else [],
+        text_blocks=select_blocks(len(text_tower.blocks), blocks) if want_text else [],
+        pooled=want_image and image_tower.readout == "pool",
     )
-    if want_image:
-        r_image = rollout(captured[: len(image_ids)], grads[: len(image_ids)])[0]
-        pool = (captured[-1], grads[-1]) if pooled else (None, None)
-        row = readout_row(image_tower, r_image, *pool)
-        prefix = image_tower.prefix_tokens
-        gh, gw = image_tower.grid
-        patch_map = row[prefix:].detach().double().cpu().numpy().reshape(gh, gw)
-        explanation.patch_map = patch_map
-        explanation.pixel_map = upsample(patch_map, (inputs.image.height, inputs.image.width))
-    if want_text:
-        text_part = slice(len(image_ids), len(image_ids) + len(text_ids))
-        r_text = rollout(captured[text_part], grads[text_part])[0]
-        positions = model.text_positions(inputs.tokens)[0]
-        values = r_text[positions.pooled, positions.content].detach().double().cpu().numpy()
-        tokens = model.token_strings(inputs.texts[0])
-        count = min(len(tokens), len(values))
-        explanation.tokens = tokens[:count]
-        explanation.token_map = values[:count]
-    explanation.forward_passes, explanation.backward_passes, explanation.seconds = (
-        cost.forward,
-        cost.backward,
-        cost.seconds,
+
+
+def _captured_gradients(
+    model: ClipModel, inputs: PreparedInputs, target: Target, plan: _Plan, cost: Cost
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """One forward pass capturing the planned attention maps, one backward pass of the score to them;
+    -> (score, attention maps: image blocks, text blocks, pool; their gradients, zeros where unused)."""
+    image_tower, text_tower = model.image_tower(), model.text_tower()
+    with (
+        image_tower.capture_attention(plan.image_blocks) as image_cap,
+        text_tower.capture_attention(plan.text_blocks) as text_cap,
+        image_tower.capture_pool_attention() if plan.pooled else contextlib.nullcontext() as pool_cap,
+    ):
+        if plan.image:
+            image_emb = model.image_features(inputs.codec.to_model(inputs.pixels))
+        else:
+            image_emb = image_embedding(model, inputs.codec, inputs.pixels)
+        text_emb = model.text_features(inputs.tokens) if plan.text else text_embedding(model, inputs.tokens)
+        score = target(image_emb, text_emb)[0]
+    cost.forward += 1
+    captured = image_cap.ordered() + text_cap.ordered() + (pool_cap.ordered() if plan.pooled else [])
+    grads = torch.autograd.grad(score, captured, allow_unused=True)
+    cost.backward += 1
+    return (
+        score,
+        captured,
+        [torch.zeros_like(p) if g is None else g for p, g in zip(captured, grads, strict=True)],
     )
-    return explanation
+
+
+def _patch_map(
+    tower: TowerInternals,
+    attention: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    pool: tuple[torch.Tensor | None, torch.Tensor | None],
+) -> np.ndarray:
+    """The relevance of each image patch to the image embedding, on the patch grid ``(gh, gw)``."""
+    row = readout_row(tower, rollout(attention, grads)[0], *pool)
+    gh, gw = tower.grid
+    return row[tower.prefix_tokens :].detach().double().cpu().numpy().reshape(gh, gw)
+
+
+def _token_map(
+    model: ClipModel, inputs: PreparedInputs, attention: list[torch.Tensor], grads: list[torch.Tensor]
+) -> tuple[list[str], np.ndarray]:
+    """The caption's tokens and the relevance of each to the text embedding (``(T,)``)."""
+    relevance = rollout(attention, grads)[0]
+    positions = model.text_positions(inputs.tokens)[0]
+    values = relevance[positions.pooled, positions.content].detach().double().cpu().numpy()
+    tokens = model.token_strings(inputs.texts[0])
+    count = min(len(tokens), len(values))
+    return tokens[:count], values[:count]
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """What the ONNX encoders share and what needs no torch: the cache location and format, the availability
-check, unit normalisation, the runtime choice and the runtime record an index keeps."""
+check, unit normalisation, running a session in batches, the runtime choice and the runtime record an
+index keeps."""
 
 from __future__ import annotations
 
@@ -41,6 +42,16 @@ def unit(x: np.ndarray) -> np.ndarray:
     """Rows scaled to length 1 (float32; an all-zero row stays zero)."""
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def run_in_batches(session: Any, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """Unit embeddings ``(n, d)`` of ``inputs`` ``(n, ...)`` from an ONNX Runtime ``session`` (one input),
+    ``batch_size`` rows per run."""
+    name = session.get_inputs()[0].name
+    chunks = [
+        session.run(None, {name: inputs[i : i + batch_size]})[0] for i in range(0, len(inputs), batch_size)
+    ]
+    return unit(np.concatenate(chunks))
 
 
 def check_runtime(runtime: str | None, precision: str | None) -> None:

@@ -18,17 +18,14 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from counterclip.errors import ModelLoadError
 
-if TYPE_CHECKING:
-    import torch
-
-    from counterclip.models.base import ClipModel
-    from counterclip.models.spec import ModelSpec
-
-Loader = Callable[["ModelSpec", "torch.device"], "ClipModel"]
+# ``(spec: ModelSpec, device: torch.device) -> ClipModel``. Typed loosely on purpose: the registry sits
+# below `counterclip.models.spec` (which checks a spec's backend here) and `counterclip.models.base`, so it
+# names neither, not even for type checkers, and the three modules form no import circle.
+Loader = Callable[[Any, Any], Any]
 OFFLINE_HINT = "offline? pass a local checkpoint (ARCH:/path/to/weights.safetensors) or use `bundled:shapes`"
 
 
@@ -50,8 +47,9 @@ class Backend:
     example: str | None = None
     prefixed: bool = True
 
-    def load(self, spec: ModelSpec, device: torch.device) -> ClipModel:
-        """Run the loader (importing it first when it is given by name)."""
+    def load(self, spec: Any, device: Any) -> Any:
+        """Run the loader on a `ModelSpec` and a ``torch.device`` (importing it first when it is given by
+        name); -> the `ClipModel` it returns."""
         loader: Any = self.loader
         if isinstance(loader, str):
             module, _, attribute = loader.partition(":")

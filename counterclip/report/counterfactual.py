@@ -147,15 +147,7 @@ def counterfactual_maps(
     if flip and query_image is not None:
         maps.query_probabilities = label_probabilities(model, query_image, labels)
     if query_image is not None:
-        pair = explain(model, query_image, text, method=method)
-        maps.query.append(
-            map_tile(
-                f"why the original matches {_quoted(text)}",
-                query_image,
-                pair.pixel_map,
-                measure(model, query_image, text, pair.pixel_map),
-            )
-        )
+        maps.query.append(_query_tile(model, query_image, text, method, measure))
     items = [i for i in data.get("items", []) if i.get("path") or i.get("text")]
     for done, item in enumerate(items, start=1):
         if data.get("side") == "image" and item.get("path"):
@@ -171,6 +163,19 @@ def counterfactual_maps(
         if progress is not None:
             progress(done, len(items))
     return maps
+
+
+def _query_tile(
+    model: ClipModel, query_image: Image.Image, text: str, method: str, measure: Callable[..., Any]
+) -> Tile:
+    """The query pair's map: why the original matches the text."""
+    pair = explain(model, query_image, text, method=method)
+    return map_tile(
+        f"why the original matches {_quoted(text)}",
+        query_image,
+        pair.pixel_map,
+        measure(model, query_image, text, pair.pixel_map),
+    )
 
 
 def label_probabilities(model: ClipModel, image: Image.Image, labels: Sequence[str]) -> dict[str, float]:

@@ -20,7 +20,7 @@ if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("
 from counterclip.errors import InputError, QuantizationRefusedError, RuntimeExportError  # noqa: E402
 from counterclip.index_builder.decode import DecodeOptions  # noqa: E402
 from counterclip.index_builder.pipeline import WorkItem, embed_images, sample_pixels  # noqa: E402
-from counterclip.models import load_model  # noqa: E402
+from counterclip.models import load_model, onnx_export, onnx_graph  # noqa: E402
 from counterclip.models import onnx_runtime as ort_mod  # noqa: E402
 from counterclip.models.encoder import Encoder  # noqa: E402
 from counterclip.models.onnx_runtime import (  # noqa: E402
@@ -197,7 +197,7 @@ def test_export_that_does_not_match_torch_is_refused(
             with torch.no_grad():
                 projection.copy_(saved)
 
-    monkeypatch.setattr(ort_mod, "export_tower", export_other_weights)
+    monkeypatch.setattr(onnx_export, "export_tower", export_other_weights)
     encoder = OnnxEncoder(openclip_model, cache_dir=tmp_path)
     with pytest.raises(
         RuntimeExportError, match=r"does not match torch: lowest cosine 0\.\d+ \(needs >= 0\.9999\)"
@@ -283,7 +283,7 @@ def test_fused_attention_symbolic_is_registered_only_during_the_export(tmp_path:
                 dynamo=False,
             )
 
-    with ort_mod._fused_attention(ort_mod.OPSET):
+    with onnx_export._fused_attention(ort_mod.OPSET):
         export(tmp_path / "fused.onnx")
     assert _op_counts(tmp_path / "fused.onnx")["MultiHeadAttention"] == 1
     import onnxruntime
@@ -294,7 +294,7 @@ def test_fused_attention_symbolic_is_registered_only_during_the_export(tmp_path:
     assert np.abs(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0] - want).max() < 1e-5
     from torch.onnx._internal.torchscript_exporter.registration import registry
 
-    assert not registry.is_registered_op(ort_mod._MHA_FAST_PATH, ort_mod.OPSET)  # unregistered again
+    assert not registry.is_registered_op(onnx_export._MHA_FAST_PATH, ort_mod.OPSET)  # unregistered again
     with pytest.raises(Exception):  # noqa: B017, PT011 - torch's own error for an op with no export
         export(tmp_path / "after.onnx")
 
@@ -390,7 +390,7 @@ def test_narrowed_graph_that_misses_the_bars_falls_back_to_the_fused_graph(
                 tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) + 1, tensor.name))
         return count
 
-    monkeypatch.setattr(ort_mod, "narrow_to_pooled_token", wrong_token)
+    monkeypatch.setattr(onnx_graph, "narrow_to_pooled_token", wrong_token)
     encoder = OnnxEncoder(openclip_model, cache_dir=tmp_path)
     pixels = _pixels(openclip_model, 4)
     assert (encoder.encode_images(pixels) - openclip_model.encode_images(pixels)).abs().max().item() < 1e-5
@@ -406,10 +406,10 @@ def test_optimiser_failure_falls_back_to_the_plain_export(
     def cannot_fuse(*args, **kwargs):
         raise ValueError("unsupported model type for fusion")
 
-    monkeypatch.setattr(ort_mod, "optimize_graph", cannot_fuse)
+    monkeypatch.setattr(onnx_export, "optimize_graph", cannot_fuse)
     encoder = OnnxEncoder(openclip_model, cache_dir=tmp_path)
     pixels = _pixels(openclip_model, 4)
-    with caplog.at_level("WARNING", logger="counterclip.models.onnx_runtime"):
+    with caplog.at_level("WARNING", logger="counterclip.models.onnx_export"):
         got = encoder.encode_images(pixels)
     assert (got - openclip_model.encode_images(pixels)).abs().max().item() < 1e-5
     graph = json.loads(encoder.cache.record_path("image", "fp32").read_text())["graph"]
@@ -428,12 +428,12 @@ def test_fused_graph_that_misses_the_bars_falls_back_to_the_plain_export(
 ) -> None:
     """The torch comparison guards the optimised graph: attention fused with the wrong head count (one head
     of 64 instead of two of 32) computes other embeddings, so the plain export is used instead."""
-    real = ort_mod._mha_as_attention
+    real = onnx_export._mha_as_attention
 
     def one_head(g, query, key, value, embed_dim, num_heads, *rest):
         return real(g, query, key, value, embed_dim, g.op("Constant", value_t=torch.tensor(1)), *rest)
 
-    monkeypatch.setattr(ort_mod, "_mha_as_attention", one_head)
+    monkeypatch.setattr(onnx_export, "_mha_as_attention", one_head)
     encoder = OnnxEncoder(openclip_model, cache_dir=tmp_path)
     pixels = _pixels(openclip_model, 4)
     assert (encoder.encode_images(pixels) - openclip_model.encode_images(pixels)).abs().max().item() < 1e-5

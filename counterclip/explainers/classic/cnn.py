@@ -3,7 +3,8 @@ saliency, integrated gradients and LRP, for one or several target classes, and t
 
 Any ``nn.Module`` mapping ``(N, 3, H, W)`` normalized images to ``(N, n_classes)`` logits works. The
 model's ``training``/``inplace`` flags are restored after every call, hooks never outlive a call, and the
-input tensor is never modified.
+input tensor is never modified. Loading the model and preparing its inputs live in
+`counterclip.explainers.classic.cnn_inputs` (its names stay importable from here).
 
 Examples::
 
@@ -21,16 +22,22 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
-from counterclip.errors import InputError, ModelLoadError
+from counterclip.errors import InputError
 from counterclip.explainers.base import Explanation
+from counterclip.explainers.classic.cnn_inputs import (  # noqa: F401 - re-exported
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    black_baseline,
+    load_class_names,
+    load_cnn,
+    preprocess_image,
+    resolve_targets,
+)
 from counterclip.explainers.classic.layers import (
     PassCounter,
     default_layer,
@@ -39,8 +46,6 @@ from counterclip.explainers.classic.layers import (
     scoped_eval,
 )
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CNN_METHODS = ("gradcam", "guided-backprop", "guided-gradcam", "saliency", "ig", "lrp")
 
 # Blocks that add a skip connection with a functional `+`: LRP (Captum) sees only the two branches' leaf
@@ -55,170 +60,6 @@ _RESIDUAL_BLOCKS = {
     "ResBottleneckBlock",
     "EncoderBlock",
 }
-
-
-def load_class_names(path: str | Path | None = None, num_classes: int = 1000) -> list[str]:
-    """Class names, one per line, from ``path``; ImageNet's 1000 names when ``path`` is None.
-
-    Args:
-        path: a labels file (UTF-8, one name per line, blank lines ignored), or None.
-        num_classes: the model's number of outputs. Without a labels file and with a number other than
-            1000, the names are ``class 0 .. class n-1``.
-
-    Returns:
-        ``num_classes`` names.
-    """
-    if path is None:
-        if num_classes != 1000:
-            return [f"class {i}" for i in range(num_classes)]
-        text = resources.files("counterclip").joinpath("data/imagenet_classes.txt").read_text("utf-8")
-    else:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"labels file {path} does not exist")
-        text = path.read_text("utf-8")
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(names) != num_classes:
-        raise InputError(
-            f"labels file {path} has {len(names)} names but the model has {num_classes} outputs; "
-            "give one name per class, one per line"
-        )
-    return names
-
-
-def load_cnn(arch: str, weights: str | Path | None = None, num_classes: int | None = None) -> nn.Module:
-    """A torchvision architecture by name, with weights from a local file (or random weights).
-
-    Args:
-        arch: a ``torchvision.models.list_models()`` name, e.g. ``resnet18``, ``vgg11``.
-        weights: a ``.safetensors`` file or a ``torch.save``-d state dict (loaded with
-            ``weights_only=True``; pickled modules are refused). None: random weights.
-        num_classes: number of outputs. Default: read from the weights' last linear layer, else 1000.
-
-    Returns:
-        The model (in whatever mode torchvision builds it: training mode; explainers scope eval mode).
-    """
-    import torchvision
-
-    known = torchvision.models.list_models(module=torchvision.models)
-    if arch not in known:
-        import difflib
-
-        close = difflib.get_close_matches(arch, known, n=4)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise InputError(f"unknown torchvision architecture {arch!r}.{hint}")
-    state = _read_state_dict(Path(weights)) if weights is not None else None
-    if num_classes is None:
-        num_classes = 1000
-        if state is not None:
-            # A parameter-free copy on the meta device names the head layer without initialising weights.
-            with torch.device("meta"):
-                probe = torchvision.models.get_model(arch, weights=None)
-            num_classes = _num_classes_from_state(probe, state)
-    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
-    if state is not None:
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[1:3]
-            raise ModelLoadError(
-                f"weights {weights} do not fit torchvision {arch} ({num_classes} classes): "
-                + " ".join(line.strip() for line in first)
-            ) from exc
-    return model
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from safetensors or a weights-only torch file (a wrapped ``state_dict`` is unwrapped)."""
-    if not path.is_file():
-        raise InputError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle.UnpicklingError and friends: the file holds more than tensors
-        raise ModelLoadError(
-            f"cannot read {path} as a weights-only state dict ({type(exc).__name__}); save "
-            "model.state_dict() with torch.save or safetensors, not the pickled module"
-        ) from exc
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ModelLoadError(f"{path} does not hold a state dict (found {type(state).__name__})")
-    return state
-
-
-def _num_classes_from_state(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
-    """Rows of the weights' last ``nn.Linear`` (the classifier head), else 1000."""
-    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if linears and f"{linears[-1]}.weight" in state:
-        return int(state[f"{linears[-1]}.weight"].shape[0])
-    return 1000
-
-
-def preprocess_image(
-    image: Image.Image,
-    size: int = 224,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> tuple[torch.Tensor, Image.Image]:
-    """Resize the shorter side to ``size``, centre-crop a square, normalize.
-
-    Returns:
-        ``(x, shown)``: ``x`` of shape ``(1, 3, size, size)`` (normalized), and ``shown``, the cropped
-        RGB image the maps are drawn over (``size x size``).
-    """
-    image = image.convert("RGB")
-    width, height = image.size
-    scale = size / min(width, height)
-    resized = image.resize(
-        (max(size, round(width * scale)), max(size, round(height * scale))), Image.BILINEAR
-    )
-    left = (resized.width - size) // 2
-    top = (resized.height - size) // 2
-    shown = resized.crop((left, top, left + size, top + size))
-    pixels = torch.from_numpy(np.asarray(shown, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    x = (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-    return x.unsqueeze(0), shown
-
-
-def black_baseline(
-    size: int | tuple[int, int], mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-) -> torch.Tensor:
-    """A black image in the model's normalized input space, ``(1, 3, H, W)``, as an IG baseline."""
-    height, width = (size, size) if isinstance(size, int) else size
-    black = (torch.zeros(3, 1, 1) - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-    return black.expand(3, height, width).unsqueeze(0).clone()
-
-
-def resolve_targets(targets: Sequence[str | int], class_names: Sequence[str]) -> list[int]:
-    """Class indices from indices or names (case-insensitive; a unique prefix is enough)."""
-    resolved = []
-    lowered = [name.lower() for name in class_names]
-    for target in targets:
-        text = str(target).strip()
-        if text.lstrip("-").isdigit():
-            index = int(text)
-            if not 0 <= index < len(class_names):
-                raise InputError(
-                    f"target class {index} is out of range: the model has {len(class_names)} classes"
-                )
-            resolved.append(index)
-            continue
-        if text.lower() in lowered:
-            resolved.append(lowered.index(text.lower()))
-            continue
-        matches = [i for i, name in enumerate(lowered) if name.startswith(text.lower())]
-        if len(matches) != 1:
-            found = ", ".join(class_names[i] for i in matches[:5]) if matches else "none"
-            raise InputError(
-                f"target class {text!r} names no single class (matches: {found}); give its index"
-            )
-        resolved.append(matches[0])
-    return resolved
 
 
 def explain_cnn(
@@ -261,55 +102,87 @@ def explain_cnn(
     x = x.detach().to(model_device(model)).clone()
     with scoped_eval(model), torch.no_grad():
         logits = model(x)
+    target_list = _target_classes(logits, targets)
+    batch = x.expand(len(target_list), *x.shape[1:]).clone().requires_grad_(True)
+    layer_name = (layer if layer is not None else default_layer(model)) if "gradcam" in method else None
+    if method == "lrp":
+        check_lrp_support(model)
+    options = _Options(
+        layer=layer_name, n_steps=n_steps, internal_batch_size=internal_batch_size, baseline=ig_baseline
+    )
+    result, passes = _attribute_counted(model, method, batch, target_list, options)
+    return _class_explanations(
+        method=method,
+        logits=logits,
+        targets=target_list,
+        class_names=class_names,
+        result=result,
+        passes=passes,
+        seconds=time.perf_counter() - started,
+        layer_name=layer_name,
+    )
+
+
+def _class_explanations(
+    *,
+    method: str,
+    logits: torch.Tensor,
+    targets: list[int],
+    class_names: Sequence[str] | None,
+    result: _AttributionResult,
+    passes: PassCounter,
+    seconds: float,
+    layer_name: str | None,
+) -> list[Explanation]:
+    """One `Explanation` per target class from the batch's maps; the passes and time are shared out."""
+    maps, cells, delta = result
     probabilities = torch.softmax(logits, dim=1)[0]
+    names = list(class_names) if class_names is not None else [f"class {i}" for i in range(logits.shape[1])]
+    k = len(targets)
+    return [
+        Explanation(
+            method=method,
+            modality="image",
+            score=float(logits[0, target]),
+            pixel_map=maps[row],
+            patch_map=cells[row] if cells is not None else None,
+            explains=f"logit of {names[target]!r} (class {target})",
+            forward_passes=passes.forward // k,
+            backward_passes=passes.backward // k,
+            seconds=seconds / k,
+            extras={
+                **({"layer": layer_name} if layer_name is not None else {}),
+                "class_index": target,
+                "class_name": names[target],
+                "probability": float(probabilities[target]),
+                **({"convergence_delta": float(delta[row])} if delta is not None else {}),
+            },
+        )
+        for row, target in enumerate(targets)
+    ]
+
+
+def _target_classes(logits: torch.Tensor, targets: Sequence[int] | None) -> list[int]:
+    """The classes to explain: ``targets``, or the top-1 class; one out of the model's range is refused."""
     n_classes = logits.shape[1]
-    names = list(class_names) if class_names is not None else [f"class {i}" for i in range(n_classes)]
     target_list = [int(logits[0].argmax())] if not targets else [int(t) for t in targets]
     for target in target_list:
         if not 0 <= target < n_classes:
             raise InputError(f"target class {target} is out of range: the model has {n_classes} classes")
-    batch = x.expand(len(target_list), *x.shape[1:]).clone().requires_grad_(True)
-    layer_name = (layer if layer is not None else default_layer(model)) if "gradcam" in method else None
-    extras_common: dict = {}
-    if method == "lrp":
-        check_lrp_support(model)
+    return target_list
+
+
+def _attribute_counted(
+    model: nn.Module, method: str, batch: torch.Tensor, targets: list[int], options: _Options
+) -> tuple[_AttributionResult, PassCounter]:
+    """The method's maps of ``batch`` (one row per target) and the passes they took through the model."""
     # In-place activations off for every method: a following in-place ReLU would overwrite the hooked layer
     # output Grad-CAM reads, and autograd refuses the backward hooks of guided backprop and LRP on them.
     with scoped_eval(model, disable_inplace=True):
         with PassCounter(model) as passes, warnings.catch_warnings():
             # Captum announces the ReLU hooks it sets (and removes) on every guided-backprop call.
             warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
-            options = _Options(
-                layer=layer_name,
-                n_steps=n_steps,
-                internal_batch_size=internal_batch_size,
-                baseline=ig_baseline,
-            )
-            maps, cells, delta = _ATTRIBUTE[method](model, batch, target_list, options)
-    if layer_name is not None:
-        extras_common["layer"] = layer_name
-    seconds = time.perf_counter() - started
-    explanations = []
-    for row, target in enumerate(target_list):
-        extras = dict(extras_common)
-        extras.update(class_index=target, class_name=names[target], probability=float(probabilities[target]))
-        if delta is not None:
-            extras["convergence_delta"] = float(delta[row])
-        explanations.append(
-            Explanation(
-                method=method,
-                modality="image",
-                score=float(logits[0, target]),
-                pixel_map=maps[row],
-                patch_map=cells[row] if cells is not None else None,
-                explains=f"logit of {names[target]!r} (class {target})",
-                forward_passes=passes.forward // len(target_list),
-                backward_passes=passes.backward // len(target_list),
-                seconds=seconds / len(target_list),
-                extras=extras,
-            )
-        )
-    return explanations
+            return _ATTRIBUTE[method](model, batch, targets, options), passes
 
 
 def layer_sweep(

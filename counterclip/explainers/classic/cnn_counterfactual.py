@@ -16,7 +16,8 @@ Examples::
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from torch import nn
 
 from counterclip.errors import InputError
 from counterclip.explainers.base import Explanation
-from counterclip.explainers.classic.cnn import IMAGENET_MEAN, IMAGENET_STD
+from counterclip.explainers.classic.cnn_inputs import IMAGENET_MEAN, IMAGENET_STD
 from counterclip.explainers.classic.layers import PassCounter, model_device, scoped_eval
 
 
@@ -67,55 +68,118 @@ def pixel_counterfactual(
     started = time.perf_counter()
     device = model_device(model)
     original = _as_pixels(image).to(device)
-    mean_t = torch.tensor(mean, dtype=original.dtype, device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=original.dtype, device=device).view(1, 3, 1, 1)
+    classify = _normalized_classifier(model, mean, std, original)
+    with scoped_eval(model), PassCounter(model) as passes:
+        start = _probabilities(classify, original)
+        source = _source_class(start, target_class, source_class)
+        edit = _descend(
+            classify,
+            original,
+            source,
+            target_class,
+            steps=steps,
+            learning_rate=learning_rate,
+            proximity=proximity,
+            stop_when_verified=stop_when_verified,
+        )
+        final = _probabilities(classify, edit.quantized)
+    return _counterfactual_explanation(
+        original.cpu(), edit, start, final, (source, target_class), class_names, passes, started
+    )
+
+
+@dataclass(frozen=True)
+class _Edit:
+    """Where the descent ended: the edited pixels rounded to 8 bits, and how it got there."""
+
+    quantized: torch.Tensor  # (1, 3, H, W) in [0, 1], on 8-bit levels
+    steps_taken: int  # Adam steps taken
+    trajectory: dict[str, list[float]]  # per step: p_source, p_target
+
+
+def _normalized_classifier(
+    model: nn.Module, mean: Sequence[float], std: Sequence[float], like: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Pixels ``(N, 3, H, W)`` in ``[0, 1]`` -> the model's logits (normalized on the way in)."""
+    mean_t = torch.tensor(mean, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
 
     def classify(pixels: torch.Tensor) -> torch.Tensor:
         return model((pixels - mean_t) / std_t)
 
+    return classify
+
+
+def _probabilities(classify: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor) -> torch.Tensor:
+    """Class probabilities ``(n_classes,)`` of one image (no gradient)."""
+    with torch.no_grad():
+        return torch.softmax(classify(pixels), dim=1)[0]
+
+
+def _source_class(start: torch.Tensor, target_class: int, source_class: int | None) -> int:
+    """Class A (the original top-1 unless given); a target or source out of the model's range is refused."""
+    n_classes = start.shape[0]
+    if not 0 <= target_class < n_classes:
+        raise InputError(f"target class {target_class} is out of range: the model has {n_classes} classes")
+    source = int(start.argmax()) if source_class is None else int(source_class)
+    if not 0 <= source < n_classes:
+        raise InputError(f"source class {source} is out of range: the model has {n_classes} classes")
+    return source
+
+
+def _descend(
+    classify: Callable[[torch.Tensor], torch.Tensor],
+    original: torch.Tensor,
+    source: int,
+    target_class: int,
+    *,
+    steps: int,
+    learning_rate: float,
+    proximity: float,
+    stop_when_verified: bool,
+) -> _Edit:
+    """Adam on a change of the pixels: cross-entropy towards the target plus the proximity penalty, until
+    the 8-bit image is classified as the target (with ``stop_when_verified``) or the steps run out."""
+    # Parameterise the change, not the image, so the original tensor is never touched.
+    change = torch.zeros_like(original, requires_grad=True)
+    optimizer = torch.optim.Adam([change], lr=learning_rate)
+    goal = torch.tensor([target_class], device=original.device)
     trajectory: dict[str, list[float]] = {"p_source": [], "p_target": []}
-    with scoped_eval(model), PassCounter(model) as passes:
-        with torch.no_grad():
-            start_probabilities = torch.softmax(classify(original), dim=1)[0]
-        n_classes = start_probabilities.shape[0]
-        if not 0 <= target_class < n_classes:
-            raise InputError(
-                f"target class {target_class} is out of range: the model has {n_classes} classes"
-            )
-        source = int(start_probabilities.argmax()) if source_class is None else int(source_class)
-        if not 0 <= source < n_classes:
-            raise InputError(f"source class {source} is out of range: the model has {n_classes} classes")
-        # Parameterise the change, not the image, so the original tensor is never touched.
-        change = torch.zeros_like(original, requires_grad=True)
-        optimizer = torch.optim.Adam([change], lr=learning_rate)
-        goal = torch.tensor([target_class], device=device)
-        verified = False
-        steps_taken = 0
-        quantized = _quantize(original)
-        for _ in range(steps):
-            edited = (original + change).clamp(0.0, 1.0)
-            logits = classify(edited)
-            probabilities = torch.softmax(logits.detach(), dim=1)[0]
-            trajectory["p_source"].append(float(probabilities[source]))
-            trajectory["p_target"].append(float(probabilities[target_class]))
-            if stop_when_verified and int(probabilities.argmax()) == target_class:
-                quantized = _quantize(edited.detach())
-                with torch.no_grad():
-                    if int(classify(quantized).argmax()) == target_class:
-                        verified = True
-                        break
-            loss = nn.functional.cross_entropy(logits, goal) + proximity * (edited - original).pow(2).mean()
-            # Gradient for the change only: no weight gradients computed, and the caller's .grad fields untouched.
-            (change.grad,) = torch.autograd.grad(loss, [change])
-            optimizer.step()
-            steps_taken += 1
-        if not verified:
-            quantized = _quantize((original + change.detach()).clamp(0.0, 1.0))
-        with torch.no_grad():
-            final = torch.softmax(classify(quantized), dim=1)[0]
-        verified = int(final.argmax()) == target_class
-    names = list(class_names) if class_names is not None else [f"class {i}" for i in range(n_classes)]
-    quantized, original = quantized.cpu(), original.cpu()
+    steps_taken = 0
+    for _ in range(steps):
+        edited = (original + change).clamp(0.0, 1.0)
+        logits = classify(edited)
+        probabilities = torch.softmax(logits.detach(), dim=1)[0]
+        trajectory["p_source"].append(float(probabilities[source]))
+        trajectory["p_target"].append(float(probabilities[target_class]))
+        if stop_when_verified and int(probabilities.argmax()) == target_class:
+            quantized = _quantize(edited.detach())
+            with torch.no_grad():
+                if int(classify(quantized).argmax()) == target_class:
+                    return _Edit(quantized, steps_taken, trajectory)
+        loss = nn.functional.cross_entropy(logits, goal) + proximity * (edited - original).pow(2).mean()
+        # Gradient for the change only: no weight gradients computed, and the caller's .grad fields untouched.
+        (change.grad,) = torch.autograd.grad(loss, [change])
+        optimizer.step()
+        steps_taken += 1
+    return _Edit(_quantize((original + change.detach()).clamp(0.0, 1.0)), steps_taken, trajectory)
+
+
+def _counterfactual_explanation(
+    original: torch.Tensor,
+    edit: _Edit,
+    start: torch.Tensor,
+    final: torch.Tensor,
+    classes: tuple[int, int],
+    class_names: Sequence[str] | None,
+    passes: PassCounter,
+    started: float,
+) -> Explanation:
+    """The ``pixel-cf`` explanation: the change of the 8-bit edit as the map, the probabilities of A and B
+    (``classes``) before and after, and the edited image."""
+    source, target_class = classes
+    names = list(class_names) if class_names is not None else [f"class {i}" for i in range(start.shape[0])]
+    quantized = edit.quantized.cpu()
     difference = (quantized - original).abs()[0]
     edited_image = Image.fromarray(
         (quantized[0].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8), mode="RGB"
@@ -123,26 +187,23 @@ def pixel_counterfactual(
     return Explanation(
         method="pixel-cf",
         modality="image",
-        score=float(start_probabilities[target_class]),
+        score=float(start[target_class]),
         pixel_map=difference.sum(dim=0).numpy(),
         explains=f"probability of {names[target_class]!r} (class {target_class}) rather than {names[source]!r}",
         forward_passes=passes.forward,
         backward_passes=passes.backward,
         seconds=time.perf_counter() - started,
         extras={
-            "verified": verified,
+            "verified": int(final.argmax()) == target_class,
             "source_class": source,
             "source_name": names[source],
             "target_class": int(target_class),
             "target_name": names[target_class],
-            "trajectory": trajectory,
-            "start_probabilities": {
-                "source": float(start_probabilities[source]),
-                "target": float(start_probabilities[target_class]),
-            },
+            "trajectory": edit.trajectory,
+            "start_probabilities": {"source": float(start[source]), "target": float(start[target_class])},
             "final_probabilities": {"source": float(final[source]), "target": float(final[target_class])},
             "final_top1": int(final.argmax()),
-            "steps_taken": steps_taken,
+            "steps_taken": edit.steps_taken,
             "l2": float((quantized - original).norm()),
             "linf_levels": int(round(float(difference.max()) * 255)),
             "edited_image": edited_image,

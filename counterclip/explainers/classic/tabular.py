@@ -1,9 +1,9 @@
 """Tabular models: partial dependence (1-D, 2-D), ICE curves and LIME for one row.
 
 Values come straight from scikit-learn's ``sklearn.inspection.partial_dependence`` and figures from its
-``PartialDependenceDisplay``; nothing is re-implemented. Data is a user CSV (numbers, or text columns
-treated as categorical and ordinal-coded) or one of scikit-learn's bundled datasets (``diabetes``,
-``wine``, ``breast_cancer``; none needs a download).
+``PartialDependenceDisplay``; nothing is re-implemented. The data and the model fitted on it come from
+`counterclip.explainers.classic.tabular_data` (a user CSV or a scikit-learn bundled dataset); its names stay
+importable from here.
 
 Examples::
 
@@ -15,203 +15,24 @@ Examples::
 
 from __future__ import annotations
 
-import csv
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from counterclip.errors import InputError
 from counterclip.explainers.base import Explanation
-
-BUNDLED_DATASETS = ("diabetes", "wine", "breast_cancer")
-MODEL_KINDS = ("random-forest", "gradient-boosting", "linear")
-TASKS = ("auto", "regression", "classification")
-
-
-@dataclass
-class TabularData:
-    """A numeric feature matrix with its names, categorical columns and target."""
-
-    X: np.ndarray  # (n_rows, n_features) float64; categorical columns hold ordinal codes 0..k-1
-    y: np.ndarray  # (n_rows,) float64 for regression, labels (str or int) for classification
-    feature_names: list[str]  # one per column of X
-    target_name: str  # the target column's name
-    task: str  # "regression" | "classification"
-    categorical: list[int] = field(default_factory=list)  # indices of categorical columns of X
-    categories: dict[int, list[str]] = field(default_factory=dict)  # column -> category for each code
-    source: str = ""  # where it came from ("houses.csv", "sklearn:wine")
-
-    def feature_index(self, name_or_index: str | int) -> int:
-        """Column index of a feature given by name (or index); `InputError` naming it if absent."""
-        if name_or_index in self.feature_names:
-            return self.feature_names.index(name_or_index)
-        text = str(name_or_index)
-        if text.isdigit() and int(text) < len(self.feature_names):
-            return int(text)
-        raise InputError(
-            f"feature {name_or_index!r} is not in {self.source or 'the data'} "
-            f"(features: {', '.join(self.feature_names)})"
-        )
-
-
-def load_bundled(name: str) -> TabularData:
-    """One of scikit-learn's bundled datasets: ``diabetes`` (regression), ``wine``, ``breast_cancer``."""
-    from sklearn import datasets
-
-    loaders = {
-        "diabetes": (datasets.load_diabetes, "regression"),
-        "wine": (datasets.load_wine, "classification"),
-        "breast_cancer": (datasets.load_breast_cancer, "classification"),
-    }
-    if name not in loaders:
-        raise InputError(f"unknown bundled dataset {name!r}; choose one of {', '.join(BUNDLED_DATASETS)}")
-    loader, task = loaders[name]
-    bunch = loader()
-    if task == "classification":
-        y = np.asarray([str(bunch.target_names[i]) for i in bunch.target])
-    else:
-        y = np.asarray(bunch.target, dtype=np.float64)
-    return TabularData(
-        X=np.asarray(bunch.data, dtype=np.float64),
-        y=y,
-        feature_names=[str(n) for n in bunch.feature_names],
-        target_name="target",
-        task=task,
-        source=f"sklearn:{name}",
-    )
-
-
-def load_csv(path: str | Path, target: str, task: str = "auto") -> TabularData:
-    """Read a CSV with a header row; numeric columns stay numbers, text columns become categorical.
-
-    Args:
-        path: the CSV file.
-        target: name of the target column.
-        task: ``auto`` (text target or at most 10 distinct integer values: classification), ``regression``
-            or ``classification``.
-
-    Returns:
-        `TabularData` with every column but ``target`` as a feature.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"CSV file {path} does not exist")
-    if task not in TASKS:
-        raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
-    if len(rows) < 3:
-        raise InputError(f"{path} needs a header row and at least two data rows")
-    header = [name.strip() for name in rows[0]]
-    body = [row for row in rows[1:] if any(cell.strip() for cell in row)]
-    if target not in header:
-        raise InputError(f"target column {target!r} is not in {path.name} (columns: {', '.join(header)})")
-    for number, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            raise InputError(f"{path.name} line {number} has {len(row)} fields, the header has {len(header)}")
-    columns = {name: [row[i].strip() for row in body] for i, name in enumerate(header)}
-    for name, cells in columns.items():
-        empty = sum(1 for cell in cells if cell == "")
-        if empty:
-            raise InputError(
-                f"column {name!r} of {path.name} has {empty} empty cells; fill or drop those rows"
-            )
-    raw_target = columns.pop(target)
-    numeric_target = _as_floats(raw_target)
-    if task == "auto":
-        few_integers = numeric_target is not None and (
-            len(set(raw_target)) <= 10 and all(float(v).is_integer() for v in numeric_target)
-        )
-        task = "classification" if numeric_target is None or few_integers else "regression"
-    if task == "regression":
-        if numeric_target is None:
-            example = next(v for v in raw_target if _as_floats([v]) is None)
-            raise InputError(
-                f"target column {target!r} is not numeric (e.g. {example!r}); regression needs numbers, "
-                "use --task classification"
-            )
-        y = np.asarray(numeric_target, dtype=np.float64)
-    else:
-        y = np.asarray(raw_target)
-    features, matrix, categorical, categories = [], [], [], {}
-    for name, cells in columns.items():
-        values = _as_floats(cells)
-        if values is None:
-            levels = sorted(set(cells))
-            codes = {level: code for code, level in enumerate(levels)}
-            values = [float(codes[cell]) for cell in cells]
-            categorical.append(len(features))
-            categories[len(features)] = levels
-        features.append(name)
-        matrix.append(values)
-    if not features:
-        raise InputError(f"{path.name} has no feature columns besides the target {target!r}")
-    return TabularData(
-        X=np.asarray(matrix, dtype=np.float64).T,
-        y=y,
-        feature_names=features,
-        target_name=target,
-        task=task,
-        categorical=categorical,
-        categories=categories,
-        source=path.name,
-    )
-
-
-def _as_floats(cells: Sequence[str]) -> list[float] | None:
-    """The cells as floats, or None if any is not a finite number."""
-    try:
-        values = [float(cell) for cell in cells]
-    except ValueError:
-        return None
-    return values if all(math.isfinite(v) for v in values) else None
-
-
-def fit_model(data: TabularData, kind: str = "random-forest", seed: int = 0) -> Any:
-    """Fit a scikit-learn model to ``data``.
-
-    Args:
-        data: features and target.
-        kind: ``random-forest``, ``gradient-boosting`` or ``linear`` (ridge / logistic regression on
-            standardized numbers and one-hot categories).
-        seed: random state.
-
-    Returns:
-        The fitted estimator (classifiers have ``predict_proba``).
-    """
-    from sklearn.compose import ColumnTransformer
-    from sklearn.ensemble import (
-        GradientBoostingClassifier,
-        GradientBoostingRegressor,
-        RandomForestClassifier,
-        RandomForestRegressor,
-    )
-    from sklearn.linear_model import LogisticRegression, Ridge
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
-    classification = data.task == "classification"
-    if kind == "random-forest":
-        cls = RandomForestClassifier if classification else RandomForestRegressor
-        model = cls(n_estimators=100, random_state=seed, n_jobs=1)
-    elif kind == "gradient-boosting":
-        cls = GradientBoostingClassifier if classification else GradientBoostingRegressor
-        model = cls(random_state=seed)
-    elif kind == "linear":
-        encode = ColumnTransformer(
-            [("categorical", OneHotEncoder(handle_unknown="ignore"), data.categorical)],
-            remainder=StandardScaler(),
-        )
-        head = LogisticRegression(max_iter=2000) if classification else Ridge(alpha=1.0)
-        model = make_pipeline(encode, head)
-    else:
-        raise InputError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
-    return model.fit(data.X, data.y)
+from counterclip.explainers.classic.tabular_data import (  # noqa: F401 - re-exported
+    BUNDLED_DATASETS,
+    MODEL_KINDS,
+    TASKS,
+    TabularData,
+    fit_model,
+    load_bundled,
+    load_csv,
+)
 
 
 class _Opaque:
@@ -254,17 +75,8 @@ def explain_partial_dependence(
     from sklearn.inspection import partial_dependence
 
     started = time.perf_counter()
-    if kind not in ("average", "individual", "both"):
-        raise InputError(f"unknown PDP kind {kind!r}; choose average, individual or both")
-    if not 1 <= len(features) <= 2:
-        raise InputError(f"partial dependence takes one or two features, got {len(features)}")
-    indices = [data.feature_index(f) for f in features]
-    if len(indices) == 2 and kind != "average":
-        raise InputError(
-            "ICE curves are 1-D: use one feature with --kind individual/both, or kind average for 2-D"
-        )
+    indices = _pd_features(data, features, kind)
     output_index, class_label = _target_output(model, target_class, data.X)
-    categorical = [i for i in indices if i in data.categorical]
     result = partial_dependence(
         model,
         data.X,
@@ -277,6 +89,47 @@ def explain_partial_dependence(
     )
     used_method = _pd_method(model, kind, method)
     grid_points = int(np.prod([len(values) for values in result["grid_values"]]))
+    extras = _pd_extras(result, data, indices, output_index, used_method, kind, centered, class_label)
+    method_name = "pdp-2d" if len(indices) == 2 else ("pdp" if kind == "average" else "ice")
+    return Explanation(
+        method=method_name,
+        modality="tabular",
+        score=_mean_prediction(model, data.X, output_index),
+        feature_names=[data.feature_names[i] for i in indices],
+        explains=_target_description(data, class_label),
+        forward_passes=data.X.shape[0] * grid_points if used_method == "brute" else 0,
+        seconds=time.perf_counter() - started,
+        extras=extras,
+    )
+
+
+def _pd_features(data: TabularData, features: Sequence[str | int], kind: str) -> list[int]:
+    """The column indices of the one or two features asked, refused when the request cannot be drawn."""
+    if kind not in ("average", "individual", "both"):
+        raise InputError(f"unknown PDP kind {kind!r}; choose average, individual or both")
+    if not 1 <= len(features) <= 2:
+        raise InputError(f"partial dependence takes one or two features, got {len(features)}")
+    indices = [data.feature_index(f) for f in features]
+    if len(indices) == 2 and kind != "average":
+        raise InputError(
+            "ICE curves are 1-D: use one feature with --kind individual/both, or kind average for 2-D"
+        )
+    return indices
+
+
+def _pd_extras(
+    result: Any,
+    data: TabularData,
+    indices: list[int],
+    output_index: int,
+    used_method: str,
+    kind: str,
+    centered: bool,
+    class_label: str | None,
+) -> dict[str, Any]:
+    """The PD explanation's extras: scikit-learn's grid and curves for the target output (and its class),
+    how they were computed, and what ``PartialDependenceDisplay`` needs to draw them again."""
+    categorical = [i for i in indices if i in data.categorical]
     extras: dict[str, Any] = {
         "grid_values": [np.asarray(values).tolist() for values in result["grid_values"]],  # lists: JSON-ready
         "target_index": output_index,
@@ -305,18 +158,7 @@ def explain_partial_dependence(
         extras["individual"] = np.asarray(result["individual"][output_index])
     if class_label is not None:
         extras["target_class"] = class_label
-    names = [data.feature_names[i] for i in indices]
-    method_name = "pdp-2d" if len(indices) == 2 else ("pdp" if kind == "average" else "ice")
-    return Explanation(
-        method=method_name,
-        modality="tabular",
-        score=_mean_prediction(model, data.X, output_index),
-        feature_names=names,
-        explains=_target_description(data, class_label),
-        forward_passes=data.X.shape[0] * grid_points if used_method == "brute" else 0,
-        seconds=time.perf_counter() - started,
-        extras=extras,
-    )
+    return extras
 
 
 def _target_output(model: Any, target_class: str | int | None, X: np.ndarray) -> tuple[int, str | None]:
@@ -405,18 +247,8 @@ def explain_lime_tabular(
         LIME weights (0 for features LIME did not select); ``extras["conditions"]`` LIME's readable
         conditions ("rooms > 5.00") with weights, ``intercept``, ``local_prediction``, ``r2``.
     """
-    from lime.lime_tabular import LimeTabularExplainer
-    from sklearn.base import is_classifier
-
     started = time.perf_counter()
-    if not 0 <= row < data.X.shape[0]:
-        raise InputError(f"row {row} is out of range: the data has {data.X.shape[0]} rows")
-    classification = is_classifier(model) or data.task == "classification"
-    if classification and not hasattr(model, "predict_proba"):
-        raise InputError(
-            f"{type(model).__name__} has no predict_proba, which LIME classification needs; "
-            "use a probabilistic classifier (random forest, gradient boosting, logistic regression)"
-        )
+    classification = _lime_classifies(model, data, row)
     calls = {"forward": 0}
 
     def predict(rows: np.ndarray) -> np.ndarray:
@@ -424,52 +256,21 @@ def explain_lime_tabular(
         return model.predict_proba(rows) if classification else model.predict(rows)
 
     instance = data.X[row]
-    if classification:
-        classes = [str(c) for c in model.classes_]
-        probabilities = model.predict_proba(instance[None, :])[0]
-        if target_class is None:
-            label = int(np.argmax(probabilities))
-        elif str(target_class) in classes:
-            label = classes.index(str(target_class))
-        else:
-            raise InputError(
-                f"unknown target class {target_class!r}; the model's classes are {', '.join(classes)}"
-            )
-        score = float(probabilities[label])
-        target = f"probability of {data.target_name} = {classes[label]!r}"
-    else:
-        label = 0
-        score = float(model.predict(instance[None, :])[0])
-        target = f"predicted {data.target_name}"
-    explainer = LimeTabularExplainer(
-        data.X,
-        feature_names=data.feature_names,
-        categorical_features=data.categorical,
-        categorical_names={i: levels for i, levels in data.categories.items()},
-        class_names=[str(c) for c in model.classes_] if classification else None,
-        mode="classification" if classification else "regression",
-        discretize_continuous=True,
-        random_state=seed,
-    )
-    n_features = len(data.feature_names)
-    explanation = explainer.explain_instance(
+    label, score, target = _lime_target(model, data, instance, classification, target_class)
+    explanation = _lime_explainer(model, data, classification, seed).explain_instance(
         instance,
         predict,
         labels=(label,) if classification else (0,),
-        num_features=n_features,
+        num_features=len(data.feature_names),
         num_samples=num_samples,
     )
-    weights = np.zeros(n_features)
-    local_map = explanation.as_map()
-    key = label if classification else next(iter(local_map))
-    for index, weight in local_map[key]:
-        weights[index] = weight
+    key = label if classification else next(iter(explanation.as_map()))
     return Explanation(
         method="lime",
         modality="tabular",
         score=score,
         feature_names=list(data.feature_names),
-        feature_values=weights,
+        feature_values=_lime_weights(explanation, key, len(data.feature_names)),
         explains=target,
         forward_passes=calls["forward"],
         seconds=time.perf_counter() - started,
@@ -482,6 +283,67 @@ def explain_lime_tabular(
             "r2": float(explanation.score),
             "num_samples": num_samples,
         },
+    )
+
+
+def _lime_classifies(model: Any, data: TabularData, row: int) -> bool:
+    """Whether LIME explains class probabilities (else a regressor's prediction); refuses a row out of
+    range and a classifier without ``predict_proba``."""
+    from sklearn.base import is_classifier
+
+    if not 0 <= row < data.X.shape[0]:
+        raise InputError(f"row {row} is out of range: the data has {data.X.shape[0]} rows")
+    classification = is_classifier(model) or data.task == "classification"
+    if classification and not hasattr(model, "predict_proba"):
+        raise InputError(
+            f"{type(model).__name__} has no predict_proba, which LIME classification needs; "
+            "use a probabilistic classifier (random forest, gradient boosting, logistic regression)"
+        )
+    return classification
+
+
+def _lime_weights(explanation: Any, key: int, n_features: int) -> np.ndarray:
+    """LIME's weight of each feature ``(n_features,)`` for output ``key`` (0 where LIME did not select it)."""
+    weights = np.zeros(n_features)
+    for index, weight in explanation.as_map()[key]:
+        weights[index] = weight
+    return weights
+
+
+def _lime_target(
+    model: Any, data: TabularData, instance: np.ndarray, classification: bool, target_class: str | int | None
+) -> tuple[int, float, str]:
+    """The output LIME explains for one row: its label index (0 for a regressor), the model's score for it
+    and what that score is, in words."""
+    if not classification:
+        return 0, float(model.predict(instance[None, :])[0]), f"predicted {data.target_name}"
+    classes = [str(c) for c in model.classes_]
+    probabilities = model.predict_proba(instance[None, :])[0]
+    if target_class is None:
+        label = int(np.argmax(probabilities))
+    elif str(target_class) in classes:
+        label = classes.index(str(target_class))
+    else:
+        raise InputError(
+            f"unknown target class {target_class!r}; the model's classes are {', '.join(classes)}"
+        )
+    return label, float(probabilities[label]), f"probability of {data.target_name} = {classes[label]!r}"
+
+
+def _lime_explainer(model: Any, data: TabularData, classification: bool, seed: int) -> Any:
+    """LIME's tabular explainer over the training rows (its sampling statistics), continuous features
+    discretised."""
+    from lime.lime_tabular import LimeTabularExplainer
+
+    return LimeTabularExplainer(
+        data.X,
+        feature_names=data.feature_names,
+        categorical_features=data.categorical,
+        categorical_names={i: levels for i, levels in data.categories.items()},
+        class_names=[str(c) for c in model.classes_] if classification else None,
+        mode="classification" if classification else "regression",
+        discretize_continuous=True,
+        random_state=seed,
     )
 
 

@@ -15,7 +15,7 @@ Examples::
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -98,35 +98,23 @@ def explain_text_ig(
         ``(n_tokens,)`` attributions summing to ``score - baseline score`` up to the reported
         ``extras["convergence_delta"]``; ``score`` is the target logit.
     """
-    from captum.attr import LayerIntegratedGradients
-
     started = time.perf_counter()
-    encoded = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length)
-    device = model_device(model)
-    input_ids = encoded["input_ids"].to(device)
-    attention_mask = encoded.get("attention_mask", torch.ones_like(encoded["input_ids"])).to(device)
+    input_ids, attention_mask = _encode(tokenizer, text, max_length, model_device(model))
     baseline_ids = pad_baseline(tokenizer, input_ids)
-
-    def logits_of(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # LayerIG expands the mask along with the interpolated batch; keep shapes aligned for safety.
-        if mask.shape[0] != ids.shape[0]:
-            mask = mask.expand(ids.shape[0], -1)
-        return model(input_ids=ids, attention_mask=mask).logits
-
+    logits_of = _logits_function(model)
     with scoped_eval(model):
         with torch.no_grad():
             logits = logits_of(input_ids, attention_mask)[0]
             baseline_logits = logits_of(baseline_ids, attention_mask)[0]
         label = resolve_label(model, target, logits)
         with PassCounter(model) as passes:
-            attributions, delta = LayerIntegratedGradients(logits_of, model.get_input_embeddings()).attribute(
-                input_ids,
-                baselines=baseline_ids,
-                additional_forward_args=(attention_mask,),
-                target=label,
-                n_steps=n_steps,
-                internal_batch_size=internal_batch_size,
-                return_convergence_delta=True,
+            attributions, delta = _layer_integrated_gradients(
+                model,
+                logits_of,
+                (input_ids, baseline_ids, attention_mask),
+                label,
+                n_steps,
+                internal_batch_size,
             )
     names = label_names(model)
     return Explanation(
@@ -139,15 +127,69 @@ def explain_text_ig(
         forward_passes=passes.forward,
         backward_passes=passes.backward,
         seconds=time.perf_counter() - started,
-        extras={
-            "label": label,
-            "label_name": names[label],
-            "probability": float(torch.softmax(logits, dim=0)[label]),
-            "baseline_score": float(baseline_logits[label]),
-            "baseline": "pad token at every non-special position (CLS/SEP kept)",
-            "convergence_delta": float(delta[0]),
-            "n_steps": n_steps,
-        },
+        extras=_ig_extras(label, names[label], logits, baseline_logits, float(delta[0]), n_steps),
+    )
+
+
+def _ig_extras(
+    label: int, name: str, logits: torch.Tensor, baseline_logits: torch.Tensor, delta: float, n_steps: int
+) -> dict[str, object]:
+    """What the IG explanation records besides its map: the label, its probability, the baseline's score
+    and how closely the attributions add up (``convergence_delta``)."""
+    return {
+        "label": label,
+        "label_name": name,
+        "probability": float(torch.softmax(logits, dim=0)[label]),
+        "baseline_score": float(baseline_logits[label]),
+        "baseline": "pad token at every non-special position (CLS/SEP kept)",
+        "convergence_delta": delta,
+        "n_steps": n_steps,
+    }
+
+
+def _encode(
+    tokenizer: object, text: str, max_length: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)``, each ``(1, n_tokens)`` on ``device`` (truncated to ``max_length``)."""
+    encoded = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length)
+    input_ids = encoded["input_ids"].to(device)
+    attention_mask = encoded.get("attention_mask", torch.ones_like(encoded["input_ids"])).to(device)
+    return input_ids, attention_mask
+
+
+def _logits_function(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(ids, mask) -> logits`` of the classifier, the mask widened to the batch of ids."""
+
+    def logits_of(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # LayerIG expands the mask along with the interpolated batch; keep shapes aligned for safety.
+        if mask.shape[0] != ids.shape[0]:
+            mask = mask.expand(ids.shape[0], -1)
+        return model(input_ids=ids, attention_mask=mask).logits
+
+    return logits_of
+
+
+def _layer_integrated_gradients(
+    model: nn.Module,
+    logits_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    label: int,
+    n_steps: int,
+    internal_batch_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captum's layer IG of the ``label`` logit at the word embeddings, from the baseline ids to the ids
+    (``inputs``: ids, baseline ids, attention mask); -> (attributions ``(1, n_tokens, d)``, delta ``(1,)``)."""
+    from captum.attr import LayerIntegratedGradients
+
+    input_ids, baseline_ids, attention_mask = inputs
+    return LayerIntegratedGradients(logits_of, model.get_input_embeddings()).attribute(
+        input_ids,
+        baselines=baseline_ids,
+        additional_forward_args=(attention_mask,),
+        target=label,
+        n_steps=n_steps,
+        internal_batch_size=internal_batch_size,
+        return_convergence_delta=True,
     )
 
 
