@@ -17,6 +17,7 @@ from counterclip.engine.resources import Resources
 from counterclip.engine.results import ResultItem
 from counterclip.engine.verdicts import MATCH, NO_MATCH, Evidence, query_warnings, second_opinion
 from counterclip.engine.verify import Rescored, Verified
+from counterclip.engine.words import Substitutes, entails
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,11 @@ def query_evidence(res: Resources, posed: Posed, opts: EngineOptions) -> Evidenc
     evidence = calibration.doubting(domain_doubt(posed.texts, res.lexicon, calibration.calibration))
     before = evidence.p_match(float(criterion.match_score(posed.side.start[None])[0]))
     asked = criterion.validity.target or posed.texts[0]
+    query_id = (posed.query.get("image") or {}).get("id")
+    own = own_captions(res, [query_id]).get(query_id, []) if query_id is not None else []
     evidence = evidence.for_query(
         before=before,
-        settled=settled(posed, before) if evidence.usable else None,
+        settled=settled(posed, before, own, res.substitutes) if evidence.usable else None,
         min_effect=opts.min_effect,
         asked=asked,
         substitutes=res.substitutes,
@@ -56,16 +59,38 @@ def query_evidence(res: Resources, posed: Posed, opts: EngineOptions) -> Evidenc
     return evidence.with_rivals(res.index.captions.vectors(ids), rivals)
 
 
-def settled(posed: Posed, before: float | None) -> str | None:
-    """The original already is past the verified line for the goal, in words (None when it is not)."""
-    if before is None or posed.criterion.mode == "flip":
+def settled(
+    posed: Posed, before: float | None, own: list[str], substitutes: Substitutes | None
+) -> str | None:
+    """The original already is past the verified line for the goal, in words (None when it is not): by the
+    calibrated p(match), or by what the index's own captions of the original image say."""
+    if posed.criterion.mode == "flip":
         return None  # flip: an image already of the target class is refused when the query is posed
-    text = posed.texts[0]
-    if posed.criterion.wants_match and before >= MATCH:
+    text, wants_match = posed.texts[0], posed.criterion.wants_match
+    if wants_match and before is not None and before >= MATCH:
         return f"the original already matches {text!r} (p(match) {before:.2f}): nothing to add"
-    if not posed.criterion.wants_match and before <= NO_MATCH:
+    if not wants_match and before is not None and before <= NO_MATCH:
         return f"the original already does not match {text!r} (p(match) {before:.2f}): nothing to take away"
+    if wants_match:
+        said = next((caption for caption in own if entails(caption, text)), None)
+        if said:
+            return f"the index's own caption of the original, {said!r}, already says {text!r}: nothing to add"
+    elif substitutes is not None:
+        clash = next((c for c in own if substitutes.contradiction(text, c)), None)
+        if clash:
+            return (
+                f"the index's own caption of the original, {clash!r}, already contradicts {text!r}: nothing "
+                "to take away"
+            )
     return None
+
+
+def own_captions(res: Resources, image_ids: list[int]) -> dict[int, list[str]]:
+    """What the index's own captions (sidecars, captions files) say of these images."""
+    texts_of_images = getattr(res.index.captions, "texts_of_images", None)
+    if texts_of_images is None or not image_ids or not res.index.captions.count:
+        return {}
+    return texts_of_images(image_ids)
 
 
 def judge_answers(
@@ -74,10 +99,7 @@ def judge_answers(
     """Set each answer's verdict, p(match), rival and reason; the items in order. An image answer's own
     captions (sidecars, captions files) are what the index itself says of it."""
     items = [answer.item for answer in answers]
-    own: dict[int, list[str]] = {}
-    if posed.side.kind == "image" and posed.criterion.wants_match and items and res.index.captions.count:
-        texts_of_images = getattr(res.index.captions, "texts_of_images", None)
-        own = texts_of_images([item.id for item in items]) if texts_of_images is not None else {}
+    own = own_captions(res, [item.id for item in items]) if posed.side.kind == "image" else {}
     for answer in answers:
         captions = own.get(answer.item.id, [])
         evidence.judge(answer.item, posed.criterion, answer.vector, answer.rescored, captions)

@@ -17,7 +17,7 @@ import numpy as np
 from counterclip.calibration import Calibration
 from counterclip.engine.criteria import Criterion
 from counterclip.engine.results import ResultItem
-from counterclip.engine.words import Lexicon, Substitutes
+from counterclip.engine.words import Lexicon, Substitutes, entails
 
 # A verdict is a claim: "verified" needs a clear reading, not a coin flip at the match line. Between the
 # two bounds an answer stays "weak" (measured on 64-px shapes images the bundled model reads less surely:
@@ -134,8 +134,14 @@ class Evidence:
         )
 
     def _contradicted(self, own_captions: list[str], wants_match: bool) -> str | None:
-        """The item's own caption names another value of something the asked text names."""
-        if not wants_match or self.substitutes is None or not self.asked:
+        """What the index's own captions of the item say against the verdict: for a match, a caption naming
+        another value of something the text names; for no match, a caption that says all the text says."""
+        if not self.asked:
+            return None
+        if not wants_match:
+            still = next((c for c in own_captions if entails(c, self.asked)), None)
+            return f"its own caption {still!r} still says what the text says" if still else None
+        if self.substitutes is None:
             return None
         for caption in own_captions:
             clash = self.substitutes.contradiction(self.asked, caption)

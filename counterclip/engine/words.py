@@ -39,6 +39,12 @@ def content_words(text: str) -> tuple[str, ...]:
     return tuple(sorted(word for word in words_of(text) if word not in FRAMING_WORDS))
 
 
+def entails(caption: str, text: str) -> bool:
+    """The caption says everything the text says (every content word of the text is one of its own)."""
+    wanted = set(content_words(text))
+    return bool(wanted) and wanted <= set(content_words(caption))
+
+
 def edit_distance(a: str, b: str, limit: int) -> int:
     """Optimal-string-alignment distance (insert, delete, substitute, swap two neighbours), or
     ``limit + 1`` as soon as it exceeds ``limit``."""
