@@ -1,8 +1,10 @@
 """The `counterclip` command line.
 
 Each group of commands lives in its own module with a ``register(app, eval_app)`` function, so the
-issues that fill them do not edit one shared file. Errors the user can fix (`CounterclipError`) are
-printed as one line with exit status 2; ``--debug`` shows the traceback instead.
+issues that fill them do not edit one shared file. A command is a module-level function that parses
+its options, calls the library and prints (the query commands' tables: `query_printers`); ``register``
+only adds the commands. Errors the user can fix (`CounterclipError`) are printed as one line with exit
+status 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations

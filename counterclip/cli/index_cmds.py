@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -29,312 +30,361 @@ RUNTIME_HELP = "torch | onnx (extra counterclip[onnx]): what embeds the images a
 PRECISION_HELP = "With --runtime onnx: fp32 | int8-dynamic | int8-static (int8 checked on your images)."
 
 
-def register(app: typer.Typer, eval_app: typer.Typer) -> None:
-    @app.command()
-    def build(
-        folder: Path = typer.Argument(..., help="Image folder (scanned recursively)."),
-        index: Path = typer.Option(
-            ..., "--index", "-i", help="Index directory (created, resumed or updated)."
-        ),
-        model: str = typer.Option(
-            "bundled:shapes", "--model", "-m", help="Model spec (see `counterclip models`)."
-        ),
-        captions: Path = typer.Option(None, "--captions", help="Captions file: CSV (path,caption) or JSONL."),
-        vocab: Path = typer.Option(None, "--vocab", help="Free captions, one per line."),
-        batch_size: int = typer.Option(
-            None, "--batch-size", min=1, help="Images per forward pass (default 64, or the recipe's)."
-        ),
-        workers: int = typer.Option(
-            None, "--workers", min=0, help="Decode workers, 0 = decode inline (default 2, or the recipe's)."
-        ),
-        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-        index_kind: str = typer.Option(
-            "auto",
-            "--index-kind",
-            help="auto (by size) or a FAISS factory string, e.g. HNSW32,Flat or IVF256,SQ8.",
-        ),
-        config: str = typer.Option(
-            None, "--config", help="Index recipe name (default, exact, compact) or JSON file."
-        ),
-        memory_budget: str = typer.Option(
-            None, "--memory-budget", help="RAM the FAISS indexes may use, e.g. 2GB (default: by size)."
-        ),
-        shard: str = typer.Option(
-            None, "--shard", help="i/N: embed only every N-th file (worker i) into a shard set at --index."
-        ),
-        engine: str = typer.Option("local", "--engine", help="local | ray (extra counterclip[ray])."),
-        ray_address: str = typer.Option(
-            None, "--ray-address", help="An existing Ray cluster (default: local)."
-        ),
-        ray_actors: int = typer.Option(1, "--ray-actors", min=1, help="Model actors in the Ray pool."),
-        runtime: str = typer.Option(
-            None, "--runtime", help=RUNTIME_HELP + " (default: torch, or as recorded)."
-        ),
-        precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
-        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-    ) -> None:
-        """Embed every image of FOLDER into an on-disk index (FAISS + SQLite + embedding shards).
+# Options of `build` whose help needs more than the signature's line.
+MODEL_OPT = typer.Option("bundled:shapes", "--model", "-m", help="Model spec (see `counterclip models`).")
+BATCH_SIZE_OPT = typer.Option(
+    None, "--batch-size", min=1, help="Images per forward pass (default 64, or the recipe's)."
+)
+WORKERS_OPT = typer.Option(
+    None, "--workers", min=0, help="Decode workers, 0 = decode inline (default 2, or the recipe's)."
+)
+INDEX_KIND_OPT = typer.Option(
+    "auto", "--index-kind", help="auto (by size) or a FAISS factory string, e.g. HNSW32,Flat or IVF256,SQ8."
+)
+CONFIG_OPT = typer.Option(None, "--config", help="Index recipe name (default, exact, compact) or JSON file.")
+MEMORY_BUDGET_OPT = typer.Option(
+    None, "--memory-budget", help="RAM the FAISS indexes may use, e.g. 2GB (default: by size)."
+)
+SHARD_OPT = typer.Option(
+    None, "--shard", help="i/N: embed only every N-th file (worker i) into a shard set at --index."
+)
 
-        Re-running on an existing index with the same model updates it (new, changed and deleted files);
-        a run that was killed resumes from its last completed shard. Bad files are skipped and reported.
+# `build`'s help is given to typer here rather than as its docstring: with twenty options and five
+# examples, the command would otherwise not read as parse -> build -> print on one screen.
+BUILD_HELP = """Embed every image of FOLDER into an on-disk index (FAISS + SQLite + embedding shards).
 
-        Examples:
+    Re-running on an existing index with the same model updates it (new, changed and deleted files);
+    a run that was killed resumes from its last completed shard. Bad files are skipped and reported.
 
-          counterclip build ~/Photos --index photos.idx
+    Examples:
 
-          counterclip build shapes/ --index shapes.idx --vocab captions.txt --json
+      counterclip build ~/Photos --index photos.idx
 
-          counterclip build ~/Photos --index photos.idx --model ViT-B-32:/models/vit-b-32.safetensors --device cuda
+      counterclip build shapes/ --index shapes.idx --vocab captions.txt --json
 
-          counterclip build ~/Photos --index parts/0 --shard 0/4   (then `counterclip merge photos.idx parts/*`)
+      counterclip build ~/Photos --index photos.idx --model ViT-B-32:/models/vit-b-32.safetensors --device cuda
 
-          counterclip build ~/Photos --index photos.idx --engine ray --ray-address auto --memory-budget 2GB
-        """
-        from counterclip.errors import InputError
-        from counterclip.index_builder import build_index
-        from counterclip.index_builder.distributed import RayEmbedder, embed_shard, parse_shard
+      counterclip build ~/Photos --index parts/0 --shard 0/4   (then `counterclip merge photos.idx parts/*`)
 
-        _quiet_pillow()
-        if engine not in ("local", "ray"):
-            raise InputError(f"--engine must be local or ray, not {engine!r}")
-        if runtime == "onnx" and (engine == "ray" or shard is not None):
-            # Ray actors and shard workers load the torch model themselves; an ONNX session does not travel
-            raise InputError("--runtime onnx embeds in this process: use it without --engine ray and --shard")
-        if shard is not None:
-            described = embed_shard(
-                folder, index, parse_shard(shard), model, config, batch_size, workers, device=device
-            )
-            if as_json:
-                print_json(described)
-            else:
-                out.print(
-                    f"shard set {index}: worker {shard}, {described['embedded']} of {described['files']} files "
-                    f"embedded in {described['seconds']:.1f} s; merge all N with `counterclip merge IDX DIRS...`",
-                    highlight=False,
-                    markup=False,
-                )
-            return
-        embedder = RayEmbedder(ray_address, actors=ray_actors) if engine == "ray" else None
-        summary = build_index(
-            folder,
-            index,
-            model=model,
-            captions=captions,
-            vocab=vocab,
-            batch_size=batch_size,
-            workers=workers,
-            device=device,
-            index_kind=index_kind,
-            progress=not as_json,
-            config=config,
-            memory_budget=memory_budget,
-            embedder=embedder,
-            runtime=runtime,
-            precision=precision,
+      counterclip build ~/Photos --index photos.idx --engine ray --ray-address auto --memory-budget 2GB
+    """
+
+
+def build(
+    folder: Path = typer.Argument(..., help="Image folder (scanned recursively)."),
+    index: Path = typer.Option(..., "--index", "-i", help="Index directory (created, resumed or updated)."),
+    model: str = MODEL_OPT,
+    captions: Path = typer.Option(None, "--captions", help="Captions file: CSV (path,caption) or JSONL."),
+    vocab: Path = typer.Option(None, "--vocab", help="Free captions, one per line."),
+    batch_size: int = BATCH_SIZE_OPT,
+    workers: int = WORKERS_OPT,
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    index_kind: str = INDEX_KIND_OPT,
+    config: str = CONFIG_OPT,
+    memory_budget: str = MEMORY_BUDGET_OPT,
+    shard: str = SHARD_OPT,
+    engine: str = typer.Option("local", "--engine", help="local | ray (extra counterclip[ray])."),
+    ray_address: str = typer.Option(None, "--ray-address", help="An existing Ray cluster (default: local)."),
+    ray_actors: int = typer.Option(1, "--ray-actors", min=1, help="Model actors in the Ray pool."),
+    runtime: str = typer.Option(None, "--runtime", help=RUNTIME_HELP + " (default: torch, or as recorded)."),
+    precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """`counterclip build` (its help: `BUILD_HELP`): a shard set with ``--shard``, else the whole index."""
+    from counterclip.index_builder import build_index
+
+    _quiet_pillow()
+    _check_build_engine(engine, runtime, shard)
+    if shard is not None:
+        _embed_shard_set(folder, index, shard, model, config, batch_size, workers, device, as_json)
+        return
+    summary = build_index(
+        folder,
+        index,
+        model=model,
+        captions=captions,
+        vocab=vocab,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        index_kind=index_kind,
+        progress=not as_json,
+        config=config,
+        memory_budget=memory_budget,
+        embedder=_ray_embedder(ray_address, ray_actors) if engine == "ray" else None,
+        runtime=runtime,
+        precision=precision,
+    )
+    _print_summary(summary, as_json)
+
+
+def _check_build_engine(engine: str, runtime: str | None, shard: str | None) -> None:
+    """Refuse an unknown ``--engine``, and ONNX where the embedding leaves this process."""
+    from counterclip.errors import InputError
+
+    if engine not in ("local", "ray"):
+        raise InputError(f"--engine must be local or ray, not {engine!r}")
+    if runtime == "onnx" and (engine == "ray" or shard is not None):
+        # Ray actors and shard workers load the torch model themselves; an ONNX session does not travel
+        raise InputError("--runtime onnx embeds in this process: use it without --engine ray and --shard")
+
+
+def _ray_embedder(address: str | None, actors: int) -> Any:
+    """The builder's embedder on Ray Data (extra ``ray``)."""
+    from counterclip.index_builder.distributed import RayEmbedder
+
+    return RayEmbedder(address, actors=actors)
+
+
+def _embed_shard_set(
+    folder: Path,
+    index: Path,
+    shard: str,
+    model: str,
+    config: str | None,
+    batch_size: int | None,
+    workers: int | None,
+    device: str,
+    as_json: bool,
+) -> None:
+    """Embed worker i of N's files into the shard set at ``index`` and describe it."""
+    from counterclip.index_builder.distributed import embed_shard, parse_shard
+
+    described = embed_shard(
+        folder, index, parse_shard(shard), model, config, batch_size, workers, device=device
+    )
+    if as_json:
+        print_json(described)
+        return
+    out.print(
+        f"shard set {index}: worker {shard}, {described['embedded']} of {described['files']} files "
+        f"embedded in {described['seconds']:.1f} s; merge all N with `counterclip merge IDX DIRS...`",
+        highlight=False,
+        markup=False,
+    )
+
+
+def update(
+    index: Path = typer.Argument(..., help="Index directory."),
+    captions: Path = typer.Option(None, "--captions", help="Replace the recorded captions file."),
+    vocab: Path = typer.Option(None, "--vocab", help="Replace the recorded vocabulary file."),
+    batch_size: int = typer.Option(
+        None, "--batch-size", min=1, help="Images per forward pass (default: as recorded)."
+    ),
+    workers: int = typer.Option(None, "--workers", min=0, help="Decode workers (default: as recorded)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    index_kind: str = typer.Option(
+        None, "--index-kind", help="Change the FAISS kind (auto or a factory string)."
+    ),
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="Rebuild damaged files (FAISS from the shards, shards and SQLite from the images).",
+    ),
+    runtime: str = typer.Option(None, "--runtime", help=RUNTIME_HELP + " (default: as recorded)."),
+    precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Bring an index up to date with its folder: add new files, re-embed changed ones, remove deleted
+    ones (ids are never reused). Also finishes a build that was interrupted.
+
+    The update is written as a new generation beside the current one, which readers (a running
+    server) keep using until they move on; every file is verified first, and a damaged one stops the
+    update unless --repair is given.
+
+    Examples:
+
+      counterclip update photos.idx
+
+      counterclip update photos.idx --json
+
+      counterclip update photos.idx --repair
+    """
+    from counterclip.index_builder import update_index
+
+    _quiet_pillow()
+    summary = update_index(
+        index,
+        captions=captions,
+        vocab=vocab,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        index_kind=index_kind,
+        progress=not as_json,
+        repair=repair,
+        runtime=runtime,
+        precision=precision,
+    )
+    _print_summary(summary, as_json)
+
+
+def calibrate(
+    index: Path = typer.Argument(..., help="Index directory."),
+    captions: Path = typer.Option(
+        ..., "--captions", help="Captions of indexed images: CSV (path,caption) or JSONL."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    as_json: bool = typer.Option(False, "--json", help="Print the calibration as JSON."),
+) -> None:
+    """Fit p(match | score) on images with known captions and record it in the index: verdicts of
+    counterfactual queries then say "verified" only for answers this calibration calls a match.
+
+    The captions are not added to the index. Paths are relative to the indexed folder.
+
+    Examples:
+
+      counterclip calibrate photos.idx --captions photo-captions.csv
+    """
+    from counterclip.index_builder.builder import calibrate_index
+    from counterclip.index_builder.manifest import Manifest
+    from counterclip.models import load_model
+
+    model = load_model(Manifest.read(index).model.spec, device=device)
+    calibration = calibrate_index(index, captions, model)
+    if as_json:
+        print_json(calibration.to_dict())
+        return
+    out.print(
+        f"{calibration.name()}\nmatch line: score {calibration.score_at():.2f} "
+        f"(true pairs {calibration.positives.p10:.1f}-{calibration.positives.p90:.1f}, "
+        f"others {calibration.negatives.p10:.1f}-{calibration.negatives.p90:.1f})",
+        highlight=False,
+        markup=False,
+    )
+
+
+def check(
+    index: Path = typer.Argument(..., help="Index directory."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Verify every file of an index (fsck): sizes and checksums, SQLite's integrity check, FAISS and
+    shards against the rows. Names each damaged file; exit status 2 when one is found.
+
+    Examples:
+
+      counterclip check photos.idx
+
+      counterclip check photos.idx --json
+    """
+    from counterclip.errors import IndexDamagedError
+    from counterclip.index_builder import check_index
+
+    report = check_index(index)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        lines = [f"damaged    {name}: {reason}" for name, reason in sorted(report.damaged.items())]
+        lines.append(
+            f"index {report.index_dir} generation {report.generation}: {report.files} files, "
+            f"{report.bytes / 1e6:.1f} MB verified in {report.seconds:.1f} s"
+            + ("" if report.damaged else "; no damage found")
         )
-        _print_summary(summary, as_json)
-
-    @app.command()
-    def update(
-        index: Path = typer.Argument(..., help="Index directory."),
-        captions: Path = typer.Option(None, "--captions", help="Replace the recorded captions file."),
-        vocab: Path = typer.Option(None, "--vocab", help="Replace the recorded vocabulary file."),
-        batch_size: int = typer.Option(
-            None, "--batch-size", min=1, help="Images per forward pass (default: as recorded)."
-        ),
-        workers: int = typer.Option(None, "--workers", min=0, help="Decode workers (default: as recorded)."),
-        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-        index_kind: str = typer.Option(
-            None, "--index-kind", help="Change the FAISS kind (auto or a factory string)."
-        ),
-        repair: bool = typer.Option(
-            False,
-            "--repair",
-            help="Rebuild damaged files (FAISS from the shards, shards and SQLite from the images).",
-        ),
-        runtime: str = typer.Option(None, "--runtime", help=RUNTIME_HELP + " (default: as recorded)."),
-        precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
-        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-    ) -> None:
-        """Bring an index up to date with its folder: add new files, re-embed changed ones, remove deleted
-        ones (ids are never reused). Also finishes a build that was interrupted.
-
-        The update is written as a new generation beside the current one, which readers (a running
-        server) keep using until they move on; every file is verified first, and a damaged one stops the
-        update unless --repair is given.
-
-        Examples:
-
-          counterclip update photos.idx
-
-          counterclip update photos.idx --json
-
-          counterclip update photos.idx --repair
-        """
-        from counterclip.index_builder import update_index
-
-        _quiet_pillow()
-        summary = update_index(
-            index,
-            captions=captions,
-            vocab=vocab,
-            batch_size=batch_size,
-            workers=workers,
-            device=device,
-            index_kind=index_kind,
-            progress=not as_json,
-            repair=repair,
-            runtime=runtime,
-            precision=precision,
-        )
-        _print_summary(summary, as_json)
-
-    @app.command()
-    def calibrate(
-        index: Path = typer.Argument(..., help="Index directory."),
-        captions: Path = typer.Option(
-            ..., "--captions", help="Captions of indexed images: CSV (path,caption) or JSONL."
-        ),
-        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-        as_json: bool = typer.Option(False, "--json", help="Print the calibration as JSON."),
-    ) -> None:
-        """Fit p(match | score) on images with known captions and record it in the index: verdicts of
-        counterfactual queries then say "verified" only for answers this calibration calls a match.
-
-        The captions are not added to the index. Paths are relative to the indexed folder.
-
-        Examples:
-
-          counterclip calibrate photos.idx --captions photo-captions.csv
-        """
-        from counterclip.index_builder.builder import calibrate_index
-        from counterclip.index_builder.manifest import Manifest
-        from counterclip.models import load_model
-
-        model = load_model(Manifest.read(index).model.spec, device=device)
-        calibration = calibrate_index(index, captions, model)
-        if as_json:
-            print_json(calibration.to_dict())
-            return
-        out.print(
-            f"{calibration.name()}\nmatch line: score {calibration.score_at():.2f} "
-            f"(true pairs {calibration.positives.p10:.1f}-{calibration.positives.p90:.1f}, "
-            f"others {calibration.negatives.p10:.1f}-{calibration.negatives.p90:.1f})",
-            highlight=False,
-            markup=False,
-        )
-
-    @app.command()
-    def check(
-        index: Path = typer.Argument(..., help="Index directory."),
-        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    ) -> None:
-        """Verify every file of an index (fsck): sizes and checksums, SQLite's integrity check, FAISS and
-        shards against the rows. Names each damaged file; exit status 2 when one is found.
-
-        Examples:
-
-          counterclip check photos.idx
-
-          counterclip check photos.idx --json
-        """
-        from counterclip.errors import IndexDamagedError
-        from counterclip.index_builder import check_index
-
-        report = check_index(index)
-        if as_json:
-            print_json(report.to_dict())
-        else:
-            lines = [f"damaged    {name}: {reason}" for name, reason in sorted(report.damaged.items())]
-            lines.append(
-                f"index {report.index_dir} generation {report.generation}: {report.files} files, "
-                f"{report.bytes / 1e6:.1f} MB verified in {report.seconds:.1f} s"
-                + ("" if report.damaged else "; no damage found")
-            )
-            out.print("\n".join(lines), highlight=False, markup=False)
-        if report.damaged:
-            names = ", ".join(sorted(report.damaged))
-            raise IndexDamagedError(
-                f"index {report.index_dir} has {len(report.damaged)} damaged file(s): {names}; "
-                f"run `counterclip update {report.index_dir} --repair`"
-            )
-
-    @app.command()
-    def info(
-        index: Path = typer.Argument(..., help="Index directory."),
-        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    ) -> None:
-        """Describe an index: counts, model spec and fingerprint, FAISS kind and measured recall, skipped
-        files, build time, size on disk.
-
-        Examples:
-
-          counterclip info photos.idx
-
-          counterclip info photos.idx --json
-        """
-        from counterclip.index_builder import Index
-
-        with Index.open(index) as idx:
-            manifest = idx.manifest
-            errors = idx.errors()
-            payload = {
-                "index": str(idx.path),
-                "root": str(idx.root),
-                "images": idx.images.count,
-                "captions": idx.captions.count,
-                "skipped": len(errors),
-                "model": str(manifest.model.spec),
-                "model_spec": manifest.model.spec.to_dict(),
-                "fingerprint": idx.fingerprint,
-                "embed_dim": idx.dim,
-                "faiss": manifest.faiss,
-                "created": manifest.created,
-                "updated": manifest.updated,
-                "generation": manifest.generation,
-                "last_run": manifest.last_run,
-                "settings": dataclasses.asdict(manifest.settings),
-                "calibration": manifest.calibration,
-                "runtime": manifest.model.runtime or {"runtime": "torch", "precision": "fp32"},
-                "size_on_disk_bytes": idx.size_on_disk(),
-                "errors": [{"path": e["path"], "reason": e["reason"]} for e in errors],
-            }
-        if as_json:
-            print_json(payload)
-            return
-        images = payload["faiss"]["images"]
-        k = images.get("recall_k", 10)
-        recall = images.get(f"recall_at_{k}")
-        lines = [
-            f"index      {payload['index']}",
-            f"folder     {payload['root']}",
-            f"images     {payload['images']} indexed, {payload['skipped']} skipped",
-            f"captions   {payload['captions']}",
-            f"model      {payload['model']}  (fingerprint {payload['fingerprint']}, d={payload['embed_dim']})",
-            f"faiss      images: {images['factory']} {images['search_params'] or ''}".rstrip(),
-            *(
-                [f"           recall@{k} {recall:.3f} on {images['recall_queries']} queries"]
-                if recall is not None
-                else []
-            ),
-            f"           captions: {payload['faiss']['captions']['factory']}",
-            f"built      {payload['created']}, updated {payload['updated']} (generation {payload['generation']})",
-            f"last run   {payload['last_run'].get('embedded', 0)} embedded, "
-            f"{payload['last_run'].get('added', 0)} new, {payload['last_run'].get('changed', 0)} changed, "
-            f"{payload['last_run'].get('removed', 0)} removed, {payload['last_run'].get('seconds', 0):.1f} s",
-            f"runtime    {_runtime_line(payload['runtime'])}",
-            f"on disk    {payload['size_on_disk_bytes'] / 1e6:.1f} MB",
-            "calibrated "  # the calibration the verdicts use, aligned with the labels above
-            + (
-                f"{idx.calibration.name()}: match line at score {idx.calibration.score_at():.2f}"
-                if idx.calibration is not None
-                else "none recorded (captions give one at build time; or `counterclip calibrate`)"
-            ),
-        ]
-        lines += [f"skipped    {e['path']}: {e['reason']}" for e in payload["errors"][:20]]
-        if len(payload["errors"]) > 20:
-            lines.append(f"... and {len(payload['errors']) - 20} more (see --json)")
         out.print("\n".join(lines), highlight=False, markup=False)
+    if report.damaged:
+        names = ", ".join(sorted(report.damaged))
+        raise IndexDamagedError(
+            f"index {report.index_dir} has {len(report.damaged)} damaged file(s): {names}; "
+            f"run `counterclip update {report.index_dir} --repair`"
+        )
+
+
+def info(
+    index: Path = typer.Argument(..., help="Index directory."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Describe an index: counts, model spec and fingerprint, FAISS kind and measured recall, skipped
+    files, build time, size on disk.
+
+    Examples:
+
+      counterclip info photos.idx
+
+      counterclip info photos.idx --json
+    """
+    from counterclip.index_builder import Index
+
+    with Index.open(index) as idx:
+        payload = _describe_index(idx)
+        calibration = idx.calibration
+    if as_json:
+        print_json(payload)
+        return
+    out.print("\n".join(_info_lines(payload, calibration)), highlight=False, markup=False)
+
+
+def _describe_index(idx: Any) -> dict[str, Any]:
+    """What `info` reports about an open `Index` (its ``--json``)."""
+    manifest = idx.manifest
+    errors = idx.errors()
+    return {
+        "index": str(idx.path),
+        "root": str(idx.root),
+        "images": idx.images.count,
+        "captions": idx.captions.count,
+        "skipped": len(errors),
+        "model": str(manifest.model.spec),
+        "model_spec": manifest.model.spec.to_dict(),
+        "fingerprint": idx.fingerprint,
+        "embed_dim": idx.dim,
+        "faiss": manifest.faiss,
+        "created": manifest.created,
+        "updated": manifest.updated,
+        "generation": manifest.generation,
+        "last_run": manifest.last_run,
+        "settings": dataclasses.asdict(manifest.settings),
+        "calibration": manifest.calibration,
+        "runtime": manifest.model.runtime or {"runtime": "torch", "precision": "fp32"},
+        "size_on_disk_bytes": idx.size_on_disk(),
+        "errors": [{"path": e["path"], "reason": e["reason"]} for e in errors],
+    }
+
+
+def _info_lines(payload: dict[str, Any], calibration: Any) -> list[str]:
+    """`info`'s lines, labels aligned: the index, its model and FAISS, its runs, skipped files (20)."""
+    images = payload["faiss"]["images"]
+    k = images.get("recall_k", 10)
+    recall = images.get(f"recall_at_{k}")
+    last_run = payload["last_run"]
+    lines = [
+        f"index      {payload['index']}",
+        f"folder     {payload['root']}",
+        f"images     {payload['images']} indexed, {payload['skipped']} skipped",
+        f"captions   {payload['captions']}",
+        f"model      {payload['model']}  (fingerprint {payload['fingerprint']}, d={payload['embed_dim']})",
+        f"faiss      images: {images['factory']} {images['search_params'] or ''}".rstrip(),
+        *(
+            [f"           recall@{k} {recall:.3f} on {images['recall_queries']} queries"]
+            if recall is not None
+            else []
+        ),
+        f"           captions: {payload['faiss']['captions']['factory']}",
+        f"built      {payload['created']}, updated {payload['updated']} (generation {payload['generation']})",
+        f"last run   {last_run.get('embedded', 0)} embedded, {last_run.get('added', 0)} new, "
+        f"{last_run.get('changed', 0)} changed, {last_run.get('removed', 0)} removed, "
+        f"{last_run.get('seconds', 0):.1f} s",
+        f"runtime    {_runtime_line(payload['runtime'])}",
+        f"on disk    {payload['size_on_disk_bytes'] / 1e6:.1f} MB",
+        "calibrated "  # the calibration the verdicts use, aligned with the labels above
+        + (
+            f"{calibration.name()}: match line at score {calibration.score_at():.2f}"
+            if calibration is not None
+            else "none recorded (captions give one at build time; or `counterclip calibrate`)"
+        ),
+    ]
+    lines += [f"skipped    {e['path']}: {e['reason']}" for e in payload["errors"][:20]]
+    if len(payload["errors"]) > 20:
+        lines.append(f"... and {len(payload['errors']) - 20} more (see --json)")
+    return lines
+
+
+def register(app: typer.Typer, eval_app: typer.Typer) -> None:
+    """Add ``build``, ``update``, ``calibrate``, ``check`` and ``info``."""
+    app.command(help=BUILD_HELP)(build)
+    app.command()(update)
+    app.command()(calibrate)
+    app.command()(check)
+    app.command()(info)
 
 
 def _runtime_line(record: dict) -> str:

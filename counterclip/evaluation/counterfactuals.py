@@ -26,6 +26,33 @@ CHANGEABLE = ("shape", "colour", "size", "position")
 FULL = ("size", "colour", "shape", "position")
 OURS = "gradient_path"
 
+#: What each figure of the report measures (copied into every report, so a saved one explains itself).
+DEFINITIONS = {
+    "hit_at_1": "image side: the top result has the asked attribute value; text side: the top caption "
+    "names a value the image does not have",
+    "minimal_at_1": "image side: asked value and every other attribute unchanged; text side: a hit that "
+    "differs from the original caption in exactly one attribute (one value changed, or one wrong "
+    "attribute added)",
+    "minimal_swap_at_1": "text side, strict: same attributes named, exactly one value changed",
+    "absent_verified_rate": "image side, increase: share of queries whose text names a combination "
+    "the index does not hold that still return at least one 'verified' answer (should be near 0)",
+    "present_verified_right_rate": "the same for combinations the index holds: share whose top answer "
+    "is 'verified' and has every value the text names",
+    "distinct_changes_at_4": "image side, decrease on the image's full caption: distinct attributes "
+    "changed among the top 4 answers (mean over queries)",
+    "one_attribute_rate": "share of those answers that change exactly one attribute of the image",
+}
+
+#: The parts of the evaluation each choice of ``counterclip eval counterfactual --side`` runs.
+SIDE_CHOICES: dict[str, tuple[str, ...]] = {
+    "both": ("image", "text"),
+    "all": ("image", "text", "verdicts", "diversity"),
+    "image": ("image",),
+    "text": ("text",),
+    "verdicts": ("verdicts",),
+    "diversity": ("diversity",),
+}
+
 
 def _one_attribute_apart(a: dict[str, str], b: dict[str, str]) -> bool:
     """Same attributes named, exactly one value changed (the strict reading of "minimal")."""
@@ -110,21 +137,7 @@ def evaluate_counterfactuals(
         JSON-friendly dict: per side, per method (ours and each baseline) the rates, distances,
         diversity and latency; plus how many queries were drawn and skipped.
     """
-    records = read_labels(labels_file)
-    root = Path(labels_file).parent if Path(labels_file).is_file() else Path(labels_file)
-    by_attrs: dict[ShapeAttrs, list[int]] = {}
-    indexed: list[tuple[int, ShapeAttrs, dict]] = []
-    for record in records:
-        image_id = engine.index.image_id_for_path((root / record["file"]).resolve())
-        if image_id is None:
-            continue
-        attrs = attrs_of(record)
-        by_attrs.setdefault(attrs, []).append(image_id)
-        indexed.append((image_id, attrs, record))
-    if not indexed:
-        raise ValueError(
-            f"none of the images in {labels_file} are in this index (built from {engine.index.root})"
-        )
+    indexed, by_attrs = _indexed_images(engine, labels_file)
     id_attrs = {image_id: attrs for image_id, attrs, _ in indexed}
     rng = np.random.default_rng(seed)
     report: dict[str, Any] = {
@@ -132,21 +145,7 @@ def evaluate_counterfactuals(
         "k": k,
         "seed": seed,
         "options": {**dataclasses.asdict(engine.options), **overrides},
-        "definitions": {
-            "hit_at_1": "image side: the top result has the asked attribute value; text side: the top caption "
-            "names a value the image does not have",
-            "minimal_at_1": "image side: asked value and every other attribute unchanged; text side: a hit that "
-            "differs from the original caption in exactly one attribute (one value changed, or one wrong "
-            "attribute added)",
-            "minimal_swap_at_1": "text side, strict: same attributes named, exactly one value changed",
-            "absent_verified_rate": "image side, increase: share of queries whose text names a combination "
-            "the index does not hold that still return at least one 'verified' answer (should be near 0)",
-            "present_verified_right_rate": "the same for combinations the index holds: share whose top answer "
-            "is 'verified' and has every value the text names",
-            "distinct_changes_at_4": "image side, decrease on the image's full caption: distinct attributes "
-            "changed among the top 4 answers (mean over queries)",
-            "one_attribute_rate": "share of those answers that change exactly one attribute of the image",
-        },
+        "definitions": dict(DEFINITIONS),
     }
     if "image" in sides:
         report["image_side"] = _image_side(
@@ -164,6 +163,28 @@ def evaluate_counterfactuals(
             engine, indexed, id_attrs, n_queries, np.random.default_rng([seed, 2]), overrides
         )
     return report
+
+
+def _indexed_images(
+    engine: Engine, labels_file: str | Path
+) -> tuple[list[tuple[int, ShapeAttrs, dict]], dict[ShapeAttrs, list[int]]]:
+    """The labelled images the index holds, as ``(id, attributes, label record)``, and the ids by attributes."""
+    records = read_labels(labels_file)
+    root = Path(labels_file).parent if Path(labels_file).is_file() else Path(labels_file)
+    by_attrs: dict[ShapeAttrs, list[int]] = {}
+    indexed: list[tuple[int, ShapeAttrs, dict]] = []
+    for record in records:
+        image_id = engine.index.image_id_for_path((root / record["file"]).resolve())
+        if image_id is None:
+            continue
+        attrs = attrs_of(record)
+        by_attrs.setdefault(attrs, []).append(image_id)
+        indexed.append((image_id, attrs, record))
+    if not indexed:
+        raise ValueError(
+            f"none of the images in {labels_file} are in this index (built from {engine.index.root})"
+        )
+    return indexed, by_attrs
 
 
 def _named_values(attrs: ShapeAttrs, named: tuple[str, ...]) -> dict[str, str]:

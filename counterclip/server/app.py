@@ -118,13 +118,25 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
     )
     app.state.service = service
     app.include_router(make_router(service))
+    _mount_static(app)
+    _install_error_handlers(app)
+    _install_openapi(app, settings)
+    _install_guards(app, settings)
+    return app
+
+
+def _mount_static(app: FastAPI) -> None:
+    """The page's files at ``/static``, and the packaged Swagger UI (when installed) at ``/static/swagger``."""
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     swagger = swagger_path()
     if swagger is not None:
         app.mount("/static/swagger", StaticFiles(directory=swagger), name="swagger")
         # mounted after /static: Starlette matches in order, so give the longer prefix precedence
         app.router.routes.insert(0, app.router.routes.pop())
-    _install_error_handlers(app)
+
+
+def _install_openapi(app: FastAPI, settings: ServerSettings) -> None:
+    """The OpenAPI schema, built once; with a token it declares the bearer scheme for every call."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -140,6 +152,10 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _install_guards(app: FastAPI, settings: ServerSettings) -> None:
+    """The middleware: Host and token checks, CORS when origins are given, and the last-resort error guard."""
     # added innermost first: ErrorGuard ends outermost, so nothing escapes it
     app.add_middleware(AccessGuard, settings=settings)
     if settings.cors_origins:
@@ -150,4 +166,3 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
             allow_headers=["authorization", "content-type"],
         )
     app.add_middleware(ErrorGuard)
-    return app

@@ -131,38 +131,53 @@ def item_maps(
     """
     if not hasattr(model, "image_tower"):
         raise InputError("explanation maps need a CLIP model with towers to explain; this engine's has none")
-    method, text_method = map_method(model), map_method(model, "text")
     query_image = _display(query_image)
     if side == "image":
         assert result_image is not None
-        result_image = _display(result_image)
-        pair, margin = image_counterfactual_maps(model, query_image, result_image, text, method=method)
-        toward = EmbeddingMargin(
-            toward=text_embedding_of(model, text),
-            away=image_embedding_of(model, query_image),
-            score=model.pair_score,
-        )
-        return [
-            _plain("The original", "The original image, for comparison.", query_image),
-            _plain("The answer", "The answer image.", result_image),
-            _image_map(
-                "Why it matches",
-                f"The parts of the answer that make the model score it for \u201c{text}\u201d.",
-                result_image,
-                pair.pixel_map,
-                map_faithfulness(model, result_image, text, pair.pixel_map),
-            ),
-            _image_map(
-                "Why it rather than the original",
-                f"The parts of the answer that pull it toward \u201c{text}\u201d and away from the original image.",
-                result_image,
-                margin.pixel_map,
-                map_faithfulness(model, result_image, text, margin.pixel_map, target=toward),
-                "its lead over the original",
-            ),
-        ]
+        return _image_answer_maps(model, query_image, _display(result_image), text)
     assert result_text is not None
-    pair, margin = text_counterfactual_maps(model, query_image, text, result_text, method=text_method)
+    return _text_answer_maps(model, query_image, text, result_text)
+
+
+def _image_answer_maps(
+    model: Any, query_image: Image.Image, result_image: Image.Image, text: str
+) -> list[dict[str, Any]]:
+    """An image answer: the two images, why the answer matches the text, why it rather than the original."""
+    pair, margin = image_counterfactual_maps(model, query_image, result_image, text, method=map_method(model))
+    toward = EmbeddingMargin(
+        toward=text_embedding_of(model, text),
+        away=image_embedding_of(model, query_image),
+        score=model.pair_score,
+    )
+    return [
+        _plain("The original", "The original image, for comparison.", query_image),
+        _plain("The answer", "The answer image.", result_image),
+        _image_map(
+            "Why it matches",
+            f"The parts of the answer that make the model score it for \u201c{text}\u201d.",
+            result_image,
+            pair.pixel_map,
+            map_faithfulness(model, result_image, text, pair.pixel_map),
+        ),
+        _image_map(
+            "Why it rather than the original",
+            f"The parts of the answer that pull it toward \u201c{text}\u201d and away from the original image.",
+            result_image,
+            margin.pixel_map,
+            map_faithfulness(model, result_image, text, margin.pixel_map, target=toward),
+            "its lead over the original",
+        ),
+    ]
+
+
+def _text_answer_maps(
+    model: Any, query_image: Image.Image, text: str, result_text: str
+) -> list[dict[str, Any]]:
+    """A caption answer: the image, why the caption matches it (pixels, then words), why it rather than
+    the original text."""
+    pair, margin = text_counterfactual_maps(
+        model, query_image, text, result_text, method=map_method(model, "text")
+    )
     maps = [
         _plain("The image", "The original image both texts are scored against.", query_image),
         _image_map(

@@ -70,9 +70,18 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def make_router(service: Service) -> APIRouter:
-    """All routes, bound to one `Service`."""
+    """All routes, bound to one `Service` (added group by group, in the order the API docs list them)."""
     router = APIRouter(responses=ERRORS)
-    pool = service.pool
+    _add_status_routes(router, service)
+    _add_query_routes(router, service)
+    _add_image_routes(router, service)
+    _add_session_route(router, service)
+    _add_page_routes(router)
+    return router
+
+
+def _add_status_routes(router: APIRouter, service: Service) -> None:
+    """``/health`` and ``/info``."""
 
     @router.get("/health", tags=["service"])
     async def health() -> dict[str, Any]:
@@ -86,13 +95,18 @@ def make_router(service: Service) -> APIRouter:
             "generation": getattr(index, "generation", None),
             "images": index.images.count,
             "captions": index.captions.count,
-            "pool": pool.stats(),
+            "pool": service.pool.stats(),
         }
 
     @router.get("/info", tags=["service"])
     async def info() -> dict[str, Any]:
         """Index name and counts, model, whether maps are available, and the request limits."""
         return service.info()
+
+
+def _add_query_routes(router: APIRouter, service: Service) -> None:
+    """The queries, each run on the worker pool: search, counterfactual, maps, report."""
+    pool = service.pool
 
     @router.post("/search", tags=["queries"])
     async def search(request: SearchRequest) -> dict[str, Any]:
@@ -122,6 +136,10 @@ def make_router(service: Service) -> APIRouter:
             },
         )
 
+
+def _add_image_routes(router: APIRouter, service: Service) -> None:
+    """An indexed image's file and its description."""
+
     @router.get("/images/{image_id}", tags=["images"], response_class=Response)
     async def image_file(
         image_id: ImageId, if_none_match: Annotated[str | None, Header()] = None
@@ -142,7 +160,11 @@ def make_router(service: Service) -> APIRouter:
     @router.get("/images/{image_id}/meta", tags=["images"])
     async def image_info(image_id: ImageId) -> dict[str, Any]:
         """File name, size in pixels and captions of an image id."""
-        return await pool.run(service.describe_one, image_id)
+        return await service.pool.run(service.describe_one, image_id)
+
+
+def _add_session_route(router: APIRouter, service: Service) -> None:
+    """``/auth/session``: the token as a cookie, for the page."""
 
     @router.post("/auth/session", tags=["service"], status_code=204)
     async def session(authorization: Annotated[str | None, Header()] = None) -> Response:
@@ -160,6 +182,10 @@ def make_router(service: Service) -> APIRouter:
             TOKEN_COOKIE, urllib.parse.quote(token, safe=""), httponly=True, samesite="strict", path="/"
         )
         return response
+
+
+def _add_page_routes(router: APIRouter) -> None:
+    """The page, its icon and the API docs (none of them in the schema)."""
 
     @router.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -182,5 +208,3 @@ def make_router(service: Service) -> APIRouter:
             swagger_css_url=f"{SWAGGER_PREFIX}/swagger-ui.css",
             swagger_favicon_url="static/favicon.svg",
         )
-
-    return router

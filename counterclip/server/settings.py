@@ -32,6 +32,17 @@ class Limits:
         if self.max_text_chars < 1 or self.max_labels < 2:
             raise InputError("max_text_chars must be >= 1 and max_labels >= 2")
 
+    @classmethod
+    def sized_for_upload(cls, max_upload_bytes: int, max_upload_pixels: int, max_text_chars: int) -> Limits:
+        """Limits around the largest upload: the body holds it base64-encoded (4/3 of the file) plus 64 KB
+        of JSON, and is never smaller than the default 16 MB."""
+        return cls(
+            max_upload_bytes=max_upload_bytes,
+            max_body_bytes=max(16 * 1024 * 1024, max_upload_bytes * 4 // 3 + 64 * 1024),
+            max_upload_pixels=max_upload_pixels,
+            max_text_chars=max_text_chars,
+        )
+
 
 def available_cores() -> int:
     """CPU cores this process may run on (the affinity mask where the OS has one)."""
@@ -111,6 +122,12 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def page_url(host: str, port: int) -> str:
+    """The address to open the page at: a wildcard host is reached on loopback, IPv6 in brackets."""
+    shown = "127.0.0.1" if host in WILDCARD_HOSTS else (f"[{host}]" if ":" in host else host)
+    return f"http://{shown}:{port}/"
 
 
 def _own_names() -> set[str]:

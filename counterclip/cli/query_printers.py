@@ -1,0 +1,189 @@
+"""How the query commands print (presentation only): the search and counterfactual tables, the baselines
+and stale files of a counterfactual result, and the tables of ``eval counterfactual``.
+
+Every printer takes what the engine or the evaluation returned and writes to stdout; none computes a
+figure of its own.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from counterclip.cli._common import metrics_table, out, say
+
+#: The figures of each method ``eval counterfactual`` prints per side (``--json`` has them all).
+EVAL_METRICS = [
+    "answered_rate",
+    "minimal_swap_at_1",
+    "verified_rate",
+    "hit_at_1",
+    "minimal_at_1",
+    "mean_distance_top1",
+    "diversity_at_k",
+    "latency_ms_p50",
+    "latency_ms_p95",
+]
+
+
+def print_paths(result: Any, root: Path) -> None:
+    """``search --paths``: one full path per line (captions: the text on one line), for piping."""
+    lines = [str(root / i.path) if i.path else " ".join((i.text or "").split()) for i in result.items]
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
+
+
+def print_search(
+    result: Any, query: str, collection: str, root: Path, captions: dict[int, list[str]]
+) -> None:
+    """``search``: a heading naming the query, the warnings, and the table of hits."""
+    out.print(f"[bold]{len(result.items)} {collection}[/] for {escape(query)}", highlight=False)
+    for warning in result.warnings:
+        say(f"[yellow]warning[/] {escape(warning)}")
+    out.print(_search_table(result, root, captions), highlight=False)
+
+
+def print_counterfactual(result: Any, text: str | None, root: Path, report: Path | None) -> None:
+    """``counterfactual``: the validity rule, the verdicts' calibration, warnings, the answers, each
+    baseline's answer, stale files and where the report went."""
+    say(f"[bold]valid when[/] {escape(result.validity.rule)}")
+    say(f"[bold]verdicts[/] by the {escape(result.calibration or 'no calibration')}")
+    for warning in result.warnings:
+        say(f"[yellow]warning[/] {escape(warning)}")
+    noun = "caption" if result.side == "text" else "image"
+    title = f"{len(result.items)} counterfactual {noun}(s), closest to the original first"
+    if result.side == "image":
+        title += f" (in {root})"
+    original = text if result.side == "text" else None
+    out.print(_items_table(title, result.items, result.mode, original), highlight=False)
+    _print_baselines(result)
+    for entry in result.stale:
+        out.print(
+            f"[yellow]stale[/] {escape(str(entry.get('path') or entry.get('text')))}: {entry['reason']} "
+            "(run counterclip update)",
+            highlight=False,
+        )
+    if report is not None:
+        out.print(f"report: {escape(str(report))}", highlight=False)
+
+
+def print_counterfactual_evaluation(report: dict[str, Any]) -> None:
+    """``eval counterfactual``: a table per side measured (a row per figure, a column per method), then
+    the verdict and diversity figures in one line each."""
+    for side_name in ("image_side", "text_side"):
+        if side_name not in report:
+            continue
+        section = report[side_name]
+        title = (
+            f"{side_name.replace('_', ' ')}: {section.get('drawn')} queries "
+            f"({section.get('skipped_no_minimal_answer')} skipped)"
+        )
+        methods = {name: values for name, values in section.items() if isinstance(values, dict)}
+        out.print(metrics_table(title, methods, EVAL_METRICS), highlight=False)
+    for name in ("verdicts", "decrease_diversity"):
+        if name in report:
+            figures = ", ".join(
+                f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
+                for key, value in report[name].items()
+            )
+            say(f"[bold]{name.replace('_', ' ')}[/]: {figures}")
+
+
+def _print_baselines(result: Any) -> None:
+    """One line per baseline answer ("none valid" for a baseline without one), marking an answer the
+    gradient path also gave."""
+    answered = {item.id: item.rank for item in result.items}
+    for name, items in result.baselines.items():
+        for item in items or [None]:
+            if item is None:
+                out.print(f"baseline {name.replace('_', ' ')}: none valid", highlight=False)
+                continue
+            shown = escape(item.path or f"\u201c{item.text}\u201d")
+            same = f" (= answer #{answered[item.id]})" if item.id in answered else ""
+            before = "" if item.score_before is None else f"{item.score_before:.2f} -> "
+            say(
+                f"baseline {name.replace('_', ' ')}: {shown} {before}{item.score_after:.2f} "
+                f"{_verdict_cell(item.verdict)}{same}"
+            )
+
+
+def _caption_cell(text: str, original: str | None) -> str:
+    """A caption with the words that differ from ``original`` in bold and underlined (rich markup)."""
+    if not original:
+        return escape(f"\u201c{text}\u201d")
+    from counterclip.report.words import changed_words
+
+    _, added = changed_words(original, text)
+    words = [
+        f"[bold underline]{escape(w)}[/]" if i in added else escape(w) for i, w in enumerate(text.split())
+    ]
+    return "\u201c" + " ".join(words) + "\u201d"
+
+
+def _items_table(title: str, items: Any, mode: str | None = None, original: str | None = None) -> Table:
+    """Counterfactual answers: rank, the item (its full path or text, folded, never cut), score before ->
+    after, verdict and p(match), distance to the original."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("item", overflow="fold", ratio=3)
+    table.add_column("p(target)" if mode == "flip" else "score", justify="right", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("p(match)", justify="right", no_wrap=True)
+    table.add_column("dist", justify="right", no_wrap=True)
+    digits = 3 if mode == "flip" else 2
+    for i in items:
+        before = "" if i.score_before is None else f"{i.score_before:.{digits}f} -> "
+        table.add_row(
+            str(i.rank),
+            escape(i.path) if i.path else _caption_cell(i.text or "", original),
+            f"{before}{i.score_after:.{digits}f}",
+            _verdict_cell(i.verdict),
+            "" if i.p_match is None else f"{i.p_match:.2f}",
+            f"{i.distance:.3f}",
+        )
+    return table
+
+
+def _verdict_cell(verdict: str | None) -> str:
+    colour = {"verified": "green", "weak": "yellow", "unverifiable": "dim"}.get(verdict or "", "dim")
+    return f"[{colour}]{verdict or '-'}[/]"
+
+
+def _search_table(result: Any, root: Path, captions: dict[int, list[str]]) -> Table:
+    """Search hits: rank, score, p(match) when a calibration holds, the full path (folded, never cut)
+    and the first caption the index holds for the image."""
+    images = bool(result.items) and result.items[0].kind == "image"
+    calibrated = any(i.p_match is not None for i in result.items)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    if calibrated:
+        table.add_column("p(match)", justify="right", no_wrap=True)
+    if images:
+        # the path keeps its full width when the terminal allows (at least 12 columns left for the
+        # caption); otherwise it folds onto more lines, never cut
+        columns = 5 if calibrated else 4
+        fixed = len(str(len(result.items))) + max(len(f"{i.score_after:.2f}") for i in result.items)
+        fixed += (8 if calibrated else 0) + 3 * columns + 1
+        longest = max(len(str(root / i.path)) for i in result.items)
+        path_width = max(min(longest, out.width - fixed - 12), 12)
+        table.add_column("path", overflow="fold", width=path_width)
+        table.add_column("caption", overflow="fold", width=max(out.width - fixed - path_width, 12))
+    else:
+        table.add_column("caption", overflow="fold")
+    for item in result.items:
+        row = [str(item.rank), f"{item.score_after:.2f}"]
+        if calibrated:
+            row.append("" if item.p_match is None else f"{item.p_match:.2f}")
+        if images:
+            caption = (captions.get(item.id) or [""])[0]
+            row += [escape(str(root / item.path)), escape(caption)]
+        else:
+            row.append(escape(item.text or ""))
+        table.add_row(*row)
+    return table
