@@ -140,16 +140,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         folder = build(tmp, args.images, args.seed, exclude, captions=True)
-        bare = build(tmp, min(args.images, 400), args.seed + 1, exclude, captions=False)
+        build(tmp, min(args.images, 400), args.seed + 1, exclude, captions=False)
         records = read_labels(folder)
         rng = np.random.default_rng(args.seed)
         sample = sorted(int(i) for i in rng.choice(np.arange(1, len(records) + 1), 20, replace=False))
         with Engine.open(tmp / "shapes.idx", device="cpu") as engine:
             labels = folder / "labels.jsonl"
-            figures = evaluate_counterfactuals(engine, labels, n_queries=args.queries, seed=args.seed,
-                                               sides=("verdicts",))
+            figures = evaluate_counterfactuals(
+                engine, labels, n_queries=args.queries, seed=args.seed, sides=("verdicts",)
+            )
             report["verdicts"] = figures["verdicts"]
-            quality = evaluate_counterfactuals(engine, labels, n_queries=100, seed=args.seed, sides=("image", "text"))
+            quality = evaluate_counterfactuals(
+                engine, labels, n_queries=100, seed=args.seed, sides=("image", "text")
+            )
             report["hit_minimal"] = {
                 side: {m: quality[side]["gradient_path"][m] for m in ("hit_at_1", "minimal_at_1")}
                 for side in ("image_side", "text_side")

@@ -71,7 +71,9 @@ def main() -> None:
         base = Path(tmp)
         generate_folder(base / "shapes", n=120, seed=3)
         (base / "vocab.txt").write_text("\n".join(vocabulary()) + "\n")
-        build_index(base / "shapes", base / "idx", model="bundled:shapes", vocab=base / "vocab.txt", progress=False)
+        build_index(
+            base / "shapes", base / "idx", model="bundled:shapes", vocab=base / "vocab.txt", progress=False
+        )
         with Engine.open(base / "idx", device="cpu") as engine:
             query = {"image": 1, "side": args.side, "mode": args.mode, "k": 5}
             if args.mode == "flip":
