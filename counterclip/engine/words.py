@@ -16,6 +16,7 @@ from collections.abc import Iterable
 import numpy as np
 
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?", re.UNICODE)
+_TOKEN = re.compile(r"[^\W_]+(?:'[^\W\d_]+)?", re.UNICODE)  # words and numbers ("a handwritten 7")
 
 
 def words_of(text: str) -> list[str]:
@@ -33,10 +34,16 @@ FRAMING_WORDS = frozenset(
 )
 
 
+def tokens_of(text: str) -> list[str]:
+    """Lower-case words and numbers of a text: what a caption says ("the digit 7" is not "the digit 3",
+    though the spelling checks, which look at letters only, read both as the same words)."""
+    return _TOKEN.findall(text.lower())
+
+
 def content_words(text: str) -> tuple[str, ...]:
-    """The words of a text that say what it shows (`FRAMING_WORDS` dropped), sorted: equal tuples mean
-    the two texts only reword each other."""
-    return tuple(sorted(word for word in words_of(text) if word not in FRAMING_WORDS))
+    """The words and numbers of a text that say what it shows (`FRAMING_WORDS` dropped), sorted: equal
+    tuples mean the two texts only reword each other."""
+    return tuple(sorted(word for word in tokens_of(text) if word not in FRAMING_WORDS))
 
 
 def entails(caption: str, text: str) -> bool:
@@ -176,7 +183,7 @@ class Substitutes:
         keys: list[int] = []
         codes: list[int] = []
         for text in texts:
-            words = tuple(w for w in words_of(text) if w not in FRAMING_WORDS)
+            words = tuple(w for w in tokens_of(text) if w not in FRAMING_WORDS)
             for i, word in enumerate(words):
                 keys.append(hash(_masked(words, i)))
                 codes.append(vocabulary.setdefault(word, len(vocabulary)))

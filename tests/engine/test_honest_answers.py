@@ -92,6 +92,13 @@ def test_substitutes_are_learnt_from_the_captions_and_name_contradictions() -> N
     assert content_words("An image of a circle, red.") == content_words("a red circle") == ("circle", "red")
 
 
+def test_numbers_are_content(tmp_path) -> None:
+    """ "a handwritten 3" is not a rewording of "a handwritten 7", and says another digit."""
+    assert content_words("a handwritten 7") == ("7", "handwritten") != content_words("a handwritten 3")
+    learnt = Substitutes(["a handwritten 3", "a handwritten 7", "a photo of the digit 1"])
+    assert learnt.contradiction("a photo of a handwritten 7", "a handwritten 3") == ("7", "3")
+
+
 # --- end to end on the shapes world ----------------------------------------------------------------------
 
 
