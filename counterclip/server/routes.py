@@ -85,7 +85,8 @@ def _add_status_routes(router: APIRouter, service: Service) -> None:
 
     @router.get("/health", tags=["service"])
     async def health() -> dict[str, Any]:
-        """Counts, the index generation answering, and worker-pool state (running + waiting, refused)."""
+        """Counts, the index generation answering, worker-pool state (running + waiting, refused, measured
+        seconds per kind of call) and the memory budget (reserved now, peak, refused)."""
         refresh = getattr(service.engine, "refresh", None)
         if refresh is not None:
             await run_in_threadpool(refresh)  # an update since the last query shows here at once
@@ -96,6 +97,7 @@ def _add_status_routes(router: APIRouter, service: Service) -> None:
             "images": index.images.count,
             "captions": index.captions.count,
             "pool": service.pool.stats(),
+            "memory": service.budget.stats(),
         }
 
     @router.get("/info", tags=["service"])
