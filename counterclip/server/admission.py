@@ -24,12 +24,14 @@ import asyncio
 import contextvars
 import ctypes
 import ctypes.util
+import json
 import logging
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request, Response
+from fastapi.routing import APIRoute
 
 from counterclip.server.pool import ServerBusy, WorkerPool
 from counterclip.server.security import send_json
@@ -51,6 +53,10 @@ VALUE_BYTES = 96
 REQUEST_BYTES = 256 * 1024
 #: A finished request that held this much gives its freed memory back to the OS (`release_memory`).
 TRIM_AFTER_BYTES = 8 * 1024 * 1024
+
+JSON_DEPTH = 1000  # Python's JSON parser refuses deeper nesting (its recursion limit)
+PARSED_KEY = "counterclip.parsed_json"  # the scope key of a body parsed by the guard
+_NOTHING = object()
 
 _TICKET: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("counterclip_ticket", default=None)
 
@@ -131,8 +137,25 @@ def reserve(amount: int, what: str) -> None:
 
 
 def json_values(body: bytes) -> int:
-    """An upper bound of the values a JSON text holds: its ``[``, ``{`` and ``,`` (plus one)."""
-    return body.count(b"[") + body.count(b"{") + body.count(b",") + 1
+    """An upper bound of the values a JSON text holds: one per ``,`` plus one per level of nesting (at
+    most `JSON_DEPTH`: deeper, Python's parser refuses it)."""
+    return body.count(b",") + JSON_DEPTH + 1
+
+
+class PreparsedRoute(APIRoute):
+    """A route whose JSON body the admission guard has parsed already (one body at a time, so a few
+    large bodies never hold the event loop at once): FastAPI reads it instead of parsing it again."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            parsed = request.scope.get(PARSED_KEY, _NOTHING)
+            if parsed is not _NOTHING:
+                request._json = parsed  # Starlette's cache of request.json()
+            return await handler(request)
+
+        return route
 
 
 async def send_busy(send: Send, detail: str, retry_after: int) -> None:
@@ -152,6 +175,7 @@ class AdmissionGuard:
 
     def __init__(self, app: ASGIApp, pool: WorkerPool, budget: MemoryBudget, body_timeout: float) -> None:
         self.app, self.pool, self.budget, self.body_timeout = app, pool, budget, body_timeout
+        self._parse_turn = asyncio.Lock()  # one body parsed at a time; other events run in between
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -184,6 +208,8 @@ class AdmissionGuard:
             body = await self._read_body(receive, send, ticket, length) if has_body else None
             if has_body and body is None:
                 return  # answered already (503 or 408)
+            if body:
+                scope = await self._parsed(scope, body)
             await self.app(scope, _replay(body, receive) if body is not None else receive, send)
         finally:
             _TICKET.reset(token)
@@ -226,8 +252,15 @@ class AdmissionGuard:
             await send_json(send, 408, f"the request body did not arrive within {self.body_timeout:g} s")
         return None
 
-    def stats(self) -> dict[str, int]:
-        return self.budget.stats()
+    async def _parsed(self, scope: Scope, body: bytes) -> Scope:
+        """``scope`` with the body's JSON value (`PreparsedRoute` gives it to FastAPI); unchanged when the
+        body is not JSON (FastAPI then answers as it does)."""
+        async with self._parse_turn:
+            try:
+                value = json.loads(body)
+            except (ValueError, RecursionError):
+                return scope
+        return {**scope, PARSED_KEY: value}
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from counterclip.server.admission import PreparsedRoute
 from counterclip.server.files import open_indexed, stream_fd
 from counterclip.server.schemas import (
     MAX_ID,
@@ -71,7 +72,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 def make_router(service: Service) -> APIRouter:
     """All routes, bound to one `Service` (added group by group, in the order the API docs list them)."""
-    router = APIRouter(responses=ERRORS)
+    router = APIRouter(responses=ERRORS, route_class=PreparsedRoute)
     _add_status_routes(router, service)
     _add_query_routes(router, service)
     _add_image_routes(router, service)

@@ -75,9 +75,7 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()  # origins allowed to call the API from a browser; () = CORS off
     workers: int | None = None  # engine calls running at once; None = one per core
     torch_threads: int | None = None  # torch/FAISS threads per worker; None = cores // workers (>= 1)
-    queue: int | None = (
-        None  # queries waiting for a worker (one more: 503); None = what workers serve in max_wait
-    )
+    queue: int | None = None  # queries waiting for a worker (one more: 503); None = automatic
     max_wait: float = 3.0  # seconds of work the automatic queue lets wait (at most 64 queries)
     memory_budget: int = DEFAULT_MEMORY_BUDGET  # bytes requests in progress may hold; beyond: 503
     body_timeout: float = 60.0  # seconds a request body may take to arrive (then 408)
