@@ -132,8 +132,7 @@ def embed_shard(
     """
     from counterclip.models import ClipModel, load_model
 
-    started = time.perf_counter()
-    i, n = shard
+    started, (i, n) = time.perf_counter(), shard
     root = Path(folder).expanduser().resolve()
     if not root.is_dir():
         raise InputError(f"image folder {root} does not exist or is not a directory")

@@ -326,35 +326,10 @@ class OnnxEncoder:
             raise InputError(f"unknown tower {tower!r}; expected image or text")
         with self._lock:
             if tower not in self._sessions:
-                record, session = self._checked_session(tower)
+                record, session = checked_session(self, tower)
                 self._sessions[tower] = session
                 self._records[tower] = record
             return self._sessions[tower]
-
-    def _checked_session(self, tower: str) -> tuple[dict[str, Any], Any]:
-        """The tower's record and session; a tower read from the cache must first embed the probe as torch
-        does (`onnx_probe`), else it is exported again (said in one warning line)."""
-        record = self._ensure(tower)
-        path = self.cache.onnx_path(tower, record["precision"])
-        if f"{tower}.{record['precision']}" in self.exported:  # checked against torch as it was made
-            return record, self._new_session(path)
-        try:
-            session = self._new_session(path)
-            problem = probe_problem(self.torch_model, tower, session, record["precision"], self.min_cosine)
-        except RuntimeExportError as exc:
-            problem = str(exc)
-        if problem is None:
-            return record, session
-        LOG.warning(
-            "ONNX cache: the cached %s tower of %s (%s) gives %s: exporting it again",
-            tower,
-            self.spec,
-            record["precision"],
-            problem,
-        )
-        self.cache.discard(tower, record["precision"])
-        record = self._ensure(tower)
-        return record, self._new_session(self.cache.onnx_path(tower, record["precision"]))
 
     def _new_session(self, path: Path) -> Any:
         return new_session(self._ort, path, self.threads)
@@ -459,6 +434,32 @@ class OnnxEncoder:
         )
         self.exported.append(f"image.{precision}")
         return record
+
+
+def checked_session(encoder: OnnxEncoder, tower: str) -> tuple[dict[str, Any], Any]:
+    """The tower's record and session for ``encoder``; a tower read from the cache must first embed the
+    probe as torch does (`onnx_probe`), else it is exported again (said in one warning line)."""
+    record = encoder._ensure(tower)
+    path = encoder.cache.onnx_path(tower, record["precision"])
+    if f"{tower}.{record['precision']}" in encoder.exported:  # checked against torch as it was made
+        return record, encoder._new_session(path)
+    try:
+        session = encoder._new_session(path)
+        problem = probe_problem(encoder.torch_model, tower, session, record["precision"], encoder.min_cosine)
+    except RuntimeExportError as exc:
+        problem = str(exc)
+    if problem is None:
+        return record, session
+    LOG.warning(
+        "ONNX cache: the cached %s tower of %s (%s) gives %s: exporting it again",
+        tower,
+        encoder.spec,
+        record["precision"],
+        problem,
+    )
+    encoder.cache.discard(tower, record["precision"])
+    record = encoder._ensure(tower)
+    return record, encoder._new_session(encoder.cache.onnx_path(tower, record["precision"]))
 
 
 def create_encoder(
