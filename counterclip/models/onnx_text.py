@@ -318,7 +318,10 @@ class OnnxTextEncoder:
         files = weight_files(spec)
         if files is None or files_digest(files) != standalone.get("files_sha256"):
             return None, f"the weight files of {spec} changed since the export (or are not local)"
-        encoder = cls(spec, record, directory, threads, score)
+        try:
+            encoder = cls(spec, record, directory, threads, score)
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime cannot load it: the torch path exports again
+            return None, f"ONNX Runtime cannot load {onnx_file}: {str(exc).splitlines()[0][:200]}"
         problem = encoder.probe_problem()
         if problem is not None:
             LOG.warning("ONNX cache: the cached text tower in %s gives %s", directory, problem)
