@@ -233,18 +233,22 @@ def worker(pristine: Path, work: Path, name: str, mode: str, expected_path: Path
 
 
 def search_image_argv(pristine: Path, name: str) -> list[str]:
-    """``search --image '#ID'`` for the image in the middle row of a damaged image shard (else id 1)."""
+    """``search --image '#ID'`` for the image in the middle row of a damaged image shard (else the
+    middle indexed image)."""
     import sqlite3
 
     from counterclip.index_builder.manifest import Manifest
 
-    image_id = 1
+    db = pristine / Manifest.read(pristine).db_file
+    number = None
     if name.startswith("embeddings/images-") and not name.endswith(".ids.npy"):
         number = int(name.split("-")[1].split(".")[0])
-        db = pristine / Manifest.read(pristine).db_file
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            rows = conn.execute("SELECT id FROM images WHERE shard = ? ORDER BY row", (number,)).fetchall()
-        image_id = rows[len(rows) // 2][0] if rows else 1
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        query = (
+            "SELECT id FROM images WHERE status = 'indexed' AND (shard = ? OR ? IS NULL) ORDER BY shard, row"
+        )
+        rows = conn.execute(query, (number, number)).fetchall()
+    image_id = rows[len(rows) // 2][0]
     return ["--image", f"#{image_id}", "-k", "5", "--json"]
 
 
@@ -352,7 +356,7 @@ def main() -> None:
         proc.wait()
         if proc.returncode != 0 and len(outcomes) < len(cases):  # the worker died on the next case
             name, mode = cases[len(outcomes)]
-            crash = f"CRASH (exit {proc.returncode}): {proc.stderr.read()[-300:]}"
+            crash = f"CRASH (exit {proc.returncode}): {proc.stderr.read()[-3000:]}"
             outcomes.append(
                 {"file": name, "mode": mode, "commands": dict.fromkeys(COMMANDS, crash), "repair": crash}
             )
