@@ -114,8 +114,14 @@ def flood(port: int, pid: int, path: str, body: bytes, clients: int, timeout: fl
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         handle.write(body)
     probe = subprocess.Popen(
-        [sys.executable, __file__, "--probe", str(port), path, handle.name], stdout=subprocess.PIPE
+        [sys.executable, __file__, "--probe", str(port), path, handle.name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
+    assert probe.stdout is not None and probe.stdin is not None
+    probe.stdout.readline()  # "ready": imported and holding its body
+    probe.stdin.write(b"go\n")
+    probe.stdin.flush()
     started = time.perf_counter()
 
     async def all_clients() -> list[dict[str, Any]]:
@@ -135,15 +141,17 @@ def flood(port: int, pid: int, path: str, body: bytes, clients: int, timeout: fl
 
 def run_probes(port: int, path: str, body_file: str, count: int = PROBES) -> list[dict[str, Any]]:
     """In a process of its own (its own interpreter lock, unlike the flood's clients): ``count`` more
-    requests while the flood runs, one every 50 ms from 0.2 s on."""
+    requests while the flood runs, one after another (20 ms apart) from 50 ms after it starts."""
     body = Path(body_file).read_bytes()
+    print("ready", flush=True)
+    sys.stdin.readline()  # the flood starts now
 
     async def probes() -> list[dict[str, Any]]:
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.05)
         out = []
         for _ in range(count):
             out.append(await post(port, path, body, 60))
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
         return out
 
     return asyncio.run(probes())
@@ -271,7 +279,7 @@ def main() -> int:
     parser.add_argument("--probe", nargs=3, metavar=("PORT", "PATH", "BODY_FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe:
-        print(json.dumps(run_probes(int(args.probe[0]), args.probe[1], args.probe[2])))
+        print("\n" + json.dumps(run_probes(int(args.probe[0]), args.probe[1], args.probe[2])))
         return 0
     clients, queries = max(1, min(args.clients, 200)), max(1, min(args.queries, 100))
     with tempfile.TemporaryDirectory(prefix="check-flood-") as tmp_name:
