@@ -7,8 +7,9 @@ naming the file and the block, never a score. Indexes written before block check
 checked against their whole-file checksum instead, once per shard and reader (an update adds the block
 checksums); a file with no checksum at all (the first index format) keeps the unit-length check alone.
 
-Cost (`scripts/check_damage.py --bench-reads`): a first read of one row checks one 64 kB block, a few
-tens of microseconds; later reads of the same block check nothing.
+Cost (`scripts/check_damage.py` measures it, 4 MB shards, warm cache): the first row read from a shard
+takes ~72 us against ~47 us unchecked (one 64 kB block hashed), later rows of a checked block nothing
+more; a whole-file check costs ~270 us per 4 MB shard on first read.
 """
 
 from __future__ import annotations
