@@ -9,6 +9,10 @@ Each (file, damage) pair runs on a fresh copy of the index in a worker process, 
 entry point; a worker that crashes is counted against the case it was running and a new one continues
 with the next case.
 
+Then (unless ``--skip-more``, `_damage_more`): the ONNX cache damaged (sign flips and garbling, with and
+without the record rewritten to match), damaged ``merge`` parts, and the read cost of the shard
+checksums.
+
 Usage (from the repository root)::
 
     python scripts/check_damage.py            # bundled model, 60 images, shards of 16 -> ~100 runs
@@ -34,18 +38,30 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the checkout this script lives in
+from _damage_more import bench_reads, merge_battery, onnx_battery  # noqa: E402 - beside this script
 from _index_checks import noise_image  # noqa: E402 - beside this script
 
-MODES = ("truncate", "zero", "garble", "delete")
-COMMANDS = ("open", "search", "info", "update", "check")
+MODES = ("truncate", "zero", "garble", "delete", "signflip")
+COMMANDS = ("open", "search", "search-image", "info", "update", "check")
 
 
 def damage(path: Path, mode: str, seed: int) -> None:
-    """Cut in half, zero, overwrite 256 bytes in the middle with random ones, or delete."""
+    """Cut in half, zero, overwrite 256 bytes in the middle with random ones, delete, or flip one bit
+    (``signflip``: in a vector shard the sign of one float of its middle row, which stays unit length;
+    elsewhere the lowest bit of the middle byte)."""
     if mode == "delete":
         path.unlink()
         return
     data = bytearray(path.read_bytes())
+    if mode == "signflip":
+        if path.suffix == ".npy" and not path.name.endswith(".ids.npy"):
+            array = np.load(path)
+            at = len(data) - array.nbytes + (len(array) // 2) * array.shape[1] * 4 + 3
+            data[at] ^= 0x80
+        else:
+            data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+        return
     if mode == "truncate":
         data = data[: len(data) // 2]
     elif mode == "zero":
@@ -176,6 +192,13 @@ def worker(pristine: Path, work: Path, name: str, mode: str, expected_path: Path
     outcome["commands"]["search"] = judge(
         "search", status, stdout, stderr, comparable("search", stdout) if status == 0 else None
     )
+    probe = search_image_argv(pristine, name)
+    status, stdout, stderr = cli(["search", str(index_dir), *probe])
+    _, expected_out, _ = cli(["search", str(pristine), *probe])
+    expected["search-image"] = comparable("search", expected_out)
+    outcome["commands"]["search-image"] = judge(
+        "search-image", status, stdout, stderr, comparable("search", stdout) if status == 0 else None
+    )
     status, stdout, stderr = cli(["info", str(index_dir), "--json"])
     outcome["commands"]["info"] = judge(
         "info", status, stdout, stderr, comparable("info", stdout) if status == 0 else None
@@ -209,6 +232,26 @@ def worker(pristine: Path, work: Path, name: str, mode: str, expected_path: Path
     return outcome
 
 
+def search_image_argv(pristine: Path, name: str) -> list[str]:
+    """``search --image '#ID'`` for the image in the middle row of a damaged image shard (else the
+    middle indexed image)."""
+    import sqlite3
+
+    from counterclip.index_builder.manifest import Manifest
+
+    db = pristine / Manifest.read(pristine).db_file
+    number = None
+    if name.startswith("embeddings/images-") and not name.endswith(".ids.npy"):
+        number = int(name.split("-")[1].split(".")[0])
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        query = (
+            "SELECT id FROM images WHERE status = 'indexed' AND (shard = ? OR ? IS NULL) ORDER BY shard, row"
+        )
+        rows = conn.execute(query, (number, number)).fetchall()
+    image_id = rows[len(rows) // 2][0]
+    return ["--image", f"#{image_id}", "-k", "5", "--json"]
+
+
 def load_snapshot(expected_path: Path) -> dict[str, Any]:
     data = json.loads(expected_path.read_text())["snapshot"]
     return {
@@ -234,6 +277,9 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=16)
     parser.add_argument("--model", default="bundled:shapes")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--skip-more", action="store_true", help="only the index files (no ONNX, merge, bench)"
+    )
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -310,7 +356,7 @@ def main() -> None:
         proc.wait()
         if proc.returncode != 0 and len(outcomes) < len(cases):  # the worker died on the next case
             name, mode = cases[len(outcomes)]
-            crash = f"CRASH (exit {proc.returncode}): {proc.stderr.read()[-300:]}"
+            crash = f"CRASH (exit {proc.returncode}): {proc.stderr.read()[-3000:]}"
             outcomes.append(
                 {"file": name, "mode": mode, "commands": dict.fromkeys(COMMANDS, crash), "repair": crash}
             )
@@ -348,6 +394,10 @@ def main() -> None:
             or not o["repair"].startswith("equal")
         ],
     }
+    if not args.skip_more:
+        report["onnx_cache"] = onnx_battery(pristine, root, cli)
+        report["merge_parts"] = merge_battery(root, cli)
+        report["shard_read_cost"] = bench_reads()
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -360,6 +410,15 @@ def main() -> None:
         print(f"runs with a traceback / other   {failed - silent}")
         print(f"check named the damaged file    {report['check_named_the_file']}/{report['cases']}")
         print(f"update --repair == clean build  {repaired}/{report['cases']}")
+        for section in ("onnx_cache", "merge_parts"):
+            if section in report:
+                part = report[section]
+                good = part.get("correct", part.get("refused"))
+                print(f"{section}: {good}/{part['cases']} as they should be")
+                for o in part["outcomes"]:
+                    print(f"  {o['case']:40s} {o['verdict']}")
+        if "shard_read_cost" in report:
+            print(f"shard read cost (median us per shard): {json.dumps(report['shard_read_cost'])}")
     shutil.rmtree(base, ignore_errors=True)
 
 

@@ -116,6 +116,13 @@ def write_report(engine, result, path: Path, query_image=None, with_maps: bool =
 SEARCH_PATHS_OPT = typer.Option(
     False, "--paths", help="Print only the full paths, one per line (captions: the texts), for piping."
 )
+SEARCH_PRINT0_OPT = typer.Option(
+    False,
+    "--print0",
+    "-0",
+    help="Like --paths, each path ended by a NUL byte instead of a newline (for xargs -0: names may hold "
+    "newlines).",
+)
 SEARCH_RUNTIME_OPT = typer.Option(
     "auto",
     "--runtime",
@@ -163,6 +170,7 @@ def search(
     k: int = typer.Option(10, "-k", help="Number of results (at least 1)."),
     captions: bool = typer.Option(False, "--captions", help="Search the caption index instead of images."),
     paths: bool = SEARCH_PATHS_OPT,
+    print0: bool = SEARCH_PRINT0_OPT,
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     runtime: str = SEARCH_RUNTIME_OPT,
     precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
@@ -175,7 +183,7 @@ def search(
 
       counterclip search photos.idx --text "a dog on a beach" -k 5
 
-      counterclip search photos.idx --text "a red car" --paths | xargs -d '\\n' cp -t picked/
+      counterclip search photos.idx --text "a red car" -0 | xargs -0 cp -t picked/
 
       counterclip search photos.idx --image query.jpg --json
     """
@@ -183,8 +191,9 @@ def search(
         raise InputError("give exactly one of --text or --image")
     if k < 1:
         raise InputError(f"-k must be at least 1 (the number of results), got {k}")
+    paths = paths or print0
     if paths and as_json:
-        raise InputError("give --paths or --json, not both")
+        raise InputError("give --paths (or --print0) or --json, not both")
     collection = "captions" if captions else "images"
     with _open_engine(index, device, runtime, precision, text_only=text is not None) as engine:
         result = engine.search(text=text, image=_parse_image(image), k=k, collection=collection)
@@ -194,7 +203,7 @@ def search(
     if as_json:
         print_json(result.to_dict())
     elif paths:
-        print_paths(result, root)
+        print_paths(result, root, end=b"\0" if print0 else b"\n")
     else:
         query = f"\u201c{text}\u201d" if text is not None else str(image)
         print_search(result, query, collection, root, linked)

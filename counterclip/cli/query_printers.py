@@ -7,6 +7,7 @@ figure of its own.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from counterclip.cli._common import metrics_table, out, say
+from counterclip.errors import InputError
 
 #: The figures of each method ``eval counterfactual`` prints per side (``--json`` has them all).
 EVAL_METRICS = [
@@ -31,11 +33,24 @@ EVAL_METRICS = [
 ]
 
 
-def print_paths(result: Any, root: Path) -> None:
-    """``search --paths``: one full path per line (captions: the text on one line), for piping."""
-    lines = [str(root / i.path) if i.path else " ".join((i.text or "").split()) for i in result.items]
-    sys.stdout.write("".join(line + "\n" for line in lines))
+def print_paths(result: Any, root: Path, end: bytes = b"\n") -> None:
+    """``search --paths``: one full path per line (captions: the text on one line), for piping; with
+    ``end=b"\\0"`` (``--print0``) each ended by a NUL byte instead, so a name may hold a newline. A path
+    holding ``end`` is refused (it would split in two)."""
+    lines = [
+        os.fsencode(root / i.path) if i.path else " ".join((i.text or "").split()).encode()
+        for i in result.items
+    ]
+    split = [line for line in lines if end in line]
+    if split:
+        what = "newline" if end == b"\n" else "NUL byte"
+        raise InputError(
+            f"a path holds a {what} ({os.fsdecode(split[0])!r}): printed one per line it would split in "
+            "two; use --print0 (-0) with xargs -0"
+        )
     sys.stdout.flush()
+    sys.stdout.buffer.write(b"".join(line + end for line in lines))
+    sys.stdout.buffer.flush()
 
 
 def print_search(

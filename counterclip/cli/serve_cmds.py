@@ -35,6 +35,21 @@ CORS_ORIGIN_OPT = typer.Option(
     help="An origin allowed to call the API from a browser (repeatable). Default: CORS off.",
 )
 
+QUEUE_OPT = typer.Option(
+    None,
+    help="Queries waiting for a worker; beyond this the server answers 503 at once. "
+    "Default: automatic, the queries the workers serve in --max-wait seconds (at most 64).",
+    show_default=False,
+)
+MAX_WAIT_OPT = typer.Option(
+    3.0, help="Automatic queue: seconds of measured work allowed to wait for a worker."
+)
+MEMORY_BUDGET_OPT = typer.Option(
+    1024.0,
+    help="Memory that requests in progress may hold (bodies x5 while parsed, uploads at width x height "
+    "x 3), checked before a body is read; a request beyond it gets 503 + Retry-After at once.",
+)
+
 
 def serve(
     index: Path = typer.Argument(..., help="Index directory."),
@@ -48,7 +63,9 @@ def serve(
     torch_threads: int = typer.Option(
         None, help="torch/FAISS threads per worker. Default: cores // workers."
     ),
-    queue: int = typer.Option(64, help="Queries waiting for a worker; beyond this the server answers 503."),
+    queue: int = QUEUE_OPT,
+    max_wait: float = MAX_WAIT_OPT,
+    memory_budget_mb: float = MEMORY_BUDGET_OPT,
     max_upload_mb: float = typer.Option(10.0, help="Largest uploaded image file, MB."),
     max_megapixels: float = typer.Option(
         40.0, help="Largest uploaded image, megapixels (read from its header)."
@@ -59,6 +76,9 @@ def serve(
 
     Safe by default: only files of the index are served, requests are size-limited, and off loopback a
     token is required.
+
+    Bounded under load: a request takes a pool place and its memory from --memory-budget-mb before its
+    body is read; one that does not fit gets 503 + Retry-After at once, whatever the number of clients.
 
     Examples:
 
@@ -83,6 +103,8 @@ def serve(
         workers=workers,
         torch_threads=torch_threads,
         queue=queue,
+        max_wait=max_wait,
+        memory_budget=int(memory_budget_mb * 1024 * 1024),
         limits=Limits.sized_for_upload(
             int(max_upload_mb * 1024 * 1024), int(max_megapixels * 1_000_000), max_text_chars
         ),
@@ -123,10 +145,17 @@ def _run(index: Path, device: str, settings: ServerSettings, port: int) -> None:
         )
     typer.echo(
         f"counterclip: {settings.pool_workers} worker(s) x {settings.pool_threads} thread(s), "
-        f"queue {settings.queue}; open {page_url(settings.host, port)}",
+        f"queue {_queue_words(settings)}, memory budget {settings.memory_budget / 2**20:.0f} MB; "
+        f"open {page_url(settings.host, port)}",
         err=True,
     )
     uvicorn.run(app, host=settings.host, port=port, log_level="info", server_header=False)
+
+
+def _queue_words(settings: ServerSettings) -> str:
+    if settings.queue is not None:
+        return str(settings.queue)
+    return f"automatic ({settings.max_wait:g} s of work, at most 64)"
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:

@@ -3,6 +3,7 @@ index decoded its images, or read from the index when the image is indexed)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +46,33 @@ class QueryImage:
     sha256: str | None = None  # the file's content hash (an indexed image's, or the query file's)
 
 
+#: Control characters (C0 and C1, DEL) other than tab, line feed and carriage return: no caption holds
+#: them, and a tokenizer drops or mangles them silently.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def control_character(text: str) -> str | None:
+    """Why ``text`` is refused as query text (a control character, named with its position), or None."""
+    found = _CONTROL.search(text)
+    if found is None:
+        return None
+    return f"holds a control character (U+{ord(found.group()):04X} at position {found.start()})"
+
+
+def check_text(field: str, text: str | None) -> None:
+    """Raise `InputError` when a query text holds a control character (e.g. a NUL)."""
+    reason = control_character(text) if isinstance(text, str) else None
+    if reason is not None:
+        raise InputError(f"{field} {reason}; query text is plain text")
+
+
 def check_asked(asked: Asked, opts: EngineOptions, res: Resources) -> None:
     """Raise `InputError` naming what is wrong with a query before any work is done."""
     side, mode, text = asked.side, asked.mode, asked.text
+    check_text("text", text)
+    check_text("target", asked.target)
+    for i, label in enumerate(asked.labels or []):
+        check_text(f"labels[{i}]", label)
     if side not in SIDES:
         raise InputError(f"side must be one of {', '.join(SIDES)}, got {side!r}")
     if mode not in MODES:
@@ -107,6 +132,7 @@ def encode_text(encoder: Any, text: str) -> np.ndarray:
     """``(d,)`` normalised embedding of a non-empty text."""
     if not isinstance(text, str) or not text.strip():
         raise InputError("text is empty: give the caption to score, e.g. --text 'a photo of a dog'")
+    check_text("text", text)
     return as_array(encoder.encode_texts([text.strip()]))[0]
 
 

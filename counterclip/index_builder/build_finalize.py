@@ -10,6 +10,7 @@ from then on see the new generation. An import publishes its first generation th
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from counterclip.calibration import Calibration
@@ -95,6 +96,15 @@ def publish(
     return manifest
 
 
+def with_blocks(index_dir: Path, name: str, recorded: Checksum) -> Checksum:
+    """``recorded`` with the block checksums of the file ``name`` added (an index written before they were
+    recorded), read once and checked against the whole-file checksum first."""
+    got = checksum_file(index_dir / name, blocks=True)
+    if (got.size, got.xxh3) != (recorded.size, recorded.xxh3):
+        raise damaged_error(index_dir, name, "its bytes do not match its recorded checksum")
+    return got
+
+
 def finalize(
     state: BuildState, store: Store, last_run: dict[str, Any]
 ) -> tuple[dict[str, Checksum], dict[str, str]]:
@@ -110,6 +120,10 @@ def finalize(
             names = shard_names(kind, number)
             if all(name in recorded for name in names):
                 files.update({name: recorded[name] for name in names})
+                if recorded[names[0]].blocks is None:  # recorded before block checksums: add them now
+                    new[names[0]] = files[names[0]] = with_blocks(
+                        state.index_dir, names[0], recorded[names[0]]
+                    )
                 continue
             _, ids = load_shard(state.emb_dir, kind, number)  # shape and unit norms
             rows = store.conn.execute(
@@ -120,7 +134,7 @@ def finalize(
                     state.index_dir, names[1], f"its ids disagree with {state.work_path.name}"
                 )
             for name in names:
-                new[name] = files[name] = checksum_file(state.index_dir / name)
+                new[name] = files[name] = checksum_file(state.index_dir / name, blocks=name == names[0])
     faiss_files = {}
     for kind in KINDS:
         faiss_meta = store.get_meta(f"faiss_{kind}")

@@ -11,7 +11,8 @@ single-process build makes (same ids, same vectors).
   and ``items.jsonl`` (per file: path, size, mtime, content hash, size in pixels, or the error). Any
   scheduler can run the N workers (clip-retrieval's worker pattern).
 - `merge_shard_sets` (``counterclip merge IDX SHARD_DIRS...``): checks that the sets are one complete
-  split made with one model, then builds the index with `ShardSetEmbedder`, which reads the vectors
+  split made with one model and that every part's files are the bytes its worker wrote (the checksums
+  in its ``shardset.json``; a damaged part is refused by name before anything is written), then builds the index with `ShardSetEmbedder`, which reads the vectors
   instead of computing them (a file changed since its worker ran is embedded again here).
 - `RayEmbedder` (``counterclip build --engine ray``, extra ``counterclip[ray]``; in `distributed_ray`):
   the same pipeline on Ray Data: the rows with their paths, decoding in CPU tasks, an actor pool holding
@@ -37,14 +38,16 @@ from typing import Any
 import numpy as np
 
 from counterclip._fileio import atomic_write
-from counterclip.errors import InputError
+from counterclip.errors import IndexDamagedError, InputError
 from counterclip.index_builder.build_plan import fresh_decode_options
 from counterclip.index_builder.build_state import now
+from counterclip.index_builder.checksums import Checksum, HashingWriter, checksum_bytes, mismatch
 from counterclip.index_builder.config import IndexCfg, load_index_config
 from counterclip.index_builder.decode import DecodeOptions
 from counterclip.index_builder.distributed_ray import RayEmbedder
 from counterclip.index_builder.pipeline import StageTimes, WorkItem, embed_images
 from counterclip.index_builder.scan import ScanEntry, scan_folder
+from counterclip.index_builder.shards import check_norms
 
 LOG = logging.getLogger(__name__)
 SHARDSET_FORMAT = "counterclip-shardset"
@@ -129,8 +132,7 @@ def embed_shard(
     """
     from counterclip.models import ClipModel, load_model
 
-    started = time.perf_counter()
-    i, n = shard
+    started, (i, n) = time.perf_counter(), shard
     root = Path(folder).expanduser().resolve()
     if not root.is_dir():
         raise InputError(f"image folder {root} does not exist or is not a directory")
@@ -144,7 +146,7 @@ def embed_shard(
     mine = [e for position, e in enumerate(entries) if position % n == i]
     collector, times = _embed_files(root, mine, model, options, cfg, on_progress)
     out.mkdir(parents=True, exist_ok=True)
-    embedded = _write_vectors_and_items(out, mine, collector, model.embed_dim)
+    embedded, sums = _write_vectors_and_items(out, mine, collector, model.embed_dim)
     description = {
         "format": SHARDSET_FORMAT,
         "shard": [i, n],
@@ -155,6 +157,7 @@ def embed_shard(
         "decode": asdict(options),
         "files": len(mine),
         "embedded": embedded,
+        "checksums": {name: checksum.to_dict() for name, checksum in sorted(sums.items())},
         "created": now(),
         "seconds": round(time.perf_counter() - started, 3),
         "stage_seconds": {"decode": times.decode, "embed": times.embed, "wall": times.wall},
@@ -187,9 +190,12 @@ def _embed_files(
     return collector, times
 
 
-def _write_vectors_and_items(out: Path, mine: list[ScanEntry], collector: _Collector, dim: int) -> int:
+def _write_vectors_and_items(
+    out: Path, mine: list[ScanEntry], collector: _Collector, dim: int
+) -> tuple[int, dict[str, Checksum]]:
     """A shard set's ``vectors.npy`` (the embedded files' vectors, in scan order) and ``items.jsonl``
-    (per file: path, size, mtime, and its columns and row, or its error); returns the vectors written."""
+    (per file: path, size, mtime, and its columns and row, or its error); returns the vectors written
+    and the two files' checksums (recorded in ``shardset.json``, checked by the merge)."""
     rows = [k for k in range(len(mine)) if k in collector.vectors]
     vectors = np.stack([collector.vectors[k] for k in rows]) if rows else np.zeros((0, dim), np.float32)
     lines = []
@@ -203,9 +209,18 @@ def _write_vectors_and_items(out: Path, mine: list[ScanEntry], collector: _Colle
         else:
             record.update(collector.columns[k], row=row_of[k])
         lines.append(json.dumps(record, sort_keys=True))
-    atomic_write(out / VECTORS_FILE, lambda h: np.save(h, vectors))
-    atomic_write(out / ITEMS_FILE, "\n".join(lines) + ("\n" if lines else ""))
-    return len(rows)
+    sums: dict[str, Checksum] = {}
+
+    def save(handle: Any) -> None:
+        writer = HashingWriter(handle)
+        np.save(writer, vectors)
+        sums[VECTORS_FILE] = writer.checksum()
+
+    atomic_write(out / VECTORS_FILE, save)
+    text = ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8")
+    atomic_write(out / ITEMS_FILE, text)
+    sums[ITEMS_FILE] = checksum_bytes(text)
+    return len(rows), sums
 
 
 @dataclass
@@ -264,6 +279,8 @@ class ShardSetEmbedder:
         self.fingerprint = first["fingerprint"]
         self.spec = first["model_spec"]
         self.decode = DecodeOptions(**first["decode"])
+        for d, data in zip(self.dirs, self.sets, strict=True):
+            verify_shard_set(d, data)  # every part, before anything is written
         self._records: dict[str, tuple[int, dict[str, Any]]] = {}
         self._vectors: list[np.ndarray] = []
         for number, d in enumerate(self.dirs):
@@ -330,6 +347,45 @@ class ShardSetEmbedder:
             writer.close()
         times.wall = time.perf_counter() - started
         return times
+
+
+def verify_shard_set(directory: Path, data: dict[str, Any]) -> None:
+    """Check a shard set's ``vectors.npy`` and ``items.jsonl`` against the checksums its worker recorded.
+    A set written before checksums were recorded is checked for unit-length vectors only (a warning).
+
+    Raises:
+        IndexDamagedError: a part whose file is missing or not the bytes its worker wrote, by name.
+    """
+    i, n = data["shard"]
+    again = f"embed it again: counterclip build {data['root']} --index {directory} --shard {i}/{n}"
+    recorded = data.get("checksums")
+    if recorded is None:
+        LOG.warning(
+            "shard set %s records no checksums (made by an older version): unit lengths checked only",
+            directory,
+        )
+        try:
+            vectors = np.load(directory / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
+            check_norms(np.asarray(vectors), directory / VECTORS_FILE)
+        except IndexDamagedError as exc:
+            raise _damaged_part(directory, VECTORS_FILE, str(exc.reason), again) from None
+        except (OSError, ValueError) as exc:
+            raise _damaged_part(directory, VECTORS_FILE, str(exc)[:120], again) from None
+        return
+    for name in (VECTORS_FILE, ITEMS_FILE):
+        if name not in recorded:
+            raise _damaged_part(directory, name, "no checksum recorded for it", again)
+        reason = mismatch(directory / name, Checksum.from_dict(recorded[name]))
+        if reason is not None:
+            raise _damaged_part(directory, name, reason, again)
+
+
+def _damaged_part(directory: Path, name: str, reason: str, again: str) -> IndexDamagedError:
+    return IndexDamagedError(
+        f"shard set {directory}: {name} is damaged ({reason}); nothing was merged; {again}",
+        file=str(directory / name),
+        reason=reason,
+    )
 
 
 def _stat(path: str) -> tuple[int | None, int | None]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from counterclip.index_builder.checksums import Checksum
 from counterclip.index_builder.faiss_index import (
     FaissInfo,
     check_search_result,
@@ -23,6 +24,16 @@ from counterclip.index_builder.sources import has_sources, item_sources
 from counterclip.index_builder.store import SqliteMetadataProvider
 
 LOG = logging.getLogger(__name__)
+
+
+def shard_checksums(manifest: Manifest, kind: str) -> dict[str, Checksum]:
+    """The recorded checksums of the vector shards of ``kind`` in this generation (by file name)."""
+    prefix = f"{EMBEDDINGS_DIR}/{kind}-"
+    return {
+        name: Checksum.from_dict(entry)
+        for name, entry in manifest.files.items()
+        if name.startswith(prefix) and not name.endswith(".ids.npy")
+    }
 
 
 class Collection:
@@ -45,7 +56,9 @@ class Collection:
         self.ids.setflags(write=False)
         self._shards = np.ascontiguousarray(table[:, 1])
         self._rows = np.ascontiguousarray(table[:, 2])
-        self._reader = ShardReader(index_dir / EMBEDDINGS_DIR, self.name)
+        self._reader = ShardReader(
+            index_dir / EMBEDDINGS_DIR, self.name, shard_checksums(manifest, self.name)
+        )
         self._index_dir = index_dir
         self._faiss_name = manifest.faiss_file(self.name)
         self.info = FaissInfo.from_dict(manifest.faiss[self.name])

@@ -2,8 +2,10 @@
 
 Shards are immutable once written (atomically), and a number is used once: generations share a shard
 for as long as its rows live. The raw vectors are the source of truth: FAISS indexes are rebuilt from
-them, and `Collection.vectors` reads them. Every stored vector is L2-normalised, which readers check on
-each read: a damaged row is an error naming its file, never a silent wrong score.
+them, and `Collection.vectors` reads them. A whole shard read is checked against its recorded checksum,
+rows read one by one against the checksums of their blocks (`shard_check`), and every stored vector is
+L2-normalised, which readers check on each read: a damaged row is an error naming its file, never a
+silent wrong score.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import io
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from counterclip._fileio import atomic_write, fsync_dir
 from counterclip.errors import IndexDamagedError
 from counterclip.index_builder.checksums import Checksum, HashingWriter, checksum_bytes, size_reason
 from counterclip.index_builder.manifest import EMBEDDINGS_DIR, damaged_error
+from counterclip.index_builder.shard_check import ShardVerifier
 
 LOG = logging.getLogger(__name__)
 NORM_TOLERANCE = 0.02  # |norm - 1| above this is damage (float16 models stay within 1e-3)
@@ -64,9 +67,10 @@ def write_shard(
         (vec_path, np.ascontiguousarray(vectors, dtype=np.float32), shard_names(kind, number)[0]),
     ):
         writers: list[HashingWriter] = []
+        blocks = path == vec_path  # the vectors are read by row: their blocks are checked as they are
 
-        def save(handle, array=array, writers=writers) -> None:  # noqa: ANN001
-            writer = HashingWriter(handle)
+        def save(handle, array=array, writers=writers, blocks=blocks) -> None:  # noqa: ANN001
+            writer = HashingWriter(handle, blocks=blocks)
             np.save(writer, array)
             writers.append(writer)
 
@@ -213,14 +217,22 @@ class ShardReader:
     """Random access to shard rows, shared by threads.
 
     Rows are read with ``pread`` (no memory maps: a file damaged while a reader runs gives an error, not
-    a crash) and every row is checked to be unit length.
+    a crash); the blocks holding them are checked against their recorded checksums when first read
+    (`shard_check.ShardVerifier`), and every row is checked to be unit length.
+
+    Args:
+        directory: the ``embeddings/`` directory.
+        kind: ``images`` or ``captions``.
+        checksums: the generation's recorded checksums by `shard_names` (the manifest's). Default: none
+            (unit length only).
     """
 
-    def __init__(self, directory: Path, kind: str) -> None:
+    def __init__(self, directory: Path, kind: str, checksums: Mapping[str, Checksum] | None = None) -> None:
         self.directory = directory
         self.kind = kind
         self._headers: dict[int, _Header] = {}
         self._lock = threading.Lock()
+        self._verifier = ShardVerifier(checksums)
 
     def _header(self, number: int, dim: int) -> _Header:
         header = self._headers.get(number)
@@ -243,6 +255,8 @@ class ShardReader:
             header = self._header(int(number), dim)
             if len(wanted) and (wanted.max() >= header.rows or wanted.min() < 0):
                 raise damaged(header.path, f"row {int(wanted.max())} asked, the file holds {header.rows}")
+            name = shard_names(self.kind, int(number))[0]
+            self._verifier.check_rows(header.path, name, header.offset, header.row_bytes, wanted)
             block = self._read(header, wanted)
             check_norms(block, header.path)
             out[mask] = block
@@ -268,6 +282,7 @@ class ShardReader:
     def close(self) -> None:
         with self._lock:
             self._headers.clear()
+        self._verifier.forget()
 
 
 def _pread_exact(fd: int, length: int, offset: int, path: Path) -> bytes:

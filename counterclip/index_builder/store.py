@@ -66,6 +66,11 @@ CREATE TABLE IF NOT EXISTS files (
     size INTEGER NOT NULL,                  -- bytes
     xxh3 TEXT NOT NULL                      -- checksum, recorded when the shard was first published
 );
+CREATE TABLE IF NOT EXISTS file_blocks (
+    name TEXT PRIMARY KEY,                  -- a vector shard file (files.name)
+    block_bytes INTEGER NOT NULL,           -- bytes per block
+    digests TEXT NOT NULL                   -- xxh3-64 hex of each block, concatenated
+);
 """
 
 
@@ -141,17 +146,38 @@ class Store:
 
     # --- file checksums -------------------------------------------------------------------------
     def file_checksums(self) -> dict[str, Checksum]:
-        """Shard file name -> its checksum, as recorded when it was published."""
-        return {n: Checksum(int(s), h) for n, s, h in self.conn.execute("SELECT name, size, xxh3 FROM files")}
+        """Shard file name -> its checksum (with its block checksums where recorded), as recorded when it
+        was published."""
+        blocks = {}
+        if self._has_table("file_blocks"):  # an items file written before block checksums has none
+            blocks = {
+                n: (b, d)
+                for n, b, d in self.conn.execute("SELECT name, block_bytes, digests FROM file_blocks")
+            }
+        out = {}
+        for name, size, xxh3 in self.conn.execute("SELECT name, size, xxh3 FROM files"):
+            block_bytes, digests = blocks.get(name, (None, None))
+            out[name] = Checksum(int(size), xxh3, digests, None if block_bytes is None else int(block_bytes))
+        return out
 
     def set_file_checksums(self, sums: dict[str, Checksum]) -> None:
         self.conn.executemany(
             "INSERT OR REPLACE INTO files (name, size, xxh3) VALUES (?, ?, ?)",
             [(n, c.size, c.xxh3) for n, c in sums.items()],
         )
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO file_blocks (name, block_bytes, digests) VALUES (?, ?, ?)",
+            [(n, c.block_bytes, c.blocks) for n, c in sums.items() if c.blocks is not None],
+        )
 
     def drop_file_checksums(self, names: Iterable[str]) -> None:
-        self.conn.executemany("DELETE FROM files WHERE name = ?", [(n,) for n in names])
+        dropped = [(n,) for n in names]
+        self.conn.executemany("DELETE FROM files WHERE name = ?", dropped)
+        self.conn.executemany("DELETE FROM file_blocks WHERE name = ?", dropped)
+
+    def _has_table(self, name: str) -> bool:
+        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        return self.conn.execute(query, (name,)).fetchone() is not None
 
     # --- transactions ---------------------------------------------------------------------------
     def transaction(self) -> _Transaction:

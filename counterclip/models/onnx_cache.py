@@ -1,13 +1,16 @@
 """The ONNX cache on disk: ``ROOT/<fingerprint>/<tower>.<precision>.onnx`` with a JSON record beside each.
 
 Both files are written atomically (temp file in the same directory, fsync, rename), the record last, so a
-crash or two processes exporting at once never leave a record that names a partial file.
+crash or two processes exporting at once never leave a record that names a partial file. The record
+holds the file's xxh3-128: a cached file whose bytes differ (damaged, or replaced keeping its size) is
+not used; it is exported again, and a warning line says so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -16,8 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 
 from counterclip.models.onnx_common import CACHE_FORMAT
+
+LOG = logging.getLogger(__name__)
+_PIECE = 1 << 22
+
+
+def file_digest(path: Path) -> str:
+    """The xxh3-128 hex digest of a file's bytes (read in 4 MB pieces; several GB/s)."""
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as handle:
+        for piece in iter(lambda: handle.read(_PIECE), b""):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -65,7 +81,7 @@ class OnnxCache:
     """``ROOT/<fingerprint>/``: one ``<tower>.<precision>.onnx`` and its ``.json`` record per exported tower.
 
     A record is valid when it names this fingerprint, tower, precision and cache format and its ONNX file
-    has the recorded size; anything else is treated as absent (and re-exported).
+    has the recorded size and hash; anything else is treated as absent (and re-exported).
     """
 
     def __init__(self, root: Path, fingerprint: str) -> None:
@@ -95,9 +111,20 @@ class OnnxCache:
         if not isinstance(record, dict) or any(record.get(k) != v for k, v in expected.items()):
             return None
         onnx_file = self.onnx_path(tower, precision)
-        if not onnx_file.is_file() or onnx_file.stat().st_size != record.get("bytes"):
+        if not onnx_file.is_file():
+            return None
+        if onnx_file.stat().st_size != record.get("bytes") or file_digest(onnx_file) != record.get("xxh3"):
+            LOG.warning(
+                "ONNX cache: %s is not the file its record describes (damaged or replaced): exporting it again",
+                onnx_file,
+            )
             return None
         return record
+
+    def discard(self, tower: str, precision: str) -> None:
+        """Remove a cached tower (its record first: a record never names a missing file)."""
+        self.record_path(tower, precision).unlink(missing_ok=True)
+        self.onnx_path(tower, precision).unlink(missing_ok=True)
 
     def write_record(self, tower: str, precision: str, record: dict[str, Any]) -> dict[str, Any]:
         """Complete and write the record of an ONNX file already in place; returns it."""
@@ -108,6 +135,7 @@ class OnnxCache:
             "precision": precision,
             "file": self.onnx_path(tower, precision).name,
             "bytes": self.onnx_path(tower, precision).stat().st_size,
+            "xxh3": file_digest(self.onnx_path(tower, precision)),
             **record,
         }
         _write_json(self.record_path(tower, precision), full)

@@ -15,7 +15,9 @@ import numpy as np
 from counterclip.errors import InputError, RuntimeExportError
 
 CACHE_ENV = "COUNTERCLIP_ONNX_CACHE"  # overrides the cache directory
-CACHE_FORMAT = 2  # bump when the layout or the exported graphs change meaning (2: optimised graphs)
+CACHE_FORMAT = (
+    3  # bump when the layout or the exported graphs change meaning (2: optimised graphs; 3: file hash, probe)
+)
 OPSET = 17  # LayerNormalization is a native op from 17 on
 RUNTIMES = ("torch", "onnx")
 PRECISIONS = ("fp32", "int8-dynamic", "int8-static")

@@ -20,7 +20,9 @@ and keeps every name importable from here:
   coordinate differs by more than 1e-3.
 - **Cache** (`counterclip.models.onnx_cache`): ``CACHE/<fingerprint>/<tower>.<precision>.onnx`` with a
   JSON record beside it; both are written atomically (temp file in the same directory, fsync, rename), the
-  record last. A tower is exported when it is first used, so text-only work (a query) never exports or
+  record last. Nothing cached is trusted: the file must have the hash its record holds, and its session
+  must embed a probe input as torch does (`counterclip.models.onnx_probe`) before it is used; otherwise
+  it is exported again, said in one warning line. A tower is exported when it is first used, so text-only work (a query) never exports or
   runs the image tower.
 - **int8** (`counterclip.models.onnx_quantize`, image tower): ``int8-dynamic`` (weights int8, activations
   quantised with one range per batch, so an embedding moves slightly with its batch mates; checked at the
@@ -93,6 +95,7 @@ from counterclip.models.onnx_export import (  # noqa: F401 - re-exported
     io_names,
 )
 from counterclip.models.onnx_graph import narrow_to_pooled_token, optimize_graph  # noqa: F401
+from counterclip.models.onnx_probe import probe_problem, probe_record
 from counterclip.models.onnx_quantize import (  # noqa: F401 - re-exported
     INT8_MIN_RECALL,
     MIN_CHECK_IMAGES,
@@ -323,9 +326,8 @@ class OnnxEncoder:
             raise InputError(f"unknown tower {tower!r}; expected image or text")
         with self._lock:
             if tower not in self._sessions:
-                record = self._ensure(tower)
-                path = self.cache.onnx_path(tower, record["precision"])
-                self._sessions[tower] = self._new_session(path)
+                record, session = checked_session(self, tower)
+                self._sessions[tower] = session
                 self._records[tower] = record
             return self._sessions[tower]
 
@@ -388,6 +390,7 @@ class OnnxEncoder:
                 "min_cosine_bar": FP32_MIN_COSINE,
                 "max_abs_bar": FP32_MAX_ABS,
             },
+            "probe": probe_record(self.torch_model, tower),
             "seconds": round(seconds, 2),
         }
 
@@ -424,12 +427,39 @@ class OnnxEncoder:
                 "onnxruntime": self._ort.__version__,
                 "vs_torch": fp32_record["vs_torch"],
                 "graph": fp32_record.get("graph"),  # the fp32 graph that was quantised
+                "probe": fp32_record.get("probe"),  # torch's embedding of the probe
                 **figures,
                 "seconds": round(time.perf_counter() - started, 2),
             },
         )
         self.exported.append(f"image.{precision}")
         return record
+
+
+def checked_session(encoder: OnnxEncoder, tower: str) -> tuple[dict[str, Any], Any]:
+    """The tower's record and session for ``encoder``; a tower read from the cache must first embed the
+    probe as torch does (`onnx_probe`), else it is exported again (said in one warning line)."""
+    record = encoder._ensure(tower)
+    path = encoder.cache.onnx_path(tower, record["precision"])
+    if f"{tower}.{record['precision']}" in encoder.exported:  # checked against torch as it was made
+        return record, encoder._new_session(path)
+    try:
+        session = encoder._new_session(path)
+        problem = probe_problem(encoder.torch_model, tower, session, record["precision"], encoder.min_cosine)
+    except RuntimeExportError as exc:
+        problem = str(exc)
+    if problem is None:
+        return record, session
+    LOG.warning(
+        "ONNX cache: the cached %s tower of %s (%s) gives %s: exporting it again",
+        tower,
+        encoder.spec,
+        record["precision"],
+        problem,
+    )
+    encoder.cache.discard(tower, record["precision"])
+    record = encoder._ensure(tower)
+    return record, encoder._new_session(encoder.cache.onnx_path(tower, record["precision"]))
 
 
 def create_encoder(

@@ -35,6 +35,7 @@ import numpy as np
 
 from counterclip.calibration import Calibration
 from counterclip.errors import RuntimeExportError
+from counterclip.models.onnx_cache import file_digest
 from counterclip.models.onnx_common import (
     CACHE_FORMAT,
     FP32_MIN_COSINE,
@@ -42,6 +43,7 @@ from counterclip.models.onnx_common import (
     onnxruntime_available,
     unit,
 )
+from counterclip.models.onnx_probe import PROBE_MAX_ABS, PROBE_TEXT, embedding_problem, session_probe
 from counterclip.models.spec import ModelSpec
 from counterclip.scores import PairScore
 
@@ -303,6 +305,11 @@ class OnnxTextEncoder:
         onnx_file = directory / str(record.get("file"))
         if not onnx_file.is_file() or onnx_file.stat().st_size != record.get("bytes"):
             return None, f"{onnx_file} is missing or damaged"
+        if file_digest(onnx_file) != record.get("xxh3"):
+            LOG.warning(
+                "ONNX cache: %s is not the file its record describes (damaged or replaced)", onnx_file
+            )
+            return None, f"{onnx_file} is not the file its record describes (damaged or replaced)"
         standalone = record.get("standalone")
         if not standalone:
             return None, "the export has no standalone entry (tokenizer or weight files not supported)"
@@ -311,7 +318,23 @@ class OnnxTextEncoder:
         files = weight_files(spec)
         if files is None or files_digest(files) != standalone.get("files_sha256"):
             return None, f"the weight files of {spec} changed since the export (or are not local)"
-        return cls(spec, record, directory, threads, score), ""
+        try:
+            encoder = cls(spec, record, directory, threads, score)
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime cannot load it: the torch path exports again
+            return None, f"ONNX Runtime cannot load {onnx_file}: {str(exc).splitlines()[0][:200]}"
+        problem = encoder.probe_problem()
+        if problem is not None:
+            LOG.warning("ONNX cache: the cached text tower in %s gives %s", directory, problem)
+            return None, f"the cached text tower in {directory} gives {problem}"
+        return encoder, ""
+
+    def probe_problem(self) -> str | None:
+        """Why this tower does not embed the probe as torch did at export (`onnx_probe`), or None."""
+        probe = self.record.get("probe") or {}
+        if probe.get("text") != PROBE_TEXT or not probe.get("embedding"):
+            return "no probe recorded"
+        got = session_probe(self._session, self.tokenize([PROBE_TEXT]))
+        return embedding_problem(np.asarray(probe["embedding"]), got, FP32_MIN_COSINE, PROBE_MAX_ABS)
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         return self._tokenizer(list(texts))

@@ -29,6 +29,7 @@ from fastapi.staticfiles import StaticFiles
 
 from counterclip._version import __version__
 from counterclip.errors import CounterclipError
+from counterclip.server.admission import AdmissionGuard, tune_allocator
 from counterclip.server.files import NotServed, UploadError
 from counterclip.server.pool import ServerBusy
 from counterclip.server.routes import STATIC, make_router, swagger_path
@@ -102,6 +103,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
     """
     settings = settings or ServerSettings()
     service = Service(engine, settings)
+    tune_allocator()  # freed bodies go back to the OS (see `admission.tune_allocator`)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -121,7 +123,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
     _mount_static(app)
     _install_error_handlers(app)
     _install_openapi(app, settings)
-    _install_guards(app, settings)
+    _install_guards(app, service)
     return app
 
 
@@ -154,9 +156,14 @@ def _install_openapi(app: FastAPI, settings: ServerSettings) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _install_guards(app: FastAPI, settings: ServerSettings) -> None:
-    """The middleware: Host and token checks, CORS when origins are given, and the last-resort error guard."""
+def _install_guards(app: FastAPI, service: Service) -> None:
+    """The middleware: admission (pool place and memory budget before a body is read), Host and token
+    checks, CORS when origins are given, and the last-resort error guard."""
+    settings = service.settings
     # added innermost first: ErrorGuard ends outermost, so nothing escapes it
+    app.add_middleware(
+        AdmissionGuard, pool=service.pool, budget=service.budget, body_timeout=settings.body_timeout
+    )
     app.add_middleware(AccessGuard, settings=settings)
     if settings.cors_origins:
         app.add_middleware(

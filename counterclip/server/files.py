@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import io
 import logging
 import os
 import stat
@@ -27,6 +28,7 @@ from counterclip.index_builder.decode import (
     LoadedImage,
     load_bytes,
 )
+from counterclip.server.admission import reserve
 from counterclip.server.settings import Limits
 
 LOG = logging.getLogger(__name__)
@@ -174,6 +176,7 @@ def decode_upload(value: str, limits: Limits, index: Any) -> LoadedImage:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise UploadError(422, f"image.base64 is not valid base64: {exc}") from None
+    _reserve_decoded(data, limits)
     base = decode_options(index)
     options = dataclasses.replace(
         base,
@@ -187,6 +190,26 @@ def decode_upload(value: str, limits: Limits, index: Any) -> LoadedImage:
         raise UploadError(413, f"image.base64 is over a limit: {exc}") from None
     except DecodeError as exc:
         raise UploadError(422, f"image.base64 is not a usable image: {exc}") from None
+
+
+def decoded_bytes(width: int, height: int, mode: str) -> int:
+    """Bytes an upload of this header holds once decoded: its RGB pixels (3 per pixel), plus the
+    decoder's own buffer when the file is not RGB (one to four bytes per pixel)."""
+    own = {"1": 1, "L": 1, "P": 1, "LA": 2, "I;16": 2, "RGBA": 4, "CMYK": 4, "I": 4, "F": 4}.get(mode, 0)
+    return width * height * (3 + own)
+
+
+def _reserve_decoded(data: bytes, limits: Limits) -> None:
+    """Reserve an upload's decoded size from the request's memory budget before decoding it (503 when it
+    does not fit); a header over the pixel limits is left to the decoder, which refuses it (413)."""
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            width, height, mode = header.width, header.height, header.mode
+    except Exception:  # noqa: BLE001 - not an image: the decoder says why (422)
+        return
+    if width * height > limits.max_upload_pixels or max(width, height) > limits.max_upload_side:
+        return
+    reserve(decoded_bytes(width, height, mode), f"an upload of {width} x {height} pixels")
 
 
 class IndexLookup:

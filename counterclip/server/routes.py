@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 import mimetypes
 import os
-import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +15,7 @@ from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from counterclip.server.admission import PreparsedRoute
 from counterclip.server.files import open_indexed, stream_fd
 from counterclip.server.schemas import (
     MAX_ID,
@@ -24,7 +24,7 @@ from counterclip.server.schemas import (
     ReportRequest,
     SearchRequest,
 )
-from counterclip.server.security import TOKEN_COOKIE
+from counterclip.server.security import TOKEN_COOKIE, session_cookie
 from counterclip.server.service import Service
 
 STATIC = Path(__file__).parent / "static"
@@ -37,7 +37,8 @@ PAGE_CSP = (
 #: A downloaded report opened from the server's origin runs nothing.
 REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
-ImageId = Annotated[int, PathParam(ge=0, le=MAX_ID, description="index id of the image")]
+#: Digits only (the route matches ``[0-9]+``: ``/images/1.0`` and ``/images/%201`` are 404s, not id 1).
+ImageId = Annotated[int, PathParam(ge=0, le=MAX_ID, description="index id of the image (digits only)")]
 
 
 def swagger_path() -> Path | None:
@@ -71,7 +72,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 def make_router(service: Service) -> APIRouter:
     """All routes, bound to one `Service` (added group by group, in the order the API docs list them)."""
-    router = APIRouter(responses=ERRORS)
+    router = APIRouter(responses=ERRORS, route_class=PreparsedRoute)
     _add_status_routes(router, service)
     _add_query_routes(router, service)
     _add_image_routes(router, service)
@@ -85,7 +86,8 @@ def _add_status_routes(router: APIRouter, service: Service) -> None:
 
     @router.get("/health", tags=["service"])
     async def health() -> dict[str, Any]:
-        """Counts, the index generation answering, and worker-pool state (running + waiting, refused)."""
+        """Counts, the index generation answering, worker-pool state (running + waiting, refused, measured
+        seconds per kind of call) and the memory budget (reserved now, peak, refused)."""
         refresh = getattr(service.engine, "refresh", None)
         if refresh is not None:
             await run_in_threadpool(refresh)  # an update since the last query shows here at once
@@ -96,6 +98,7 @@ def _add_status_routes(router: APIRouter, service: Service) -> None:
             "images": index.images.count,
             "captions": index.captions.count,
             "pool": service.pool.stats(),
+            "memory": service.budget.stats(),
         }
 
     @router.get("/info", tags=["service"])
@@ -140,7 +143,7 @@ def _add_query_routes(router: APIRouter, service: Service) -> None:
 def _add_image_routes(router: APIRouter, service: Service) -> None:
     """An indexed image's file and its description."""
 
-    @router.get("/images/{image_id}", tags=["images"], response_class=Response)
+    @router.get("/images/{image_id:int}", tags=["images"], response_class=Response)
     async def image_file(
         image_id: ImageId, if_none_match: Annotated[str | None, Header()] = None
     ) -> Response:
@@ -157,7 +160,7 @@ def _add_image_routes(router: APIRouter, service: Service) -> None:
         media = mimetypes.guess_type(meta["path"])[0] or "application/octet-stream"
         return StreamingResponse(stream_fd(fd, size), media_type=media, headers=headers)
 
-    @router.get("/images/{image_id}/meta", tags=["images"])
+    @router.get("/images/{image_id:int}/meta", tags=["images"])
     async def image_info(image_id: ImageId) -> dict[str, Any]:
         """File name, size in pixels and captions of an image id."""
         return await service.pool.run(service.describe_one, image_id)
@@ -168,7 +171,8 @@ def _add_session_route(router: APIRouter, service: Service) -> None:
 
     @router.post("/auth/session", tags=["service"], status_code=204)
     async def session(authorization: Annotated[str | None, Header()] = None) -> Response:
-        """Exchange 'Authorization: Bearer TOKEN' for a same-site cookie (so the page's images load)."""
+        """Exchange 'Authorization: Bearer TOKEN' for a same-site cookie (so the page's images load); the
+        cookie holds an HMAC of the token, not the token."""
         token = service.settings.token
         if token is None:
             return Response(status_code=204)
@@ -178,9 +182,7 @@ def _add_session_route(router: APIRouter, service: Service) -> None:
                 401, "wrong token", headers={"www-authenticate": 'Bearer realm="counterclip"'}
             )
         response = Response(status_code=204)
-        response.set_cookie(
-            TOKEN_COOKIE, urllib.parse.quote(token, safe=""), httponly=True, samesite="strict", path="/"
-        )
+        response.set_cookie(TOKEN_COOKIE, session_cookie(token), httponly=True, samesite="strict", path="/")
         return response
 
 

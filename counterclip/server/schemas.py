@@ -6,15 +6,21 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 
+from counterclip.engine.request import control_character
+
 MAX_ID = 2**63 - 1  # ids are int64 in FAISS and SQLite
 
 
 def _unicode_text(value: str) -> str:
-    """Text that can be encoded as UTF-8 (a lone surrogate such as "\\ud800" cannot)."""
+    """Text that can be encoded as UTF-8 (a lone surrogate such as "\\ud800" cannot) and holds no control
+    character (a NUL, an escape: tab and line breaks are allowed)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise ValueError(f"text is not valid Unicode (unpaired surrogate at position {exc.start})") from None
+    reason = control_character(value)
+    if reason is not None:
+        raise ValueError(f"text {reason}")
     return value
 
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -37,6 +38,12 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 ]
+
+
+def session_cookie(token: str) -> str:
+    """The login cookie's value for ``token``: an HMAC-SHA256 keyed by the token, never the token itself
+    (a cookie read from a browser or a log is no bearer token), stable across restarts."""
+    return hmac.new(token.encode(), b"counterclip session cookie v1", hashlib.sha256).hexdigest()
 
 
 class BodyTooLarge(HTTPException):
@@ -100,6 +107,7 @@ class AccessGuard:
         self.settings = settings
         self.hosts = settings.host_names()
         self.token = settings.token.encode() if settings.token else None
+        self.cookie = session_cookie(settings.token).encode() if settings.token else None
         self.max_body = settings.limits.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -159,14 +167,14 @@ class AccessGuard:
         return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
     def _authorised(self, headers: dict[str, str]) -> bool:
-        assert self.token is not None
-        given = ""
+        assert self.token is not None and self.cookie is not None
         auth = headers.get("authorization", "")
         if auth[:7].lower() == "bearer ":
-            given = auth[7:].strip()
-        else:
-            for part in headers.get("cookie", "").split(";"):
-                name, _, value = part.strip().partition("=")
-                if name == TOKEN_COOKIE:
-                    given = urllib.parse.unquote(value)
-        return hmac.compare_digest(given.encode("latin-1", "replace"), self.token)
+            return hmac.compare_digest(auth[7:].strip().encode("latin-1", "replace"), self.token)
+        for part in headers.get("cookie", "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == TOKEN_COOKIE:
+                return hmac.compare_digest(
+                    urllib.parse.unquote(value).encode("latin-1", "replace"), self.cookie
+                )
+        return False

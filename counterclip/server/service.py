@@ -20,6 +20,7 @@ from counterclip.engine.live import one_generation
 from counterclip.errors import InputError
 from counterclip.report.html import rule_in_words
 from counterclip.server import explain as explain_api
+from counterclip.server.admission import MemoryBudget
 from counterclip.server.files import (
     IndexLookup,
     NotServed,
@@ -55,8 +56,13 @@ class Service:
         self.settings = settings
         self.limits = settings.limits
         self.pool = WorkerPool(
-            settings.pool_workers, settings.pool_threads, settings.queue, settings.retry_after
+            settings.pool_workers,
+            settings.pool_threads,
+            settings.queue,
+            settings.retry_after,
+            settings.max_wait,
         )
+        self.budget = MemoryBudget(settings.memory_budget, settings.retry_after)
         self._lookup = IndexLookup(engine.index)
         self._lookup_lock = threading.Lock()
 

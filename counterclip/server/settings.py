@@ -12,6 +12,11 @@ from counterclip.errors import InputError
 TOKEN_ENV = "COUNTERCLIP_TOKEN"  # environment variable read when --token is not given
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+#: Bytes a request holds per byte of its body while it is read and parsed (`counterclip.server.admission`):
+#: the body, the JSON text decoded from it, a base64 upload's ``data:`` suffix and its ASCII copy, and
+#: the decoded file (4.75 at most).
+BODY_FACTOR = 5
+DEFAULT_MEMORY_BUDGET = 1024 * 1024 * 1024  # bytes all requests' bodies and decoded uploads may hold at once
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,10 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()  # origins allowed to call the API from a browser; () = CORS off
     workers: int | None = None  # engine calls running at once; None = one per core
     torch_threads: int | None = None  # torch/FAISS threads per worker; None = cores // workers (>= 1)
-    queue: int = 64  # requests waiting for a worker; one more gets 503 + Retry-After
+    queue: int | None = None  # queries waiting for a worker (one more: 503); None = automatic
+    max_wait: float = 3.0  # seconds of work the automatic queue lets wait (at most 64 queries)
+    memory_budget: int = DEFAULT_MEMORY_BUDGET  # bytes requests in progress may hold; beyond: 503
+    body_timeout: float = 60.0  # seconds a request body may take to arrive (then 408)
     retry_after: int = 2  # seconds, sent with a 503
     limits: Limits = field(default_factory=Limits)
 
@@ -79,8 +87,20 @@ class ServerSettings:
             raise InputError(f"workers must be >= 1, got {self.workers}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise InputError(f"torch_threads must be >= 1, got {self.torch_threads}")
-        if self.queue < 0:
+        if self.queue is not None and self.queue < 0:
             raise InputError(f"queue must be >= 0, got {self.queue}")
+        if not self.max_wait > 0 or not self.body_timeout > 0:
+            raise InputError(
+                f"max_wait and body_timeout must be > 0, got {self.max_wait}, {self.body_timeout}"
+            )
+        least = BODY_FACTOR * self.limits.max_body_bytes + 3 * self.limits.max_upload_pixels
+        if self.memory_budget < least:
+            raise InputError(
+                f"a memory budget of {self.memory_budget / 2**20:.0f} MB cannot hold one request at the limits "
+                f"(a body of {self.limits.max_body_bytes / 2**20:.0f} MB and an upload of "
+                f"{self.limits.max_upload_pixels / 1e6:.0f} megapixels need {least / 2**20:.0f} MB): raise it "
+                "or lower the upload limits"
+            )
         if self.token is not None and len(self.token) < 8:
             raise InputError(
                 "the token must be at least 8 characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)"
