@@ -179,6 +179,8 @@ class Service:
             for key in ("match_margin", "nomatch_margin", "threshold", "verify_with")
             if (value := getattr(request, key)) is not None
         }
+        if request.quality:  # the answers' quality cards (extra passes, counted in them)
+            overrides["quality"] = True
         result = self.engine.counterfactuals(
             image=image,
             text=request.text,
