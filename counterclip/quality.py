@@ -67,7 +67,7 @@ class Measure:
         """Whether the value is better than the reference (None when either is missing)."""
         if self.value is None or self.reference is None:
             return None
-        if math.isclose(self.value, self.reference, rel_tol=1e-9, abs_tol=1e-12):
+        if math.isclose(self.value, self.reference, rel_tol=1e-6, abs_tol=1e-6):  # a tie, not a win
             return False
         return self.value > self.reference if self.higher_is_better else self.value < self.reference
 
@@ -142,6 +142,18 @@ class QualityCard:
             forward_passes=int(data.get("forward_passes", 0)),
             seconds=float(data.get("seconds", 0.0)),
         )
+
+    def compact(self) -> str:
+        """All five in one line (a note under a map): ``quality: faithfulness 0.87 (random cell orders
+        0.08); understandability ...``."""
+        parts = []
+        for name, measure in self.measures().items():
+            reference = measure.reference is not None and measure.reference_name
+            parts.append(
+                f"{name} {measure.shown()}"
+                + (f" ({measure.reference_name} {measure.reference:.2f})" if reference else "")
+            )
+        return "quality: " + "; ".join(parts)
 
     def lines(self) -> list[str]:
         """One line per quality: name, value, reference, sentence (the CLI's and the report's block)."""

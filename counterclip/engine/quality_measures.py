@@ -186,11 +186,12 @@ def caption_reading(res: Resources, vector: np.ndarray) -> set[str]:
 
 
 def reading_changes(original: set[str], answer: set[str], substitutes: Substitutes) -> list[tuple[str, str]]:
-    """``(word, replacing word)`` for each word one reading says where the other says a substitute."""
+    """``(word, replacing word)`` for each word one reading says where the other says a substitute; a
+    replacing word counts once (two readings of the original may name it "left" and "bottom")."""
     only_answer = answer - original
-    changes = []
+    changes: list[tuple[str, str]] = []
     for word in sorted(original - answer):
-        replaced = sorted(substitutes.of(word) & only_answer)
+        replaced = sorted((substitutes.of(word) & only_answer) - {b for _, b in changes})
         if replaced:
             changes.append((word, replaced[0]))
     return changes

@@ -203,14 +203,14 @@ def _faithfulness(curves: dict[str, Any]) -> Measure:
         "deletion_auc_random": float(np.mean(deletion[1:])),
         "insertion_auc_random": float(np.mean(insertion[1:])),
     }
-    return Measure(value, definition, True, reference, "random cell orders", sentence, details)
+    return Measure(value, definition, True, reference, "random orders", sentence, details)
 
 
 def _understandability(cells: np.ndarray, settings: MapQualitySettings) -> Measure:
     share = concentration(cells, settings.top_share)
     sentence = f"its top {settings.top_share:.0%} of regions hold {share:.0%} of its mass"
     definition = DEFINITIONS["understandability"].format(top=settings.top_share)
-    return Measure(share, definition, True, float(settings.top_share), "a flat map", sentence)
+    return Measure(share, definition, True, float(settings.top_share), "flat map", sentence)
 
 
 def _completeness(exp: Explanation, curves: dict[str, Any], settings: MapQualitySettings) -> Measure:
@@ -222,7 +222,7 @@ def _completeness(exp: Explanation, curves: dict[str, Any], settings: MapQuality
                 DEFINITIONS["completeness:ig"], "not measurable: the score does not move", False
             )
         sentence = f"its attributions add up to {1 - error:.0%} of the score's change from the baseline"
-        return Measure(error, DEFINITIONS["completeness:ig"], False, 1.0, "an empty map", sentence)
+        return Measure(error, DEFINITIONS["completeness:ig"], False, 1.0, "empty map", sentence)
     definition = DEFINITIONS["completeness"].format(kept=settings.kept_share)
     if not curves["checkable"]:
         return not_measured(definition, "not measurable: removing the image does not lower the score")
@@ -242,7 +242,7 @@ def _stability(cells: np.ndarray, noisy: list[np.ndarray], settings: MapQualityS
     value = float(np.mean(correlations))
     sentence = f"under a little pixel noise its regions keep their order (rank correlation {value:.2f})"
     details = {"max_sensitivity": sensitivity, "rank_correlations": correlations}
-    return Measure(value, definition, True, 0.0, "a random map", sentence, details)
+    return Measure(value, definition, True, 0.0, "random map", sentence, details)
 
 
 def _contrastivity(
@@ -259,9 +259,7 @@ def _contrastivity(
     value = map_distance(cells, other)
     floor = float(np.mean([map_distance(cells, n) for n in noisy])) if noisy else 0.0
     sentence = f"the map for {foil.describe(texts)} differs from it by {value:.2f} (0 = the same map)"
-    return Measure(
-        value, definition, True, floor, "the map under noise", sentence, {"foil": foil.describe(texts)}
-    )
+    return Measure(value, definition, True, floor, "noise floor", sentence, {"foil": foil.describe(texts)})
 
 
 def _noisy_copies(image: Image.Image, settings: MapQualitySettings) -> list[Image.Image]:

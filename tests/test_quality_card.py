@@ -93,7 +93,7 @@ def test_gradient_times_input_on_a_linear_model_has_completeness_error_zero() ->
     image = torch.rand(3, 8, 8, requires_grad=True)
     score = (weights * image).sum() + bias
     (gradient,) = torch.autograd.grad(score, image)
-    attributions = gradient * image  # gradient x input, baseline 0
+    attributions = (gradient * image).detach()  # gradient x input, baseline 0
     baseline_score = bias
     error = completeness_error(float(attributions.sum()), float(score.detach()), baseline_score)
     assert error == pytest.approx(0.0, abs=1e-6)
