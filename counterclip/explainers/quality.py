@@ -193,9 +193,8 @@ def _faithfulness(curves: dict[str, Any]) -> Measure:
     value = insertion[0] - deletion[0]
     reference = float(np.mean(np.subtract(insertion[1:], deletion[1:])))
     sentence = (
-        f"putting its top cells back first restores the score faster than removing them keeps it "
-        f"(insertion {insertion[0]:.2f}, deletion {deletion[0]:.2f}; random orders {np.mean(insertion[1:]):.2f}, "
-        f"{np.mean(deletion[1:]):.2f})"
+        f"removing its top cells first leaves {deletion[0]:.2f} of the score on average, putting them back "
+        f"first restores {insertion[0]:.2f} (random orders: {np.mean(deletion[1:]):.2f}, {np.mean(insertion[1:]):.2f})"
     )
     details = {
         "deletion_auc": deletion[0],

@@ -102,3 +102,30 @@ def test_integrated_gradients_reports_its_completeness_error(one_patch_model) ->
     expected = abs(exp.extras["attribution_sum"] - (exp.score - exp.extras["baseline_score"]))
     assert card.completeness.value == pytest.approx(expected / abs(exp.score - exp.extras["baseline_score"]))
     assert card.completeness.value < 0.05  # 64 steps: the attributions add up to the score's change
+
+
+def test_explain_quality_flag_prints_the_card_and_json_has_it(tmp_path, capsys) -> None:
+    import json
+
+    from counterclip.cli import run
+    from counterclip.quality import QUALITIES
+
+    path = tmp_path / "x.png"
+    patch_image(6, background="dark").resize((64, 64)).save(path)
+    base = [
+        "explain",
+        "--model",
+        "bundled:shapes",
+        "--image",
+        str(path),
+        "--labels",
+        "a red circle,a blue square",
+    ]
+    assert run([*base, "--json"]) == 0
+    assert "quality" not in json.loads(capsys.readouterr().out)
+    assert run([*base, "--quality", "--json"]) == 0
+    card = json.loads(capsys.readouterr().out)["quality"]
+    assert set(QUALITIES) <= set(card) and card["contrastivity"]["value"] is not None  # the other label
+    assert run([*base, "--quality"]) == 0
+    shown = capsys.readouterr().out
+    assert "quality of the map" in shown and all(q in shown for q in QUALITIES)
