@@ -51,14 +51,16 @@ export function qualityCard(card, title) {
     const measure = card[name] || {};
     const row = node("div", "qcard-row");
     const direction = measure.higher_is_better === false ? "lower is better" : "higher is better";
-    row.title = `${name}: ${QUESTIONS[name]}\n${measure.definition || ""} (${direction})\n${measure.sentence || ""}`;
+    const against = measure.reference_name ? `\nreference: ${measure.reference_name} ${number(measure.reference)}` : "";
+    row.title = `${name}: ${QUESTIONS[name]}\n${measure.definition || ""} (${direction})${against}\n${measure.sentence || ""}`;
     const value = node("span", "qcard-value", number(measure.value));
     if (measure.beats_reference === true) value.classList.add("qcard-better");
     const tied = typeof measure.value === "number" && Math.abs(measure.value - measure.reference) < 1e-9;
     if (measure.beats_reference === false && !tied) value.classList.add("qcard-worse");
-    const reference = measure.reference === null || measure.reference === undefined
-      ? node("span", "qcard-ref", "")
-      : node("span", "qcard-ref", `vs ${number(measure.reference)} ${measure.reference_name || ""}`);
+    const reference = node("span", "qcard-ref");
+    if (measure.reference !== null && measure.reference !== undefined) {
+      reference.append(`vs ${number(measure.reference)} `, node("span", "qcard-refname", measure.reference_name || ""));
+    }
     row.append(node("span", "qcard-name", name), value, reference);
     box.append(row);
   }
