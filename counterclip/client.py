@@ -28,12 +28,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from counterclip.engine.results import CounterfactualResult, ResultItem, SearchResult, Validity
+from counterclip.engine.results import (
+    CounterfactualQuality,
+    CounterfactualResult,
+    ResultItem,
+    SearchResult,
+    Validity,
+)
 from counterclip.errors import CounterclipError, InputError
 
 TOKEN_ENV = "COUNTERCLIP_TOKEN"
 #: Settings the service takes per request (as keyword overrides of `EngineOptions`).
-SERVER_OVERRIDES = ("match_margin", "nomatch_margin", "threshold")
+SERVER_OVERRIDES = ("match_margin", "nomatch_margin", "threshold", "quality")
 
 
 class ServerError(CounterclipError):
@@ -65,6 +71,8 @@ def counterfactual_result_from_dict(data: dict[str, Any]) -> CounterfactualResul
     fields["baselines"] = {
         name: [item_from_dict(i) for i in items] for name, items in data.get("baselines", {}).items()
     }
+    if data.get("quality"):
+        fields["quality"] = CounterfactualQuality.from_dict(data["quality"])
     return _build(CounterfactualResult, fields)
 
 
@@ -182,8 +190,9 @@ class Client:
     ) -> CounterfactualResult:
         """Verified counterfactuals for an (image, text) pair; see `Engine.counterfactuals`.
 
-        The service takes ``match_margin``, ``nomatch_margin`` and ``threshold`` per request (as keyword
-        overrides, or from ``options``); other settings are the service's own.
+        The service takes ``match_margin``, ``nomatch_margin``, ``threshold`` and ``quality`` (the answers'
+        quality cards, ``result.quality``) per request (as keyword overrides, or from ``options``); other
+        settings are the service's own.
         """
         unknown = sorted(set(overrides) - set(SERVER_OVERRIDES))
         if unknown:
@@ -199,7 +208,9 @@ class Client:
         for key, value in (("text", text), ("labels", labels), ("target", target), ("k", k)):
             if value is not None:
                 body[key] = list(value) if key == "labels" else value
-        body.update({key: float(value) for key, value in settings.items() if value is not None})
+        body.update(
+            {key: bool(v) if key == "quality" else float(v) for key, v in settings.items() if v is not None}
+        )
         return counterfactual_result_from_dict(self._post("/counterfactual", body))
 
     # --- extras ----------------------------------------------------------------------------------

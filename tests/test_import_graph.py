@@ -19,7 +19,7 @@ PACKAGE = Path(counterclip.__file__).parent
 
 # What each part may import (besides itself and the base modules below everything). The order follows
 # DESIGN.md: cli/server -> evaluation -> engine, explainers, report -> index_builder -> models.
-BASE = {"errors", "scores", "calibration", "_fileio", "_lazy", "_version"}
+BASE = {"errors", "scores", "calibration", "quality", "_fileio", "_lazy", "_version"}
 ALLOWED = {
     "models": set(),
     "index_builder": {"models"},

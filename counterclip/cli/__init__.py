@@ -32,6 +32,7 @@ from counterclip.cli import (
     explain_cmds,
     index_cmds,
     model_cmds,
+    quality_cmds,
     scale_cmds,
     serve_cmds,
     shapes_cmds,
@@ -92,6 +93,7 @@ for _module in (
     explain_cmds,
     classic,
     serve_cmds,
+    quality_cmds,
 ):
     _module.register(app, eval_app)
 

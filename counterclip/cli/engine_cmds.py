@@ -86,13 +86,17 @@ def captions_for(engine, ids) -> dict[int, list[str]]:
     return {int(i): lookup.captions_of(int(i)) for i in ids if i is not None}
 
 
-def write_report(engine, result, path: Path, query_image=None, with_maps: bool = True) -> Path:
-    """The self-contained HTML report of a result, with attribution maps (library: `counterclip.report`)."""
+def write_report(
+    engine, result, path: Path, query_image=None, with_maps: bool = True, quality: bool = False
+) -> Path:
+    """The self-contained HTML report of a result, with attribution maps (library: `counterclip.report`);
+    ``quality``: each map's quality card too."""
     from counterclip.report.counterfactual import counterfactual_maps, write_counterfactual_report
 
     maps = None
     if with_maps:
-        with progress_bar("explaining the answers (maps + faithfulness)") as advance:
+        label = "maps + faithfulness" + (" + quality" if quality else "")
+        with progress_bar(f"explaining the answers ({label})") as advance:
             maps = counterfactual_maps(
                 engine.model,
                 result,
@@ -100,6 +104,7 @@ def write_report(engine, result, path: Path, query_image=None, with_maps: bool =
                 query_image,
                 engine.indexed_image,
                 progress=lambda done, total: advance(done, total),
+                quality=quality,
             )
     ids = [item.id for item in result.items] + [
         item.id for items in result.baselines.values() for item in items
@@ -157,6 +162,13 @@ EVAL_SIDE_OPT = typer.Option(
 )
 NOMATCH_MARGIN_OPT = typer.Option(
     None, "--nomatch-margin", help="Override the decrease-mode validity margin (text side)."
+)
+QUALITY_OPT = typer.Option(
+    False,
+    "--quality",
+    help="The quality card of every answer: faithfulness, understandability, completeness, stability, "
+    "contrastivity, each beside the nearest unlike neighbour (extra forward passes, counted and shown; "
+    "with --report, each map's card too).",
 )
 THREADS_OPT = typer.Option(
     None, "--threads", help="torch CPU threads (1 gives steadier latency on a busy machine)."
@@ -225,6 +237,7 @@ def counterfactual(
     diversity: float = DIVERSITY_OPT,
     calibration: str = CALIBRATION_OPT,
     verify_with: str = VERIFY_WITH_OPT,
+    quality: bool = QUALITY_OPT,
     report: Path = typer.Option(None, "--report", help="Write a self-contained HTML report here."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     runtime: str = typer.Option("torch", "--runtime", help=RUNTIME_HELP),
@@ -243,10 +256,11 @@ def counterfactual(
 
       counterclip counterfactual photos.idx --image cat.jpg --text "a photo of a cat" --side text --mode decrease
 
-      counterclip counterfactual blip.idx --image cat.jpg --text "a photo of a dog" --verify-with itm
+      counterclip counterfactual blip.idx --image cat.jpg --text "a photo of a dog" --verify-with itm --quality
     """
     _check_counterfactual_args(k, report)
     options = _counterfactual_options(mode, margin, threshold, diversity, calibration, verify_with)
+    options.update({"quality": True} if quality else {})
     with _open_engine(index, device, runtime, precision) as engine:
         query = _parse_image(image)
         result = engine.counterfactuals(
@@ -261,7 +275,7 @@ def counterfactual(
         )
         if report is not None:
             query_image = engine.indexed_image(Path(query)) if isinstance(query, str) else None
-            write_report(engine, result, report, query_image)
+            write_report(engine, result, report, query_image, quality=quality)
         root = engine.index.root
     if as_json:
         print_json({**result.to_dict(), "report": str(report) if report else None})

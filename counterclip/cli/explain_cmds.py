@@ -142,6 +142,12 @@ CAM_RULE_OPT = typer.Option(
 OPTION_OPT = typer.Option(
     None, "--option", "-o", help="Any option of the method as KEY=VALUE (repeatable; see --list-methods)."
 )
+QUALITY_OPT = typer.Option(
+    False,
+    "--quality",
+    help="The map's quality card: faithfulness, understandability, completeness, stability, contrastivity "
+    "(a few more explanations and ~60 scored images).",
+)
 LIST_METHODS_OPT = typer.Option(
     False, "--list-methods", help="Print the methods, their modalities and options, and exit."
 )
@@ -169,6 +175,7 @@ def explain(
     list_layers: bool = typer.Option(False, "--list-layers", help="Print Grad-CAM layer names and exit."),
     list_methods: bool = LIST_METHODS_OPT,
     out_file: Path = typer.Option(None, "--out", help="Write a PNG panel (image | map | overlay, tokens)."),
+    quality: bool = QUALITY_OPT,
     device: str = typer.Option("cpu", help="auto | cpu | cuda"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
@@ -204,8 +211,8 @@ def explain(
     if getattr(clip.spec, "source", None) == "random":
         exp.extras["random_weights"] = True
     faithfulness = _faithfulness(registered, exp, clip, pil, texts, explained, as_json)
-    written = _save_panel(pil, exp, out_file, faithfulness)
-    _print_explanation(exp, faithfulness, written, as_json)
+    card = _map_card(registered, exp, clip, pil, texts, explained, options, as_json) if quality else None
+    _print_explanation(exp, faithfulness, _save_panel(pil, exp, out_file, faithfulness), as_json, card)
 
 
 def _print_listing(
@@ -263,6 +270,25 @@ def _faithfulness(
         return map_faithfulness(clip, pil, texts, exp.pixel_map, target=explained)
 
 
+def _map_card(
+    registered: Any,
+    exp: Any,
+    clip: Any,
+    pil: Any,
+    texts: list[str],
+    explained: Any,
+    options: dict,
+    as_json: bool,
+) -> Any:
+    """The map's quality card (`counterclip.explainers.quality.map_quality`); None for a map of a change."""
+    if not (registered.attribution and exp.pixel_map is not None):
+        return None
+    from counterclip.explainers.quality import map_quality
+
+    with working("measuring the map's five qualities", enabled=not as_json):
+        return map_quality(clip, pil, texts, explanation=exp, method=exp.method, target=explained, **options)
+
+
 def _save_panel(pil: Any, exp: Any, out_file: Path | None, faithfulness: Any) -> dict[str, str]:
     """Write the PNG panel(s) of ``--out``: kind -> path (nothing without ``--out``)."""
     if out_file is None:
@@ -273,13 +299,17 @@ def _save_panel(pil: Any, exp: Any, out_file: Path | None, faithfulness: Any) ->
     return {kind: str(path) for kind, path in saved.items()}
 
 
-def _print_explanation(exp: Any, faithfulness: Any, written: dict[str, str], as_json: bool) -> None:
+def _print_explanation(
+    exp: Any, faithfulness: Any, written: dict[str, str], as_json: bool, card: Any = None
+) -> None:
     """The explanation's summary as JSON, or in lines: notes, score, faithfulness, the top cell, the
-    tokens, details, cost and the files written."""
+    tokens, details, cost, the quality card (``--quality``) and the files written."""
     payload = exp.summary()
     payload["files"] = written
     payload["flags"] = exp.flags()
     payload["faithfulness"] = faithfulness.to_dict() if faithfulness is not None else None
+    if card is not None:
+        payload["quality"] = card.to_dict()
     if as_json:
         print_json(payload)
         return
@@ -290,6 +320,12 @@ def _print_explanation(exp: Any, faithfulness: Any, written: dict[str, str], as_
         say(faithfulness.describe())
     _print_map_details(exp, payload["extras"])
     out.print(f"cost: {exp.forward_passes} forward, {exp.backward_passes} backward, {exp.seconds:.2f} s")
+    if card is not None:
+        say(
+            f"[bold]quality[/] of the map ({card.forward_passes} extra forward passes; --json has the definitions)"
+        )
+        for line in card.lines():
+            out.print("  " + line, highlight=False)
     for kind, path in written.items():
         out.print(f"wrote {kind}: {path}")
 

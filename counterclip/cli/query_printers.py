@@ -83,8 +83,31 @@ def print_counterfactual(result: Any, text: str | None, root: Path, report: Path
             "(run counterclip update)",
             highlight=False,
         )
+    if result.quality is not None:
+        print_quality(result.quality)
     if report is not None:
         out.print(f"report: {escape(str(report))}", highlight=False)
+
+
+def print_quality(quality: Any) -> None:
+    """``counterfactual --quality``: the answers' summary card in five lines (each quality's number
+    beside the nearest unlike neighbour's, one sentence), the top answer's sentences, and the cost."""
+    say(
+        f"[bold]quality[/] of the {len(quality.answers)} answer(s) ({quality.forward_passes} extra forward "
+        f"passes, {quality.seconds:.2f} s; --json has every card and definition)"
+    )
+    top = quality.answers[0].measures() if quality.answers else {}
+    for name, measure in quality.summary.measures().items():
+        reference = (
+            f" vs {measure.reference:.2f} {measure.reference_name}" if measure.reference is not None else ""
+        )
+        better = (
+            ""
+            if measure.beats_reference is None
+            else (" [green]better[/]" if measure.beats_reference else "")
+        )
+        first = f" — #1: {escape(top[name].sentence)}" if name in top and top[name].sentence else ""
+        say(f"  {name:<17} {measure.shown():>5}{escape(reference)}{better}{first}")
 
 
 def print_counterfactual_evaluation(report: dict[str, Any]) -> None:

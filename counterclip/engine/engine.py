@@ -11,6 +11,7 @@ them; `Engine.counterfactuals` reads as the list of stages::
     verify.verify           re-encoded from the file / text until k still pass; stale ones out    Verified
     judge.judge             verdicts, warnings, the second verifier's opinion                     Judged
     baselines.baselines     nearest unlike neighbour and closest valid in the probe's top N       items
+    quality.assess          (quality=True) the five qualities of every answer, beside references  cards
                             -> CounterfactualResult
 
 What differs between the image and the caption side lives in `sides`; between increase, decrease and flip
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from counterclip.engine import baselines, candidates, judge, ordering, posing, request, verify
+from counterclip.engine import baselines, candidates, judge, ordering, posing, quality, request, verify
 from counterclip.engine.live import LiveIndex, one_generation
 from counterclip.engine.options import EngineOptions, query_options
 from counterclip.engine.path import target_path
@@ -263,10 +264,14 @@ class Engine:
         if opts.baselines:
             compared = baselines.baselines(res, posed, judged.evidence, opts)
             watch.lap("baselines")
+        graded = None
+        if opts.quality:  # the answers' quality cards: extra passes, counted in them
+            graded = quality.assess(res, posed, verified, judged, compared, opts, asked)
+            watch.lap("quality")
         return CounterfactualResult(
             side=posed.side.name, mode=mode, text=text if mode != "flip" else None, query=posed.query,
             validity=posed.criterion.validity, items=judged.items, baselines=compared, stale=verified.stale,
             warnings=judged.warnings, calibration=judged.evidence.describe(), candidates=len(found.ids),
             path_values=walked.values.tolist(), timings=watch.total(), original=judged.original,
-            left_out=verified.left_out, order=ordering.in_words(posed, opts),
+            left_out=verified.left_out, order=ordering.in_words(posed, opts), quality=graded,
         )  # fmt: skip

@@ -50,6 +50,9 @@ class EngineOptions:
     # a second verifier: "itm" re-scores every answer with the model's image-text matching head (BLIP) and
     # an answer it disagrees with is not verified; None: the calibrated verdict alone
     verify_with: str | None = None
+    # the quality card of every answer (`counterclip.engine.quality`): extra model passes, counted in it;
+    # off by default, so a plain query costs what it did
+    quality: bool = False
 
 
 def query_options(

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from counterclip.quality import QualityCard
+
 #: What a returned item's verdict means.
 VERDICTS: dict[str, str] = {
     "verified": "passes the rule, re-scored from its file or text, and the calibrated probability agrees "
@@ -75,6 +77,40 @@ class Validity:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class CounterfactualQuality:
+    """The quality cards of a counterfactual result (asked with ``quality=True``; see
+    `counterclip.engine.quality` for the definitions)."""
+
+    answers: tuple[QualityCard, ...]  # one card per returned item, in rank order
+    summary: QualityCard  # the answers' mean; its stability is the answer set's overlap under perturbations
+    references: dict[str, QualityCard] = field(default_factory=dict)  # baselines measured the same way
+    perturbations: tuple[str, ...] = ()  # the small changes of the query stability was measured under
+    forward_passes: int = 0  # model passes the cards cost (re-encodings, perturbed queries, a second head)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "answers": [card.to_dict() for card in self.answers],
+            "summary": self.summary.to_dict(),
+            "references": {name: card.to_dict() for name, card in self.references.items()},
+            "perturbations": list(self.perturbations),
+            "forward_passes": self.forward_passes,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CounterfactualQuality:
+        return cls(
+            answers=tuple(QualityCard.from_dict(card) for card in data.get("answers", [])),
+            summary=QualityCard.from_dict(data["summary"]),
+            references={name: QualityCard.from_dict(c) for name, c in data.get("references", {}).items()},
+            perturbations=tuple(data.get("perturbations", ())),
+            forward_passes=int(data.get("forward_passes", 0)),
+            seconds=float(data.get("seconds", 0.0)),
+        )
+
+
 @dataclass
 class CounterfactualResult:
     """Everything one counterfactual query returns."""
@@ -97,8 +133,11 @@ class CounterfactualResult:
     original: dict[str, Any] = field(default_factory=dict)
     left_out: dict[str, int] = field(default_factory=dict)  # candidates dropped as the query again, by why
     order: str = "by distance"  # the order of the items, in words
+    quality: CounterfactualQuality | None = None  # the answers' quality cards (asked with quality=True)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; ``quality`` is there only when it was asked for."""
+        quality = {"quality": self.quality.to_dict()} if self.quality is not None else {}
         return {
             "side": self.side,
             "mode": self.mode,
@@ -116,6 +155,7 @@ class CounterfactualResult:
             "original": self.original,
             "left_out": self.left_out,
             "order": self.order,
+            **quality,
         }
 
 

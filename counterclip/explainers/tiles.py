@@ -278,7 +278,7 @@ def tile_html(tile: Tile) -> str:
     if tile.scale is not None:
         parts.append(legend_html(tile.scale, tile.legend_words()))
     for note in tile.all_notes():
-        css = "cc-faith" if note.startswith("faithfulness") else "cc-note"
+        css = "cc-faith" if note.startswith(("faithfulness", "quality:")) else "cc-note"
         parts.append(f'<p class="{css}">{html.escape(note)}</p>')
     parts.append("</figure>")
     return "".join(parts)

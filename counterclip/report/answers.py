@@ -66,9 +66,10 @@ def answer_html(
     maps: Sequence[Tile | TokenRow],
     captions: Mapping[int, Sequence[str]],
     query_captions: Sequence[str],
+    card: str = "",
 ) -> str:
     """One answer: the original and the answer side by side (pictures, or the texts with the changed
-    words marked), the facts (verdict, numbers, why it counts) and its maps."""
+    words marked), the facts (verdict, numbers, why it counts), its quality card (HTML) and its maps."""
     verdict = verdict_of(item)
     if item.get("kind") == "caption":
         left = _changed_texts(str(result.get("text") or ""), str(item.get("text") or ""))
@@ -77,6 +78,7 @@ def answer_html(
     body = [
         f'<div class="answer" data-id="{int(item["id"])}" data-verdict="{verdict}">',
         f'<div class="answer-head">{left}<div class="facts">{"".join(_facts(item, result))}</div></div>',
+        card,
     ]
     if maps:
         body.append('<div class="maps cc-tiles">' + "".join(_map_html(m) for m in maps) + "</div>")

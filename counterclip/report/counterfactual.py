@@ -34,6 +34,7 @@ from counterclip.explainers import (
 )
 from counterclip.explainers.figure import MapScale, Tile, TokenRow, overlay
 from counterclip.explainers.metrics import map_faithfulness
+from counterclip.explainers.quality import PairWith, map_quality
 from counterclip.models.base import ClipModel
 from counterclip.report.files import write_text_atomic
 from counterclip.report.html import counterfactual_report
@@ -81,12 +82,36 @@ def map_tile(
     pixel_map: np.ndarray,
     faithfulness: Any = None,
     unit: str = "the score",
+    card: Any = None,
 ) -> Tile:
-    """A titled overlay of ``pixel_map`` on ``image`` with its colour scale and faithfulness note."""
+    """A titled overlay of ``pixel_map`` on ``image`` with its colour scale, faithfulness note and, when
+    measured, its quality card in one line (`counterclip.quality.QualityCard.compact`)."""
     values = np.asarray(pixel_map, dtype=np.float64)
     scale = MapScale.of(values)
     notes = [faithfulness.describe()] if faithfulness is not None else []
+    notes += [card.compact()] if card is not None else []
     return Tile(title, overlay(image, values, scale=scale), scale, unit=unit, notes=notes)
+
+
+@dataclass(frozen=True)
+class _Checks:
+    """What each map of a report is measured for: its faithfulness line, its quality card."""
+
+    faithfulness: bool = True
+    quality: bool = False
+
+    def faithful(self, *args: Any, **kwargs: Any) -> Any:
+        return map_faithfulness(*args, **kwargs) if self.faithfulness else None
+
+    def card(
+        self, model: ClipModel, image: Image.Image, texts: Any, exp: Any, method: str, **targets: Any
+    ) -> Any:
+        """The map's `QualityCard` (``targets``: ``target`` and ``foil``), or None when not asked."""
+        return (
+            map_quality(model, image, texts, explanation=exp, method=method, **targets)
+            if self.quality
+            else None
+        )
 
 
 def _quoted(text: str) -> str:
@@ -113,6 +138,7 @@ def counterfactual_maps(
     load_image: ImageLoader | None = None,
     faithfulness: bool = True,
     progress: Progress | None = None,
+    quality: bool = False,
 ) -> CounterfactualMaps:
     """The maps of a counterfactual report, as titled tiles.
 
@@ -126,6 +152,7 @@ def counterfactual_maps(
         faithfulness: measure each map's faithfulness for its image (a few batched forward passes per
             map, no gradients). Default True.
         progress: called with ``(done, total)`` after each answer's maps.
+        quality: add each map's quality card (`counterclip.explainers.quality.map_quality`). Default False.
 
     Returns:
         `CounterfactualMaps`: the query pair's map ("why the original matches"); per image-side answer
@@ -141,7 +168,7 @@ def counterfactual_maps(
     maps = CounterfactualMaps()
     if not text:
         return maps
-    measure = map_faithfulness if faithfulness else (lambda *args, **kwargs: None)
+    measure = _Checks(faithfulness, quality)
     labels = list(data.get("query", {}).get("labels") or [])
     flip = data.get("mode") == "flip" and bool(labels)
     if flip and query_image is not None:
@@ -165,16 +192,15 @@ def counterfactual_maps(
     return maps
 
 
-def _query_tile(
-    model: ClipModel, query_image: Image.Image, text: str, method: str, measure: Callable[..., Any]
-) -> Tile:
+def _query_tile(model: ClipModel, query_image: Image.Image, text: str, method: str, measure: _Checks) -> Tile:
     """The query pair's map: why the original matches the text."""
     pair = explain(model, query_image, text, method=method)
     return map_tile(
         f"why the original matches {_quoted(text)}",
         query_image,
         pair.pixel_map,
-        measure(model, query_image, text, pair.pixel_map),
+        measure.faithful(model, query_image, text, pair.pixel_map),
+        card=measure.card(model, query_image, text, pair, method),
     )
 
 
@@ -193,26 +219,41 @@ def _image_side_tiles(
     image: Image.Image,
     text: str,
     method: str,
-    measure: Callable[..., Any],
+    measure: _Checks,
 ) -> list[Tile | TokenRow]:
     matches = f"why it matches {_quoted(text)}"
     if query_image is None:
         pair = explain(model, image, text, method=method)
-        return [map_tile(matches, image, pair.pixel_map, measure(model, image, text, pair.pixel_map))]
+        card = measure.card(model, image, text, pair, method)
+        return [
+            map_tile(
+                matches,
+                image,
+                pair.pixel_map,
+                measure.faithful(model, image, text, pair.pixel_map),
+                card=card,
+            )
+        ]
     pair, margin = image_counterfactual_maps(model, query_image, image, text, method=method)
-    toward = EmbeddingMargin(
-        toward=text_embedding_of(model, text),
-        away=image_embedding_of(model, query_image),
-        score=model.pair_score,
-    )
+    text_emb, query_emb = text_embedding_of(model, text), image_embedding_of(model, query_image)
+    toward = EmbeddingMargin(toward=text_emb, away=query_emb, score=model.pair_score)
+    like_original = PairWith(query_emb, model.pair_score, "the original image")
+    like_text = PairWith(text_emb, model.pair_score, _quoted(text))
     return [
-        map_tile(matches, image, pair.pixel_map, measure(model, image, text, pair.pixel_map)),
+        map_tile(
+            matches,
+            image,
+            pair.pixel_map,
+            measure.faithful(model, image, text, pair.pixel_map),
+            card=measure.card(model, image, text, pair, method, foil=like_original),
+        ),
         map_tile(
             "why this image rather than the original",
             image,
             margin.pixel_map,
-            measure(model, image, text, margin.pixel_map, target=toward),
+            measure.faithful(model, image, text, margin.pixel_map, target=toward),
             unit="its lead over the original",
+            card=measure.card(model, image, text, margin, method, target=toward, foil=like_text),
         ),
     ]
 
@@ -223,7 +264,7 @@ def _text_side_tiles(
     original: str,
     answer: str,
     method: str,
-    measure: Callable[..., Any],
+    measure: _Checks,
 ) -> list[Tile | TokenRow]:
     pair, margin = text_counterfactual_maps(model, query_image, original, answer, method=method)
     shown: list[Tile | TokenRow] = []
@@ -244,7 +285,7 @@ def _text_side_tiles(
             f"why {_quoted(answer)} rather than the original text",
             query_image,
             margin.pixel_map,
-            measure(
+            measure.faithful(
                 model,
                 query_image,
                 [answer, original],
@@ -252,6 +293,15 @@ def _text_side_tiles(
                 target=Margin(0, 1, model.pair_score),
             ),
             unit="its lead over the original text",
+            card=measure.card(
+                model,
+                query_image,
+                [answer, original],
+                margin,
+                method,
+                target=Margin(0, 1, model.pair_score),
+                foil=PairWith(text_embedding_of(model, original), model.pair_score, _quoted(original)),
+            ),
         )
     )
     return shown

@@ -27,6 +27,7 @@ from counterclip.report.answers import (  # noqa: F401 - re-exported
     probability_bars,
 )
 from counterclip.report.files import write_text_atomic
+from counterclip.report.quality import QUALITY_CSS, answer_cards_html, quality_section
 from counterclip.report.sentences import (  # noqa: F401 - re-exported
     BASELINE_WORDS,
     VERDICT_WORDS,
@@ -108,8 +109,7 @@ def counterfactual_report(
         captions: per image id, the captions the index holds for it (shown under the pictures).
         query_captions: the captions of the query image.
         query_probabilities: flip mode: the original's probability per label (labelled bars).
-        item_probabilities: flip mode: per answer id, its probability per label (when the result's items
-            do not carry ``probabilities``).
+        item_probabilities: flip mode: per answer id, its probability per label (if items lack them).
 
     Returns:
         HTML text.
@@ -121,8 +121,10 @@ def counterfactual_report(
     items = [_with_probabilities(item, item_probabilities) for item in result.get("items", [])]
     maps, captions = maps or {}, captions or {}
     answers = [
-        answer_html(item, result, root, query_uri, maps.get(int(item["id"]), []), captions, query_captions)
-        for item in items
+        answer_html(
+            item, result, root, query_uri, maps.get(int(item["id"]), []), captions, query_captions, card
+        )
+        for item, card in zip(items, answer_cards_html(result, len(items)), strict=True)
     ]
     body = [
         f"<h1>{html.escape(heading)}</h1>",
@@ -133,13 +135,15 @@ def counterfactual_report(
         _warnings(result),
         _answers_heading(result, items),
         *answers,
+        quality_section(result),
         baselines_html(result, root, {int(i["id"]): i.get("rank") for i in items}, digits_of(result)),
         _stale_section(result),
         _timings_section(result),
     ]
     return (
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(heading)}</title>"
-        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>"
+        f"<style>{_CSS}{QUALITY_CSS if result.get('quality') else ''}</style></head><body>{''.join(body)}"
+        "</body></html>"
     )
 
 

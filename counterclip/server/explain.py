@@ -24,6 +24,7 @@ from counterclip.explainers import (
 )
 from counterclip.explainers.figure import MapScale
 from counterclip.explainers.metrics import map_faithfulness
+from counterclip.explainers.quality import PairWith, map_quality
 from counterclip.index_builder.decode import DecodeError, load_bytes
 from counterclip.report import overlay, png_data_uri, token_strip
 from counterclip.report.counterfactual import (
@@ -55,6 +56,7 @@ def _image_map(
     pixel_map: np.ndarray,
     faithfulness: Any = None,
     unit: str = "the score",
+    card: Any = None,
 ) -> dict[str, Any]:
     shown = overlay(image, pixel_map)
     return {
@@ -68,6 +70,7 @@ def _image_map(
         "faithfulness": None
         if faithfulness is None
         else {**faithfulness.to_dict(), "text": faithfulness.describe()},
+        **({"quality": card.to_dict()} if card is not None else {}),
     }
 
 
@@ -114,8 +117,10 @@ def item_maps(
     text: str,
     result_image: Image.Image | None = None,
     result_text: str | None = None,
+    quality: bool = False,
 ) -> list[dict[str, Any]]:
-    """The maps of one counterfactual answer, each as a PNG data URI with a legend.
+    """The maps of one counterfactual answer, each as a PNG data URI with a legend (``quality``: and each
+    map's quality card, `counterclip.explainers.quality.map_quality`, under ``quality``).
 
     Args:
         model: the index's `ClipModel`.
@@ -134,13 +139,22 @@ def item_maps(
     query_image = _display(query_image)
     if side == "image":
         assert result_image is not None
-        return _image_answer_maps(model, query_image, _display(result_image), text)
+        return _image_answer_maps(model, query_image, _display(result_image), text, _grader(quality))
     assert result_text is not None
-    return _text_answer_maps(model, query_image, text, result_text)
+    return _text_answer_maps(model, query_image, text, result_text, _grader(quality))
+
+
+def _grader(quality: bool) -> Callable[..., Any]:
+    """``grade(model, image, texts, explanation, **targets)``: the map's card, or None when not asked."""
+    if not quality:
+        return lambda *args, **kwargs: None
+    return lambda model, image, texts, exp, **targets: map_quality(
+        model, image, texts, explanation=exp, method=exp.method, **targets
+    )
 
 
 def _image_answer_maps(
-    model: Any, query_image: Image.Image, result_image: Image.Image, text: str
+    model: Any, query_image: Image.Image, result_image: Image.Image, text: str, grade: Callable[..., Any]
 ) -> list[dict[str, Any]]:
     """An image answer: the two images, why the answer matches the text, why it rather than the original."""
     pair, margin = image_counterfactual_maps(model, query_image, result_image, text, method=map_method(model))
@@ -158,6 +172,9 @@ def _image_answer_maps(
             result_image,
             pair.pixel_map,
             map_faithfulness(model, result_image, text, pair.pixel_map),
+            card=grade(
+                model, result_image, text, pair, foil=PairWith(toward.away, model.pair_score, "the original")
+            ),
         ),
         _image_map(
             "Why it rather than the original",
@@ -166,12 +183,20 @@ def _image_answer_maps(
             margin.pixel_map,
             map_faithfulness(model, result_image, text, margin.pixel_map, target=toward),
             "its lead over the original",
+            grade(
+                model,
+                result_image,
+                text,
+                margin,
+                target=toward,
+                foil=PairWith(toward.toward, model.pair_score, repr(text)),
+            ),
         ),
     ]
 
 
 def _text_answer_maps(
-    model: Any, query_image: Image.Image, text: str, result_text: str
+    model: Any, query_image: Image.Image, text: str, result_text: str, grade: Callable[..., Any]
 ) -> list[dict[str, Any]]:
     """A caption answer: the image, why the caption matches it (pixels, then words), why it rather than
     the original text."""
@@ -186,6 +211,13 @@ def _text_answer_maps(
             query_image,
             pair.pixel_map,
             map_faithfulness(model, query_image, result_text, pair.pixel_map),
+            card=grade(
+                model,
+                query_image,
+                result_text,
+                pair,
+                foil=PairWith(text_embedding_of(model, text), model.pair_score, repr(text)),
+            ),
         ),
     ]
     if pair.tokens is not None and pair.token_map is not None:
@@ -211,6 +243,14 @@ def _text_answer_maps(
                 target=Margin(0, 1, model.pair_score),
             ),
             "its lead over the original text",
+            grade(
+                model,
+                query_image,
+                [result_text, text],
+                margin,
+                target=Margin(0, 1, model.pair_score),
+                foil=PairWith(text_embedding_of(model, text), model.pair_score, repr(text)),
+            ),
         )
     )
     return maps
@@ -222,8 +262,10 @@ def report_html(
     query_image: Image.Image | None,
     image_of: Callable[[int], tuple[str, bytes] | None],
     with_maps: bool = True,
+    quality: bool = False,
 ) -> str:
-    """The self-contained HTML report of one counterfactual result.
+    """The self-contained HTML report of one counterfactual result (``quality``: each map's card too; the
+    answers' cards come with the result).
 
     Args:
         model: the index's `ClipModel`.
@@ -260,7 +302,9 @@ def report_html(
             target.write_bytes(payload)
         by_path = {str((root / i["path"]).resolve()): kept[i["id"]] for i in items if i["id"] in kept}
         maps = (
-            counterfactual_maps(model, data, root, query_image, lambda p: by_path.get(str(Path(p).resolve())))
+            counterfactual_maps(
+                model, data, root, query_image, lambda p: by_path.get(str(Path(p).resolve())), quality=quality
+            )
             if with_maps
             else CounterfactualMaps()
         )

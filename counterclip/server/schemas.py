@@ -60,6 +60,7 @@ class CounterfactualRequest(Strict):
     nomatch_margin: float | None = Field(None, ge=0, le=1)
     threshold: float | None = Field(None, ge=-1e4, le=1e4)
     verify_with: Literal["itm"] | None = None  # a second verifier: the model's image-text matching head
+    quality: bool = False  # the quality card of every answer (and, for /maps, of every map); extra passes
 
 
 class MapsRequest(CounterfactualRequest):

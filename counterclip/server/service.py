@@ -185,6 +185,8 @@ class Service:
             for key in ("match_margin", "nomatch_margin", "threshold", "verify_with")
             if (value := getattr(request, key)) is not None
         }
+        if request.quality:  # the answers' quality cards (extra passes, counted in them)
+            overrides["quality"] = True
         result = self.engine.counterfactuals(
             image=image,
             text=request.text,
@@ -220,13 +222,17 @@ class Service:
         query = self.query_pil(image)
         if request.side == "image":
             answer = load_indexed(self.engine.index, request.item, full_resolution=True)
-            maps = explain_api.item_maps(self.engine.model, "image", query, text, result_image=answer)
+            maps = explain_api.item_maps(
+                self.engine.model, "image", query, text, result_image=answer, quality=request.quality
+            )
         else:
             try:
                 caption = self.engine.index.captions.meta([request.item])[0]["text"]
             except (KeyError, IndexError) as exc:
                 raise NotServed(f"caption id {request.item} is not in the index") from exc
-            maps = explain_api.item_maps(self.engine.model, "text", query, text, result_text=caption)
+            maps = explain_api.item_maps(
+                self.engine.model, "text", query, text, result_text=caption, quality=request.quality
+            )
         return {"item": request.item, "side": request.side, "text": text, "maps": maps}
 
     @one_generation
@@ -243,7 +249,9 @@ class Service:
                 return None
             return meta["path"], data
 
-        return explain_api.report_html(self.engine.model, result, query, image_of, with_maps=request.maps)
+        return explain_api.report_html(
+            self.engine.model, result, query, image_of, with_maps=request.maps, quality=request.quality
+        )
 
 
 def plain_text(markup: str) -> str:

@@ -3,6 +3,7 @@
 import { ApiError, download, getJSON, postJSON, signIn } from "./api.js";
 import { readLink, splitLabels, writeLink } from "./link.js";
 import * as render from "./render.js";
+import { installQualityToggle, withQuality } from "./quality.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -199,7 +200,7 @@ function queryBody() {
     if (!form.text) throw new Error("Type the text whose score should change.");
     body.text = form.text;
   }
-  return body;
+  return withQuality(body);
 }
 
 async function runCounterfactuals() {
@@ -289,6 +290,7 @@ async function start() {
     runCounterfactuals();
   });
   $("report").addEventListener("click", downloadReport);
+  installQualityToggle($("cf-form"));
   $("message-close").addEventListener("click", clearError);
   $("maps-close").addEventListener("click", () => $("maps-dialog").close());
   for (const input of document.querySelectorAll('input[name="mode"], input[name="side"]')) input.addEventListener("change", syncModeFields);

@@ -1,6 +1,7 @@
 // DOM builders for results. Text from the index (file names, captions) is always set as text, never as HTML.
 
 import { imageUrl } from "./api.js";
+import { answerQuality, qualityCard } from "./quality.js";
 
 /** el("div", {class: "x", onclick: f}, child, "text", ...) */
 export function el(tag, attrs = {}, ...children) {
@@ -191,6 +192,7 @@ export function answer(item, result, original, handlers) {
       el("div", {}, el("span", { class: `verdict ${verdict}` }, verdict), " ", details(item)),
       numbers(item, result),
       el("div", { class: "verdict-text" }, (VERDICTS[verdict] || {})[item.kind === "caption" ? "caption" : "image"] || ""),
+      answerQuality(result, item),
       el(
         "div",
         { class: "links" },
@@ -294,6 +296,7 @@ export function mapFigure(map) {
     shown,
     legend(map.legend),
     map.faithfulness ? el("div", { class: "faithfulness" }, map.faithfulness.text) : null,
+    map.quality ? qualityCard(map.quality, "Quality of this map (hover for definitions)") : null,
   );
   if (map.kind === "image") figure.style.width = `${Math.max(map.width * scale, 200)}px`;
   return figure;
