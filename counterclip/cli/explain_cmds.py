@@ -189,7 +189,8 @@ def explain(
     if list_methods or list_layers:
         _print_listing(list_methods, model, index, device, as_json)
         return
-    clip = _load(model, index, device)
+    with working(f"loading model {model or index} ...", enabled=not as_json):
+        clip = _load(model, index, device)
     registered = ex.REGISTRY.get(method)
     pil = _open_image(image)
     label_set, explained = _labels_and_target(clip, text, labels, target, versus)
@@ -353,7 +354,8 @@ def eval_explainers(
     from counterclip.evaluation.explainers import evaluate_explainers
     from counterclip.models import load_model
 
-    clip = load_model(model, device=device)
+    with working(f"loading model {model} ...", enabled=not as_json):
+        clip = load_model(model, device=device)
     with progress_bar("explaining shapes images", enabled=not as_json) as advance:
         report = evaluate_explainers(
             clip,

@@ -34,6 +34,7 @@ from counterclip.report.counterfactual import (
     text_embedding_of,
 )
 from counterclip.report.html import counterfactual_report
+from counterclip.report.reading import pair_map_title, sentence
 
 MAP_SIDE = 768  # longest side of a map shown on the page (larger images are shrunk before explaining)
 
@@ -114,6 +115,7 @@ def item_maps(
     text: str,
     result_image: Image.Image | None = None,
     result_text: str | None = None,
+    p_match: float | None = None,
 ) -> list[dict[str, Any]]:
     """The maps of one counterfactual answer, each as a PNG data URI with a legend.
 
@@ -123,6 +125,8 @@ def item_maps(
         query_image: the original image.
         text: the query text (for flip: the target label).
         result_image / result_text: the answer.
+        p_match: the answer pair's calibrated p(match), so its pair map is titled by what it shows
+            ("Why it matches" only for a match; `counterclip.report.reading.pair_map_title`).
 
     Returns:
         ``[{kind, title, caption, png, width, height, legend}]`` (``tokens`` too for a word map; ``legend``
@@ -134,13 +138,22 @@ def item_maps(
     query_image = _display(query_image)
     if side == "image":
         assert result_image is not None
-        return _image_answer_maps(model, query_image, _display(result_image), text)
+        return _image_answer_maps(model, query_image, _display(result_image), text, p_match)
     assert result_text is not None
-    return _text_answer_maps(model, query_image, text, result_text)
+    return _text_answer_maps(model, query_image, text, result_text, p_match)
+
+
+def pair_score_of(model: Any, image: Image.Image, text: str) -> float:
+    """The model's score of one (image, text) pair, encoded as the engine encodes files."""
+    import torch
+
+    with torch.no_grad():
+        image_emb, text_emb = model.encode_pil([image]), model.encode_texts([text])
+    return float(model.pair_score.pairs(image_emb, text_emb).reshape(-1)[0])
 
 
 def _image_answer_maps(
-    model: Any, query_image: Image.Image, result_image: Image.Image, text: str
+    model: Any, query_image: Image.Image, result_image: Image.Image, text: str, p_match: float | None
 ) -> list[dict[str, Any]]:
     """An image answer: the two images, why the answer matches the text, why it rather than the original."""
     pair, margin = image_counterfactual_maps(model, query_image, result_image, text, method=map_method(model))
@@ -153,8 +166,9 @@ def _image_answer_maps(
         _plain("The original", "The original image, for comparison.", query_image),
         _plain("The answer", "The answer image.", result_image),
         _image_map(
-            "Why it matches",
-            f"The parts of the answer that make the model score it for \u201c{text}\u201d.",
+            sentence(pair_map_title(None, p_match)),
+            f"The parts of the answer that make the model score it for \u201c{text}\u201d"
+            + _reading(p_match),
             result_image,
             pair.pixel_map,
             map_faithfulness(model, result_image, text, pair.pixel_map),
@@ -171,7 +185,7 @@ def _image_answer_maps(
 
 
 def _text_answer_maps(
-    model: Any, query_image: Image.Image, text: str, result_text: str
+    model: Any, query_image: Image.Image, text: str, result_text: str, p_match: float | None
 ) -> list[dict[str, Any]]:
     """A caption answer: the image, why the caption matches it (pixels, then words), why it rather than
     the original text."""
@@ -181,8 +195,8 @@ def _text_answer_maps(
     maps = [
         _plain("The image", "The original image both texts are scored against.", query_image),
         _image_map(
-            "Why it matches",
-            f"The parts of the image the model links to \u201c{result_text}\u201d.",
+            sentence(pair_map_title(None, p_match)),
+            f"The parts of the image the model links to \u201c{result_text}\u201d" + _reading(p_match),
             query_image,
             pair.pixel_map,
             map_faithfulness(model, query_image, result_text, pair.pixel_map),
@@ -214,6 +228,11 @@ def _text_answer_maps(
         )
     )
     return maps
+
+
+def _reading(p_match: float | None) -> str:
+    """The end of a pair map's caption: the pair's p(match), when a calibration gives one."""
+    return f" (p(match) {p_match:.2f})." if p_match is not None else "."
 
 
 def report_html(
@@ -265,5 +284,12 @@ def report_html(
             else CounterfactualMaps()
         )
         return counterfactual_report(
-            data, root, query_image=query_image, maps=maps.items, query_maps=maps.query
+            data,
+            root,
+            query_image=query_image,
+            maps=maps.items,
+            query_maps=maps.query,
+            query_probabilities=maps.query_probabilities,
+            item_probabilities=maps.item_probabilities,
+            score=model.pair_score,
         )
