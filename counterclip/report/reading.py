@@ -30,7 +30,7 @@ def sentence(text: str) -> str:
 def settled(result: Mapping[str, Any]) -> str | None:
     """The original already is past the verified line for the goal, in words (None when it is not)."""
     words = (result.get("original") or {}).get("settled")
-    return sentence(str(words)) if words else None
+    return sentence(str(words)).rstrip(".") + "." if words else None
 
 
 def flip_target(result: Mapping[str, Any]) -> str:

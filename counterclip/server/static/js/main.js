@@ -278,7 +278,7 @@ function syncTargets(wanted) {
   const labels = splitLabels($("cf-labels").value);
   const select = $("cf-target");
   const keep = wanted !== undefined ? wanted : select.value;
-  const runnerUp = render.el("option", { value: "" }, "the runner-up (the model's second choice)");
+  const runnerUp = render.el("option", { value: "" }, "the runner-up (2nd most likely)");
   select.replaceChildren(runnerUp, ...labels.map((l) => render.el("option", { value: l }, l)));
   select.value = labels.includes(keep) ? keep : "";
 }
@@ -419,7 +419,11 @@ async function boot() {
   }
   if (link.q) await searchBy({ text: link.q }, render.quoted(link.q));
   else if (link.image !== null && state.original) await searchBy({ image: { id: link.image } }, `images like ${originalLabel()}`);
-  if (state.original && (link.text || link.mode === "flip")) await runCounterfactuals();
+  if (state.original && (link.text || link.mode === "flip")) {
+    await runCounterfactuals();
+    // one column (a phone): the link asked a question, so show its answers rather than the search
+    if (window.matchMedia("(max-width: 900px)").matches) $("cf-panel").scrollIntoView({ block: "start" });
+  }
 }
 
 wire();
