@@ -172,8 +172,10 @@ async function searchBy(body, label, pending = null) {
     status("search-status", `${result.items.length} result(s) for ${label} · ${render.duration(performance.now() - started)}`);
     state.search = body.text !== undefined ? { q: body.text, find } : { q: null, find: "images" };
     updateLink();
-  }, "Search failed: ").then((ok) => {
-    $("search-results").classList.toggle("stale", !ok && $("search-results").children.length > 0);
+  }, pending ? `${pending.name} was not used: ` : "Search failed: ").then((ok) => {
+    const earlier = !ok && $("search-results").children.length > 0;
+    $("search-results").classList.toggle("stale", earlier);
+    if (earlier) $("search-status").append(" The results below are from the earlier search.");
     return ok;
   });
 }
