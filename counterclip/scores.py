@@ -172,6 +172,14 @@ PAIR_KINDS: dict[str, str] = {
 }
 
 
+def pair_kind(by_text: bool, collection: str) -> str:
+    """The kind of pair a search scores: a text against images (or an image against captions) is
+    ``image-text``; within one kind, ``text-text`` or ``image-image``."""
+    if by_text == (collection == "images"):
+        return "image-text"
+    return "text-text" if by_text else "image-image"
+
+
 def score_words(score: PairScore | None, pair: str = "image-text") -> str:
     """The score of one kind of pair, named with its scale and range ("the model's image–text score, 35.2 × cosine:
     from -35.2 (opposite) to 35.2 (same direction); ...")."""

@@ -90,6 +90,13 @@ def _open_text_engine(index: Path):
     return Engine(Index.open(index), encoder)
 
 
+def search_numbers(score: Any, by_text: bool, collection: str) -> dict[str, str]:
+    """What a search's numbers mean: its score named for its kind of pair (`counterclip.scores.pair_kind`)."""
+    from counterclip.scores import number_words, pair_kind
+
+    return number_words(score, pair_kind(by_text, collection))
+
+
 def captions_for(engine, ids) -> dict[int, list[str]]:
     """The captions the index links to each image id (for reports and the search table)."""
     from counterclip.server.files import IndexLookup
@@ -226,13 +233,14 @@ def search(
         root = engine.index.root
         shown = not (captions or paths or as_json)  # the table shows each image's first caption
         linked = captions_for(engine, [i.id for i in result.items]) if shown else {}
+        numbers = search_numbers(getattr(engine, "pair_score", None), text is not None, collection)
     if as_json:
         print_json(result.to_dict())
     elif paths:
         print_paths(result, root)
     else:
         query = f"\u201c{text}\u201d" if text is not None else str(image)
-        print_search(result, query, collection, root, linked)
+        print_search(result, query, collection, root, linked, numbers)
 
 
 def counterfactual(

@@ -39,13 +39,23 @@ def print_paths(result: Any, root: Path) -> None:
 
 
 def print_search(
-    result: Any, query: str, collection: str, root: Path, captions: dict[int, list[str]]
+    result: Any,
+    query: str,
+    collection: str,
+    root: Path,
+    captions: dict[int, list[str]],
+    numbers: dict[str, str] | None = None,
 ) -> None:
-    """``search``: a heading naming the query, the warnings, and the table of hits."""
+    """``search``: a heading naming the query, the warnings, the table of hits and what its numbers
+    mean (``numbers``: `counterclip.scores.number_words` for the search's kind of pair)."""
     out.print(f"[bold]{len(result.items)} {collection}[/] for {escape(query)}", highlight=False)
     for warning in result.warnings:
         say(f"[yellow]warning[/] {escape(warning)}")
     out.print(_search_table(result, root, captions), highlight=False)
+    shown = {"score", "p(match)"} if any(i.p_match is not None for i in result.items) else {"score"}
+    for name, words in (numbers or {}).items():
+        if name in shown:
+            say(f"[dim]{escape(name)}: {escape(words)}[/]")
 
 
 def print_counterfactual(

@@ -280,7 +280,7 @@ def _run(request: BuildRequest) -> BuildSummary:
     encoding = None
     with state.progress:  # from the start: loading the model takes seconds, and says so
         if check_directory(request.index_dir):  # a new index: the model first, so a failure leaves nothing
-            with state.progress.step(f"loading model {_model_name(request.model)}"):
+            with state.progress.step("loading the model"):  # short: the bars share its column
                 model, encoding = load_model_first(request)
             request = dataclasses.replace(request, model=model)
         try:
@@ -293,17 +293,6 @@ def _run(request: BuildRequest) -> BuildSummary:
             raise state.sqlite_error(exc) from None
     summary.seconds = round(time.perf_counter() - state.started, 3)
     return summary
-
-
-def _model_name(model: str | ModelSpec | ClipModel | None) -> str:
-    """How a progress line names the model asked for."""
-    if model is None:
-        return DEFAULT_MODEL
-    return (
-        str(model)
-        if isinstance(model, (str, ModelSpec))
-        else str(getattr(model, "spec", type(model).__name__))
-    )
 
 
 def _stages(state: BuildState, request: BuildRequest, encoding: Encoding | None) -> BuildSummary:

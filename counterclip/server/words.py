@@ -16,15 +16,7 @@ from counterclip.report.reading import (
     target_note,
 )
 from counterclip.report.sentences import BASELINE_WORDS
-from counterclip.scores import number_words
-
-
-def pair_kind(by_text: bool, collection: str) -> str:
-    """The kind of pair a search scores: a text against images (or an image against captions) is
-    ``image-text``; within one kind, ``text-text`` or ``image-image``."""
-    if by_text == (collection == "images"):
-        return "image-text"
-    return "text-text" if by_text else "image-image"
+from counterclip.scores import number_words, pair_kind
 
 
 def search_numbers(engine: Any, by_text: bool, collection: str) -> dict[str, str]:

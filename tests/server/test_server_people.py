@@ -12,9 +12,8 @@ from fastapi.testclient import TestClient
 from server_kit import LOCAL
 
 from counterclip.report.reading import answers_heading, original_reading, pair_map_title, result_numbers
-from counterclip.scores import PairScore, number_words, score_words
+from counterclip.scores import PairScore, number_words, pair_kind, score_words
 from counterclip.server.app import create_app
-from counterclip.server.words import pair_kind
 
 
 @pytest.fixture(scope="module")
