@@ -147,3 +147,70 @@ class PairScore:
         if unknown:
             raise ValueError(f"pair score has unknown field(s) {sorted(unknown)}")
         return cls(**data)
+
+
+# --- the numbers in words ----------------------------------------------------------------------------
+# One vocabulary for every place that shows a number (the CLI, the reports, the web app, the API):
+# `counterclip.engine.results.NUMBERS` is this dict, and `number_words` says the same for one result.
+
+#: What each number of an answer means.
+NUMBERS: dict[str, str] = {
+    "score": "the model's pair score: scale x cosine (+ bias); comparable only within one model and one "
+    "kind of pair",
+    "p_match": "calibrated probability, 0-1, that the image and the text really match (flip: the image "
+    "and the target label's text)",
+    "class_probability": "flip: softmax over the given labels, 0-1; says which label wins, not whether any "
+    "label really fits",
+    "distance": "1 - cosine to the original's embedding, 0 (same) to 2 (opposite); near-copies sit below 0.05",
+}
+
+#: The kinds of pair a score is computed on, as a reader names them.
+PAIR_KINDS: dict[str, str] = {
+    "image-text": "image\u2013text",
+    "image-image": "image\u2013image",
+    "text-text": "text\u2013text",
+}
+
+
+def pair_kind(by_text: bool, collection: str) -> str:
+    """The kind of pair a search scores: a text against images (or an image against captions) is
+    ``image-text``; within one kind, ``text-text`` or ``image-image``."""
+    if by_text == (collection == "images"):
+        return "image-text"
+    return "text-text" if by_text else "image-image"
+
+
+def score_words(score: PairScore | None, pair: str = "image-text") -> str:
+    """The score of one kind of pair, named with its scale and range ("the model's image–text score, 35.2 × cosine:
+    from -35.2 (opposite) to 35.2 (same direction); ...")."""
+    kind = PAIR_KINDS.get(pair, pair)
+    if score is None:
+        return f"the model's {kind} score; " + NUMBERS["score"].split("; ", 1)[1]
+    bias = f" {'+' if score.bias >= 0 else '-'} {abs(score.bias):.1f}" if score.bias else ""
+    low, high = score.of_cos(-1.0), score.of_cos(1.0)
+    return (
+        f"the model's {kind} score, {score.scale:.1f} \u00d7 cosine{bias}: from {low:.1f} (opposite) to "
+        f"{high:.1f} (same direction); comparable only within one model and one kind of pair"
+    )
+
+
+def number_words(score: PairScore | None, pair: str = "image-text", flip: bool = False) -> dict[str, str]:
+    """The numbers a result shows, each with what it means and its range, for a legend.
+
+    Args:
+        score: the model's pair score (None: the scale is not named).
+        pair: ``image-text`` (counterfactuals; search across image and text), ``image-image`` or
+            ``text-text`` (search within one kind).
+        flip: a flip result (the class probability over the labels comes first).
+
+    Returns:
+        ``{name as shown: meaning}``: ``score``, ``p(match)`` (image-text pairs only), ``class probability``
+        (flip), ``distance``.
+    """
+    words = {"score": score_words(score, pair)}
+    if flip:
+        words = {"class probability": NUMBERS["class_probability"].removeprefix("flip: "), **words}
+    if pair == "image-text":
+        words["p(match)"] = NUMBERS["p_match"]
+    words["distance"] = NUMBERS["distance"]
+    return words

@@ -106,10 +106,11 @@ def explain_cnn_cmd(
 
       counterclip explain-cnn --arch vgg11 --random-weights --list-layers
     """
-    from counterclip.explainers.classic import cnn, cnn_runs
-
     _check_cnn_args(method, baseline, weights, random_weights, size)
-    model = cnn.load_cnn(arch, weights, num_classes)
+    with working(f"loading model {arch} ...", enabled=not as_json):
+        from counterclip.explainers.classic import cnn, cnn_runs
+
+        model = cnn.load_cnn(arch, weights, num_classes)
     if list_layers_flag:
         _print_layers(model, size, as_json)
         return
@@ -261,7 +262,8 @@ def explain_text_cmd(
     from counterclip.report.classic import write_token_result
 
     _choice(method, TEXT_CHOICES, "--method")
-    model, tokenizer = _load_classifier(model_source, load_text_classifier)
+    with working(f"loading model {model_source} ...", enabled=not as_json):
+        model, tokenizer = _load_classifier(model_source, load_text_classifier)
     with working(f"explaining with {method}", enabled=not as_json):
         explanations = explain_text(
             model, tokenizer, text, method, target, steps=steps, samples=samples, seed=seed

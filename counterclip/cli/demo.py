@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from counterclip.cli._common import out
+from counterclip.cli._common import out, working
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,11 @@ def run_demo(out_dir: Path, n: int = 400, device: str = "auto", seed: int = 0) -
 
 def _build_demo_index(folder: Path, index_dir: Path, vocab: Path, n: int, seed: int, device: str) -> None:
     """The shapes folder (generated unless there) and its index with the shapes vocabulary as captions."""
-    from counterclip.index_builder import build_index
-    from counterclip.report.html import write_text_atomic
-    from counterclip.shapes import generate_folder
-    from counterclip.shapes import vocabulary as shapes_vocabulary
+    with working("loading counterclip ..."):
+        from counterclip.index_builder.builder import build_index
+        from counterclip.report.html import write_text_atomic
+        from counterclip.shapes import generate_folder
+        from counterclip.shapes import vocabulary as shapes_vocabulary
 
     if not (folder / "labels.jsonl").is_file():
         out.print(f"generating {n} shapes images in {folder} ...")
@@ -75,14 +76,16 @@ def _query_and_report(
     index_dir: Path, query: DemoQuery, out_dir: Path, device: str
 ) -> tuple[Any, Any, dict[str, Path]]:
     """The image-side (increase) and text-side (decrease) results, and the report written for each."""
-    from counterclip.cli.engine_cmds import write_report
+    from counterclip.cli.engine_cmds import original_image, write_report
     from counterclip.engine import Engine
 
-    with Engine.open(index_dir, device=device) as engine:
+    with working(f"loading model ({index_dir}) ..."):
+        engine = Engine.open(index_dir, device=device)
+    with engine:
         image = str(query.path)
         image_result = engine.counterfactuals(image=image, text=query.asked, mode="increase", k=5)
         text_result = engine.counterfactuals(image=image, text=query.own, side="text", mode="decrease", k=5)
-        query_image = engine.indexed_image(query.path)
+        query_image = original_image(engine, image)
         reports = {
             "image_report": write_report(
                 engine, image_result, out_dir / "report-image-side.html", query_image

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from counterclip.cli._common import print_json, progress_bar
+from counterclip.cli._common import print_json, progress_bar, working
 from counterclip.cli.query_printers import (
     print_counterfactual,
     print_counterfactual_evaluation,
@@ -36,8 +36,20 @@ PRECISION_HELP = "With --runtime onnx: fp32 | int8-dynamic | int8-static (an int
 
 
 def _open_engine(
-    index: Path, device: str, runtime: str = "torch", precision: str | None = None, text_only: bool = False
+    index: Path,
+    device: str,
+    runtime: str = "torch",
+    precision: str | None = None,
+    text_only: bool = False,
+    quiet: bool = False,
 ):
+    """The engine over ``index``, with "loading model ..." and a spinner on stderr meanwhile (at once: the
+    libraries and the model take seconds; nothing with ``quiet``, the commands' ``--json``)."""
+    with working(f"loading model ({index}) ...", enabled=not quiet):
+        return _open_engine_now(index, device, runtime, precision, text_only)
+
+
+def _open_engine_now(index: Path, device: str, runtime: str, precision: str | None, text_only: bool):
     """The engine over ``index``. ``text_only`` (a text search) with ``auto`` or ``onnx``: the model's text
     tower from the ONNX cache without torch when the cache holds a checked one for the index's weights
     (`counterclip.models.onnx_text`); otherwise the model is loaded (``auto``: torch)."""
@@ -78,6 +90,13 @@ def _open_text_engine(index: Path):
     return Engine(Index.open(index), encoder)
 
 
+def search_numbers(score: Any, by_text: bool, collection: str) -> dict[str, str]:
+    """What a search's numbers mean: its score named for its kind of pair (`counterclip.scores.pair_kind`)."""
+    from counterclip.scores import number_words, pair_kind
+
+    return number_words(score, pair_kind(by_text, collection))
+
+
 def captions_for(engine, ids) -> dict[int, list[str]]:
     """The captions the index links to each image id (for reports and the search table)."""
     from counterclip.server.files import IndexLookup
@@ -113,8 +132,23 @@ def write_report(
     captions = captions_for(engine, [*ids, query_id]) if result.side == "image" else {}
     query_captions = captions_for(engine, [query_id]).get(query_id, []) if query_id is not None else []
     return write_counterfactual_report(
-        path, result, engine.index.root, query_image, maps, captions=captions, query_captions=query_captions
+        path,
+        result,
+        engine.index.root,
+        query_image,
+        maps,
+        captions=captions,
+        query_captions=query_captions,
+        score=engine.pair_score,
     )
+
+
+def original_image(engine, query: str | int):  # noqa: ANN201 - PIL image or None
+    """The original as the index decodes it, for a report: a path as the user gave it (relative to the
+    current folder, not to the index root), or an index id through its indexed file."""
+    if isinstance(query, int):
+        return engine.indexed_image(engine.index.images.meta([query])[0]["path"])
+    return engine.indexed_image(Path(query).expanduser().resolve())
 
 
 # Options whose help needs more than the signature's line.
@@ -156,6 +190,12 @@ VERIFY_WITH_OPT = typer.Option(
     "--verify-with",
     help="A second verifier: itm re-scores every answer with the model's image-text matching head "
     "(BLIP); an answer it disagrees with is not verified.",
+)
+TARGET_OPT = typer.Option(
+    None,
+    "--target",
+    help="The label the prediction must flip to (default: the runner-up, the most likely label other "
+    "than the predicted one).",
 )
 EVAL_SIDE_OPT = typer.Option(
     "all", "--side", help="image | text | both (the two sides) | verdicts | diversity | all (every figure)."
@@ -207,18 +247,21 @@ def search(
     if paths and as_json:
         raise InputError("give --paths (or --print0) or --json, not both")
     collection = "captions" if captions else "images"
-    with _open_engine(index, device, runtime, precision, text_only=text is not None) as engine:
+    with _open_engine(
+        index, device, runtime, precision, text_only=text is not None, quiet=as_json or paths
+    ) as engine:
         result = engine.search(text=text, image=_parse_image(image), k=k, collection=collection)
         root = engine.index.root
         shown = not (captions or paths or as_json)  # the table shows each image's first caption
         linked = captions_for(engine, [i.id for i in result.items]) if shown else {}
+        numbers = search_numbers(getattr(engine, "pair_score", None), text is not None, collection)
     if as_json:
         print_json(result.to_dict())
     elif paths:
         print_paths(result, root, end=b"\0" if print0 else b"\n")
     else:
         query = f"\u201c{text}\u201d" if text is not None else str(image)
-        print_search(result, query, collection, root, linked)
+        print_search(result, query, collection, root, linked, numbers)
 
 
 def counterfactual(
@@ -228,7 +271,7 @@ def counterfactual(
     side: str = typer.Option("image", "--side", help="image: return images; text: return captions."),
     mode: str = typer.Option("increase", "--mode", help="increase | decrease | flip"),
     labels: str = typer.Option(None, "--labels", help="Comma-separated class texts for --mode flip."),
-    target: str = typer.Option(None, "--target", help="The label the prediction must flip to."),
+    target: str = TARGET_OPT,
     k: int = typer.Option(5, "-k", help="Number of counterfactuals."),
     margin: float = MARGIN_OPT,
     threshold: float = typer.Option(
@@ -254,33 +297,27 @@ def counterfactual(
 
       counterclip counterfactual photos.idx --image cat.jpg --mode flip --labels "a cat,a dog,a bird" --target "a dog"
 
+      counterclip counterfactual photos.idx --image cat.jpg --mode flip --labels "a cat,a dog,a bird"   (target: the runner-up)
+
       counterclip counterfactual photos.idx --image cat.jpg --text "a photo of a cat" --side text --mode decrease
 
       counterclip counterfactual blip.idx --image cat.jpg --text "a photo of a dog" --verify-with itm --quality
     """
     _check_counterfactual_args(k, report)
-    options = _counterfactual_options(mode, margin, threshold, diversity, calibration, verify_with)
-    options.update({"quality": True} if quality else {})
-    with _open_engine(index, device, runtime, precision) as engine:
+    options = _counterfactual_options(mode, margin, threshold, diversity, calibration, verify_with, quality)
+    with _open_engine(index, device, runtime, precision, quiet=as_json) as engine:
         query = _parse_image(image)
+        flip_labels = [s for s in (labels or "").split(",") if s.strip()] or None
         result = engine.counterfactuals(
-            image=query,
-            text=text,
-            side=side,
-            mode=mode,
-            labels=[s for s in (labels or "").split(",") if s.strip()] or None,
-            target=target,
-            k=k,
-            **options,
+            image=query, text=text, side=side, mode=mode, labels=flip_labels, target=target, k=k, **options
         )
         if report is not None:
-            query_image = engine.indexed_image(Path(query)) if isinstance(query, str) else None
-            write_report(engine, result, report, query_image, quality=quality)
-        root = engine.index.root
+            write_report(engine, result, report, original_image(engine, query), quality=quality)
+        root, score = engine.index.root, engine.pair_score
     if as_json:
         print_json({**result.to_dict(), "report": str(report) if report else None})
         return
-    print_counterfactual(result, text, root, report)
+    print_counterfactual(result, text, root, report, score)
 
 
 def _check_counterfactual_args(k: int, report: Path | None) -> None:
@@ -297,10 +334,11 @@ def _counterfactual_options(
     diversity: float | None,
     calibration: str,
     verify_with: str | None,
+    quality: bool = False,
 ) -> dict[str, Any]:
     """The `EngineOptions` overrides the flags ask for: ``--margin`` is the match margin, or with
     ``--mode decrease`` the no-match margin."""
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"quality": True} if quality else {}
     if margin is not None:
         options["nomatch_margin" if mode == "decrease" else "match_margin"] = margin
     if threshold is not None:
@@ -352,7 +390,7 @@ def eval_counterfactual(
         import torch
 
         torch.set_num_threads(threads)
-    with _open_engine(index, device) as engine:
+    with _open_engine(index, device, quiet=as_json) as engine:
         overrides = _evaluation_overrides(margin, nomatch_margin, text_proximity)
         measured = [s for s in SIDE_CHOICES[side] if s in ("image", "text")]
         label = f"queries ({', '.join(measured) or 'verdicts'} side)"

@@ -196,7 +196,8 @@ def explain(
     if list_methods or list_layers:
         _print_listing(list_methods, model, index, device, as_json)
         return
-    clip = _load(model, index, device)
+    with working(f"loading model {model or index} ...", enabled=not as_json):
+        clip = _load(model, index, device)
     registered = ex.REGISTRY.get(method)
     pil = _open_image(image)
     label_set, explained = _labels_and_target(clip, text, labels, target, versus)
@@ -208,8 +209,7 @@ def explain(
     texts = label_set or [text]
     with working(f"explaining with {method}", enabled=not as_json):
         exp = ex.explain(clip, pil, texts, method=method, target=explained, modality=mode, **options)
-    if getattr(clip.spec, "source", None) == "random":
-        exp.extras["random_weights"] = True
+    exp.extras.update({"random_weights": True} if getattr(clip.spec, "source", None) == "random" else {})
     faithfulness = _faithfulness(registered, exp, clip, pil, texts, explained, as_json)
     card = _map_card(registered, exp, clip, pil, texts, explained, options, as_json) if quality else None
     _print_explanation(exp, faithfulness, _save_panel(pil, exp, out_file, faithfulness), as_json, card)
@@ -389,7 +389,8 @@ def eval_explainers(
     from counterclip.evaluation.explainers import evaluate_explainers
     from counterclip.models import load_model
 
-    clip = load_model(model, device=device)
+    with working(f"loading model {model} ...", enabled=not as_json):
+        clip = load_model(model, device=device)
     with progress_bar("explaining shapes images", enabled=not as_json) as advance:
         report = evaluate_explainers(
             clip,

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from counterclip.cli._common import out, print_json
+from counterclip.cli._common import out, print_json, working
 
 
 def _quiet_pillow() -> None:
@@ -91,7 +91,8 @@ def build(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """`counterclip build` (its help: `BUILD_HELP`): a shard set with ``--shard``, else the whole index."""
-    from counterclip.index_builder import build_index
+    with working("loading counterclip ...", enabled=not as_json):  # then the builder's own lines
+        from counterclip.index_builder.builder import build_index
 
     _quiet_pillow()
     _check_build_engine(engine, runtime, shard)
@@ -200,7 +201,8 @@ def update(
 
       counterclip update photos.idx --repair
     """
-    from counterclip.index_builder import update_index
+    with working("loading counterclip ...", enabled=not as_json):  # then the builder's own lines
+        from counterclip.index_builder.builder import update_index
 
     _quiet_pillow()
     summary = update_index(
@@ -240,8 +242,9 @@ def calibrate(
     from counterclip.index_builder.manifest import Manifest
     from counterclip.models import load_model
 
-    model = load_model(Manifest.read(index).model.spec, device=device)
-    calibration = calibrate_index(index, captions, model)
+    spec = Manifest.read(index).model.spec
+    with working(f"loading model {spec} and fitting p(match) ...", enabled=not as_json):
+        calibration = calibrate_index(index, captions, load_model(spec, device=device))
     if as_json:
         print_json(calibration.to_dict())
         return
@@ -302,11 +305,13 @@ def info(
 
       counterclip info photos.idx --json
     """
-    from counterclip.index_builder import Index
+    with working(f"opening {index} ...", enabled=not as_json):
+        from counterclip.index_builder import Index
+        from counterclip.index_builder.calibration_source import calibration_in_use
 
-    with Index.open(index) as idx:
-        payload = _describe_index(idx)
-        calibration = idx.calibration
+        with Index.open(index) as idx:
+            payload = _describe_index(idx)
+            calibration = calibration_in_use(idx)
     if as_json:
         print_json(payload)
         return
@@ -360,22 +365,26 @@ def _info_lines(payload: dict[str, Any], calibration: Any) -> list[str]:
         ),
         f"           captions: {payload['faiss']['captions']['factory']}",
         f"built      {payload['created']}, updated {payload['updated']} (generation {payload['generation']})",
-        f"last run   {last_run.get('embedded', 0)} embedded, {last_run.get('added', 0)} new, "
-        f"{last_run.get('changed', 0)} changed, {last_run.get('removed', 0)} removed, "
-        f"{last_run.get('seconds', 0):.1f} s",
+        f"last run   {_last_run_line(last_run)}",
         f"runtime    {_runtime_line(payload['runtime'])}",
         f"on disk    {payload['size_on_disk_bytes'] / 1e6:.1f} MB",
-        "calibrated "  # the calibration the verdicts use, aligned with the labels above
-        + (
-            f"{calibration.name()}: match line at score {calibration.score_at():.2f}"
-            if calibration is not None
-            else "none recorded (captions give one at build time; or `counterclip calibrate`)"
-        ),
+        "calibrated " + calibration.words,  # the calibration the verdicts use, aligned with the labels
     ]
     lines += [f"skipped    {e['path']}: {e['reason']}" for e in payload["errors"][:20]]
     if len(payload["errors"]) > 20:
         lines.append(f"... and {len(payload['errors']) - 20} more (see --json)")
     return lines
+
+
+def _last_run_line(last_run: dict[str, Any]) -> str:
+    """The last run as the build summary says it: the files found, then what became of them."""
+    added, changed, embedded = (int(last_run.get(k, 0)) for k in ("added", "changed", "embedded"))
+    skipped = max(added + changed - embedded, 0)
+    return (
+        f"{added} new, {changed} changed, {last_run.get('removed', 0)} removed files: {embedded} embedded"
+        + (f", {skipped} skipped" if skipped else "")
+        + f" ({last_run.get('seconds', 0):.1f} s)"
+    )
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:

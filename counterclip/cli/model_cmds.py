@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from counterclip.cli._common import out, print_json
+from counterclip.cli._common import out, print_json, working
 
 
 def models(
@@ -26,13 +26,15 @@ def models(
       counterclip models ViT-B-32:/path/to/open_clip_weights.safetensors
     """
     if spec is None:
-        known = _known_models()
+        with working("listing the models ...", enabled=not as_json):
+            known = _known_models()
         if as_json:
             print_json(known)
         else:
             _print_known_models(known)
         return
-    payload = _model_payload(spec, device)
+    with working(f"loading model {spec} ...", enabled=not as_json):
+        payload = _model_payload(spec, device)
     if as_json:
         print_json(payload)
     else:

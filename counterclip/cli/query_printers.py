@@ -54,28 +54,59 @@ def print_paths(result: Any, root: Path, end: bytes = b"\n") -> None:
 
 
 def print_search(
-    result: Any, query: str, collection: str, root: Path, captions: dict[int, list[str]]
+    result: Any,
+    query: str,
+    collection: str,
+    root: Path,
+    captions: dict[int, list[str]],
+    numbers: dict[str, str] | None = None,
 ) -> None:
-    """``search``: a heading naming the query, the warnings, and the table of hits."""
+    """``search``: a heading naming the query, the warnings, the table of hits and what its numbers
+    mean (``numbers``: `counterclip.scores.number_words` for the search's kind of pair)."""
     out.print(f"[bold]{len(result.items)} {collection}[/] for {escape(query)}", highlight=False)
     for warning in result.warnings:
         say(f"[yellow]warning[/] {escape(warning)}")
     out.print(_search_table(result, root, captions), highlight=False)
+    shown = {"score", "p(match)"} if any(i.p_match is not None for i in result.items) else {"score"}
+    for name, words in (numbers or {}).items():
+        if name in shown:
+            say(f"[dim]{escape(name)}: {escape(words)}[/]")
 
 
-def print_counterfactual(result: Any, text: str | None, root: Path, report: Path | None) -> None:
-    """``counterfactual``: the validity rule, the verdicts' calibration, warnings, the answers, each
-    baseline's answer, stale files and where the report went."""
+def print_counterfactual(
+    result: Any, text: str | None, root: Path, report: Path | None, score: Any = None
+) -> None:
+    """``counterfactual``: the original's own reading (settled first), the validity rule, the verdicts'
+    calibration, warnings, the answers in their stated order with why each is not verified, each
+    baseline's answer, stale files, what the numbers mean and where the report went."""
+    from counterclip.report.reading import (  # here: the report package loads the renderers
+        answers_heading,
+        left_out_words,
+        original_numbers,
+        other_warnings,
+        result_numbers,
+        settled,
+        target_note,
+    )
+
+    data = result.to_dict()
+    if settled(data):
+        say(f"[bold]{escape(settled(data))}[/]")
+    say(f"[bold]original[/] {escape(original_numbers(data))}")
+    if target_note(data):
+        say(f"[bold]target[/] {escape(target_note(data))}")
     say(f"[bold]valid when[/] {escape(result.validity.rule)}")
     say(f"[bold]verdicts[/] by the {escape(result.calibration or 'no calibration')}")
-    for warning in result.warnings:
+    for warning in other_warnings(data):
         say(f"[yellow]warning[/] {escape(warning)}")
-    noun = "caption" if result.side == "text" else "image"
-    title = f"{len(result.items)} counterfactual {noun}(s), closest to the original first"
-    if result.side == "image":
+    title = answers_heading(data, len(result.items)).replace("answer", "counterfactual", 1)
+    if result.side == "image" and result.items:
         title += f" (in {root})"
     original = text if result.side == "text" else None
-    out.print(_items_table(title, result.items, result.mode, original), highlight=False)
+    out.print(_items_table(escape(title), result.items, result.mode, original), highlight=False)
+    _print_reasons(result.items)
+    if left_out_words(data):
+        say(escape(left_out_words(data)))
     _print_baselines(result)
     for entry in result.stale:
         out.print(
@@ -83,6 +114,8 @@ def print_counterfactual(result: Any, text: str | None, root: Path, report: Path
             "(run counterclip update)",
             highlight=False,
         )
+    for name, words in result_numbers(data, score).items():
+        say(f"[dim]{escape(name)}: {escape(words)}[/]")
     if result.quality is not None:
         print_quality(result.quality)
     if report is not None:
@@ -110,6 +143,16 @@ def print_quality(quality: Any) -> None:
         say(f"  {name:<17} {measure.shown():>5}{escape(reference)}{better}{first}")
 
 
+def _print_reasons(items: Any) -> None:
+    """Why answers are not verified, one line per reason with the answers it holds for."""
+    by_reason: dict[str, list[str]] = {}
+    for item in items:
+        if item.reason:
+            by_reason.setdefault(item.reason, []).append(f"#{item.rank}")
+    for reason, ranks in by_reason.items():
+        say(f"[yellow]not verified[/] ({', '.join(ranks)}): {escape(reason)}")
+
+
 def print_counterfactual_evaluation(report: dict[str, Any]) -> None:
     """``eval counterfactual``: a table per side measured (a row per figure, a column per method), then
     the verdict and diversity figures in one line each."""
@@ -117,10 +160,10 @@ def print_counterfactual_evaluation(report: dict[str, Any]) -> None:
         if side_name not in report:
             continue
         section = report[side_name]
-        title = (
-            f"{side_name.replace('_', ' ')}: {section.get('drawn')} queries "
-            f"({section.get('skipped_no_minimal_answer')} skipped)"
-        )
+        title = f"{side_name.replace('_', ' ')}: {section.get('drawn')} queries measured"
+        passed = section.get("skipped_no_minimal_answer")
+        if passed:
+            title += f" ({passed} more drawn and passed over: the index holds no one-change answer for them)"
         methods = {name: values for name, values in section.items() if isinstance(values, dict)}
         out.print(metrics_table(title, methods, EVAL_METRICS), highlight=False)
     for name in ("verdicts", "decrease_diversity"):
@@ -169,9 +212,9 @@ def _items_table(title: str, items: Any, mode: str | None = None, original: str 
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("item", overflow="fold", ratio=3)
-    table.add_column("p(target)" if mode == "flip" else "score", justify="right", no_wrap=True)
+    table.add_column("class prob." if mode == "flip" else "score", justify="right", no_wrap=True)
     table.add_column("verdict", no_wrap=True)
-    table.add_column("p(match)", justify="right", no_wrap=True)
+    table.add_column("p(match)" + (" of target" if mode == "flip" else ""), justify="right", no_wrap=True)
     table.add_column("dist", justify="right", no_wrap=True)
     digits = 3 if mode == "flip" else 2
     for i in items:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
+from counterclip.cli._common import working
 from counterclip.errors import InputError
 
 if TYPE_CHECKING:
@@ -113,11 +116,11 @@ def serve(
 
 
 def _require_server_extra() -> None:
-    """Import what the server runs on; without the ``server`` extra, a one-line error naming it."""
+    """Import what the server runs on (not the engine: fast); without the ``server`` extra, a one-line
+    error naming it."""
     try:
+        import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
-
-        import counterclip.server.app  # noqa: F401
     except ImportError as exc:
         raise InputError(
             f"the server needs the 'server' extra: pip install 'counterclip[server]' ({exc.name} missing)"
@@ -125,31 +128,79 @@ def _require_server_extra() -> None:
 
 
 def _run(index: Path, device: str, settings: ServerSettings, port: int) -> None:
-    """Open the engine, say where the page is, and serve until stopped."""
+    """Take the port, then open the engine, then serve; the address is printed once the server listens
+    (a taken port is one line at once, before the model loads)."""
     import uvicorn
     from PIL import Image
 
-    from counterclip.engine import Engine
-    from counterclip.server.app import create_app
     from counterclip.server.settings import is_loopback, page_url
 
+    listening = bind_port(settings.host, port)
     # uploads are checked against their own limits before decoding; Pillow's warning is noise here
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     logging.getLogger("counterclip").setLevel(logging.INFO)
-    engine = Engine.open(index, device=device)
-    app = create_app(engine, settings)
+    with working(f"loading model ({index}) ..."):
+        from counterclip.engine import Engine
+        from counterclip.server.app import create_app
+
+        engine = Engine.open(index, device=device)
+        app = create_app(engine, settings)
+    lines = []
     if not is_loopback(settings.host):
-        typer.echo(
-            f"counterclip: listening on {settings.host}:{port}, reachable from the network; every call needs the token",
-            err=True,
+        lines.append(
+            f"counterclip: listening on {settings.host}:{port}, reachable from the network; every call needs the token"
         )
-    typer.echo(
+    lines.append(
         f"counterclip: {settings.pool_workers} worker(s) x {settings.pool_threads} thread(s), "
         f"queue {_queue_words(settings)}, memory budget {settings.memory_budget / 2**20:.0f} MB; "
-        f"open {page_url(settings.host, port)}",
-        err=True,
+        f"open {page_url(settings.host, port)}"
     )
-    uvicorn.run(app, host=settings.host, port=port, log_level="info", server_header=False)
+    config = uvicorn.Config(app, log_level="info", server_header=False)
+    _announcing_server()(config, lines).run(sockets=[listening])
+
+
+def bind_port(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (not listening yet); a port another program holds is a one-line
+    `InputError` naming it and the fix."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        raise InputError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+    try:
+        listening.bind((host, port))
+    except OSError as exc:
+        listening.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise InputError(
+                f"port {port} on {host} is taken by another program; stop it, or serve on another port "
+                f"with --port {port + 1}"
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise InputError(
+                f"port {port} needs more rights than this user has; use --port 8000 or above"
+            ) from None
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return listening
+
+
+def _announcing_server() -> Any:
+    """``uvicorn.Server`` that prints the page's address once it listens (imported with the extra)."""
+    import uvicorn
+
+    class AnnouncingServer(uvicorn.Server):
+        def __init__(self, config: Any, lines: list[str]) -> None:
+            super().__init__(config)
+            self.lines = lines
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if not self.should_exit:
+                for line in self.lines:
+                    typer.echo(line, err=True)
+
+    return AnnouncingServer
 
 
 def _queue_words(settings: ServerSettings) -> str:

@@ -37,7 +37,7 @@ def _print_metrics(metrics: dict) -> None:
 def generate(
     out_dir: Path = typer.Argument(..., metavar="OUT", help="Output directory (created if missing)."),
     n: int = typer.Option(..., "--n", help="Number of images."),
-    seed: int = typer.Option(..., "--seed", help="Random seed (same seed, same bytes)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed writes the same bytes."),
     size: int = typer.Option(128, "--size", help="Image side in pixels."),
     holdout_only: bool = typer.Option(
         False, "--holdout-only", help="Only the held-out (shape, colour) pairs, for compositional tests."
@@ -122,7 +122,8 @@ def eval_model(
         raise InputError(f"--n must be at least 1, got {n}")
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
-    loaded = load_model(model, device=device)
+    with working(f"loading model {model} ...", enabled=not as_json):
+        loaded = load_model(model, device=device)
     with working(f"rendering and scoring 2 x {n} shapes images", enabled=not as_json):
         metrics = evaluate_model(loaded, n=n, seed=seed, batch_size=batch_size)
     metrics = {"model": str(loaded.spec), "fingerprint": loaded.fingerprint, **metrics}

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from counterclip.quality import QualityCard
+from counterclip.scores import NUMBERS as SCORE_NUMBERS
 
 #: What a returned item's verdict means.
 VERDICTS: dict[str, str] = {
@@ -17,16 +18,9 @@ VERDICTS: dict[str, str] = {
     "unverifiable": "no file to re-score it from",
 }
 
-#: The numbers an answer carries, named once for every place that shows them (CLI, report, web app, API).
-NUMBERS: dict[str, str] = {
-    "score": "the model's pair score: scale x cosine (+ bias); comparable only within one model and one "
-    "kind of pair",
-    "p_match": "calibrated probability, 0-1, that the image and the text really match (flip: the image "
-    "and the target label's text)",
-    "class_probability": "flip: softmax over the given labels, 0-1; says which label wins, not whether any "
-    "label really fits",
-    "distance": "1 - cosine to the original's embedding, 0 (same) to 2 (opposite); near-copies sit below 0.05",
-}
+#: The numbers an answer carries, named once for every place that shows them (CLI, report, web app, API);
+#: defined beside the pair score (`counterclip.scores.number_words` says them for one result).
+NUMBERS: dict[str, str] = SCORE_NUMBERS
 
 
 @dataclass

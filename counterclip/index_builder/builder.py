@@ -31,6 +31,7 @@ import dataclasses
 import os
 import sqlite3
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,15 +93,19 @@ class BuildSummary:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def _run_line(self) -> str:
+        return _summary_run_line(self)
+
     def __str__(self) -> str:
         recall_k = self.images_index.get("recall_k", 10)
         recall = self.images_index.get(f"recall_at_{recall_k}")
         lines = [
             f"index {self.index_dir} <- {self.root}",
             f"  model      {self.model} ({self.fingerprint[:12]})",
-            f"  images     {self.indexed} indexed, {self.skipped} skipped",
-            f"  this run   {self.embedded} embedded, {self.added} new, {self.changed} changed,"
-            f" {self.removed} removed, {self.unchanged} unchanged" + (" (resumed)" if self.resumed else ""),
+            f"  images     {self.indexed} indexed, {self.skipped} skipped (could not be read; listed below)"
+            if self.skipped
+            else f"  images     {self.indexed} indexed",
+            f"  this run   {self._run_line()}" + (" (resumed)" if self.resumed else ""),
             f"  captions   {self.captions} ({self.captions_embedded} embedded this run)",
             f"  faiss      {self.images_index.get('factory')} {self.images_index.get('search_params') or ''}"
             + (f" recall@{recall_k} {recall:.3f}" if recall is not None else ""),
@@ -114,6 +119,16 @@ class BuildSummary:
             lines.append(f"  ... and {len(self.errors) - 20} more skipped files (see --json)")
         lines += [f"  warning    {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+def _summary_run_line(summary: BuildSummary) -> str:
+    """What this run did: the files found, then what became of them (skipped ones counted apart)."""
+    found = summary.added + summary.changed
+    skipped = max(found - summary.embedded, 0)  # new or changed files that could not be embedded
+    parts = [f"{summary.added} new", f"{summary.changed} changed", f"{summary.removed} removed"]
+    parts.append(f"{summary.unchanged} unchanged")
+    done = f"{summary.embedded} embedded" + (f", {skipped} skipped" if skipped else "")
+    return f"{', '.join(parts)} files: {done}"
 
 
 def build_index(
@@ -263,17 +278,19 @@ def _run(request: BuildRequest) -> BuildSummary:
     """One build or update under the writer lock; storage failures become one-line errors."""
     state = BuildState(request.index_dir, Progress(request.progress), repair=request.repair)
     encoding = None
-    if check_directory(request.index_dir):  # a new index: the model first, so a failure leaves nothing
-        model, encoding = load_model_first(request)
-        request = dataclasses.replace(request, model=model)
-    try:
-        request.index_dir.mkdir(parents=True, exist_ok=True)
-        with WriterLock(request.index_dir), state.progress:
-            summary = _stages(state, request, encoding)
-    except OSError as exc:
-        raise state.os_error(exc) from None
-    except sqlite3.Error as exc:
-        raise state.sqlite_error(exc) from None
+    with state.progress:  # from the start: loading the model takes seconds, and says so
+        if check_directory(request.index_dir):  # a new index: the model first, so a failure leaves nothing
+            with state.progress.step("loading the model"):  # short: the bars share its column
+                model, encoding = load_model_first(request)
+            request = dataclasses.replace(request, model=model)
+        try:
+            request.index_dir.mkdir(parents=True, exist_ok=True)
+            with WriterLock(request.index_dir):
+                summary = _stages(state, request, encoding)
+        except OSError as exc:
+            raise state.os_error(exc) from None
+        except sqlite3.Error as exc:
+            raise state.sqlite_error(exc) from None
     summary.seconds = round(time.perf_counter() - state.started, 3)
     return summary
 
@@ -281,7 +298,8 @@ def _run(request: BuildRequest) -> BuildSummary:
 def _stages(state: BuildState, request: BuildRequest, encoding: Encoding | None) -> BuildSummary:
     """Generation G -> G+1, stage by stage (see the module docstring)."""
     base = find_base(state)  # 1. G, verified
-    plan = plan_run(state, request, meta_view(state, base), encoding)  # 2. checks before changes
+    with state.progress.step("loading the model") if encoding is None else nullcontext():
+        plan = plan_run(state, request, meta_view(state, base), encoding)  # 2. checks before changes
     store = open_work(state, base)  # 3. items-(G+1).sqlite: from here on files are written
     try:
         scanned = scan_and_diff(state, plan, store, request.user_calibration)  # 4.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -38,6 +40,18 @@ class Progress:
         if self._progress is not None and task is not None:
             total = max(next(t.completed for t in self._progress.tasks if t.id == task), 1)
             self._progress.update(task, total=total, completed=total)
+
+    @contextmanager
+    def step(self, description: str) -> Iterator[None]:
+        """A spinner line for one step of unknown length (loading the model), complete when it ends."""
+        task = self.task(description, None, "step")
+        try:
+            yield
+        except BaseException:
+            if self._progress is not None and task is not None:
+                self._progress.remove_task(task)  # the error says what happened; no line left behind
+            raise
+        self.done(task)
 
 
 def _rich_progress() -> Any:

@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 
 from counterclip.explainers.figure import Tile, TokenRow, tile_html, tokens_html
 from counterclip.report.files import png_data_uri
+from counterclip.report.reading import verdict_reason
 from counterclip.report.sentences import BASELINE_WORDS, VERDICT_WORDS, item_rule, number, quoted, verdict_of
 from counterclip.report.words import changed_words, marked_html
 
@@ -139,8 +140,13 @@ def _facts(item: Mapping[str, Any], result: Mapping[str, Any]) -> list[str]:
         + "</span></div>",
         _numbers(item, result),
         f'<div class="why"><b>why it counts:</b> {item_rule(item, result)}</div>',
-        f'<div class="why muted">{html.escape(verdict)}: {html.escape(VERDICT_WORDS.get(verdict, {}).get(kind, ""))}</div>',
     ]
+    reason = verdict_reason(item)
+    if reason:
+        facts.append(f'<div class="why reason"><b>not verified:</b> {html.escape(reason)}</div>')
+    facts.append(
+        f'<div class="why muted">{html.escape(verdict)}: {html.escape(VERDICT_WORDS.get(verdict, {}).get(kind, ""))}</div>'
+    )
     if result.get("mode") == "flip" and item.get("probabilities"):
         facts.append(probability_bars(item["probabilities"], result.get("validity", {}).get("target")))
     return facts
@@ -149,7 +155,7 @@ def _facts(item: Mapping[str, Any], result: Mapping[str, Any]) -> list[str]:
 def _numbers(item: Mapping[str, Any], result: Mapping[str, Any]) -> str:
     digits = digits_of(result)
     name = (
-        f"p({quoted(result.get('validity', {}).get('target', 'target'))})"
+        f"class probability of {quoted(result.get('validity', {}).get('target', 'target'))}"
         if result.get("mode") == "flip"
         else "score"
     )
@@ -171,7 +177,9 @@ def _badge(item: Mapping[str, Any]) -> str:
 
 def _image_figure(src: str | None, caption: str, alt: str) -> str:
     image = (
-        f'<img src="{src}" alt="{html.escape(alt)}">' if src else '<div class="muted">(file missing)</div>'
+        f'<img src="{src}" alt="{html.escape(alt)}">'
+        if src
+        else '<div class="muted">(the image could not be read)</div>'
     )
     return f"<figure>{image}<figcaption>{caption}</figcaption></figure>"
 

@@ -213,8 +213,17 @@ def pdp_figure(explanations: Explanation | Sequence[Explanation], labels: Sequen
     if labels:
         for ax in np.ravel(target_axes):
             ax.legend(fontsize=8)
-    figure.suptitle(items[0].explains, fontsize=10)
+    _title(figure, target_axes, items[0])
     return figure
+
+
+def _title(figure: Any, axes: Any, first: Explanation) -> None:
+    """What the plot shows, in the data's own words: the prediction (and its mean), by which feature."""
+    if len(first.feature_names) == 1:  # the curve's values are the prediction itself: say which
+        np.ravel(axes)[0].set_ylabel(f"mean {first.explains}", fontsize=8)
+        figure.suptitle(f"{first.explains} by {first.feature_names[0]}", fontsize=10)
+    else:
+        figure.suptitle(first.explains, fontsize=10)
 
 
 def save_lime_bars(explanation: Explanation, path: str | Path, top: int = 12) -> Path:

@@ -38,7 +38,9 @@ from counterclip.explainers.quality import PairWith, map_quality
 from counterclip.models.base import ClipModel
 from counterclip.report.files import write_text_atomic
 from counterclip.report.html import counterfactual_report
+from counterclip.report.reading import pair_map_title
 from counterclip.report.words import changed_words, token_positions
+from counterclip.scores import PairScore
 
 ImageLoader = Callable[[Path], "Image.Image | None"]
 Progress = Callable[[int, int], None]  # (done, total) after each answer's maps
@@ -155,8 +157,8 @@ def counterfactual_maps(
         quality: add each map's quality card (`counterclip.explainers.quality.map_quality`). Default False.
 
     Returns:
-        `CounterfactualMaps`: the query pair's map ("why the original matches"); per image-side answer
-        "why it matches" and "why this rather than the original" over the answer
+        `CounterfactualMaps`: the query pair's map (titled by its p(match): `pair_map_title`); per
+        image-side answer its pair map (titled the same way) and "why this rather than the original" over the answer
         (`image_counterfactual_maps`); per caption its words (the changed ones marked) and the image
         regions that favour it over the original text (`text_counterfactual_maps`); in flip mode the
         original's label probabilities.
@@ -174,15 +176,14 @@ def counterfactual_maps(
     if flip and query_image is not None:
         maps.query_probabilities = label_probabilities(model, query_image, labels)
     if query_image is not None:
-        maps.query.append(_query_tile(model, query_image, text, method, measure))
+        maps.query.append(_query_tile(model, query_image, text, method, measure, data.get("original")))
     items = [i for i in data.get("items", []) if i.get("path") or i.get("text")]
     for done, item in enumerate(items, start=1):
         if data.get("side") == "image" and item.get("path"):
             image = load(Path(root) / item["path"])
-            if image is not None:
-                maps.items[item["id"]] = _image_side_tiles(model, query_image, image, text, method, measure)
-                if flip:
-                    maps.item_probabilities[item["id"]] = label_probabilities(model, image, labels)
+            _add_image_answer(
+                maps, model, query_image, image, text, (method, measure), item, labels if flip else []
+            )
         elif data.get("side") == "text" and item.get("text") and query_image is not None:
             maps.items[item["id"]] = _text_side_tiles(
                 model, query_image, text, item["text"], text_method, measure
@@ -192,11 +193,37 @@ def counterfactual_maps(
     return maps
 
 
-def _query_tile(model: ClipModel, query_image: Image.Image, text: str, method: str, measure: _Checks) -> Tile:
-    """The query pair's map: why the original matches the text."""
+def _add_image_answer(
+    maps: CounterfactualMaps,
+    model: ClipModel,
+    query_image: Image.Image | None,
+    image: Image.Image | None,
+    text: str,
+    how: tuple[str, _Checks],
+    item: Mapping[str, Any],
+    labels: list[str],
+) -> None:
+    """An image answer's tiles (and, in flip mode, its label probabilities), when its file is readable."""
+    if image is None:
+        return
+    maps.items[item["id"]] = _image_side_tiles(model, query_image, image, text, *how, item)
+    if labels:
+        maps.item_probabilities[item["id"]] = label_probabilities(model, image, labels)
+
+
+def _query_tile(
+    model: ClipModel,
+    query_image: Image.Image,
+    text: str,
+    method: str,
+    measure: _Checks,
+    original: Mapping[str, Any] | None = None,
+) -> Tile:
+    """The query pair's map: what in the original counts toward the text (why it matches, when it does:
+    by the result's reading of the ``original``)."""
     pair = explain(model, query_image, text, method=method)
     return map_tile(
-        f"why the original matches {_quoted(text)}",
+        pair_map_title(text, (original or {}).get("p_match"), "the original"),
         query_image,
         pair.pixel_map,
         measure.faithful(model, query_image, text, pair.pixel_map),
@@ -220,8 +247,9 @@ def _image_side_tiles(
     text: str,
     method: str,
     measure: _Checks,
+    item: Mapping[str, Any] | None = None,
 ) -> list[Tile | TokenRow]:
-    matches = f"why it matches {_quoted(text)}"
+    matches = pair_map_title(text, (item or {}).get("p_match"))  # "why it matches" only for a match
     if query_image is None:
         pair = explain(model, image, text, method=method)
         card = measure.card(model, image, text, pair, method)
@@ -315,6 +343,7 @@ def write_counterfactual_report(
     maps: CounterfactualMaps | None = None,
     captions: Mapping[int, Sequence[str]] | None = None,
     query_captions: Sequence[str] = (),
+    score: PairScore | None = None,
 ) -> Path:
     """Render a counterfactual result to one self-contained HTML file (atomically).
 
@@ -326,6 +355,7 @@ def write_counterfactual_report(
         maps: from `counterfactual_maps`; None for a report without maps.
         captions: per image id, its captions in the index (shown under the pictures).
         query_captions: the query image's captions.
+        score: the model's pair score (the legend of the numbers names its scale and range).
 
     Returns:
         The path written.
@@ -341,5 +371,6 @@ def write_counterfactual_report(
         query_captions=query_captions,
         query_probabilities=maps.query_probabilities,
         item_probabilities=maps.item_probabilities,
+        score=score,
     )
     return write_text_atomic(path, page)

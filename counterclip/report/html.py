@@ -28,6 +28,15 @@ from counterclip.report.answers import (  # noqa: F401 - re-exported
 )
 from counterclip.report.files import write_text_atomic
 from counterclip.report.quality import QUALITY_CSS, answer_cards_html, quality_section
+from counterclip.report.reading import (
+    answers_heading,
+    left_out_words,
+    original_sentence,
+    other_warnings,
+    result_numbers,
+    settled,
+    target_note,
+)
 from counterclip.report.sentences import (  # noqa: F401 - re-exported
     BASELINE_WORDS,
     VERDICT_WORDS,
@@ -38,6 +47,7 @@ from counterclip.report.sentences import (  # noqa: F401 - re-exported
     rule_in_words,
     verdict_of,
 )
+from counterclip.scores import PairScore
 
 _CSS = (
     """
@@ -50,6 +60,10 @@ h1{font-size:1.35em;margin-bottom:.2em} h2{font-size:1.1em;margin-top:28px}
 .query dt{font-weight:600;color:#444} .query dd{margin:0}
 .rule{background:#f4f4f4;padding:10px 14px;border-radius:6px;margin:12px 0}
 .rule .plain{font-size:1em;margin:0 0 6px}
+.settled{background:#eef3fb;border-left:4px solid #2457c5;padding:10px 14px;border-radius:6px;font-weight:600}
+.reading{margin:8px 0 0;font-size:.95em} .reason{color:#7a5200}
+.numbers-legend dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;margin:6px 0 0;font-size:.85em}
+.numbers-legend dt{font-weight:600} .numbers-legend dd{margin:0}
 .verdicts{font-size:.85em;margin:6px 0 0;padding-left:18px}
 .warnings{color:#8a3d00;background:#fff6e8;border-radius:6px;padding:8px 8px 8px 28px}
 .answer{border:1px solid #ddd;border-radius:8px;padding:12px;margin:14px 0}
@@ -96,6 +110,7 @@ def counterfactual_report(
     query_captions: Sequence[str] = (),
     query_probabilities: Mapping[str, float] | None = None,
     item_probabilities: Mapping[int, Mapping[str, float]] | None = None,
+    score: PairScore | None = None,
 ) -> str:
     """Render one counterfactual result (its ``to_dict()``) as a self-contained HTML page.
 
@@ -109,7 +124,9 @@ def counterfactual_report(
         captions: per image id, the captions the index holds for it (shown under the pictures).
         query_captions: the captions of the query image.
         query_probabilities: flip mode: the original's probability per label (labelled bars).
-        item_probabilities: flip mode: per answer id, its probability per label (if items lack them).
+        item_probabilities: flip mode: per answer id, its probability per label (when the result's items
+            do not carry ``probabilities``).
+        score: the model's pair score, so the legend of the numbers names its scale and range.
 
     Returns:
         HTML text.
@@ -119,19 +136,13 @@ def counterfactual_report(
     heading = title or goal_sentence(result, Path(str(query_name)).name if query_name else None)
     query_uri = image_data_uri(query_image) if query_image is not None else None
     items = [_with_probabilities(item, item_probabilities) for item in result.get("items", [])]
-    maps, captions = maps or {}, captions or {}
-    answers = [
-        answer_html(
-            item, result, root, query_uri, maps.get(int(item["id"]), []), captions, query_captions, card
-        )
-        for item, card in zip(items, answer_cards_html(result, len(items)), strict=True)
-    ]
+    answers = _answers(result, items, root, query_uri, maps or {}, captions or {}, query_captions)
     body = [
         f"<h1>{html.escape(heading)}</h1>",
-        f'<p class="muted">{html.escape(str(result.get("side", "")))} side &middot; mode '
-        f"{html.escape(str(result.get('mode', '')))} &middot; {result.get('candidates', 0)} candidates re-scored</p>",
+        _subtitle(result),
         _query_section(result, query_name, query_image, query_captions, query_probabilities, query_maps),
-        _rule_section(result),
+        _settled_section(result),
+        _rule_section(result, score),
         _warnings(result),
         _answers_heading(result, items),
         *answers,
@@ -144,6 +155,33 @@ def counterfactual_report(
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(heading)}</title>"
         f"<style>{_CSS}{QUALITY_CSS if result.get('quality') else ''}</style></head><body>{''.join(body)}"
         "</body></html>"
+    )
+
+
+def _answers(
+    result: Mapping[str, Any],
+    items: list[Mapping[str, Any]],
+    root: Path,
+    query_uri: str | None,
+    maps: Mapping[int, Sequence[Tile | TokenRow]],
+    captions: Mapping[int, Sequence[str]],
+    query_captions: Sequence[str],
+) -> list[str]:
+    """Each answer's card, with its maps, captions and (when asked for) its quality card."""
+    cards = answer_cards_html(result, len(items))
+    return [
+        answer_html(
+            item, result, root, query_uri, maps.get(int(item["id"]), []), captions, query_captions, card
+        )
+        for item, card in zip(items, cards, strict=True)
+    ]
+
+
+def _subtitle(result: Mapping[str, Any]) -> str:
+    """The side, the mode and how many candidates were re-scored, in one muted line."""
+    return (
+        f'<p class="muted">{html.escape(str(result.get("side", "")))} side &middot; mode '
+        f"{html.escape(str(result.get('mode', '')))} &middot; {result.get('candidates', 0)} candidates re-scored</p>"
     )
 
 
@@ -184,6 +222,10 @@ def _query_section(
             f'alt="the query image"><figcaption class="muted">the query image</figcaption></figure>'
         )
     head.append(f"<div><dl>{''.join(_query_facts(result, query_name, query_captions))}</dl>")
+    head.append(f'<p class="reading">{html.escape(original_sentence(result))}</p>')
+    note = target_note(result)
+    if note:
+        head.append(f'<p class="muted target-note">{html.escape(note)}</p>')
     if query_probabilities:
         head.append(probability_bars(query_probabilities, validity.get("target")))
     head.append("</div>")
@@ -210,7 +252,11 @@ def _query_facts(
         rows.append(f"<dt>predicted</dt><dd>{quoted(query.get('predicted', ''))}</dd>")
         rows.append(f"<dt>target</dt><dd>{quoted(validity.get('target', ''))}</dd>")
     if validity.get("original") is not None:
-        name = f"p({quoted(validity.get('target'))})" if result.get("mode") == "flip" else "score"
+        name = (
+            f"class probability of {quoted(validity.get('target'))}"
+            if result.get("mode") == "flip"
+            else "score"
+        )
         rows.append(
             f"<dt>the original's {name}</dt><dd><b>{number(validity['original'], digits_of(result))}</b></dd>"
         )
@@ -219,9 +265,26 @@ def _query_facts(
     return rows
 
 
-def _rule_section(result: Mapping[str, Any]) -> str:
-    """The rule in plain words, the calibration behind the verdicts, what each verdict means, and the rule
-    as the engine states it."""
+def _settled_section(result: Mapping[str, Any]) -> str:
+    """The original already is where the goal points (nothing to add, or to take away): said first."""
+    words = settled(result)
+    return f'<p class="settled">{html.escape(words)}</p>' if words else ""
+
+
+def _numbers_legend(result: Mapping[str, Any], score: PairScore | None) -> str:
+    """What each number means, with its range (`counterclip.scores.number_words`)."""
+    rows = "".join(
+        f"<dt>{html.escape(name)}</dt><dd>{html.escape(words)}</dd>"
+        for name, words in result_numbers(result, score).items()
+    )
+    return (
+        f'<details class="numbers-legend"><summary>How to read the numbers</summary><dl>{rows}</dl></details>'
+    )
+
+
+def _rule_section(result: Mapping[str, Any], score: PairScore | None = None) -> str:
+    """The rule in plain words, the calibration behind the verdicts, what each verdict means, what each
+    number means, and the rule as the engine states it."""
     calibration = result.get("calibration")
     verdict_list = "".join(
         f'<li><span class="verdict {name}">{name}</span> {html.escape(words["image" if result.get("side") != "text" else "caption"])}</li>'
@@ -237,24 +300,24 @@ def _rule_section(result: Mapping[str, Any]) -> str:
             else '<p class="calibration">No calibration holds for this model and index: no answer can be verified.</p>'
         )
         + f'<ul class="verdicts">{verdict_list}</ul>'
+        + _numbers_legend(result, score)
         + f"<details><summary>The rule as the engine states it</summary><code>{html.escape(str(result.get('validity', {}).get('rule', '')))}</code></details>"
         + "</section>"
     )
 
 
 def _warnings(result: Mapping[str, Any]) -> str:
-    warnings = result.get("warnings") or []
+    warnings = other_warnings(result)  # the settled sentence is said first, on its own
     if not warnings:
         return ""
     return '<ul class="warnings">' + "".join(f"<li>{html.escape(str(w))}</li>" for w in warnings) + "</ul>"
 
 
 def _answers_heading(result: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> str:
-    noun = "caption" if result.get("side") == "text" else "image"
-    return (
-        f"<h2>{len(items)} answer{'s' if len(items) != 1 else ''} ({noun}s), closest to the original first</h2>"
-        if items
-        else f"<h2>No {noun} in this index passes the rule for this query</h2>"
+    """The answers' count and their real order; what was left out as the original again."""
+    left_out = left_out_words(result)
+    return f"<h2>{html.escape(answers_heading(result, len(items)))}</h2>" + (
+        f'<p class="muted left-out">{html.escape(left_out)}</p>' if left_out else ""
     )
 
 

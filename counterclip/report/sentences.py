@@ -80,7 +80,7 @@ def rule_in_words(result: Mapping[str, Any]) -> str:
             f"An answer counts when the model labels it {quoted(validity.get('target', ''))}: that label must "
             f"become the most probable of the {len(result.get('query', {}).get('labels', []))} labels. "
             f"The original is labelled {quoted(result.get('query', {}).get('predicted', '?'))}, with "
-            f"p({quoted(validity.get('target', ''))}) = {number(original, 3)}."
+            f"class probability of {quoted(validity.get('target', ''))} = {number(original, 3)}."
         )
     what = "caption" if side == "text" else "image"
     against = "with the image" if side == "text" else f"for {quoted(result.get('text', ''))}"
@@ -109,11 +109,17 @@ def item_rule(item: Mapping[str, Any], result: Mapping[str, Any]) -> str:
         probabilities = item.get("probabilities") or {}
         target = validity.get("target", "")
         top = max(probabilities, key=probabilities.get) if probabilities else None
-        return (
-            f"labelled {quoted(top)} with p({quoted(target)}) = {number(probabilities.get(target), 3)}; "
-            f"the original {number(validity.get('original'), 3)}"
-            if top
+        if not top:
+            return ""
+        matched = (
+            f"; p(match) of {quoted(target)} {number(item.get('p_match'))}"
+            if item.get("p_match") is not None
             else ""
+        )
+        return (
+            f"labelled {quoted(top)} with class probability of {quoted(target)} "
+            f"{number(probabilities.get(target), 3)}; the original {number(validity.get('original'), 3)}"
+            + matched
         )
     against = "with the image" if result.get("side") == "text" else f"for {quoted(result.get('text', ''))}"
     sign = "\u2264" if result.get("mode") == "decrease" else "\u2265"

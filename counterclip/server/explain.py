@@ -35,6 +35,7 @@ from counterclip.report.counterfactual import (
     text_embedding_of,
 )
 from counterclip.report.html import counterfactual_report
+from counterclip.report.reading import pair_map_title, sentence
 
 MAP_SIDE = 768  # longest side of a map shown on the page (larger images are shrunk before explaining)
 
@@ -117,6 +118,7 @@ def item_maps(
     text: str,
     result_image: Image.Image | None = None,
     result_text: str | None = None,
+    p_match: float | None = None,
     quality: bool = False,
 ) -> list[dict[str, Any]]:
     """The maps of one counterfactual answer, each as a PNG data URI with a legend (``quality``: and each
@@ -128,6 +130,8 @@ def item_maps(
         query_image: the original image.
         text: the query text (for flip: the target label).
         result_image / result_text: the answer.
+        p_match: the answer pair's calibrated p(match), so its pair map is titled by what it shows
+            ("Why it matches" only for a match; `counterclip.report.reading.pair_map_title`).
 
     Returns:
         ``[{kind, title, caption, png, width, height, legend}]`` (``tokens`` too for a word map; ``legend``
@@ -139,9 +143,9 @@ def item_maps(
     query_image = _display(query_image)
     if side == "image":
         assert result_image is not None
-        return _image_answer_maps(model, query_image, _display(result_image), text, _grader(quality))
+        return _image_answer_maps(model, query_image, _display(result_image), text, p_match, _grader(quality))
     assert result_text is not None
-    return _text_answer_maps(model, query_image, text, result_text, _grader(quality))
+    return _text_answer_maps(model, query_image, text, result_text, p_match, _grader(quality))
 
 
 def _grader(quality: bool) -> Callable[..., Any]:
@@ -153,8 +157,22 @@ def _grader(quality: bool) -> Callable[..., Any]:
     )
 
 
+def pair_score_of(model: Any, image: Image.Image, text: str) -> float:
+    """The model's score of one (image, text) pair, encoded as the engine encodes files."""
+    import torch
+
+    with torch.no_grad():
+        image_emb, text_emb = model.encode_pil([image]), model.encode_texts([text])
+    return float(model.pair_score.pairs(image_emb, text_emb).reshape(-1)[0])
+
+
 def _image_answer_maps(
-    model: Any, query_image: Image.Image, result_image: Image.Image, text: str, grade: Callable[..., Any]
+    model: Any,
+    query_image: Image.Image,
+    result_image: Image.Image,
+    text: str,
+    p_match: float | None,
+    grade: Callable[..., Any],
 ) -> list[dict[str, Any]]:
     """An image answer: the two images, why the answer matches the text, why it rather than the original."""
     pair, margin = image_counterfactual_maps(model, query_image, result_image, text, method=map_method(model))
@@ -167,8 +185,9 @@ def _image_answer_maps(
         _plain("The original", "The original image, for comparison.", query_image),
         _plain("The answer", "The answer image.", result_image),
         _image_map(
-            "Why it matches",
-            f"The parts of the answer that make the model score it for \u201c{text}\u201d.",
+            sentence(pair_map_title(None, p_match)),
+            f"The parts of the answer that make the model score it for \u201c{text}\u201d"
+            + _reading(p_match),
             result_image,
             pair.pixel_map,
             map_faithfulness(model, result_image, text, pair.pixel_map),
@@ -196,28 +215,29 @@ def _image_answer_maps(
 
 
 def _text_answer_maps(
-    model: Any, query_image: Image.Image, text: str, result_text: str, grade: Callable[..., Any]
+    model: Any,
+    query_image: Image.Image,
+    text: str,
+    result_text: str,
+    p_match: float | None,
+    grade: Callable[..., Any],
 ) -> list[dict[str, Any]]:
     """A caption answer: the image, why the caption matches it (pixels, then words), why it rather than
     the original text."""
     pair, margin = text_counterfactual_maps(
         model, query_image, text, result_text, method=map_method(model, "text")
     )
+    like_text = PairWith(text_embedding_of(model, text), model.pair_score, repr(text))
+    lead = Margin(0, 1, model.pair_score)
     maps = [
         _plain("The image", "The original image both texts are scored against.", query_image),
         _image_map(
-            "Why it matches",
-            f"The parts of the image the model links to \u201c{result_text}\u201d.",
+            sentence(pair_map_title(None, p_match)),
+            f"The parts of the image the model links to \u201c{result_text}\u201d" + _reading(p_match),
             query_image,
             pair.pixel_map,
             map_faithfulness(model, query_image, result_text, pair.pixel_map),
-            card=grade(
-                model,
-                query_image,
-                result_text,
-                pair,
-                foil=PairWith(text_embedding_of(model, text), model.pair_score, repr(text)),
-            ),
+            card=grade(model, query_image, result_text, pair, foil=like_text),
         ),
     ]
     if pair.tokens is not None and pair.token_map is not None:
@@ -235,25 +255,42 @@ def _text_answer_maps(
             f"The parts of the image that favour \u201c{result_text}\u201d over \u201c{text}\u201d.",
             query_image,
             margin.pixel_map,
-            map_faithfulness(
-                model,
-                query_image,
-                [result_text, text],
-                margin.pixel_map,
-                target=Margin(0, 1, model.pair_score),
-            ),
+            map_faithfulness(model, query_image, [result_text, text], margin.pixel_map, target=lead),
             "its lead over the original text",
-            grade(
-                model,
-                query_image,
-                [result_text, text],
-                margin,
-                target=Margin(0, 1, model.pair_score),
-                foil=PairWith(text_embedding_of(model, text), model.pair_score, repr(text)),
-            ),
+            grade(model, query_image, [result_text, text], margin, target=lead, foil=like_text),
         )
     )
     return maps
+
+
+def _reading(p_match: float | None) -> str:
+    """The end of a pair map's caption: the pair's p(match), when a calibration gives one."""
+    return f" (p(match) {p_match:.2f})." if p_match is not None else "."
+
+
+def _copy_answer_images(
+    items: list[dict[str, Any]], image_of: Callable[[int], tuple[str, bytes] | None], root: Path
+) -> dict[int, Image.Image]:
+    """Copy each image answer's checked bytes into ``root`` (its own relative path, never outside it) and
+    return the decoded pictures by id; unreadable or missing ones are left out."""
+    kept: dict[int, Image.Image] = {}
+    for item in items:
+        if item.get("kind") != "image" or item["id"] in kept:
+            continue
+        found = image_of(int(item["id"]))
+        if found is None:
+            continue
+        rel, payload = found
+        target = (root / rel).resolve()
+        if not str(target).startswith(str(root.resolve()) + os.sep):
+            continue
+        try:
+            kept[item["id"]] = _display(load_bytes(payload).image)
+        except DecodeError:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(payload)
+    return kept
 
 
 def report_html(
@@ -282,24 +319,8 @@ def report_html(
     query_image = _display(query_image) if query_image is not None else None
     with tempfile.TemporaryDirectory(prefix="counterclip-report-") as folder:
         root = Path(folder)
-        kept: dict[int, Image.Image] = {}
         items = list(data["items"]) + [i for group in data.get("baselines", {}).values() for i in group]
-        for item in items:
-            if item.get("kind") != "image" or item["id"] in kept:
-                continue
-            found = image_of(int(item["id"]))
-            if found is None:
-                continue
-            rel, payload = found
-            target = (root / rel).resolve()
-            if not str(target).startswith(str(root.resolve()) + os.sep):
-                continue
-            try:
-                kept[item["id"]] = _display(load_bytes(payload).image)
-            except DecodeError:
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(payload)
+        kept = _copy_answer_images(items, image_of, root)
         by_path = {str((root / i["path"]).resolve()): kept[i["id"]] for i in items if i["id"] in kept}
         maps = (
             counterfactual_maps(
@@ -309,5 +330,12 @@ def report_html(
             else CounterfactualMaps()
         )
         return counterfactual_report(
-            data, root, query_image=query_image, maps=maps.items, query_maps=maps.query
+            data,
+            root,
+            query_image=query_image,
+            maps=maps.items,
+            query_maps=maps.query,
+            query_probabilities=maps.query_probabilities,
+            item_probabilities=maps.item_probabilities,
+            score=model.pair_score,
         )

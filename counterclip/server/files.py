@@ -170,12 +170,12 @@ def decode_upload(value: str, limits: Limits, index: Any) -> LoadedImage:
     most = 4 * ((limits.max_upload_bytes + 2) // 3) + 4
     if len(value) > most:
         raise UploadError(
-            413, f"image.base64: the upload is larger than the limit of {limits.max_upload_bytes} bytes"
+            413, f"the uploaded file is larger than the limit of {_size(limits.max_upload_bytes)}"
         )
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise UploadError(422, f"image.base64 is not valid base64: {exc}") from None
+        raise UploadError(422, f"the upload did not arrive as a file (not valid base64: {exc})") from None
     _reserve_decoded(data, limits)
     base = decode_options(index)
     options = dataclasses.replace(
@@ -187,9 +187,16 @@ def decode_upload(value: str, limits: Limits, index: Any) -> LoadedImage:
     try:
         return load_bytes(data, options)
     except ImageTooLarge as exc:
-        raise UploadError(413, f"image.base64 is over a limit: {exc}") from None
+        raise UploadError(413, f"the uploaded image is over a limit: {exc}") from None
     except DecodeError as exc:
-        raise UploadError(422, f"image.base64 is not a usable image: {exc}") from None
+        raise UploadError(
+            422, f"the uploaded file is not a usable image: {exc}; upload a PNG, JPEG, WebP, BMP, GIF or TIFF"
+        ) from None
+
+
+def _size(count: int) -> str:
+    """A byte count as a person reads it: bytes below a megabyte, else MB."""
+    return f"{count} bytes" if count < 1024 * 1024 else f"{count / (1024 * 1024):.1f} MB"
 
 
 def decoded_bytes(width: int, height: int, mode: str) -> int:

@@ -20,6 +20,7 @@ from counterclip.engine.live import one_generation
 from counterclip.errors import InputError
 from counterclip.report.html import rule_in_words
 from counterclip.server import explain as explain_api
+from counterclip.server import words as page_words
 from counterclip.server.admission import MemoryBudget
 from counterclip.server.files import (
     IndexLookup,
@@ -175,6 +176,7 @@ class Service:
         if isinstance(result.query.get("id"), int):
             image_ids.append(result.query["id"])
         out["images"] = self.describe(image_ids)
+        out["numbers"] = page_words.search_numbers(self.engine, request.text is not None, request.collection)
         return out
 
     def _run_counterfactuals(self, request: CounterfactualRequest) -> tuple[Any, int | Image.Image]:
@@ -209,6 +211,7 @@ class Service:
             ids.append(image)
         out["images"] = self.describe(ids)
         out["rule_in_words"] = plain_text(rule_in_words(out))  # what the page shows; the report's wording
+        out.update(page_words.result_words(self.engine, out))
         return out
 
     @one_generation
@@ -219,21 +222,30 @@ class Service:
         text = request.target if request.mode == "flip" else request.text
         if not text:
             raise InputError("maps need the query text (or, for flip, the target label)")
-        query = self.query_pil(image)
+        query, model = self.query_pil(image), self.engine.model
         if request.side == "image":
             answer = load_indexed(self.engine.index, request.item, full_resolution=True)
+            p_match = self._p_match(answer, text)
             maps = explain_api.item_maps(
-                self.engine.model, "image", query, text, result_image=answer, quality=request.quality
+                model, "image", query, text, result_image=answer, p_match=p_match, quality=request.quality
             )
         else:
             try:
                 caption = self.engine.index.captions.meta([request.item])[0]["text"]
             except (KeyError, IndexError) as exc:
                 raise NotServed(f"caption id {request.item} is not in the index") from exc
+            p_match = self._p_match(query, caption)
             maps = explain_api.item_maps(
-                self.engine.model, "text", query, text, result_text=caption, quality=request.quality
+                model, "text", query, text, result_text=caption, p_match=p_match, quality=request.quality
             )
         return {"item": request.item, "side": request.side, "text": text, "maps": maps}
+
+    def _p_match(self, image: Image.Image, text: str) -> float | None:
+        """The calibrated p(match) of one pair (None when no calibration holds), for a map's title."""
+        evidence = self.engine.evidence
+        if evidence.calibration is None:
+            return None
+        return evidence.p_match(explain_api.pair_score_of(self.engine.model, image, text))
 
     @one_generation
     def report(self, request: ReportRequest) -> str:

@@ -39,6 +39,12 @@ CHROME_FLAGS = (
     "--window-size=1400,1000",
 )
 N_IMAGES = 120  # a few seconds to index; enough for every mode to find answers
+#: Chrome's mobile emulation of a phone (an iPhone 12-14 sized screen).
+PHONE = {
+    "deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 2.0, "touch": True, "mobile": True},
+    "userAgent": "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/126.0 Mobile Safari/537.36",
+}
 
 
 def browser_missing() -> str | None:
@@ -125,3 +131,46 @@ class ThreadedServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+def horizontal_overflow(driver: Any) -> int:
+    """How many CSS pixels the page is wider than its viewport (0: no sideways scrolling)."""
+    return int(
+        driver.execute_script(
+            "const e = document.documentElement; return Math.max(e.scrollWidth, document.body.scrollWidth)"
+            " - e.clientWidth"
+        )
+    )
+
+
+def full_page_png(driver: Any, path: Path, width: int, mobile: bool, crop: str | None = None) -> Path:
+    """A screenshot of the whole page at ``width`` CSS pixels (the viewport stretched to the page's
+    height for the shot, then given back); ``crop``: only the element of that CSS selector."""
+    import time
+
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height = driver.execute_script(
+        "return Math.max(document.documentElement.scrollHeight, window.innerHeight)"
+    )
+    metrics = {"width": width, "height": min(int(height), 12000), "deviceScaleFactor": 1, "mobile": mobile}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    driver.execute_script("window.scrollTo(0, 0)")
+    time.sleep(0.3)
+    box = None
+    if crop is not None:
+        box = driver.execute_script(
+            "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
+            "return [r.left + scrollX, r.top + scrollY, r.right + scrollX, r.bottom + scrollY]",
+            crop,
+        )
+    driver.save_screenshot(str(path))
+    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    if box is not None:
+        with Image.open(path) as shot:
+            left, top, right, bottom = (int(v) for v in box)
+            shot.crop(
+                (max(left - 8, 0), max(top - 8, 0), min(right + 8, shot.width), min(bottom + 8, shot.height))
+            ).save(path)
+    return path

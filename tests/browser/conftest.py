@@ -8,6 +8,8 @@ driven by Selenium, and screenshots for people to look at.
 - ``page`` (function): the browser with a clean slate (console log drained, download folder empty).
 - ``screenshot`` (function): ``screenshot("name")`` writes ``test-output/browser/name.png`` (full page);
   ``COUNTERCLIP_TEST_OUTPUT`` moves the folder.
+- ``phone`` (session): a second Chromium under Chrome's mobile emulation (390 x 844, touch, a phone's
+  user agent); ``phone_page`` (function) gives it a clean slate like ``page``.
 
 Other browser tests (report or explanation screenshots) reuse these fixtures as they are.
 """
@@ -31,6 +33,7 @@ from browser_kit import (
     CHROMIUM,
     N_IMAGES,
     OUTPUT,
+    PHONE,
     REPO,
     LiveServer,
     Site,
@@ -97,6 +100,17 @@ def downloads(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def browser(downloads: Path) -> Iterator[Any]:
+    driver, profile = _chromium(downloads)
+    driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def _chromium(downloads: Path, mobile: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """A headless Chromium (optionally under mobile emulation) and its fresh profile folder."""
     missing = browser_missing()
     if missing and os.environ.get("COUNTERCLIP_REQUIRE_BROWSER") == "1":
         pytest.fail(missing.replace("browser tests skipped", "browser tests required (CI)"))
@@ -111,17 +125,30 @@ def browser(downloads: Path) -> Iterator[Any]:
     profile = tempfile.mkdtemp(prefix="counterclip-chromium-")
     for flag in (*CHROME_FLAGS, f"--user-data-dir={profile}"):
         options.add_argument(flag)
+    if mobile is not None:
+        options.add_experimental_option("mobileEmulation", mobile)
     options.add_experimental_option(
         "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
     )
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.execute_cdp_cmd(
-        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
-    )
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options), profile
+
+
+@pytest.fixture(scope="session")
+def phone(downloads: Path) -> Iterator[Any]:
+    """Chromium as a phone: Chrome's mobile emulation at 390 x 844 CSS pixels, touch events on."""
+    driver, profile = _chromium(downloads, PHONE)
     yield driver
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture()
+def phone_page(phone: Any) -> Any:
+    """The phone browser on a blank page, its console log drained."""
+    phone.get("about:blank")
+    phone.get_log("browser")
+    return phone
 
 
 @pytest.fixture()

@@ -149,10 +149,13 @@ def test_image_side_report(page, screenshot, reports, query) -> None:
         pictures = answer.find_elements(By.CSS_SELECTOR, ".pair img")
         assert len(pictures) == 2  # the original beside the answer
         titles = [h.text for h in answer.find_elements(By.CSS_SELECTOR, "figure.cc-map h4")]
-        assert titles == [
-            f"why it matches \u201c{query['asked']}\u201d",
-            "why this image rather than the original",
-        ]
+        asked = f"\u201c{query['asked']}\u201d"  # titled by what the map shows: a match, or not
+        pair = (
+            f"why it matches {asked}"
+            if item["p_match"] >= 0.5
+            else f"what in it counts toward {asked} (not a match)"
+        )
+        assert titles == [pair, "why this image rather than the original"]
         faith = answer.find_elements(By.CLASS_NAME, "cc-faith")
         assert len(faith) == 2 and all(f.text.startswith("faithfulness ") for f in faith)
     assert check_every_map_is_labelled(page) == 1 + 2 * len(answers)
@@ -207,7 +210,8 @@ def test_flip_report_labels_the_probabilities(page, screenshot, reports, query) 
         shown = dict(zip(cells[0::3], (float(v) for v in cells[2::3]), strict=True))
         assert shown[target] == pytest.approx(item["score_after"], abs=0.01)
         assert max(shown, key=shown.get) == target  # the label flipped
-        assert answer.find_element(By.CLASS_NAME, "numbers").text.startswith(f"p(\u201c{target}\u201d)")
+        numbers = answer.find_element(By.CLASS_NAME, "numbers").text
+        assert numbers.startswith(f"class probability of \u201c{target}\u201d")
     assert (
         "An answer counts when the model labels it" in page.find_element(By.CSS_SELECTOR, ".rule .plain").text
     )

@@ -57,7 +57,8 @@ def _same(a, b: Image.Image) -> bool:
 def test_image_side_maps_are_the_explainers_counterfactual_maps(model, rgb_images, tmp_path) -> None:
     query, found = rgb_images[0], rgb_images[2]
     found.save(tmp_path / "found.png")
-    result = _result("image", [_item(7, path="found.png"), _item(8, path="gone.png")])
+    result = _result("image", [_item(7, path="found.png", p_match=0.97), _item(8, path="gone.png")])
+    result["original"] = {"p_match": 0.93}  # both pairs match: their maps say why
     loaded: list = []
 
     def load(path):
@@ -137,3 +138,16 @@ def test_write_report_takes_a_result_object_or_its_dict(model, rgb_images, tmp_p
     assert "\u201ca red thing\u201d" in text  # the answer's caption from the index
     bare = write_counterfactual_report(tmp_path / "bare.html", result, tmp_path, None, CounterfactualMaps())
     assert len(re.findall(r'src="', bare.read_text())) == 1  # the thumbnail only
+
+
+def test_a_pair_that_does_not_match_is_not_titled_why_it_matches(model, rgb_images, tmp_path) -> None:
+    rgb_images[2].save(tmp_path / "found.png")
+    result = _result("image", [_item(7, path="found.png", p_match=0.02)])
+    result["original"] = {"p_match": 0.01}
+    maps = counterfactual_maps(model, result, tmp_path, rgb_images[0], faithfulness=False)
+    assert maps.items[7][0].title == "what in it counts toward \u201ca red circle\u201d (not a match)"
+    assert maps.query[0].title == "what in the original counts toward \u201ca red circle\u201d (not a match)"
+    unknown = counterfactual_maps(
+        model, _result("image", [_item(7, path="found.png")]), tmp_path, rgb_images[0]
+    )
+    assert unknown.items[7][0].title == "what in it counts toward \u201ca red circle\u201d"  # no calibration

@@ -124,7 +124,7 @@ def test_rule_in_words_for_decrease_flip_and_a_user_threshold() -> None:
     )
     assert rule_in_words(flip) == (
         "An answer counts when the model labels it \u201ca dog\u201d: that label must become the most probable "
-        "of the 2 labels. The original is labelled \u201ca cat\u201d, with p(\u201ca dog\u201d) = 0.120."
+        "of the 2 labels. The original is labelled \u201ca cat\u201d, with class probability of \u201ca dog\u201d = 0.120."
     )
 
 
@@ -144,7 +144,7 @@ def test_flip_answers_show_labelled_probability_bars(tmp_path) -> None:
     assert bars[0].index("a cat") < bars[0].index("a dog")  # most probable first
     assert '<span class="target">a dog</span>' in bars[1] and '<span class="target">0.700</span>' in bars[1]
     assert 'style="width:70.0%"' in bars[1]
-    assert "p(\u201ca dog\u201d) 0.120 &rarr; <b>0.700</b>" in html
+    assert "class probability of \u201ca dog\u201d 0.120 &rarr; <b>0.700</b>" in html
 
 
 def test_text_side_marks_the_swapped_word(tmp_path) -> None:

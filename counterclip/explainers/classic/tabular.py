@@ -142,7 +142,7 @@ def _pd_extras(
         "display": _Opaque(
             {
                 "pd_result": result,
-                "feature_names": list(data.feature_names),
+                "feature_names": [data.label(name) for name in data.feature_names],  # with units
                 "deciles": {
                     i: np.percentile(data.X[:, i], np.arange(10, 100, 10))
                     for i in indices

@@ -22,6 +22,25 @@ import numpy as np
 from counterclip.errors import InputError
 
 BUNDLED_DATASETS = ("diabetes", "wine", "breast_cancer")
+#: What each bundled dataset's target is (scikit-learn names every one "target").
+BUNDLED_TARGETS = {
+    "diabetes": "disease progression one year after baseline",
+    "wine": "cultivar",
+    "breast_cancer": "diagnosis",
+}
+#: The diabetes features, in the units of the unscaled data (scikit-learn's DESCR).
+DIABETES_UNITS = {
+    "age": "years",
+    "sex": "1 or 2",
+    "bmi": "body mass index, kg/m\u00b2",
+    "bp": "average blood pressure, mm Hg",
+    "s1": "total serum cholesterol, mg/dL",
+    "s2": "low-density lipoproteins, mg/dL",
+    "s3": "high-density lipoproteins, mg/dL",
+    "s4": "total cholesterol / HDL",
+    "s5": "log of serum triglycerides",
+    "s6": "blood sugar level, mg/dL",
+}
 MODEL_KINDS = ("random-forest", "gradient-boosting", "linear")
 TASKS = ("auto", "regression", "classification")
 
@@ -38,6 +57,11 @@ class TabularData:
     categorical: list[int] = field(default_factory=list)  # indices of categorical columns of X
     categories: dict[int, list[str]] = field(default_factory=dict)  # column -> category for each code
     source: str = ""  # where it came from ("houses.csv", "sklearn:wine")
+    units: dict[str, str] = field(default_factory=dict)  # feature -> what it measures, in its units
+
+    def label(self, name: str) -> str:
+        """A feature's name as a plot axis reads it: "bmi (body mass index, kg/m²)"."""
+        return f"{name} ({self.units[name]})" if name in self.units else name
 
     def feature_index(self, name_or_index: str | int) -> int:
         """Column index of a feature given by name (or index); `InputError` naming it if absent."""
@@ -64,7 +88,8 @@ def load_bundled(name: str) -> TabularData:
     if name not in loaders:
         raise InputError(f"unknown bundled dataset {name!r}; choose one of {', '.join(BUNDLED_DATASETS)}")
     loader, task = loaders[name]
-    bunch = loader()
+    # diabetes in its own units (scikit-learn's default centres and scales every column)
+    bunch = loader(scaled=False) if name == "diabetes" else loader()
     if task == "classification":
         y = np.asarray([str(bunch.target_names[i]) for i in bunch.target])
     else:
@@ -73,9 +98,10 @@ def load_bundled(name: str) -> TabularData:
         X=np.asarray(bunch.data, dtype=np.float64),
         y=y,
         feature_names=[str(n) for n in bunch.feature_names],
-        target_name="target",
+        target_name=BUNDLED_TARGETS[name],
         task=task,
         source=f"sklearn:{name}",
+        units=dict(DIABETES_UNITS) if name == "diabetes" else {},
     )
 
 

@@ -1,7 +1,14 @@
 // The page: search (text, upload, click), pick an original, counterfactuals, maps, report, deep links.
+//
+// One state model: the answers on the page belong to the query that produced them (`state.shown`: its
+// request, its key, its result). Maps and the report always use that query. When the form or the original
+// no longer asks that question, the answers are marked stale (dimmed, with a line saying what they
+// answer and a button to ask the current question); an upload becomes the original only once it decoded.
 
 import { ApiError, download, getJSON, postJSON, signIn } from "./api.js";
+import { counterfactualResults } from "./answers.js";
 import { readLink, splitLabels, writeLink } from "./link.js";
+import { mapFigure, mapsTitle, wireDialog } from "./maps.js";
 import * as render from "./render.js";
 import { installQualityToggle, withQuality } from "./quality.js";
 
@@ -9,10 +16,10 @@ const $ = (id) => document.getElementById(id);
 
 const state = {
   info: null,
-  original: null, // {kind: "id", id, name, captions} | {kind: "upload", dataUrl, base64, name}
-  lastQuery: null, // the body of the last counterfactual request (for maps and the report)
-  lastResult: null,
+  original: null, // {kind: "id", id, name, captions} | {kind: "upload", dataUrl, base64, name, upload}
+  shown: null, // the answers on the page: {body, key, label, result, mapsBody}
   search: { q: null, find: "images" },
+  uploads: 0,
 };
 
 // --- messages and busy state ---------------------------------------------------------------------------
@@ -40,18 +47,22 @@ function status(statusId, text, isError = false) {
   box.textContent = text;
 }
 
-async function guarded(statusId, label, work) {
+/** Run ``work`` with a busy line; an error becomes the status line and the message. True on success. */
+async function guarded(statusId, label, work, context = "") {
   clearError();
   busy(statusId, label);
   try {
     await work();
+    return true;
   } catch (err) {
-    status(statusId, err.message || String(err), true);
-    showError(err);
+    const text = context + (err.message || String(err));
+    status(statusId, text, true);
+    showError(err instanceof ApiError ? new ApiError(err.status, text, err.retryAfter) : new Error(text));
+    return false;
   }
 }
 
-// --- the link in the address bar -----------------------------------------------------------------------
+// --- the form, and the question it asks ------------------------------------------------------------------
 
 function currentForm() {
   const mode = document.querySelector('input[name="mode"]:checked').value;
@@ -65,38 +76,108 @@ function currentForm() {
   };
 }
 
-function updateLink(withQuery) {
+function imageRef() {
+  if (!state.original) return null;
+  return state.original.kind === "id" ? { id: state.original.id } : { base64: state.original.base64 };
+}
+
+/** The request the form asks for now; throws an Error in the user's words when it cannot be asked. */
+function queryBody() {
   const form = currentForm();
+  const image = imageRef();
+  if (!image) throw new Error("Pick an original first: pick a picture in step 1, or upload one.");
+  const body = { image, side: form.side, mode: form.mode, k: Math.min(Math.max(form.k, 1), 20) };
+  if (form.mode === "flip") {
+    if (form.labels.length < 2) throw new Error("Flip needs at least two labels, separated by commas.");
+    body.labels = form.labels;
+    if (form.target) body.target = form.target; // none: the engine takes the runner-up label
+  } else {
+    if (!form.text) throw new Error("Type the text whose score should change.");
+    body.text = form.text;
+  }
+  return withQuality(body);
+}
+
+/** What identifies a question: the request, with an upload named by its upload number, not its bytes. */
+function keyOf(body) {
+  const image = body.image.id !== undefined ? { id: body.image.id } : { upload: state.original && state.original.upload };
+  return JSON.stringify({ ...body, image });
+}
+
+function describeQuestion(body) {
+  const original = state.shown && state.shown.originalLabel;
+  const goal = { increase: "match the text more", decrease: "match the text less", flip: "change the predicted label" }[body.mode];
+  const what = body.mode === "flip" ? `labels ${body.labels.map(render.quoted).join(", ")}` : render.quoted(body.text);
+  const side = body.side === "text" ? "other captions" : "other images";
+  return `${original}, ${what}, ${side}, ${goal}`;
+}
+
+/** Mark the answers stale when the form or the original no longer asks their question. */
+function refreshStale() {
+  const shown = state.shown;
+  let current = null;
+  try {
+    current = keyOf(queryBody());
+  } catch (_) {
+    current = null;
+  }
+  const stale = shown !== null && current !== shown.key;
+  $("cf-results").classList.toggle("stale", stale);
+  $("cf-results").setAttribute("aria-describedby", stale ? "cf-stale-text" : "");
+  $("cf-stale").hidden = !stale;
+  if (stale) $("cf-stale-text").textContent = `These answers are for an earlier question (${describeQuestion(shown.body)}).`;
+  $("cf-rerun").hidden = current === null;
+  $("report").disabled = shown === null || stale;
+  updateLink();
+}
+
+// --- the link in the address bar -----------------------------------------------------------------------
+
+/** The address carries the search, the original and, while they are current, the answers' question. */
+function updateLink() {
+  const current = state.shown && !$("cf-results").classList.contains("stale") ? state.shown.body : null;
   const image = state.original && state.original.kind === "id" ? state.original.id : null;
-  writeLink({
-    q: state.search.q,
-    find: state.search.find,
-    image,
-    ...(withQuery ? form : { text: null, side: null, mode: null }),
-  });
+  const question = current
+    ? { text: current.text, side: current.side, mode: current.mode, labels: current.labels, target: current.target, k: current.k }
+    : { text: null, side: null, mode: null };
+  writeLink({ q: state.search.q, find: state.search.find, image, ...question });
 }
 
 // --- search ----------------------------------------------------------------------------------------------
 
 const handlers = {
   pick: (id, info) => pickIndexed(id, info),
-  similar: (id) => searchBy({ image: { id } }, `images like #${id}`),
+  similar: (id, info) => searchBy({ image: { id } }, `images like ${render.imageLabel(id, info)}`),
   useText: (text) => {
     $("cf-text").value = text;
     $("cf-text").focus();
+    refreshStale();
   },
   maps: (item) => openMaps(item),
 };
 
-async function searchBy(body, label) {
+/** Search and show the results; ``pending`` is an upload that becomes the original when it is accepted. */
+async function searchBy(body, label, pending = null) {
   const find = body.text !== undefined ? $("search-find").value : "images";
-  await guarded("search-status", `Searching for ${label}…`, async () => {
+  const started = performance.now();
+  return guarded("search-status", `Searching for ${label}…`, async () => {
     const result = await postJSON("search", { ...body, k: 24, collection: find });
+    if (pending) setOriginal(pending);
     const picked = state.original && state.original.kind === "id" ? state.original.id : null;
-    $("search-results").replaceChildren(...render.searchResults(result, handlers, picked));
-    status("search-status", `${result.items.length} result(s) for ${label}.`);
+    const shown = render.searchResults(result, handlers, picked);
+    const box = $("search-results");
+    box.className = shown.layout;
+    box.replaceChildren(...shown.nodes);
+    $("search-legend-list").replaceChildren(...render.numbersLegend(result.numbers, ["score", "p(match)"]));
+    $("search-legend").hidden = !result.numbers;
+    status("search-status", `${result.items.length} result(s) for ${label} · ${render.duration(performance.now() - started)}`);
     state.search = body.text !== undefined ? { q: body.text, find } : { q: null, find: "images" };
-    updateLink(state.lastQuery !== null);
+    updateLink();
+  }, pending ? `${pending.name} was not used: ` : "Search failed: ").then((ok) => {
+    const earlier = !ok && $("search-results").children.length > 0;
+    $("search-results").classList.toggle("stale", earlier);
+    if (earlier) $("search-status").append(" The results below are from the earlier search.");
+    return ok;
   });
 }
 
@@ -107,7 +188,7 @@ function onSearch(event) {
     status("search-status", "Type what to look for first.", true);
     return;
   }
-  searchBy({ text: q }, `\u201c${q}\u201d`);
+  searchBy({ text: q }, render.quoted(q));
 }
 
 function readFile(file) {
@@ -119,18 +200,34 @@ function readFile(file) {
   });
 }
 
+/** Whether this browser can draw the picture (TIFF, say, it cannot; the server may still read it). */
+function drawable(dataUrl) {
+  return new Promise((resolve) => {
+    const image = new Image();
+    image.onload = () => resolve(image.naturalWidth > 0);
+    image.onerror = () => resolve(false);
+    image.src = dataUrl;
+  });
+}
+
 async function onUpload() {
-  const file = $("upload").files[0];
+  const input = $("upload");
+  const file = input.files[0];
   if (!file) return;
   const limit = state.info ? state.info.limits.max_upload_bytes : Infinity;
   if (file.size > limit) {
     showError(new Error(`${file.name} is ${(file.size / 1048576).toFixed(1)} MB; this server takes uploads up to ${(limit / 1048576).toFixed(1)} MB`));
+    input.value = "";
     return;
   }
   const dataUrl = await readFile(file);
   const base64 = dataUrl.slice(dataUrl.indexOf(",") + 1);
-  setOriginal({ kind: "upload", dataUrl, base64, name: file.name });
-  await searchBy({ image: { base64 } }, file.name);
+  const shown = (await drawable(dataUrl)) ? dataUrl : null;
+  state.uploads += 1;
+  const upload = { kind: "upload", dataUrl: shown, base64, name: file.name, upload: state.uploads };
+  // the upload becomes the original only when the server read it: a broken file never does
+  const ok = await searchBy({ image: { base64 } }, `images like your upload ${file.name}`, upload);
+  if (!ok) input.value = "";
 }
 
 // --- the original ----------------------------------------------------------------------------------------
@@ -139,12 +236,12 @@ function setOriginal(original) {
   state.original = original;
   const box = $("original");
   box.classList.toggle("empty", !original);
-  box.replaceChildren(...(render.originalView(original) || ["No original yet: click a picture from step 1, or upload one."]));
+  box.replaceChildren(...(render.originalView(original) || ["No original yet: pick a picture from step 1, or upload one."]));
   for (const card of document.querySelectorAll("#search-results .card")) {
-    card.classList.toggle("picked", original && original.kind === "id" && card.dataset.id === String(original.id));
+    card.classList.toggle("picked", Boolean(original && original.kind === "id" && card.dataset.id === String(original.id)));
   }
-  $("report").disabled = true;
-  updateLink(false);
+  refreshStale();
+  updateLink();
 }
 
 async function pickIndexed(id, info) {
@@ -158,12 +255,14 @@ async function pickIndexed(id, info) {
   }
   setOriginal({ kind: "id", id, name: info.name, captions: info.captions });
   if (!$("cf-text").value && info.captions && info.captions.length) $("cf-text").value = info.captions[0];
+  refreshStale();
   $("cf-panel").scrollIntoView({ behavior: "smooth", block: "start" });
 }
 
-function imageRef() {
-  if (!state.original) return null;
-  return state.original.kind === "id" ? { id: state.original.id } : { base64: state.original.base64 };
+function originalLabel() {
+  const original = state.original;
+  if (!original) return "";
+  return original.kind === "id" ? render.imageLabel(original.id, original) : `your upload ${original.name}`;
 }
 
 // --- counterfactuals -------------------------------------------------------------------------------------
@@ -181,26 +280,10 @@ function syncModeFields() {
 function syncTargets(wanted) {
   const labels = splitLabels($("cf-labels").value);
   const select = $("cf-target");
-  const keep = wanted || select.value;
-  select.replaceChildren(...labels.map((l) => render.el("option", { value: l }, l)));
-  if (labels.includes(keep)) select.value = keep;
-  else if (labels.length) select.value = labels[labels.length - 1];
-}
-
-function queryBody() {
-  const form = currentForm();
-  const image = imageRef();
-  if (!image) throw new Error("Pick an original first: click a picture in step 1, or upload one.");
-  const body = { image, side: form.side, mode: form.mode, k: Math.min(Math.max(form.k, 1), 20) };
-  if (form.mode === "flip") {
-    if (form.labels.length < 2) throw new Error("Flip needs at least two labels, separated by commas.");
-    body.labels = form.labels;
-    body.target = form.target || form.labels[form.labels.length - 1];
-  } else {
-    if (!form.text) throw new Error("Type the text whose score should change.");
-    body.text = form.text;
-  }
-  return withQuality(body);
+  const keep = wanted !== undefined ? wanted : select.value;
+  const runnerUp = render.el("option", { value: "" }, "the runner-up (2nd most likely)");
+  select.replaceChildren(runnerUp, ...labels.map((l) => render.el("option", { value: l }, l)));
+  select.value = labels.includes(keep) ? keep : "";
 }
 
 async function runCounterfactuals() {
@@ -209,57 +292,57 @@ async function runCounterfactuals() {
     body = queryBody();
   } catch (err) {
     status("cf-status", err.message, true);
+    refreshStale();
     return;
   }
   $("cf-go").disabled = true;
+  const started = performance.now();
   await guarded("cf-status", "Finding counterfactuals… (the model re-scores every candidate)", async () => {
     const result = await postJSON("counterfactual", body);
-    state.lastQuery = body;
-    state.lastResult = result;
     const queried = result.query && result.query.image;
     if (state.original.kind === "upload" && queried && Number.isInteger(queried.id)) {
       // the upload is a file of the index: treat it as that image (so the link can carry it)
       const info = (result.images || {})[String(queried.id)];
-      setOriginal({ kind: "id", id: queried.id, name: info ? info.name : queried.path, captions: info ? info.captions : [] });
       body.image = { id: queried.id };
+      setOriginal({ kind: "id", id: queried.id, name: info ? info.name : queried.path, captions: info ? info.captions : [] });
     }
-    $("cf-results").replaceChildren(...render.counterfactualResults(result, state.original, handlers).filter(Boolean));
-    const seconds = result.timings && result.timings.total ? ` in ${result.timings.total.toFixed(1)} s` : "";
-    status("cf-status", `Done${seconds}: ${result.candidates} candidates re-scored.`);
-    $("report").disabled = false;
-    updateLink(true);
+    const target = result.mode === "flip" ? result.query.target : undefined;
+    state.shown = { body, key: keyOf(body), result, originalLabel: originalLabel(), mapsBody: { ...body, target } };
+    $("cf-results").replaceChildren(...counterfactualResults(result, state.original, handlers).filter(Boolean));
+    const server = result.timings && result.timings.total ? ` (the engine: ${render.duration(result.timings.total * 1000)})` : "";
+    status("cf-status", `Done in ${render.duration(performance.now() - started)}${server}: ${result.candidates} candidates re-scored.`);
+    refreshStale();
+    updateLink();
   });
   $("cf-go").disabled = false;
 }
 
 async function downloadReport() {
-  if (!state.lastQuery) return;
+  if (!state.shown) return;
   $("report").disabled = true;
   await guarded("cf-status", "Writing the report (with a map per answer)…", async () => {
-    const name = await download("report", { ...state.lastQuery, maps: true }, "counterclip-report.html");
+    const name = await download("report", { ...state.shown.body, maps: true }, "counterclip-report.html");
     status("cf-status", `Report saved as ${name}.`);
   });
-  $("report").disabled = false;
+  refreshStale();
 }
 
 // --- maps --------------------------------------------------------------------------------------------------
 
 async function openMaps(item) {
   const dialog = $("maps-dialog");
-  const query = state.lastQuery.mode === "flip" ? state.lastQuery.target : state.lastQuery.text;
-  $("maps-title").textContent = item.kind === "caption"
-    ? `Why \u201c${item.text}\u201d? Maps for this image`
-    : `Why ${item.path}? Maps for \u201c${query}\u201d`;
+  const shown = state.shown; // the answers' own query, whatever the form says now
+  $("maps-title").textContent = mapsTitle(item, shown.mapsBody, shown.result.images || {});
   $("maps-body").replaceChildren();
   if (!dialog.open) dialog.showModal();
   if (state.info && !state.info.maps) {
-    status("maps-status", "This index's model has no ViT image tower, so no relevance maps can be drawn.", true);
+    status("maps-status", "This index's model has no image tower to explain, so no maps can be drawn.", true);
     return;
   }
   busy("maps-status", "Computing the maps…");
   try {
-    const answer = await postJSON("maps", { ...state.lastQuery, k: undefined, item: item.id });
-    $("maps-body").replaceChildren(...answer.maps.map(render.mapFigure));
+    const answer = await postJSON("maps", { ...shown.mapsBody, k: undefined, item: item.id });
+    $("maps-body").replaceChildren(...answer.maps.map(mapFigure));
     status("maps-status", "");
   } catch (err) {
     status("maps-status", err.message, true);
@@ -282,17 +365,25 @@ function applyLink(link) {
   if (link.target) syncTargets(link.target);
 }
 
-async function start() {
+function wire() {
   $("search-form").addEventListener("submit", onSearch);
   $("upload").addEventListener("change", () => onUpload().catch(showError));
   $("cf-form").addEventListener("submit", (e) => {
     e.preventDefault();
     runCounterfactuals();
   });
+  $("cf-rerun").addEventListener("click", runCounterfactuals);
+  $("cf-form").addEventListener("input", refreshStale);
+  $("cf-form").addEventListener("change", refreshStale);
   $("report").addEventListener("click", downloadReport);
   installQualityToggle($("cf-form"));
   $("message-close").addEventListener("click", clearError);
-  $("maps-close").addEventListener("click", () => $("maps-dialog").close());
+  wireDialog($("maps-dialog"), $("maps-close"));
+  $("skip-link").addEventListener("click", (e) => {
+    e.preventDefault();
+    $("cf-title").focus();
+    $("cf-panel").scrollIntoView({ block: "start" });
+  });
   for (const input of document.querySelectorAll('input[name="mode"], input[name="side"]')) input.addEventListener("change", syncModeFields);
   $("cf-labels").addEventListener("input", () => syncTargets());
   $("token-form").addEventListener("submit", async (e) => {
@@ -306,7 +397,6 @@ async function start() {
       showError(err);
     }
   });
-  await boot();
 }
 
 async function boot() {
@@ -328,12 +418,17 @@ async function boot() {
       const info = await getJSON(`images/${link.image}/meta`);
       setOriginal({ kind: "id", id: link.image, name: info.name, captions: info.captions });
     } catch (err) {
-      showError(err);
+      showError(new ApiError(err.status, `The link's image #${link.image}: ${err.message}`));
     }
   }
-  if (link.q) await searchBy({ text: link.q }, `\u201c${link.q}\u201d`);
-  else if (link.image !== null && state.original) await searchBy({ image: { id: link.image } }, `images like #${link.image}`);
-  if (state.original && (link.text || link.mode === "flip")) await runCounterfactuals();
+  if (link.q) await searchBy({ text: link.q }, render.quoted(link.q));
+  else if (link.image !== null && state.original) await searchBy({ image: { id: link.image } }, `images like ${originalLabel()}`);
+  if (state.original && (link.text || link.mode === "flip")) {
+    await runCounterfactuals();
+    // one column (a phone): the link asked a question, so show its answers rather than the search
+    if (window.matchMedia("(max-width: 900px)").matches) $("cf-panel").scrollIntoView({ block: "start" });
+  }
 }
 
-start();
+wire();
+boot();
