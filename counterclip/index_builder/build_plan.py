@@ -84,11 +84,13 @@ class BuildPlan:
 
 
 def fresh_decode_options(cfg: IndexCfg, model: Any) -> DecodeOptions:
-    """The decode options a new index fixes: the recipe's limits, JPEG scaling to the model's input side
-    (none for a stand-in without a vision geometry)."""
+    """The decode options a new index fixes: the recipe's limits, the model family's own RGB conversion
+    (`ClipModel.rgb_conversion`), and with ``downscale`` (the opt-in fast decode) JPEG scaling to the
+    model's input side (none for a stand-in without a vision geometry)."""
     geometry = getattr(model, "vision_geometry", None)
     side = min(geometry.image_size) if geometry is not None and cfg.downscale else None
-    return DecodeOptions(cfg.max_pixels, cfg.max_side, cfg.max_file_bytes, side)
+    rgb = getattr(model, "rgb_conversion", "pillow")
+    return DecodeOptions(cfg.max_pixels, cfg.max_side, cfg.max_file_bytes, side, rgb)
 
 
 def load_model_first(request: BuildRequest) -> tuple[ClipModel, Encoding | None]:
