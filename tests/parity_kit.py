@@ -17,7 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from family_models import TinySlip, write_tiny_blip, write_tiny_openclip_siglip, write_tiny_siglip, write_tiny_slip
+from family_models import (
+    TinySlip,
+    write_tiny_blip,
+    write_tiny_openclip_siglip,
+    write_tiny_siglip,
+    write_tiny_slip,
+)
 from PIL import Image, ImageOps
 from tiny_models import write_tiny_hf_clip, write_tiny_openclip
 
@@ -48,7 +54,12 @@ def write_files(folder: Path, seed: int = 0, prefix: str = "") -> dict[str, str]
         made[f"{prefix}{name}"] = what
 
     # over twice the largest tiny input side (160), JPEG: what the old decode drafted and box-reduced
-    save("large.jpg", "larger than twice the input side", Image.fromarray(_smooth(seed, (480, 360))), quality=92)
+    save(
+        "large.jpg",
+        "larger than twice the input side",
+        Image.fromarray(_smooth(seed, (480, 360))),
+        quality=92,
+    )
     save("wide.png", "non-square", Image.fromarray(_smooth(seed + 1, (150, 60))))
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways, shown rotated
@@ -58,7 +69,9 @@ def write_files(folder: Path, seed: int = 0, prefix: str = "") -> dict[str, str]
     rgba[:, 27:54, 3] = 128
     rgba[:, 54:, 3] = 255
     save("rgba.png", "RGBA", Image.fromarray(rgba, "RGBA"))
-    palette = Image.fromarray(_smooth(seed + 4, (80, 80))).convert("P", palette=Image.Palette.ADAPTIVE, colors=24)
+    palette = Image.fromarray(_smooth(seed + 4, (80, 80))).convert(
+        "P", palette=Image.Palette.ADAPTIVE, colors=24
+    )
     save("palette.png", "palette with a transparent index", palette, transparency=3)
     ramp = np.add.outer(np.arange(50) * 9, np.arange(70) * 6).astype(np.float64)
     grey = (ramp + np.random.default_rng(seed + 5).normal(0, 20, ramp.shape)).clip(0, 65535).astype(np.uint16)
@@ -126,7 +139,9 @@ class OpenClipReference:
         import open_clip
 
         open_clip.add_model_config(config)
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(config.stem, pretrained=str(weights))
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            config.stem, pretrained=str(weights)
+        )
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(config.stem)
         self.scale = float(self.model.logit_scale.detach().exp())
@@ -182,8 +197,14 @@ class HFReference:
         self.model = getattr(transformers, module).from_pretrained(directory).eval()
         self.padding = padding
         config = self.model.config
-        self.scale = float(self.model.logit_scale.detach().exp()) if hasattr(self.model, "logit_scale") else 1.0
-        self.bias = float(self.model.logit_bias.detach()) if getattr(self.model, "logit_bias", None) is not None else 0.0
+        self.scale = (
+            float(self.model.logit_scale.detach().exp()) if hasattr(self.model, "logit_scale") else 1.0
+        )
+        self.bias = (
+            float(self.model.logit_bias.detach())
+            if getattr(self.model, "logit_bias", None) is not None
+            else 0.0
+        )
         del config
 
     def pixels(self, paths: Sequence[Path]) -> torch.Tensor:
@@ -217,13 +238,17 @@ class BlipReference(HFReference):
 
     @torch.no_grad()
     def scores(self, paths: Sequence[Path], texts: Sequence[str]) -> np.ndarray:
-        inputs = self.processor(text=list(texts), images=[opened(p) for p in paths], padding=True, return_tensors="pt")
+        inputs = self.processor(
+            text=list(texts), images=[opened(p) for p in paths], padding=True, return_tensors="pt"
+        )
         return self.model(**inputs, use_itm_head=False).itm_score.double().numpy()
 
     @torch.no_grad()
     def match(self, paths: Sequence[Path], texts: Sequence[str]) -> np.ndarray:
         """p(match) of the matching head for the pairs ``(paths[i], texts[i])``."""
-        inputs = self.processor(text=list(texts), images=[opened(p) for p in paths], padding=True, return_tensors="pt")
+        inputs = self.processor(
+            text=list(texts), images=[opened(p) for p in paths], padding=True, return_tensors="pt"
+        )
         logits = self.model(**inputs, use_itm_head=True).itm_score
         return torch.softmax(logits.double(), dim=-1)[:, 1].numpy()
 
@@ -233,7 +258,9 @@ def reference(name: str, spec: str) -> Any:
     if name == "bundled":
         from counterclip.models.factory import bundled_dir
 
-        return OpenClipReference(bundled_dir("shapes") / "config.json", bundled_dir("shapes") / "weights.safetensors")
+        return OpenClipReference(
+            bundled_dir("shapes") / "config.json", bundled_dir("shapes") / "weights.safetensors"
+        )
     if name in ("open_clip", "open_clip_siglip"):
         config, weights = spec.rsplit(":", 1)
         return OpenClipReference(Path(config), Path(weights))
@@ -259,7 +286,9 @@ class LiveServer:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> LiveServer:

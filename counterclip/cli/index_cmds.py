@@ -45,6 +45,12 @@ CONFIG_OPT = typer.Option(None, "--config", help="Index recipe name (default, ex
 MEMORY_BUDGET_OPT = typer.Option(
     None, "--memory-budget", help="RAM the FAISS indexes may use, e.g. 2GB (default: by size)."
 )
+FAST_DECODE_OPT = typer.Option(
+    None,
+    "--fast-decode",
+    help="Shrink large images before the model's preprocessing (JPEG draft, box reduce): faster, but not "
+    "the files' pixels; measured on 32 images against the exact decode and refused below cosine 0.995.",
+)
 SHARD_OPT = typer.Option(
     None, "--shard", help="i/N: embed only every N-th file (worker i) into a shard set at --index."
 )
@@ -88,6 +94,7 @@ def build(
     ray_actors: int = typer.Option(1, "--ray-actors", min=1, help="Model actors in the Ray pool."),
     runtime: str = typer.Option(None, "--runtime", help=RUNTIME_HELP + " (default: torch, or as recorded)."),
     precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
+    fast_decode: bool = FAST_DECODE_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """`counterclip build` (its help: `BUILD_HELP`): a shard set with ``--shard``, else the whole index."""
@@ -114,6 +121,7 @@ def build(
         embedder=_ray_embedder(ray_address, ray_actors) if engine == "ray" else None,
         runtime=runtime,
         precision=precision,
+        fast_decode=fast_decode,
     )
     _print_summary(summary, as_json)
 
@@ -183,6 +191,7 @@ def update(
     ),
     runtime: str = typer.Option(None, "--runtime", help=RUNTIME_HELP + " (default: as recorded)."),
     precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
+    fast_decode: bool = FAST_DECODE_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Bring an index up to date with its folder: add new files, re-embed changed ones, remove deleted
@@ -215,6 +224,7 @@ def update(
         repair=repair,
         runtime=runtime,
         precision=precision,
+        fast_decode=fast_decode,
     )
     _print_summary(summary, as_json)
 
@@ -315,6 +325,8 @@ def info(
 
 def _describe_index(idx: Any) -> dict[str, Any]:
     """What `info` reports about an open `Index` (its ``--json``)."""
+    from counterclip.index_builder.parity import decode_in_words
+
     manifest = idx.manifest
     errors = idx.errors()
     return {
@@ -335,6 +347,7 @@ def _describe_index(idx: Any) -> dict[str, Any]:
         "settings": dataclasses.asdict(manifest.settings),
         "calibration": manifest.calibration,
         "runtime": manifest.model.runtime or {"runtime": "torch", "precision": "fp32"},
+        "decode": decode_in_words(manifest.settings),
         "size_on_disk_bytes": idx.size_on_disk(),
         "errors": [{"path": e["path"], "reason": e["reason"]} for e in errors],
     }
@@ -364,6 +377,7 @@ def _info_lines(payload: dict[str, Any], calibration: Any) -> list[str]:
         f"{last_run.get('changed', 0)} changed, {last_run.get('removed', 0)} removed, "
         f"{last_run.get('seconds', 0):.1f} s",
         f"runtime    {_runtime_line(payload['runtime'])}",
+        f"decode     {payload['decode']}",
         f"on disk    {payload['size_on_disk_bytes'] / 1e6:.1f} MB",
         "calibrated "  # the calibration the verdicts use, aligned with the labels above
         + (

@@ -110,7 +110,9 @@ def processor_rgb_rule(processor: Any) -> str:
     probe = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
     try:
         transparent = processor(images=probe, return_tensors="pt")["pixel_values"]
-        white = processor(images=Image.new("RGB", (8, 8), (255, 255, 255)), return_tensors="pt")["pixel_values"]
+        white = processor(images=Image.new("RGB", (8, 8), (255, 255, 255)), return_tensors="pt")[
+            "pixel_values"
+        ]
     except (ValueError, TypeError, RuntimeError):  # a processor that takes no RGBA: converted before it
         return "pillow"
     return "pillow-white" if torch.equal(transparent, white) else "pillow"

@@ -40,7 +40,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
-def family(request: pytest.FixtureRequest, files, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+def family(
+    request: pytest.FixtureRequest, files, tmp_path_factory: pytest.TempPathFactory
+) -> SimpleNamespace:
     name = request.param
     base = tmp_path_factory.mktemp(name)
     spec = write_family(name, base / "model")
@@ -157,7 +159,9 @@ def test_blips_matching_head_is_the_librarys(family, files) -> None:
     )
     for item in result.items:
         if item.p_itm is not None:
-            _close(item.p_itm, float(family.ref.match([files.folder / item.path], TEXTS[:1])[0]), 1.0, item.path)
+            _close(
+                item.p_itm, float(family.ref.match([files.folder / item.path], TEXTS[:1])[0]), 1.0, item.path
+            )
 
 
 @pytest.mark.parametrize("name", ONNX_FAMILIES)
