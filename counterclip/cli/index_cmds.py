@@ -192,6 +192,9 @@ def update(
     runtime: str = typer.Option(None, "--runtime", help=RUNTIME_HELP + " (default: as recorded)."),
     precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
     fast_decode: bool = FAST_DECODE_OPT,
+    model: str = typer.Option(
+        None, "--model", "-m", help="Where the index's model is now, if its files moved (same weights only)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Bring an index up to date with its folder: add new files, re-embed changed ones, remove deleted
@@ -208,12 +211,15 @@ def update(
       counterclip update photos.idx --json
 
       counterclip update photos.idx --repair
+
+      counterclip update photos.idx --model hf:/new/place/blip   (the model's files moved)
     """
     from counterclip.index_builder import update_index
 
     _quiet_pillow()
     summary = update_index(
         index,
+        model=model,
         captions=captions,
         vocab=vocab,
         batch_size=batch_size,
@@ -247,10 +253,9 @@ def calibrate(
       counterclip calibrate photos.idx --captions photo-captions.csv
     """
     from counterclip.index_builder.builder import calibrate_index
-    from counterclip.index_builder.manifest import Manifest
-    from counterclip.models import load_model
+    from counterclip.index_builder.index_model import load_index_model
 
-    model = load_model(Manifest.read(index).model.spec, device=device)
+    model = load_index_model(index, device=device)
     calibration = calibrate_index(index, captions, model)
     if as_json:
         print_json(calibration.to_dict())

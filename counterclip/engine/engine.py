@@ -104,6 +104,7 @@ class Engine:
         options: EngineOptions | None = None,
         runtime: str = "torch",
         precision: str = "fp32",
+        model: str | ClipModel | None = None,
     ) -> Engine:
         """Open an index directory with the model it was built with.
 
@@ -114,13 +115,15 @@ class Engine:
             runtime: ``torch`` or ``onnx`` (extra ``onnx``): what embeds queries and re-scores answers;
                 an index built with one runtime can be queried with the other.
             precision: ``onnx`` only: the image tower's precision (int8 reuses a tower accepted before).
+            model: where the index's model is now (a spec or a loaded model), when its files moved; accepted
+                only when its weights' fingerprint is the recorded one. Default: None (the recorded spec,
+                whose local paths are absolute: the index opens from any working directory).
         """
         from counterclip.index_builder import Index
-        from counterclip.index_builder.manifest import Manifest
-        from counterclip.models import load_model
+        from counterclip.index_builder.index_model import load_index_model
 
         started = time.perf_counter()
-        model = load_model(Manifest.read(Path(index_dir).expanduser()).model.spec, device=device)
+        model = load_index_model(index_dir, None, model, device)
         index = Index.open(index_dir, model=model)  # checks the fingerprint: same weights as the build
         encoder = None
         if runtime != "torch":

@@ -22,7 +22,8 @@ from counterclip.index_builder.build_state import BuildRequest, BuildState, now
 from counterclip.index_builder.config import IndexCfg, load_index_config
 from counterclip.index_builder.decode import DecodeOptions
 from counterclip.index_builder.faiss_index import choose_factory, new_index
-from counterclip.index_builder.manifest import FORMAT_VERSION
+from counterclip.index_builder.index_model import load_index_model
+from counterclip.index_builder.manifest import FORMAT_VERSION, ModelRecord
 from counterclip.index_builder.parity import check_fast_decode
 from counterclip.index_builder.sources import refuse_update_of_import
 from counterclip.models import ClipModel, ModelSpec, load_model
@@ -196,8 +197,8 @@ def _resolve_model(index_dir: Path, request: BuildRequest, meta: MetaView) -> Mo
         dim = int(meta.get_meta("embed_dim"))
         recorded_score = meta.get_meta("pair_score")
         score = PairScore.from_dict(recorded_score) if recorded_score else None
-        # loaded now: weights changed in place are refused before any write
-        model = load_model(spec, device=request.device)
+        # loaded now: weights changed in place are refused before any write; files moved are named
+        model = load_index_model(index_dir, ModelRecord(spec, recorded_fp, dim), None, request.device)
         if model.fingerprint != recorded_fp:
             raise IndexFormatError(
                 f"the model {spec} recorded in index {index_dir} now loads different weights "
