@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from counterclip.errors import ModelLoadError
 from counterclip.index_builder.manifest import Manifest, ModelRecord

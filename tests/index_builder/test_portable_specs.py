@@ -15,7 +15,7 @@ from tiny_models import write_tiny_hf_clip, write_tiny_openclip
 from counterclip.cli import run
 from counterclip.engine import Engine
 from counterclip.errors import ModelLoadError
-from counterclip.index_builder import Index, build_index
+from counterclip.index_builder import Index
 from counterclip.models import parse_model_spec
 
 
