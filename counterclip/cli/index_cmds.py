@@ -51,6 +51,10 @@ FAST_DECODE_OPT = typer.Option(
     help="Shrink large images before the model's preprocessing (JPEG draft, box reduce): faster, but not "
     "the files' pixels; measured on 32 images against the exact decode and refused below cosine 0.995.",
 )
+CHECK_MODEL_HELP = (
+    "Also re-encode a sample of the indexed files with the index's model and report the lowest and median "
+    "cosine to the stored vectors."
+)
 SHARD_OPT = typer.Option(
     None, "--shard", help="i/N: embed only every N-th file (worker i) into a shard set at --index."
 )
@@ -271,23 +275,29 @@ def calibrate(
 
 def check(
     index: Path = typer.Argument(..., help="Index directory."),
+    model: bool = typer.Option(False, "--model", help=CHECK_MODEL_HELP),
+    sample: int = typer.Option(64, "--sample", min=1, help="With --model: files re-encoded."),
+    device: str = typer.Option("auto", "--device", help="With --model: auto | cpu | cuda"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Verify every file of an index (fsck): sizes and checksums, SQLite's integrity check, FAISS and
-    shards against the rows. Names each damaged file; exit status 2 when one is found.
+    shards against the rows. Names each damaged file; exit status 2 when one is found. With --model, also
+    whether the index still reflects its model (exit status 2 below the stored-vector line, 0.999).
 
     Examples:
 
       counterclip check photos.idx
 
-      counterclip check photos.idx --json
+      counterclip check photos.idx --model --json
     """
     from counterclip.errors import IndexDamagedError
     from counterclip.index_builder import check_index
+    from counterclip.index_builder.parity import check_model
 
     report = check_index(index)
+    checked = check_model(index, sample=sample, device=device) if model and not report.damaged else None
     if as_json:
-        print_json(report.to_dict())
+        print_json({**report.to_dict(), **({"model_check": checked.to_dict()} if checked else {})})
     else:
         lines = [f"damaged    {name}: {reason}" for name, reason in sorted(report.damaged.items())]
         lines.append(
@@ -295,7 +305,16 @@ def check(
             f"{report.bytes / 1e6:.1f} MB verified in {report.seconds:.1f} s"
             + ("" if report.damaged else "; no damage found")
         )
+        if checked is not None:
+            lines.append(f"model      {checked.in_words()}")
+            lines += [f"below      {b['path']}: cosine {b['cosine']:.6f}" for b in checked.agreement.below]
         out.print("\n".join(lines), highlight=False, markup=False)
+    if checked is not None and not checked.agreement.holds:
+        raise IndexDamagedError(
+            f"index {report.index_dir} no longer reflects {checked.model}: lowest cosine "
+            f"{checked.agreement.lowest:.6f} to fresh encodes, below {checked.agreement.bound}; "
+            f"rebuild it (or run `counterclip update {report.index_dir}` if files changed)"
+        )
     if report.damaged:
         names = ", ".join(sorted(report.damaged))
         raise IndexDamagedError(

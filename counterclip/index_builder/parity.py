@@ -162,3 +162,74 @@ def decode_in_words(settings: Any) -> str:
         )
     figures = Agreement(check["samples"], check["lowest"], check["median"], check["bound"])
     return f"fast (JPEG draft, box reduce to {decode.min_side} px): {figures.in_words()} to the exact decode"
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    """`check_model`'s answer: how closely the index's stored vectors follow the model's encodes today."""
+
+    index_dir: str
+    model: str  # the spec string
+    fingerprint: str
+    agreement: Agreement  # on the files re-encoded
+    changed: int  # sampled files whose bytes changed since indexing (not compared)
+    unreadable: int  # sampled files missing, unreadable, or imported without a file here
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "agreement": self.agreement.to_dict()}
+
+    def in_words(self) -> str:
+        """One line: the model, the figures, what was left out."""
+        skipped = [
+            f"{n} {what}" for n, what in ((self.changed, "changed"), (self.unreadable, "without a file"))
+        ]
+        left = [s for s in skipped if not s.startswith("0 ")]
+        return (
+            f"{self.model} (fingerprint {self.fingerprint[:12]}): {self.agreement.in_words()} to the stored "
+            f"vectors, re-encoded from their files" + (f" ({', '.join(left)} left out)" if left else "")
+        )
+
+
+def check_model(
+    index_dir: str | Path, model: Any = None, sample: int = CHECK_SAMPLE, device: str = "auto"
+) -> ModelCheck:
+    """Re-encode ``sample`` indexed files (evenly spread over the ids) with the index's model and compare
+    with their stored vectors: does the index still reflect the model?
+
+    Args:
+        index_dir: the index.
+        model: the model (spec or loaded; its fingerprint must be the recorded one). Default: None (the
+            recorded spec).
+        sample: files to re-encode. Default: `CHECK_SAMPLE`.
+        device: for a spec. Default: ``auto``.
+
+    Returns:
+        ModelCheck; its agreement holds when the lowest cosine reaches `STORED_VECTOR_COSINE` (widened by
+        the tolerance of the runtime that embedded the vectors, e.g. int8).
+    """
+    from counterclip.index_builder.index import Index
+    from counterclip.index_builder.index_model import load_index_model
+    from counterclip.models.onnx_common import combine_cosines
+
+    with Index.open(index_dir) as idx:
+        loaded = load_index_model(idx.path, idx.manifest.model, model, device)
+        metas = idx.images.meta(spread(idx.images.ids.tolist(), sample)) if idx.images.count else []
+        kept, images, changed, unreadable = [], [], 0, 0
+        for meta in metas:
+            try:
+                decoded = idx.load_image(meta["abs_path"]) if meta.get("abs_path") else None
+            except DecodeError:
+                decoded = None
+            if decoded is None:
+                unreadable += 1
+            elif meta.get("sha256") and decoded.sha256 != meta["sha256"]:
+                changed += 1
+            else:
+                kept.append(meta)
+                images.append(decoded.model_input)
+        stored = idx.images.vectors([m["id"] for m in kept]) if kept else np.zeros((0, idx.dim))
+        tolerance = float((idx.manifest.model.runtime or {}).get("tolerance_cosine", 1.0))
+    fresh = loaded.encode_pil(images).numpy() if images else stored
+    bound = round(combine_cosines(STORED_VECTOR_COSINE, tolerance), 6)
+    measured = agreement(stored, fresh, [m["path"] for m in kept], bound)
+    return ModelCheck(str(index_dir), str(loaded.spec), loaded.fingerprint, measured, changed, unreadable)
