@@ -31,11 +31,13 @@ import numpy as np
 from PIL import Image
 
 from counterclip.engine import baselines, candidates, judge, ordering, posing, request, verify
+from counterclip.engine.keywords import refuse_unknown
 from counterclip.engine.live import LiveIndex, one_generation
 from counterclip.engine.options import EngineOptions, query_options
 from counterclip.engine.path import target_path
 from counterclip.engine.resources import GenerationState, IndexLike, Resources
 from counterclip.engine.results import CounterfactualResult, SearchResult
+from counterclip.engine.search import VectorHits, search_batch, search_vectors
 from counterclip.engine.search import search as search_collection
 from counterclip.engine.timing import Stopwatch
 from counterclip.engine.verdicts import Evidence
@@ -208,6 +210,7 @@ class Engine:
         image: str | Path | Image.Image | int | None = None,
         k: int = 10,
         collection: str = "images",
+        **unknown: Any,
     ) -> SearchResult:
         """Plain retrieval by text or by image.
 
@@ -216,8 +219,37 @@ class Engine:
             image: a query image (path, PIL, or index id).
             k: results. Default: 10.
             collection: ``images`` or ``captions``: which collection of the index to search.
+
+        Returns:
+            SearchResult of `SearchHit` items (``similarity`` the cosine, ``score`` the pair score).
         """
+        refuse_unknown("search", unknown)
         return search_collection(self.resources(), text, image, k, collection)
+
+    @one_generation
+    def search_vectors(
+        self, vectors: Any, k: int = 10, collection: str = "images", **unknown: Any
+    ) -> VectorHits:
+        """Faiss-like search by embeddings: ``(nq, d)`` (or one ``(d,)``) in, normalised here; out the ``k``
+        nearest ids and cosines per query (``D, I = engine.search_vectors(x, 10)``; ``.scores`` the model's
+        pair scores; id -1 where fewer than ``k``)."""
+        refuse_unknown("search_vectors", unknown)
+        return search_vectors(self.resources(), vectors, k, collection)
+
+    @one_generation
+    def search_batch(
+        self,
+        texts: Sequence[str] | None = None,
+        images: Sequence[str | Path | Image.Image | int] | None = None,
+        vectors: Any = None,
+        k: int = 10,
+        collection: str = "images",
+        **unknown: Any,
+    ) -> list[SearchResult]:
+        """Plain retrieval for a batch of queries (exactly one of ``texts``, ``images`` or ``vectors``
+        ``(nq, d)``): one `SearchResult` per query, in order, as `search` gives it."""
+        refuse_unknown("search_batch", unknown)
+        return search_batch(self.resources(), texts, images, vectors, k, collection)
 
     @one_generation
     def counterfactuals(

@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from counterclip.server.batch import add_batch_routes
 from counterclip.server.files import open_indexed, stream_fd
 from counterclip.server.schemas import (
     MAX_ID,
@@ -74,6 +75,7 @@ def make_router(service: Service) -> APIRouter:
     router = APIRouter(responses=ERRORS)
     _add_status_routes(router, service)
     _add_query_routes(router, service)
+    add_batch_routes(router, service)  # batch.py: /search/vectors, /search/batch
     _add_image_routes(router, service)
     _add_session_route(router, service)
     _add_page_routes(router)
