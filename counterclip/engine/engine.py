@@ -117,9 +117,8 @@ class Engine:
             runtime: ``torch`` or ``onnx`` (extra ``onnx``): what embeds queries and re-scores answers;
                 an index built with one runtime can be queried with the other.
             precision: ``onnx`` only: the image tower's precision (int8 reuses a tower accepted before).
-            model: where the index's model is now (a spec or a loaded model), when its files moved; accepted
-                only when its weights' fingerprint is the recorded one. Default: None (the recorded spec,
-                whose local paths are absolute: the index opens from any working directory).
+            model: where the index's model is now (spec or loaded model), if its files moved: accepted only
+                for the recorded weights' fingerprint. Default: None (the recorded spec, absolute paths).
         """
         from counterclip.index_builder import Index
         from counterclip.index_builder.index_model import load_index_model
@@ -212,16 +211,13 @@ class Engine:
         collection: str = "images",
         **unknown: Any,
     ) -> SearchResult:
-        """Plain retrieval by text or by image.
+        """Plain retrieval by text or by image: a `SearchResult` of `SearchHit` items (similarity, score).
 
         Args:
             text: a query text, or
             image: a query image (path, PIL, or index id).
             k: results. Default: 10.
             collection: ``images`` or ``captions``: which collection of the index to search.
-
-        Returns:
-            SearchResult of `SearchHit` items (``similarity`` the cosine, ``score`` the pair score).
         """
         refuse_unknown("search", unknown)
         return search_collection(self.resources(), text, image, k, collection)
@@ -230,9 +226,8 @@ class Engine:
     def search_vectors(
         self, vectors: Any, k: int = 10, collection: str = "images", **unknown: Any
     ) -> VectorHits:
-        """Faiss-like search by embeddings: ``(nq, d)`` (or one ``(d,)``) in, normalised here; out the ``k``
-        nearest ids and cosines per query (``D, I = engine.search_vectors(x, 10)``; ``.scores`` the model's
-        pair scores; id -1 where fewer than ``k``)."""
+        """Faiss-like: ``(nq, d)`` (or ``(d,)``) embeddings in, normalised here; per query the ``k`` nearest ids
+        and cosines out (``D, I = engine.search_vectors(x, 10)``; ``.scores``; id -1 past the end)."""
         refuse_unknown("search_vectors", unknown)
         return search_vectors(self.resources(), vectors, k, collection)
 
@@ -241,11 +236,8 @@ class Engine:
         self,
         texts: Sequence[str] | None = None,
         images: Sequence[str | Path | Image.Image | int] | None = None,
-        vectors: Any = None,
-        k: int = 10,
-        collection: str = "images",
-        **unknown: Any,
-    ) -> list[SearchResult]:
+        vectors: Any = None, k: int = 10, collection: str = "images", **unknown: Any,
+    ) -> list[SearchResult]:  # fmt: skip
         """Plain retrieval for a batch of queries (exactly one of ``texts``, ``images`` or ``vectors``
         ``(nq, d)``): one `SearchResult` per query, in order, as `search` gives it."""
         refuse_unknown("search_batch", unknown)
@@ -283,6 +275,7 @@ class Engine:
             threshold used, the baselines, stale entries found, and timings.
         """
         watch = Stopwatch()  # stages below: one line each, plain data between them
+        refuse_unknown("counterfactuals", overrides)  # the library's own error, as over HTTP
         res, opts = self.resources(), query_options(self.options, options, k, overrides)
         asked = {"image": image, "text": text, "side": side, "mode": mode, "labels": labels, "target": target}
         posed = posing.pose(res, request.resolve(res, opts, **asked), opts)

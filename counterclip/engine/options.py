@@ -57,12 +57,9 @@ def query_options(
 ) -> EngineOptions:
     """The options of one query: the engine's defaults, then ``options``, then keyword overrides and ``k``.
 
-    An unknown keyword is the library's own error (`keywords.unknown_keywords`: an `InputError` naming it,
-    the same message the HTTP service gives).
+    ``overrides`` are checked by the caller (`keywords.refuse_unknown`: an unknown one is the library's own
+    `InputError`, the same message the HTTP service gives).
     """
-    from counterclip.engine.keywords import refuse_unknown
-
-    refuse_unknown("counterfactuals", overrides)
     opts = options or defaults
     if overrides:
         opts = dataclasses.replace(opts, **overrides)
