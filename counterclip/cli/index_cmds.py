@@ -51,6 +51,9 @@ FAST_DECODE_OPT = typer.Option(
     help="Shrink large images before the model's preprocessing (JPEG draft, box reduce): faster, but not "
     "the files' pixels; measured on 32 images against the exact decode and refused below cosine 0.995.",
 )
+UPDATE_MODEL_OPT = typer.Option(
+    None, "--model", "-m", help="Where the index's model is now, if its files moved (same weights only)."
+)
 CHECK_MODEL_HELP = (
     "Also re-encode a sample of the indexed files with the index's model and report the lowest and median "
     "cosine to the stored vectors."
@@ -196,9 +199,7 @@ def update(
     runtime: str = typer.Option(None, "--runtime", help=RUNTIME_HELP + " (default: as recorded)."),
     precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
     fast_decode: bool = FAST_DECODE_OPT,
-    model: str = typer.Option(
-        None, "--model", "-m", help="Where the index's model is now, if its files moved (same weights only)."
-    ),
+    model: str = UPDATE_MODEL_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Bring an index up to date with its folder: add new files, re-embed changed ones, remove deleted

@@ -161,14 +161,8 @@ def build_index(
         precision: ``onnx`` only, the image tower's: ``fp32``, ``int8-dynamic`` or ``int8-static`` (int8 checked,
             static calibrated, on up to 64 of the folder's images; refused below the bars, nothing written).
             Default: None (``fp32``, or the recorded one).
-        fast_decode: shrink large images before the model's preprocessing (JPEG draft, box reduce; several
-            times less decoding work) instead of giving the model the files' pixels. Measured at build on
-            32 of the folder's images against the exact decode (lowest and median cosine, recorded in the
-            manifest) and refused below `parity.FAST_DECODE_MIN_COSINE`, nothing written. Fixed when the
-            index is created. Default: None (the recipe's ``downscale``: off).
-
-    Returns:
-        BuildSummary.
+        fast_decode: shrink large images before preprocessing (JPEG draft, box reduce), measured against
+            the exact decode and refused below `parity.FAST_DECODE_MIN_COSINE`. Default: None (off).
 
     Examples::
 
@@ -176,8 +170,7 @@ def build_index(
         1200
     """
     root = _checked_arguments(folder, runtime, precision)
-    overrides = {"batch_size": batch_size, "workers": workers, "memory_budget": parse_size(memory_budget),
-                 "downscale": fast_decode}  # fmt: skip
+    overrides = _overrides(batch_size, workers, parse_size(memory_budget), fast_decode)
     return _run(BuildRequest(
         index_dir=Path(index_dir).expanduser().absolute(), root=root, model=model, captions=captions, vocab=vocab,
         device=device, index_kind=index_kind, config=config, overrides=overrides, progress=progress,
@@ -257,6 +250,11 @@ def calibrate_index(
     calibration = fit_on_captions_file(index_dir, captions, model)
     update_index(index_dir, model=model, progress=False, user_calibration=calibration)
     return calibration
+
+
+def _overrides(batch_size: int | None, workers: int | None, budget: int | None, fast: bool | None) -> dict:
+    """The `IndexCfg` fields given as arguments (None: the recipe's or the recorded value)."""
+    return {"batch_size": batch_size, "workers": workers, "memory_budget": budget, "downscale": fast}
 
 
 def _checked_arguments(folder: str | os.PathLike[str], runtime: str | None, precision: str | None) -> Path:

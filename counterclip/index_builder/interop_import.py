@@ -276,12 +276,9 @@ def import_clip_retrieval(
         device: for a model given as a spec. Default: ``auto``.
         progress: show a progress bar on stderr. Default: True.
 
-    Returns:
-        ImportSummary.
-
     Raises:
-        InputError: a bad layout or row (see `scan_layout`): the message names the file and row; the
-            index directory is left as it was (nothing half-written).
+        InputError: a bad layout or row (see `scan_layout`), naming the file and row; vectors that are not
+            the model's encodes of their files (`parity.check_vectors`). Nothing is half-written.
     """
     from counterclip.models import ClipModel, load_model
 
@@ -295,15 +292,13 @@ def import_clip_retrieval(
     parts = scan_layout(src, model.embed_dim)
     cfg = load_index_config(config, memory_budget=parse_size(memory_budget))
     root = Path(image_root).expanduser().resolve() if image_root is not None else src
-    plan = _import_plan(model, cfg, root)
+    plan = _import_plan(model, cfg, root)  # and the vectors checked against their files, before any write:
     checked = check_vectors(model, _sample_with_files(parts, root), plan.decode, f"import of {src}")
     state = _work_state(index_dir, progress)
     try:
         with state.progress:
             manifest, importer = _import(state, plan, src, parts, encode_captions, checked)
-        if index_dir.exists():
-            index_dir.rmdir()  # empty (checked above)
-        os.replace(state.index_dir, index_dir)
+        _into_place(state.index_dir, index_dir)
     except BaseException:
         shutil.rmtree(state.index_dir, ignore_errors=True)
         raise
@@ -314,6 +309,13 @@ def import_clip_retrieval(
         captions_index=manifest.faiss["captions"], stage_seconds=state.stage_seconds(),
         vectors_check=checked.to_dict(),
     )  # fmt: skip
+
+
+def _into_place(work: Path, index_dir: Path) -> None:
+    """The finished work directory renamed to ``index_dir`` (which is missing or empty)."""
+    if index_dir.exists():
+        index_dir.rmdir()
+    os.replace(work, index_dir)
 
 
 def _sample_with_files(parts: list[Partition], root: Path) -> list[tuple[Path, np.ndarray]]:
