@@ -147,9 +147,7 @@ class Client:
         if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
             return {"id": int(image)}
         if isinstance(image, Image.Image):
-            buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, format="PNG")
-            data = buffer.getvalue()
+            data = _pil_bytes(image)
         else:
             path = Path(image).expanduser()
             if not path.is_file():
@@ -267,6 +265,26 @@ class Client:
 
     def __repr__(self) -> str:
         return f"Client({self.url!r}, token={'set' if self.token else 'none'})"
+
+
+def _pil_bytes(image: Image.Image) -> bytes:
+    """A PIL query as the service should decode it: the file's bytes when it was opened from one and not
+    decoded yet, else lossless in its own mode (PNG, or TIFF for modes PNG cannot hold, such as CMYK) with
+    its EXIF, so the service converts and rotates it as `Engine` would in process."""
+    filename = getattr(image, "filename", "") or ""
+    if getattr(image, "tile", None) and filename and os.path.isfile(filename):
+        return Path(filename).read_bytes()
+    exif = image.getexif()
+    for fmt in ("PNG", "TIFF"):
+        buffer = io.BytesIO()
+        try:
+            image.save(buffer, format=fmt, exif=exif)
+            return buffer.getvalue()
+        except (OSError, ValueError, KeyError):
+            continue
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _passed(values: dict[str, Any]) -> dict[str, Any]:

@@ -133,3 +133,29 @@ def test_an_unknown_keyword_is_the_librarys_error_in_process_and_over_http(
         urllib.request.urlopen(request, timeout=30)
     assert caught.value.code == 422
     assert b"kk: search() takes no such keyword; did you mean 'k'?" in caught.value.read()
+
+
+def test_a_pil_query_reaches_the_service_as_it_reaches_the_engine(
+    shapes_engine, shapes_server, tmp_path
+) -> None:
+    """A decoded RGBA image and an EXIF-rotated file opened by Pillow score the same through the Client."""
+    from PIL import Image
+
+    root = shapes_engine.index.root
+    rgba = Image.open(root / "000003.png").convert("RGBA")
+    alpha = np.full(rgba.size[::-1], 255, np.uint8)
+    alpha[:, : rgba.size[0] // 2] = 0
+    rgba.putalpha(Image.fromarray(alpha))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(root / "000005.png").convert("RGB").save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    client = Client(shapes_server.url)
+    for query in (
+        rgba,
+        Image.open(tmp_path / "rotated.jpg"),
+        Image.open(root / "000006.png").convert("CMYK"),
+    ):
+        local = shapes_engine.search(image=query, k=4).items
+        remote = client.search(image=query, k=4).items
+        assert [h.id for h in remote] == [h.id for h in local]
+        np.testing.assert_allclose([h.similarity for h in remote], [h.similarity for h in local], atol=1e-5)
