@@ -120,8 +120,13 @@ def write_family(name: str, directory: Path) -> str:
         checkpoint["state_dict"] = _widen(checkpoint["state_dict"])
         torch.save(checkpoint, directory / "slip.pt")
         return f"slip:{directory / 'slip.pt'}"
-    writer = {"hf_clip": write_tiny_hf_clip, "hf_siglip": write_tiny_siglip, "hf_blip": write_tiny_blip}[name]
-    saved = writer(directory)
+    if name == "hf_siglip_masked":  # a tokenizer that hands the model a padding mask: the library masks
+        saved = write_tiny_siglip(directory, masked=True)
+    else:
+        writer = {"hf_clip": write_tiny_hf_clip, "hf_siglip": write_tiny_siglip, "hf_blip": write_tiny_blip}[
+            name
+        ]
+        saved = writer(directory)
     for weights in saved.glob("*.safetensors"):
         _widen_safetensors(weights)
     return f"hf:{saved}"
@@ -269,8 +274,8 @@ def reference(name: str, spec: str) -> Any:
     directory = Path(spec.removeprefix("hf:"))
     if name == "hf_blip":
         return BlipReference(directory)
-    return HFReference(directory, {"hf_clip": "CLIPModel", "hf_siglip": "SiglipModel"}[name],
-                       True if name == "hf_clip" else "max_length")  # fmt: skip
+    module = "CLIPModel" if name == "hf_clip" else "SiglipModel"
+    return HFReference(directory, module, True if name == "hf_clip" else "max_length")
 
 
 # --- a live server for the Client ------------------------------------------------------------------------

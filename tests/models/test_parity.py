@@ -25,7 +25,16 @@ from counterclip.engine import Engine
 from counterclip.index_builder import Index, build_index
 from counterclip.index_builder.decode import DecodeOptions, load_image
 
-FAMILIES = ("open_clip", "open_clip_siglip", "bundled", "hf_clip", "hf_siglip", "hf_blip", "slip")
+FAMILIES = (
+    "open_clip",
+    "open_clip_siglip",
+    "bundled",
+    "hf_clip",
+    "hf_siglip",
+    "hf_siglip_masked",
+    "hf_blip",
+    "slip",
+)
 ONNX_FAMILIES = FAMILIES  # every family exports its towers (fp32)
 
 
