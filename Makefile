@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format install install-browser clean
+.PHONY: demo test lint format install install-browser clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: $(STAMP) lint
 	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
 	  echo "NOTE: the browser tests (tests/browser) will be SKIPPED: Chromium or chromedriver is not installed; install them with 'make install-browser' (as root: apt-get install -y chromium chromium-driver)"
 	$(BIN)/python -m pytest -q -rs
+
+# Build speed: the pure model beside the exact (default) and the fast (--fast-decode) build pipelines
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_build.py
 
 # Debian's Chromium and its driver, for the browser tests (needs root; no browser is ever downloaded by a tool)
 install-browser:

@@ -32,14 +32,18 @@ from counterclip.engine.results import (
     CounterfactualQuality,
     CounterfactualResult,
     ResultItem,
+    SearchHit,
     SearchResult,
     Validity,
 )
+from counterclip.engine.search import VectorHits
 from counterclip.errors import CounterclipError, InputError
 
 TOKEN_ENV = "COUNTERCLIP_TOKEN"
 #: Settings the service takes per request (as keyword overrides of `EngineOptions`).
 SERVER_OVERRIDES = ("match_margin", "nomatch_margin", "threshold", "quality")
+_NUMERIC = ("match_margin", "nomatch_margin", "threshold")
+_JSON = (str, int, float, bool, list, dict, type(None))
 
 
 class ServerError(CounterclipError):
@@ -56,10 +60,15 @@ def item_from_dict(data: dict[str, Any]) -> ResultItem:
     return _build(ResultItem, data)
 
 
+def hit_from_dict(data: dict[str, Any]) -> SearchHit:
+    """A `SearchHit` from its ``to_dict()`` (a service of the earlier shape: ``score_after`` is the score)."""
+    return _build(SearchHit, {"score": data.get("score_after", 0.0), **data})
+
+
 def search_result_from_dict(data: dict[str, Any]) -> SearchResult:
     """`SearchResult` from the service's JSON."""
     fields = dict(data)
-    fields["items"] = [item_from_dict(i) for i in data.get("items", [])]
+    fields["items"] = [hit_from_dict(i) for i in data.get("items", [])]
     return _build(SearchResult, fields)
 
 
@@ -148,9 +157,7 @@ class Client:
         if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
             return {"id": int(image)}
         if isinstance(image, Image.Image):
-            buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, format="PNG")
-            data = buffer.getvalue()
+            data = _pil_bytes(image)
         else:
             path = Path(image).expanduser()
             if not path.is_file():
@@ -165,16 +172,53 @@ class Client:
         image: str | Path | Image.Image | int | None = None,
         k: int = 10,
         collection: str = "images",
+        **unknown: Any,
     ) -> SearchResult:
-        """Plain retrieval by text or by image; see `Engine.search`."""
+        """Plain retrieval by text or by image; see `Engine.search` (an unknown keyword: the service's
+        422, the library's own message)."""
         if (text is None) == (image is None):
             raise InputError("give exactly one of text or image to search by")
-        body: dict[str, Any] = {"k": int(k), "collection": collection}
+        body: dict[str, Any] = {"k": int(k), "collection": collection, **_passed(unknown)}
         if text is not None:
             body["text"] = text
         else:
             body["image"] = self._image(image)
         return search_result_from_dict(self._post("/search", body))
+
+    def search_vectors(
+        self, vectors: Any, k: int = 10, collection: str = "images", **unknown: Any
+    ) -> VectorHits:
+        """Faiss-like search by embeddings ``(nq, d)``; see `Engine.search_vectors` (``D, I = ...``)."""
+        array = np.asarray(vectors, dtype=np.float64)
+        rows = array[None] if array.ndim == 1 else array
+        body = {"vectors": rows.tolist(), "k": int(k), "collection": collection, **_passed(unknown)}
+        data = self._post("/search/vectors", body)
+        similarities = np.array(data["similarities"], dtype=np.float64)
+        return VectorHits(
+            np.nan_to_num(similarities, nan=-np.inf).astype(np.float32),
+            np.array(data["ids"], dtype=np.int64),
+            np.array(data["scores"], dtype=np.float64),
+        )
+
+    def search_batch(
+        self,
+        texts: list[str] | None = None,
+        images: list[str | Path | Image.Image | int] | None = None,
+        vectors: Any = None,
+        k: int = 10,
+        collection: str = "images",
+        **unknown: Any,
+    ) -> list[SearchResult]:
+        """One `SearchResult` per query of a batch (texts, images or vectors); see `Engine.search_batch`."""
+        body: dict[str, Any] = {"k": int(k), "collection": collection, **_passed(unknown)}
+        if texts is not None:
+            body["texts"] = list(texts)
+        if images is not None:
+            body["images"] = [self._image(image) for image in images]
+        if vectors is not None:
+            array = np.asarray(vectors, dtype=np.float64)
+            body["vectors"] = (array[None] if array.ndim == 1 else array).tolist()
+        return [search_result_from_dict(r) for r in self._post("/search/batch", body)["results"]]
 
     def counterfactuals(
         self,
@@ -190,15 +234,11 @@ class Client:
     ) -> CounterfactualResult:
         """Verified counterfactuals for an (image, text) pair; see `Engine.counterfactuals`.
 
-        The service takes ``match_margin``, ``nomatch_margin``, ``threshold`` and ``quality`` (the answers'
-        quality cards, ``result.quality``) per request (as keyword overrides, or from ``options``); other
-        settings are the service's own.
+        The service takes ``match_margin``, ``nomatch_margin``, ``threshold``, ``verify_with`` and
+        ``quality`` (the answers' quality cards, ``result.quality``) per request (as keyword overrides, or
+        from ``options``); other settings are the service's own (its 422 says so), and a keyword nobody
+        takes is the library's own error, as in process.
         """
-        unknown = sorted(set(overrides) - set(SERVER_OVERRIDES))
-        if unknown:
-            raise InputError(
-                f"the service takes only {', '.join(SERVER_OVERRIDES)} per request, not {', '.join(unknown)}"
-            )
         settings: dict[str, Any] = {}
         if options is not None:
             settings.update({key: getattr(options, key) for key in SERVER_OVERRIDES})
@@ -209,7 +249,7 @@ class Client:
             if value is not None:
                 body[key] = list(value) if key == "labels" else value
         body.update(
-            {key: bool(v) if key == "quality" else float(v) for key, v in settings.items() if v is not None}
+            {key: float(value) if key in _NUMERIC else value for key, value in _passed(settings).items()}
         )
         return counterfactual_result_from_dict(self._post("/counterfactual", body))
 
@@ -233,6 +273,32 @@ class Client:
 
     def __repr__(self) -> str:
         return f"Client({self.url!r}, token={'set' if self.token else 'none'})"
+
+
+def _pil_bytes(image: Image.Image) -> bytes:
+    """A PIL query as the service should decode it: the file's bytes when it was opened from one and not
+    decoded yet, else lossless in its own mode (PNG, or TIFF for modes PNG cannot hold, such as CMYK) with
+    its EXIF, so the service converts and rotates it as `Engine` would in process."""
+    filename = getattr(image, "filename", "") or ""
+    if getattr(image, "tile", None) and filename and os.path.isfile(filename):
+        return Path(filename).read_bytes()
+    exif = image.getexif()
+    for fmt in ("PNG", "TIFF"):
+        buffer = io.BytesIO()
+        try:
+            image.save(buffer, format=fmt, exif=exif)
+            return buffer.getvalue()
+        except (OSError, ValueError, KeyError):
+            continue
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _passed(values: dict[str, Any]) -> dict[str, Any]:
+    """Keyword values for the request body (None dropped; what JSON cannot hold, as text): the service
+    checks the names, so an unknown one gets the library's message."""
+    return {k: v if isinstance(v, _JSON) else str(v) for k, v in values.items() if v is not None}
 
 
 def _detail(exc: urllib.error.HTTPError) -> str:

@@ -162,6 +162,8 @@ NUMBERS: dict[str, str] = {
     "class_probability": "flip: softmax over the given labels, 0-1; says which label wins, not whether any "
     "label really fits",
     "distance": "1 - cosine to the original's embedding, 0 (same) to 2 (opposite); near-copies sit below 0.05",
+    "similarity": "search: cosine of the query's and the hit's embeddings, -1 to 1 (the score is the model's "
+    "pair score of it)",
 }
 
 #: The kinds of pair a score is computed on, as a reader names them.

@@ -6,7 +6,10 @@ Reports, in one run:
 - **pipeline**: full `build_index` throughput on the same N images (scan, decode, preprocess, embed,
   write shards and SQLite, FAISS, recall measurement, manifest); model loading (and hashing its
   weights for the fingerprint, once per loaded model) is excluded, as it is from the model figure;
-- their ratio (target >= 0.90);
+  two paths: **exact** (the default: the model gets the files' pixels) and **fast** (``--fast-decode``:
+  JPEG draft and box reduce before preprocessing; its build measures it against the exact decode on 32
+  images, and the lowest and median cosine are reported with it);
+- their ratios to the model (target >= 0.90);
 - **naive**: a per-image loop (open, preprocess, encode one image at a time) and the pipeline's
   speed-up over it;
 - **peak memory** (max RSS) of a build of N and of 4N images, each in a fresh process, and its growth
@@ -19,7 +22,7 @@ weights' values, so random weights measure what pretrained ones would.
 
 Usage::
 
-    python scripts/bench_build.py                    # N = 128, batch 32, 640x480 JPEGs
+    python scripts/bench_build.py                    # N = 128, batch 32, 640x480 JPEGs (`make bench`)
     python scripts/bench_build.py --n 64 --json
 """
 
@@ -76,8 +79,9 @@ def load_warm_model(batch_size: int):
     return model, time.perf_counter() - started
 
 
-def timed_build(model, folder: Path, index_dir: Path, args: argparse.Namespace):
-    """One `build_index` of ``folder`` into a new ``index_dir``; -> (seconds, summary)."""
+def timed_build(model, folder: Path, index_dir: Path, args: argparse.Namespace, fast: bool = False):
+    """One `build_index` of ``folder`` into a new ``index_dir`` (``fast``: the fast decode); -> (seconds,
+    summary)."""
     from counterclip.index_builder import build_index, load_index_config
 
     config = load_index_config("default", shard_size=args.shard_size)
@@ -90,6 +94,7 @@ def timed_build(model, folder: Path, index_dir: Path, args: argparse.Namespace):
         workers=args.workers,
         progress=False,
         config=config,
+        fast_decode=fast or None,
     )
     return time.perf_counter() - started, summary
 
@@ -101,7 +106,7 @@ def speed_child(folder: Path, work: Path, args: argparse.Namespace) -> dict:
     model, fingerprint_seconds = load_warm_model(args.batch_size)
     paths = sorted(folder.glob("*.jpg"))
     pixels = torch.stack([model.preprocess(load_image(p).image) for p in paths])
-    model_ips, pipeline_ips, stages = [], [], []
+    model_ips, pipeline_ips, fast_ips, stages, fast_stages = [], [], [], [], []
     for repeat in range(args.repeats):
         started = time.perf_counter()
         for start in range(0, len(pixels), args.batch_size):
@@ -110,6 +115,13 @@ def speed_child(folder: Path, work: Path, args: argparse.Namespace) -> dict:
         seconds, summary = timed_build(model, folder, work / f"speed-{repeat}", args)
         pipeline_ips.append(summary.indexed / seconds)
         stages.append(summary.stage_seconds)
+        seconds, summary = timed_build(model, folder, work / f"fast-{repeat}", args, fast=True)
+        from counterclip.index_builder.manifest import Manifest
+
+        check_seconds = Manifest.read(work / f"fast-{repeat}").settings.decode_check["seconds"]
+        fast_ips.append(summary.indexed / (seconds - check_seconds))  # the measure is once per index
+        fast_stages.append(summary.stage_seconds)
+    fast_check = Manifest.read(work / "fast-0").settings.decode_check
     model.encode_images(model.preprocess(Image.open(paths[0]).convert("RGB")))  # warm-up at batch 1
     started = time.perf_counter()
     for path in paths[: args.naive]:
@@ -119,8 +131,11 @@ def speed_child(folder: Path, work: Path, args: argparse.Namespace) -> dict:
     return {
         "model_images_per_s": model_ips,
         "pipeline_images_per_s": pipeline_ips,
+        "fast_images_per_s": fast_ips,
+        "fast_check": fast_check,
         "naive_images_per_s": naive_ips,
         "stage_seconds": stages[len(stages) // 2],
+        "fast_stage_seconds": fast_stages[len(fast_stages) // 2],
         "fingerprint_seconds": fingerprint_seconds,
     }
 
@@ -190,6 +205,8 @@ def main() -> None:
 
     model_ips = statistics.median(speed["model_images_per_s"])
     pipeline_ips = statistics.median(speed["pipeline_images_per_s"])
+    fast_ips = statistics.median(speed["fast_images_per_s"])
+    check = speed["fast_check"]
     naive_ips = speed["naive_images_per_s"]
     growth_n = mem_n["peak_rss_mb"] - mem_n["rss_after_model_mb"]
     growth_4n = mem_4n["peak_rss_mb"] - mem_4n["rss_after_model_mb"]
@@ -209,6 +226,11 @@ def main() -> None:
         "model_images_per_s": round(model_ips, 2),
         "pipeline_images_per_s": round(pipeline_ips, 2),
         "pipeline_over_model": round(pipeline_ips / model_ips, 3),
+        "fast_pipeline_images_per_s_runs": [round(v, 2) for v in speed["fast_images_per_s"]],
+        "fast_pipeline_images_per_s": round(fast_ips, 2),
+        "fast_over_model": round(fast_ips / model_ips, 3),
+        "fast_decode_check": check,
+        "fast_stage_seconds_n": speed["fast_stage_seconds"],
         "naive_images_per_s": round(naive_ips, 2),
         "pipeline_over_naive": round(pipeline_ips / naive_ips, 2),
         "peak_rss_mb_n": round(mem_n["peak_rss_mb"], 1),
@@ -236,9 +258,17 @@ def main() -> None:
         f"  pure model (pre-decoded tensors) {model_ips:8.2f} img/s  (median of {args.repeats}, {args.n} images)"
     )
     print(
-        f"  full pipeline (build_index)      {pipeline_ips:8.2f} img/s  (median of {args.repeats}; runs model/pipeline: {runs})"
+        f"  exact pipeline (build_index)     {pipeline_ips:8.2f} img/s  (median of {args.repeats}; runs model/pipeline: {runs})"
     )
     print(f"  pipeline / model                 {pipeline_ips / model_ips:8.3f}   (target >= 0.90)")
+    print(
+        f"  fast decode pipeline             {fast_ips:8.2f} img/s  (--fast-decode; / model {fast_ips / model_ips:.3f};"
+        f" its measure against the exact decode, once per index, not counted: {check['seconds']:.1f} s)"
+    )
+    print(
+        f"  fast decode vs exact             lowest cosine {check['lowest']:.6f}, median {check['median']:.6f} "
+        f"on {check['samples']} images ({check['shrunk']} shrunk; refused below {check['bound']})"
+    )
     print(f"  naive per-image loop             {naive_ips:8.2f} img/s  ({args.naive} images)")
     print(f"  pipeline / naive                 {pipeline_ips / naive_ips:8.2f}x")
     print(
@@ -248,6 +278,7 @@ def main() -> None:
         f"  peak RSS, 4N = {4 * args.n:<5d}             {mem_4n['peak_rss_mb']:8.1f} MB  (+{growth_4n:.1f} MB over the loaded model)"
     )
     print(f"  pipeline stages for N (s): {speed['stage_seconds']}")
+    print(f"  fast pipeline stages for N (s): {speed['fast_stage_seconds']}")
     print(
         f"  (not timed: hashing the weights for the fingerprint, once per model: {speed['fingerprint_seconds']:.2f} s)"
     )

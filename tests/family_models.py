@@ -86,8 +86,11 @@ def write_tiny_blip_without_heads(directory: Path, seed: int = 0) -> Path:
 
 
 # --- SigLIP (Hugging Face) ----------------------------------------------------------------------------
-def write_tiny_siglip(directory: Path, seed: int = 0) -> Path:
-    """A saved tiny random ``SiglipModel`` with a ``SiglipTokenizer`` trained on the shapes captions."""
+def write_tiny_siglip(directory: Path, seed: int = 0, masked: bool = False) -> Path:
+    """A saved tiny random ``SiglipModel`` with a ``SiglipTokenizer`` trained on the shapes captions.
+
+    Like Google's released SigLIP tokenizers it hands the model ``input_ids`` only (no padding mask);
+    ``masked``: one that also returns an ``attention_mask`` (the library then masks the padding)."""
     import sentencepiece as spm
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipTokenizer
 
@@ -106,7 +109,8 @@ def write_tiny_siglip(directory: Path, seed: int = 0) -> Path:
         minloglevel=2,
     )
     (directory / "spiece.model").write_bytes(model.getvalue())
-    tokenizer = SiglipTokenizer(str(directory / "spiece.model"), model_max_length=16)
+    names = ["input_ids", "attention_mask"] if masked else ["input_ids"]
+    tokenizer = SiglipTokenizer(str(directory / "spiece.model"), model_max_length=16, model_input_names=names)
     tokenizer.save_pretrained(directory)
     SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
     config = SiglipConfig(

@@ -45,3 +45,26 @@ def test_import_and_cli_help_do_not_import_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == ""
+
+
+def test_the_wheel_ships_py_typed(tmp_path) -> None:
+    """Type checkers read the package's annotations: the wheel carries the ``py.typed`` marker."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[1]
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(source / name, tmp_path / name)
+    shutil.copytree(
+        source / "counterclip", tmp_path / "counterclip", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", ".", "-w", "dist"],
+        cwd=tmp_path, check=True, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("counterclip-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "counterclip/py.typed" in names and "counterclip/engine/search.py" in names

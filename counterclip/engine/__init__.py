@@ -27,9 +27,11 @@ _LAZY: dict[str, str] = {
     "PathSettings": "counterclip.engine.path",
     "QueryImage": "counterclip.engine.request",
     "ResultItem": "counterclip.engine.results",
+    "SearchHit": "counterclip.engine.results",
     "SearchResult": "counterclip.engine.results",
     "Side": "counterclip.engine.sides",
     "Validity": "counterclip.engine.results",
+    "VectorHits": "counterclip.engine.search",
     "apply_edit": "counterclip.engine.path",
     "gradient_path": "counterclip.engine.path",
     "load_image": "counterclip.engine.request",
@@ -52,9 +54,11 @@ __all__ = [
     "QueryImage",
     "ResultItem",
     "SIDES",
+    "SearchHit",
     "SearchResult",
     "Side",
     "Validity",
+    "VectorHits",
     "apply_edit",
     "gradient_path",
     "load_image",
@@ -69,7 +73,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real imports
     from counterclip.engine.ranking import mmr_order
     from counterclip.engine.request import QueryImage, load_image
     from counterclip.engine.resources import IndexLike
-    from counterclip.engine.results import CounterfactualResult, ResultItem, SearchResult, Validity
+    from counterclip.engine.results import CounterfactualResult, ResultItem, SearchHit, SearchResult, Validity
+    from counterclip.engine.search import VectorHits
     from counterclip.engine.sides import SIDES, CaptionSide, ImageSide, Side
 
 

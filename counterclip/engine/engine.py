@@ -32,11 +32,13 @@ import numpy as np
 from PIL import Image
 
 from counterclip.engine import baselines, candidates, judge, ordering, posing, quality, request, verify
+from counterclip.engine.keywords import refuse_unknown
 from counterclip.engine.live import LiveIndex, one_generation
 from counterclip.engine.options import EngineOptions, query_options
 from counterclip.engine.path import target_path
 from counterclip.engine.resources import GenerationState, IndexLike, Resources
 from counterclip.engine.results import CounterfactualResult, SearchResult
+from counterclip.engine.search import VectorHits, search_batch, search_vectors
 from counterclip.engine.search import search as search_collection
 from counterclip.engine.timing import Stopwatch
 from counterclip.engine.verdicts import Evidence
@@ -105,6 +107,7 @@ class Engine:
         options: EngineOptions | None = None,
         runtime: str = "torch",
         precision: str = "fp32",
+        model: str | ClipModel | None = None,
     ) -> Engine:
         """Open an index directory with the model it was built with.
 
@@ -115,13 +118,14 @@ class Engine:
             runtime: ``torch`` or ``onnx`` (extra ``onnx``): what embeds queries and re-scores answers;
                 an index built with one runtime can be queried with the other.
             precision: ``onnx`` only: the image tower's precision (int8 reuses a tower accepted before).
+            model: where the index's model is now (spec or loaded model), if its files moved: accepted only
+                for the recorded weights' fingerprint. Default: None (the recorded spec, absolute paths).
         """
         from counterclip.index_builder import Index
-        from counterclip.index_builder.manifest import Manifest
-        from counterclip.models import load_model
+        from counterclip.index_builder.index_model import load_index_model
 
         started = time.perf_counter()
-        model = load_model(Manifest.read(Path(index_dir).expanduser()).model.spec, device=device)
+        model = load_index_model(index_dir, None, model, device)
         index = Index.open(index_dir, model=model)  # checks the fingerprint: same weights as the build
         encoder = None
         if runtime != "torch":
@@ -206,8 +210,9 @@ class Engine:
         image: str | Path | Image.Image | int | None = None,
         k: int = 10,
         collection: str = "images",
+        **unknown: Any,
     ) -> SearchResult:
-        """Plain retrieval by text or by image.
+        """Plain retrieval by text or by image: a `SearchResult` of `SearchHit` items (similarity, score).
 
         Args:
             text: a query text, or
@@ -215,7 +220,29 @@ class Engine:
             k: results. Default: 10.
             collection: ``images`` or ``captions``: which collection of the index to search.
         """
+        refuse_unknown("search", unknown)
         return search_collection(self.resources(), text, image, k, collection)
+
+    @one_generation
+    def search_vectors(
+        self, vectors: Any, k: int = 10, collection: str = "images", **unknown: Any
+    ) -> VectorHits:
+        """Faiss-like: ``(nq, d)`` (or ``(d,)``) embeddings in, normalised here; per query the ``k`` nearest ids
+        and cosines out (``D, I = engine.search_vectors(x, 10)``; ``.scores``; id -1 past the end)."""
+        refuse_unknown("search_vectors", unknown)
+        return search_vectors(self.resources(), vectors, k, collection)
+
+    @one_generation
+    def search_batch(
+        self,
+        texts: Sequence[str] | None = None,
+        images: Sequence[str | Path | Image.Image | int] | None = None,
+        vectors: Any = None, k: int = 10, collection: str = "images", **unknown: Any,
+    ) -> list[SearchResult]:  # fmt: skip
+        """Plain retrieval for a batch of queries (exactly one of ``texts``, ``images`` or ``vectors``
+        ``(nq, d)``): one `SearchResult` per query, in order, as `search` gives it."""
+        refuse_unknown("search_batch", unknown)
+        return search_batch(self.resources(), texts, images, vectors, k, collection)
 
     @one_generation
     def counterfactuals(
@@ -249,6 +276,7 @@ class Engine:
             threshold used, the baselines, stale entries found, and timings.
         """
         watch = Stopwatch()  # stages below: one line each, plain data between them
+        refuse_unknown("counterfactuals", overrides)  # the library's own error, as over HTTP
         res, opts = self.resources(), query_options(self.options, options, k, overrides)
         asked = {"image": image, "text": text, "side": side, "mode": mode, "labels": labels, "target": target}
         posed = posing.pose(res, request.resolve(res, opts, **asked), opts)

@@ -60,7 +60,8 @@ def query_options(
 ) -> EngineOptions:
     """The options of one query: the engine's defaults, then ``options``, then keyword overrides and ``k``.
 
-    An unknown keyword is the library's own error (`dataclasses.replace` raises TypeError naming it).
+    ``overrides`` are checked by the caller (`keywords.refuse_unknown`: an unknown one is the library's own
+    `InputError`, the same message the HTTP service gives).
     """
     opts = options or defaults
     if overrides:

@@ -150,7 +150,7 @@ def resolve_image(index: IndexLike, encoder: Any, image: ImageQuery) -> QueryIma
         # of an indexed file embeds like the file did
         decode_query = getattr(index, "decode_query", None)
         try:
-            pil = decode_query(image).image if decode_query is not None else image.convert("RGB")
+            pil = decode_query(image).model_input if decode_query is not None else image.convert("RGB")
         except DecodeError as exc:
             raise InputError(f"query image is not usable: {exc}") from exc
         return QueryImage(as_array(encoder.encode_pil([pil]))[0], None, {"pil": True})
@@ -163,7 +163,7 @@ def resolve_image(index: IndexLike, encoder: Any, image: ImageQuery) -> QueryIma
     except DecodeError as exc:
         raise InputError(f"query image {path} is not a readable image: {exc}") from exc
     indexed = index.image_id_for_path(path.resolve())
-    vector = as_array(encoder.encode_pil([decoded.image]))[0]
+    vector = as_array(encoder.encode_pil([decoded.model_input]))[0]
     return QueryImage(vector, indexed, {"path": str(path), "id": indexed}, decoded.sha256)
 
 

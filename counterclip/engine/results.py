@@ -154,11 +154,43 @@ class CounterfactualResult:
 
 
 @dataclass
+class SearchHit:
+    """One hit of a plain search: the item and how close it is to the query (no counterfactual fields).
+
+    ``to_dict`` also carries ``score_after`` (= ``score``), the name search hits had before, so readers of
+    the earlier shape keep working.
+    """
+
+    id: int
+    kind: str  # "image" | "caption"
+    path: str | None = None  # image path relative to the index root
+    text: str | None = None  # caption text
+    similarity: float = 0.0  # cosine of the query's and the hit's embeddings
+    score: float = 0.0  # the model's pair score of that cosine (scale x cosine + bias)
+    p_match: float | None = None  # calibrated probability of a match (image-text pairs, when one holds)
+    distance: float = 0.0  # 1 - similarity
+    rank: int = 0
+
+    @property
+    def score_after(self) -> float:
+        """``score`` under the name search hits had before."""
+        return self.score
+
+    @property
+    def verified(self) -> bool:
+        """False: a search hit is not a counterfactual answer (the flag search hits carried before)."""
+        return False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "score_after": self.score}
+
+
+@dataclass
 class SearchResult:
-    """Plain retrieval: same item shape as counterfactuals (score_after is the similarity score)."""
+    """Plain retrieval: the query and its hits, best first (`SearchHit`)."""
 
     query: dict[str, Any]
-    items: list[ResultItem]
+    items: list[SearchHit]
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 

@@ -146,7 +146,7 @@ class ImageSide(Side):
             if meta.get("sha256") and decoded.sha256 != meta["sha256"]:
                 loaded.append((None, "changed since indexing"))
                 continue
-            loaded.append((decoded.image, None))
+            loaded.append((decoded.model_input, None))
         present = [image for image, _ in loaded if image is not None]
         encoded = iter(as_array(self.model.encode_pil(present))) if present else iter(())
         return [(next(encoded), None) if image is not None else (None, reason) for image, reason in loaded]

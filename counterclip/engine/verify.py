@@ -15,8 +15,9 @@ from counterclip.engine.ordering import Ordered
 from counterclip.engine.posing import Posed
 from counterclip.engine.resources import IndexLike, Resources
 from counterclip.engine.results import ResultItem
+from counterclip.index_builder.parity import STORED_VECTOR_COSINE
 
-STALE_COS = 0.999  # a re-encoded file further than this from its stored vector changed since indexing
+STALE_COS = STORED_VECTOR_COSINE  # a re-encoded file further than this from its stored vector changed
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ def int8_sample(model: ClipModel, root: Path, decode: DecodeOptions, index_dir: 
     pixels = []
     for rel in paths[::step]:
         try:
-            pixels.append(model.preprocess(load_image(root / rel, decode).image))
+            pixels.append(model.preprocess(load_image(root / rel, decode).model_input))
         except DecodeError:
             continue
         if len(pixels) == INT8_SAMPLE:

@@ -87,6 +87,7 @@ def publish(
             index_kind=plan.index_kind,
             config=plan.cfg.to_dict(),
             decode=dataclasses.asdict(plan.decode),
+            decode_check=plan.decode_check,
         ),
         last_run=last_run,
         calibration=calibration.to_dict() if calibration is not None else None,

@@ -22,7 +22,9 @@ from counterclip.index_builder.build_state import BuildRequest, BuildState, now
 from counterclip.index_builder.config import IndexCfg, load_index_config
 from counterclip.index_builder.decode import DecodeOptions
 from counterclip.index_builder.faiss_index import choose_factory, new_index
-from counterclip.index_builder.manifest import FORMAT_VERSION
+from counterclip.index_builder.index_model import load_index_model
+from counterclip.index_builder.manifest import FORMAT_VERSION, ModelRecord
+from counterclip.index_builder.parity import check_fast_decode
 from counterclip.index_builder.sources import refuse_update_of_import
 from counterclip.models import ClipModel, ModelSpec, load_model
 from counterclip.scores import PairScore
@@ -60,6 +62,7 @@ class BuildPlan:
     model: ModelChoice
     encoder: Any  # what embeds images and captions (the model, or an `OnnxEncoder` over it)
     runtime: dict[str, Any] | None  # the runtime record of the manifest (None: an import records none)
+    decode_check: dict[str, Any] | None = None  # the fast decode measured against the exact one (parity.py)
 
     def settings_meta(self) -> dict[str, Any]:
         """The settings the items file records (``meta``): what the next update is checked against."""
@@ -76,6 +79,7 @@ class BuildPlan:
             "index_kind": self.index_kind,
             "config": self.cfg.to_dict(),
             "decode": dataclasses.asdict(self.decode),
+            "decode_check": self.decode_check,
             "created": self.created,
         }
         if self.runtime is not None:
@@ -84,26 +88,29 @@ class BuildPlan:
 
 
 def fresh_decode_options(cfg: IndexCfg, model: Any) -> DecodeOptions:
-    """The decode options a new index fixes: the recipe's limits, JPEG scaling to the model's input side
-    (none for a stand-in without a vision geometry)."""
+    """The decode options a new index fixes: the recipe's limits, the model family's own RGB conversion
+    (`ClipModel.rgb_conversion`), and with ``downscale`` (the opt-in fast decode) JPEG scaling to the
+    model's input side (none for a stand-in without a vision geometry)."""
     geometry = getattr(model, "vision_geometry", None)
     side = min(geometry.image_size) if geometry is not None and cfg.downscale else None
-    return DecodeOptions(cfg.max_pixels, cfg.max_side, cfg.max_file_bytes, side)
+    rgb = getattr(model, "rgb_conversion", "pillow")
+    return DecodeOptions(cfg.max_pixels, cfg.max_side, cfg.max_file_bytes, side, rgb)
 
 
-def load_model_first(request: BuildRequest) -> tuple[ClipModel, Encoding | None]:
+def load_model_first(request: BuildRequest) -> tuple[ClipModel, Encoding | None, dict[str, Any] | None]:
     """A new index: load the model (and make its encoder ready) before the directory exists, so a model
-    that cannot be loaded (no network, no GPU, a bad checkpoint, an int8 tower refused) leaves no
-    half-made index behind."""
+    that cannot be loaded (no network, no GPU, a bad checkpoint, an int8 tower refused) or a fast decode
+    refused leaves no half-made index behind; -> the model, its encoder, the fast decode's measure."""
     model = request.model
     if not isinstance(model, ClipModel):
         model = load_model(DEFAULT_MODEL if model is None else model, device=request.device)
     if request.root is None:
-        return model, None
+        return model, None, None
     cfg = load_index_config(request.config, **request.overrides)
     decode = fresh_decode_options(cfg, model)
+    checked = check_fast_decode(model, request.root, decode, request.index_dir) if decode.min_side else None
     sample_from = (request.root, decode, request.index_dir)
-    return model, prepare_encoder(model, {}, request.runtime, request.precision, sample_from, cfg)
+    return model, prepare_encoder(model, {}, request.runtime, request.precision, sample_from, cfg), checked
 
 
 def plan_run(
@@ -138,9 +145,25 @@ def plan_run(
         )
     created = meta.get_meta("created") or now()
     runtime = runtime_entry(encoding.record, recorded_runtime, state.base_gen > 0)
+    decode_check = _decode_check(state, request, meta, decode, model.model, root)
     return BuildPlan(
-        root, cfg, captions_file, vocab_file, index_kind, decode, created, model, encoding.encoder, runtime
-    )
+        root, cfg, captions_file, vocab_file, index_kind, decode, created, model, encoding.encoder, runtime,
+        decode_check,
+    )  # fmt: skip
+
+
+def _decode_check(
+    state: BuildState, request: BuildRequest, meta: MetaView, decode: DecodeOptions, model: Any, root: Path
+) -> dict[str, Any] | None:
+    """The fast decode's measure: made before the index was created, recorded, or (a first build that
+    stopped before recording its decode) made now; None for the exact decode."""
+    if not decode.min_side:
+        return None
+    if request.decode_check or meta.get_meta("decode_check"):
+        return request.decode_check or meta.get_meta("decode_check")
+    if meta.get_meta("decode") is None:
+        return check_fast_decode(model, root, decode, state.index_dir)
+    return None  # an index that shrank before the fast decode was measured
 
 
 def _resolve_root(index_dir: Path, asked: Path | None, meta: MetaView) -> Path:
@@ -174,8 +197,8 @@ def _resolve_model(index_dir: Path, request: BuildRequest, meta: MetaView) -> Mo
         dim = int(meta.get_meta("embed_dim"))
         recorded_score = meta.get_meta("pair_score")
         score = PairScore.from_dict(recorded_score) if recorded_score else None
-        # loaded now: weights changed in place are refused before any write
-        model = load_model(spec, device=request.device)
+        # loaded now: weights changed in place are refused before any write; files moved are named
+        model = load_index_model(index_dir, ModelRecord(spec, recorded_fp, dim), None, request.device)
         if model.fingerprint != recorded_fp:
             raise IndexFormatError(
                 f"the model {spec} recorded in index {index_dir} now loads different weights "

@@ -45,6 +45,7 @@ class BuildRequest:
     runtime: str | None = None  # torch | onnx
     precision: str | None = None  # onnx precision
     embedder: Any = None  # what embeds the pending images (None: `pipeline.embed_images`)
+    decode_check: dict[str, Any] | None = None  # a new index's fast decode, measured (`parity`)
 
 
 @dataclass

@@ -147,6 +147,7 @@ def build_index(
     embedder: Any = None,
     runtime: str | None = None,
     precision: str | None = None,
+    fast_decode: bool | None = None,
 ) -> BuildSummary:
     """Embed every image of ``folder`` into the index at ``index_dir`` (created, resumed or updated).
 
@@ -175,9 +176,8 @@ def build_index(
         precision: ``onnx`` only, the image tower's: ``fp32``, ``int8-dynamic`` or ``int8-static`` (int8 checked,
             static calibrated, on up to 64 of the folder's images; refused below the bars, nothing written).
             Default: None (``fp32``, or the recorded one).
-
-    Returns:
-        BuildSummary.
+        fast_decode: shrink large images before preprocessing (JPEG draft, box reduce), measured against
+            the exact decode and refused below `parity.FAST_DECODE_MIN_COSINE`. Default: None (off).
 
     Examples::
 
@@ -185,7 +185,7 @@ def build_index(
         1200
     """
     root = _checked_arguments(folder, runtime, precision)
-    overrides = {"batch_size": batch_size, "workers": workers, "memory_budget": parse_size(memory_budget)}
+    overrides = _overrides(batch_size, workers, parse_size(memory_budget), fast_decode)
     return _run(BuildRequest(
         index_dir=Path(index_dir).expanduser().absolute(), root=root, model=model, captions=captions, vocab=vocab,
         device=device, index_kind=index_kind, config=config, overrides=overrides, progress=progress,
@@ -208,6 +208,7 @@ def update_index(
     user_calibration: Calibration | None = None,
     runtime: str | None = None,
     precision: str | None = None,
+    fast_decode: bool | None = None,
 ) -> BuildSummary:
     """Bring an index up to date with its recorded folder (or finish an interrupted build), as a new
     generation beside the one readers use.
@@ -224,6 +225,8 @@ def update_index(
         user_calibration: a calibration to record with the new generation (``counterclip calibrate``);
             later updates keep it. Default: None (keep the recorded one).
         runtime, precision: as in `build_index`. Default: None (the recorded runtime and precision).
+        fast_decode: as in `build_index`; it applies only to an index whose first build has not recorded
+            its decode yet (afterwards a different choice is ignored with a warning). Default: None.
 
     Examples::
 
@@ -238,7 +241,7 @@ def update_index(
             f"no index at {index_dir} (run `counterclip build FOLDER --index {index_dir}` first)"
         )
     check_runtime(runtime, precision)
-    overrides = {"batch_size": batch_size, "workers": workers}
+    overrides = {"batch_size": batch_size, "workers": workers, "downscale": fast_decode}
     return _run(BuildRequest(
         index_dir=index_dir.expanduser().absolute(), root=None, model=model, captions=captions, vocab=vocab,
         device=device, index_kind=index_kind, config=config, overrides=overrides, progress=progress,
@@ -264,6 +267,11 @@ def calibrate_index(
     return calibration
 
 
+def _overrides(batch_size: int | None, workers: int | None, budget: int | None, fast: bool | None) -> dict:
+    """The `IndexCfg` fields given as arguments (None: the recipe's or the recorded value)."""
+    return {"batch_size": batch_size, "workers": workers, "memory_budget": budget, "downscale": fast}
+
+
 def _checked_arguments(folder: str | os.PathLike[str], runtime: str | None, precision: str | None) -> Path:
     """The image folder, absolute, once the folder and the runtime are known to work (else a one-line error)."""
     root = Path(folder).expanduser()
@@ -281,8 +289,8 @@ def _run(request: BuildRequest) -> BuildSummary:
     with state.progress:  # from the start: loading the model takes seconds, and says so
         if check_directory(request.index_dir):  # a new index: the model first, so a failure leaves nothing
             with state.progress.step("loading the model"):  # short: the bars share its column
-                model, encoding = load_model_first(request)
-            request = dataclasses.replace(request, model=model)
+                model, encoding, decode_check = load_model_first(request)
+            request = dataclasses.replace(request, model=model, decode_check=decode_check)
         try:
             request.index_dir.mkdir(parents=True, exist_ok=True)
             with WriterLock(request.index_dir):

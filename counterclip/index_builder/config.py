@@ -32,8 +32,10 @@ class IndexCfg:
     max_pixels: int = 89_478_485  # refuse larger images (decompression bombs); Pillow's own limit
     max_side: int = 50_000  # refuse images with a side longer than this (absurd dimensions)
     max_file_bytes: int = 512 * 1024 * 1024  # refuse files larger than this
-    downscale: bool = True  # shrink large images before preprocessing (JPEG DCT scaling, box reduce),
-    # never below the model's input side: several times less decoding work, the same picture to the model
+    downscale: bool = False  # the fast decode (opt-in, `--fast-decode`): shrink large images before the
+    # model's preprocessing (JPEG DCT scaling, box reduce), never below its input side; several times less
+    # decoding work, but not the file's pixels: measured against the exact path at build, refused below
+    # `parity.FAST_DECODE_MIN_COSINE`. Off: the model sees what its own library would give it.
     exact_max: int = 100_000  # up to this many vectors: exact search (Flat)
     hnsw_max: int = 2_000_000  # up to this many: HNSW; above: IVF with scalar quantisation
     hnsw_m: int = 32  # HNSW graph degree

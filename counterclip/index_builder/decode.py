@@ -3,13 +3,15 @@
 `load_image` is what the index builder uses, and what anyone re-encoding an indexed file should use
 too, with the index's options (`Index.load_image` does); `decode_query` applies the same rules to a
 query given as a path, the bytes of an upload or a PIL image, so that a file always gives the same pixels:
-EXIF orientation applied, first frame of animations, every mode converted to 8-bit RGB (transparency
-composited on white, 16-bit and float scaled, CMYK converted), decompression bombs and absurd sizes
-refused before the pixels are decoded, large images optionally shrunk (never below the model's input).
+EXIF orientation applied, first frame of animations, every mode converted to 8-bit RGB by one of
+`RGB_RULES` (an index uses its model family's own: the pixels the family's library gives the model),
+decompression bombs and absurd sizes refused before the pixels are decoded, large images shrunk only
+when asked (``min_side``: the opt-in fast decode, never below the model's input).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import math
@@ -24,6 +26,15 @@ _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _INT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 _BACKGROUND = (255, 255, 255)
 _ORIENTATION = 0x0112  # EXIF tag
+
+#: How a decoded image becomes 8-bit RGB, by name (`DecodeOptions.rgb`; an index records its own):
+RGB_RULES: dict[str, str] = {
+    "robust": "transparency composited on white, 16-bit and float images scaled to 8 bits, other modes "
+    "by Pillow (counterclip's own rule; every index built before the family rules)",
+    "pillow": "Pillow's convert('RGB') (open_clip's and torchvision's transforms, SLIP, the bundled model)",
+    "pillow-white": "transparency composited on white, other modes by Pillow's convert('RGB') (the "
+    "Hugging Face image processors of transformers 5)",
+}
 
 
 class DecodeError(Exception):
@@ -43,18 +54,35 @@ class DecodeOptions:
     max_file_bytes: int = 512 * 1024 * 1024  # file size
     min_side: int | None = None  # shrink large images while their shortest side stays >= this: JPEGs
     # are decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), others box-reduced by an integer
-    # factor; None = always full resolution
+    # factor; None = always full resolution (the file's pixels: the default of an index)
+    rgb: str = "robust"  # how other modes become RGB: a name of `RGB_RULES` (an index: its family's)
+
+    def __post_init__(self) -> None:
+        if self.rgb not in RGB_RULES:
+            raise ValueError(f"unknown RGB rule {self.rgb!r}; expected one of {', '.join(RGB_RULES)}")
 
 
 @dataclass
 class LoadedImage:
-    """A decoded file."""
+    """A decoded file.
+
+    ``image`` is upright RGB, for people and explainers. What the model embeds is `model_input`: under a
+    family rule (`DecodeOptions.rgb` other than ``robust``) a file in another mode (transparency, palette,
+    16-bit, CMYK) reaches the model's preprocessing in its own mode, upright, so the family's transform
+    converts it where its library does (open_clip converts after resizing, Hugging Face before).
+    """
 
     image: Image.Image  # upright RGB
     width: int  # of the file at full resolution, after EXIF rotation
     height: int
     sha256: str | None  # of the file's bytes (None for a decoded PIL image given as a query)
     size: int | None  # file size in bytes (None for a decoded PIL image given as a query)
+    native: Image.Image | None = None  # upright, in the file's own mode, when the model converts it itself
+
+    @property
+    def model_input(self) -> Image.Image:
+        """The image to hand to the model's ``preprocess``: what the index embedded for this file."""
+        return self.native if self.native is not None else self.image
 
 
 QuerySource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image  # what decode_query takes
@@ -122,9 +150,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def convert_rgb(image: Image.Image, rule: str = "robust") -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB by the named rule of `RGB_RULES` (``robust`` is `to_rgb`)."""
+    if rule == "robust":
+        return to_rgb(image)
+    if rule == "pillow-white" and ("A" in image.getbands() or image.info.get("transparency") is not None):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def decode_bytes(data: bytes, options: DecodeOptions = DecodeOptions()) -> Image.Image:
     """Encoded image bytes -> upright RGB image; raises `DecodeError` with the reason."""
-    return _decode(data, options)[0]
+    return _decode(data, options).image
 
 
 #: What `load_bytes` opens: the formats of `scan.IMAGE_EXTENSIONS` (never EPS or PDF, whose decoders run
@@ -156,15 +195,31 @@ def load_bytes(data: bytes, options: DecodeOptions = DecodeOptions()) -> LoadedI
         raise ImageTooLarge(f"file too large ({len(data)} bytes > {options.max_file_bytes})")
     Image.init()  # registers every plugin (idempotent): an explicit format list needs them loaded
     formats = tuple(f for f in UPLOAD_FORMATS if f in Image.OPEN)
-    image, (width, height) = _decode(data, options, formats=formats)
-    return LoadedImage(image, width, height, hashlib.sha256(data).hexdigest(), len(data))
+    return _with_bytes(_decode(data, options, formats=formats), data)
 
 
-def _decode(
-    data: bytes, options: DecodeOptions, formats: tuple[str, ...] | None = None
-) -> tuple[Image.Image, tuple[int, int]]:
-    """-> (upright RGB image, upright full-resolution (width, height)); the image is smaller than that
-    size when ``options.min_side`` lets it shrink. ``formats`` restricts what Pillow may open."""
+def _with_bytes(loaded: LoadedImage, data: bytes) -> LoadedImage:
+    """``loaded`` with the sha256 and length of the bytes it was decoded from."""
+    return dataclasses.replace(loaded, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+
+
+def _converted(upright: Image.Image, size: tuple[int, int], options: DecodeOptions) -> LoadedImage:
+    """An upright decoded image -> its RGB by ``options.rgb``, shrunk as ``options.min_side`` allows, and
+    under a family rule the image itself as the model's input when it is in another mode (not shrunk:
+    the fast decode gives the model the shrunk RGB)."""
+    rgb = convert_rgb(upright, options.rgb)
+    side = options.min_side
+    factor = min(rgb.size) // side if side else 1
+    if factor >= 2:
+        return LoadedImage(rgb.reduce(factor), size[0], size[1], None, None)
+    native = upright if options.rgb != "robust" and rgb is not upright else None
+    return LoadedImage(rgb, size[0], size[1], None, None, native)
+
+
+def _decode(data: bytes, options: DecodeOptions, formats: tuple[str, ...] | None = None) -> LoadedImage:
+    """-> the upright image (``sha256`` and ``size`` unset); its width and height are the upright
+    full-resolution size, the image smaller when ``options.min_side`` lets it shrink. ``formats``
+    restricts what Pillow may open."""
     try:
         # Pillow warns between 1x and 2x its pixel limit and raises above; the limit check below refuses
         # both, so the CLI silences that warning (a library must not touch the global warning filters).
@@ -198,9 +253,7 @@ def _decode(
         ImageOps.exif_transpose(image, in_place=True)
     except Exception:  # malformed EXIF: keep the stored orientation rather than losing the image
         pass
-    rgb = to_rgb(image)
-    factor = min(rgb.size) // side if side else 1
-    return (rgb.reduce(factor) if factor >= 2 else rgb), upright_size
+    return _converted(image, upright_size, options)
 
 
 def load_image(path: str | os.PathLike[str], options: DecodeOptions = DecodeOptions()) -> LoadedImage:
@@ -225,8 +278,7 @@ def load_image(path: str | os.PathLike[str], options: DecodeOptions = DecodeOpti
         ('RGB', 480, 640)
     """
     data = _read_bytes(path, options)
-    image, (width, height) = _decode(data, options)
-    return LoadedImage(image, width, height, hashlib.sha256(data).hexdigest(), len(data))
+    return _with_bytes(_decode(data, options), data)
 
 
 def decode_query(source: QuerySource, options: DecodeOptions = DecodeOptions()) -> LoadedImage:
@@ -263,8 +315,7 @@ def decode_query(source: QuerySource, options: DecodeOptions = DecodeOptions()) 
             raise DecodeError("empty file (0 bytes)")
         if len(data) > options.max_file_bytes:
             raise DecodeError(f"file too large ({len(data)} bytes > {options.max_file_bytes})")
-        image, (width, height) = _decode(data, options)
-        return LoadedImage(image, width, height, hashlib.sha256(data).hexdigest(), len(data))
+        return _with_bytes(_decode(data, options), data)
     if isinstance(source, (str, os.PathLike)):
         return load_image(source, options)
     raise TypeError(f"a query image is a path, bytes or a PIL image, not {type(source).__name__}")
@@ -289,11 +340,10 @@ def _decode_pil(image: Image.Image, options: DecodeOptions) -> LoadedImage:
     unloaded = bool(getattr(image, "tile", None))
     if unloaded and filename and os.path.isfile(filename):
         loaded = load_image(filename, options)  # exactly what the builder did with that file
-        return LoadedImage(loaded.image, loaded.width, loaded.height, None, None)
+        return dataclasses.replace(loaded, sha256=None, size=None)
     data = _unread_bytes(image) if unloaded else None
     if data is not None:  # opened from bytes (an upload) and not decoded yet: decode those bytes
-        decoded, (width, height) = _decode(data, options)
-        return LoadedImage(decoded, width, height, None, None)
+        return _decode(data, options)
     width, height = image.size
     _check_size(width, height, options)
     try:
@@ -307,11 +357,9 @@ def _decode_pil(image: Image.Image, options: DecodeOptions) -> LoadedImage:
         upright = ImageOps.exif_transpose(image)  # a new image; the orientation tag is consumed
     except Exception:  # malformed EXIF: keep the stored orientation, like the builder
         upright = image
-    if upright is None:
-        upright = image
-    rgb = to_rgb(upright)
-    if rgb is image:
-        rgb = image.copy()
+    if upright is None or upright is image:
+        upright = image.copy()  # the caller's image stays the caller's
+    size = upright.size
     side = options.min_side
     if side and image.format == "JPEG" and min(width, height) >= 2 * side:
         # the builder decoded this file at the DCT scale `draft` picks; a box reduction by the same
@@ -321,11 +369,8 @@ def _decode_pil(image: Image.Image, options: DecodeOptions) -> LoadedImage:
         ratio = min(width // wanted[0], height // wanted[1])
         scale = next(s for s in (8, 4, 2, 1) if ratio >= s)
         if scale > 1:
-            rgb = rgb.reduce(scale)
-    factor = min(rgb.size) // side if side else 1
-    return LoadedImage(
-        rgb.reduce(factor) if factor >= 2 else rgb, upright.size[0], upright.size[1], None, None
-    )
+            upright = convert_rgb(upright, options.rgb).reduce(scale)
+    return _converted(upright, size, options)
 
 
 def _unread_bytes(image: Image.Image) -> bytes | None:

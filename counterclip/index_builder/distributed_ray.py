@@ -8,6 +8,7 @@ the index through the build's own `pipeline.ShardWriter`, shard by shard, as a l
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
@@ -30,7 +31,9 @@ def _require_ray() -> Any:
 
 def _decode_batch(batch: dict[str, np.ndarray], options: dict[str, Any]) -> dict[str, Any]:
     """Ray CPU task: ``{"id", "path"}`` rows -> decoded upright RGB pixels (uint8) and their columns,
-    decoded exactly as a local build decodes (`pipeline.DecodeMapper`)."""
+    decoded exactly as a local build decodes (`pipeline.DecodeMapper`); an image the model takes in its
+    own mode (`LoadedImage.model_input`: a palette, 16-bit, transparent or CMYK file) goes pickled, mode,
+    palette and all."""
     from counterclip.index_builder.pipeline import DecodeMapper
 
     mapper = DecodeMapper(DecodeOptions(**options))
@@ -41,9 +44,12 @@ def _decode_batch(batch: dict[str, np.ndarray], options: dict[str, Any]) -> dict
         result = mapper(WorkItem(int(item_id), str(path)))
         image = result["image"]
         out["id"].append(int(item_id))
-        out["pixels"].append(
-            np.asarray(image, dtype=np.uint8) if image is not None else np.zeros((1, 1, 3), np.uint8)
-        )
+        if image is None:
+            out["pixels"].append(np.zeros((1, 1, 3), np.uint8))
+        elif image.mode == "RGB":
+            out["pixels"].append(np.asarray(image, dtype=np.uint8))
+        else:  # made by the task above, read by the actor below: never data from outside
+            out["pixels"].append(np.frombuffer(pickle.dumps(image), dtype=np.uint8))
         for key in ("width", "height", "size"):
             out[key].append(-1 if result[key] is None else int(result[key]))
         out["sha256"].append(result["sha256"] or "")
@@ -86,7 +92,9 @@ class _ModelActor:
             if errors[row]:
                 continue
             try:
-                pixels.append(self.model.preprocess(Image.fromarray(batch["pixels"][row])))
+                data = batch["pixels"][row]
+                image = Image.fromarray(data) if data.ndim == 3 else pickle.loads(data.tobytes())
+                pixels.append(self.model.preprocess(image))
                 good.append(row)
             except Exception as exc:  # noqa: BLE001 - as the local pipeline: one image failing is recorded
                 errors[row] = f"cannot preprocess: {type(exc).__name__}: {str(exc)[:200]}"

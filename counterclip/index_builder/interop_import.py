@@ -1,6 +1,9 @@
 """clip-retrieval import: its embedding folders as a new index (`interop` describes the layout).
 
-The layout is checked from the headers first (`interop_layout.scan_layout`); then partition by
+The layout is checked from the headers first (`interop_layout.scan_layout`), and the vectors against fresh
+encodes of a sample of their files found here (`parity.check_vectors`: another model or other
+preprocessing is refused with the measured cosines, so an accepted import's unchanged files verify); then
+partition by
 partition, chunk by chunk, every vector is checked as it is read and written as it is, each row an image
 of the index, each distinct caption a caption linked to it. The index is published through the builder's
 own last stages (`build_faiss`, `build_finalize`: FAISS from the shards, calibration, checksums,
@@ -33,6 +36,7 @@ from counterclip.index_builder.checksums import Checksum
 from counterclip.index_builder.config import IndexCfg, load_index_config
 from counterclip.index_builder.interop_layout import TEXT_DIR, Partition, check_rows, parquet, scan_layout
 from counterclip.index_builder.manifest import EMBEDDINGS_DIR, Manifest, db_name
+from counterclip.index_builder.parity import SAMPLE, Agreement, check_vectors, spread
 from counterclip.index_builder.progress import Progress
 from counterclip.index_builder.shards import write_shard
 from counterclip.index_builder.sources import SOURCES_SCHEMA, SOURCES_TABLE
@@ -58,6 +62,7 @@ class ImportSummary:
     images_index: dict[str, Any] = field(default_factory=dict)
     captions_index: dict[str, Any] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    vectors_check: dict[str, Any] = field(default_factory=dict)  # `parity.Agreement` of a sample with files
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -74,6 +79,12 @@ class ImportSummary:
                 f"  images     {self.images} ({self.with_file} with their file here; the others are answered "
                 "as unverifiable)",
                 f"  captions   {self.captions}",
+                "  checked    "
+                + (
+                    f"{Agreement(**self.vectors_check).in_words()} to fresh encodes"
+                    if self.vectors_check.get("samples")
+                    else "no file here to check the vectors against"
+                ),
                 f"  faiss      images: {faiss_line(self.images_index)}",
                 f"             captions: {faiss_line(self.captions_index)}",
                 f"  time       {self.seconds:.1f} s",
@@ -265,12 +276,9 @@ def import_clip_retrieval(
         device: for a model given as a spec. Default: ``auto``.
         progress: show a progress bar on stderr. Default: True.
 
-    Returns:
-        ImportSummary.
-
     Raises:
-        InputError: a bad layout or row (see `scan_layout`): the message names the file and row; the
-            index directory is left as it was (nothing half-written).
+        InputError: a bad layout or row (see `scan_layout`), naming the file and row; vectors that are not
+            the model's encodes of their files (`parity.check_vectors`). Nothing is half-written.
     """
     from counterclip.models import ClipModel, load_model
 
@@ -284,13 +292,13 @@ def import_clip_retrieval(
     parts = scan_layout(src, model.embed_dim)
     cfg = load_index_config(config, memory_budget=parse_size(memory_budget))
     root = Path(image_root).expanduser().resolve() if image_root is not None else src
+    plan = _import_plan(model, cfg, root)  # and the vectors checked against their files, before any write:
+    checked = check_vectors(model, _sample_with_files(parts, root), plan.decode, f"import of {src}")
     state = _work_state(index_dir, progress)
     try:
         with state.progress:
-            manifest, importer = _import(state, _import_plan(model, cfg, root), src, parts, encode_captions)
-        if index_dir.exists():
-            index_dir.rmdir()  # empty (checked above)
-        os.replace(state.index_dir, index_dir)
+            manifest, importer = _import(state, plan, src, parts, encode_captions, checked)
+        _into_place(state.index_dir, index_dir)
     except BaseException:
         shutil.rmtree(state.index_dir, ignore_errors=True)
         raise
@@ -299,7 +307,29 @@ def import_clip_retrieval(
         images=manifest.counts["images"], with_file=importer.with_file, captions=manifest.counts["captions"],
         seconds=round(time.perf_counter() - started, 3), images_index=manifest.faiss["images"],
         captions_index=manifest.faiss["captions"], stage_seconds=state.stage_seconds(),
+        vectors_check=checked.to_dict(),
     )  # fmt: skip
+
+
+def _into_place(work: Path, index_dir: Path) -> None:
+    """The finished work directory renamed to ``index_dir`` (which is missing or empty)."""
+    if index_dir.exists():
+        index_dir.rmdir()
+    os.replace(work, index_dir)
+
+
+def _sample_with_files(parts: list[Partition], root: Path) -> list[tuple[Path, np.ndarray]]:
+    """Up to `parity.SAMPLE` rows whose image file is here, evenly spread: (file, imported vector)."""
+    rows = []
+    for part in parts:
+        if "image_path" not in part.columns:
+            continue
+        paths = parquet().read_table(part.meta, columns=["image_path"]).column("image_path").to_pylist()
+        rows += [(part, r, root / p) for r, p in enumerate(paths) if p and (root / p).is_file()]
+    return [
+        (path, np.load(part.img, mmap_mode="r")[r].astype(np.float32))
+        for part, r, path in spread(rows, SAMPLE)
+    ]
 
 
 def _work_state(index_dir: Path, progress: bool) -> BuildState:
@@ -320,7 +350,12 @@ def _import_plan(model: Any, cfg: IndexCfg, root: Path) -> BuildPlan:
 
 
 def _import(
-    state: BuildState, plan: BuildPlan, src: Path, parts: list[Partition], encode_captions: bool
+    state: BuildState,
+    plan: BuildPlan,
+    src: Path,
+    parts: list[Partition],
+    encode_captions: bool,
+    checked: Agreement,
 ) -> tuple[Manifest, _Importer]:
     """The rows, then the builder's last stages: settings, FAISS, calibration, manifest (in ``work``)."""
     assert state.work_path is not None
@@ -348,6 +383,7 @@ def _import(
             "imported": counts["images"],
             "with_file": importer.with_file,
             "source": source,
+            "vectors_check": checked.to_dict(),
             "stage_seconds": state.stage_seconds(),
         }
         manifest = publish(state, plan, store, faiss, calibration, counts, last_run)

@@ -144,6 +144,7 @@ class Settings:
     index_kind: str = "auto"  # FAISS kind asked for ("auto" or a factory string)
     config: dict[str, Any] = field(default_factory=dict)  # the IndexCfg recipe, as a dict
     decode: dict[str, Any] = field(default_factory=dict)  # DecodeOptions fixed at creation
+    decode_check: dict[str, Any] | None = None  # the fast decode measured at creation (`parity`), if used
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,9 @@ class WorkItem:
 class DecodeMapper:
     """``item -> {"id", "image", "width", "height", "sha256", "size", "error", "seconds"}``.
 
-    ``image`` is the upright RGB PIL image (shrunk as ``options`` allow), or None with ``error`` set to
-    the reason. Never raises: one bad file must not stop a build.
+    ``image`` is what the model embeds (`LoadedImage.model_input`: the upright RGB image, shrunk as
+    ``options`` allow, or under a family rule a file of another mode in its own mode), or None with
+    ``error`` set to the reason. Never raises: one bad file must not stop a build.
     """
 
     KEYS = ("id", "image", "width", "height", "sha256", "size", "error", "seconds")
@@ -68,7 +69,7 @@ class DecodeMapper:
         try:
             loaded = load_image(item.path, self.options)
             out.update(
-                image=loaded.image,
+                image=loaded.model_input,
                 width=loaded.width,
                 height=loaded.height,
                 sha256=loaded.sha256,

@@ -181,6 +181,14 @@ class ClipModel(abc.ABC):
     def token_strings(self, text: str) -> list[str]:
         """Human-readable tokens of ``text`` in order, aligned with the ids between start and end tokens."""
 
+    @property
+    def rgb_conversion(self) -> str:
+        """How the family's own library turns a non-RGB image into RGB, as a rule name of
+        `counterclip.index_builder.decode.RGB_RULES`: an index decodes its files by it, so the model sees
+        the pixels its library would give it. Default ``pillow`` (``Image.convert("RGB")``: open_clip's
+        and torchvision's transforms)."""
+        return "pillow"
+
     def match_head(self, images: Sequence[Image.Image], texts: Sequence[str]) -> np.ndarray | None:
         """The model's own image-text matching probability per pair (a second verifier), or None.
 

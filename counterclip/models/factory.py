@@ -12,6 +12,7 @@ from counterclip.calibration import Calibration
 from counterclip.errors import ModelLoadError
 from counterclip.models.base import ClipModel, resolve_device
 from counterclip.models.hub import hub_access
+from counterclip.models.quiet import quiet_loading
 from counterclip.models.registry import get_backend
 from counterclip.models.spec import ModelSpec, parse_model_spec
 
@@ -82,7 +83,8 @@ def load_model(spec: str | ModelSpec | dict, device: str | torch.device = "auto"
     parsed = parse_model_spec(spec)
     chosen = resolve_device(device)
     backend = get_backend(parsed.backend)
-    if parsed.source in ("tag", "hub"):  # weights from a hub: one connection probe, no minute of retries
-        with hub_access(f"the weights of {parsed}"):
-            return backend.load(parsed, chosen)
-    return backend.load(parsed, chosen)
+    with quiet_loading():  # no third-party progress bars or log lines; restored after
+        if parsed.source in ("tag", "hub"):  # weights from a hub: one connection probe, no minute of retries
+            with hub_access(f"the weights of {parsed}"):
+                return backend.load(parsed, chosen)
+        return backend.load(parsed, chosen)

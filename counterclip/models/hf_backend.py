@@ -104,6 +104,20 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(level)
 
 
+def processor_rgb_rule(processor: Any) -> str:
+    """``pillow-white`` when ``processor`` composites a transparent image on white, else ``pillow``: a
+    transparent black probe must give the pixels of a white one."""
+    probe = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    try:
+        transparent = processor(images=probe, return_tensors="pt")["pixel_values"]
+        white = processor(images=Image.new("RGB", (8, 8), (255, 255, 255)), return_tensors="pt")[
+            "pixel_values"
+        ]
+    except (ValueError, TypeError, RuntimeError):  # a processor that takes no RGBA: converted before it
+        return "pillow"
+    return "pillow-white" if torch.equal(transparent, white) else "pillow"
+
+
 class HFModel(ClipModel):
     """What every Hugging Face family shares: files, loading, the missing-weights check.
 
@@ -120,6 +134,7 @@ class HFModel(ClipModel):
         self.spec = spec
         self.device = device
         self.config = config if config is not None else read_config(spec)
+        self._rgb: str | None = None
         source = hf_source(spec)
         self.module: nn.Module = self._load_module(source).to(device).eval()
         try:
@@ -170,7 +185,19 @@ class HFModel(ClipModel):
 
     # --- shared inputs ------------------------------------------------------------------------
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self._image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        """The image processor's pixels: a non-RGB image is converted by the processor itself, as it does
+        for its library's users (converted by Pillow first only for a processor that would not)."""
+        if image.mode != "RGB" and not getattr(self._image_processor, "do_convert_rgb", False):
+            image = image.convert("RGB")
+        return self._image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    @property
+    def rgb_conversion(self) -> str:
+        """What this image processor does with transparency, asked of the processor itself (transformers 5
+        composites it on white; earlier versions, like Pillow, drop it): ``pillow-white`` or ``pillow``."""
+        if self._rgb is None:
+            self._rgb = processor_rgb_rule(self._image_processor)
+        return self._rgb
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         encoded = self._tokenizer(

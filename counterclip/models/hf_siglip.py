@@ -7,7 +7,9 @@ own probability. Two things differ from CLIP in the towers:
 - the text is padded to the full context with the pad token (the same id as end-of-text) and read at the
   last position, which attends to every token (no causal mask, no padding mask: SigLIP was trained that
   way, and open_clip runs it the same way). So the text's own tokens are the ones before the first
-  end-of-text token, and the embedding is read at ``L - 1``;
+  end-of-text token, and the embedding is read at ``L - 1``. A checkpoint whose tokenizer hands the model
+  an attention mask (``model_input_names``) gets one, as ``model(**processor(...))`` would: the padding
+  after the first end-of-text token masked;
 - the image has no class token: a pooling head's learned query attends over the patch tokens (a ``pool``
   readout in `TowerInternals`), and relevance maps read that attention.
 """
@@ -45,6 +47,8 @@ class HFSiglipModel(HFModel):
             )
         self.context_length = int(cfg.text_config.max_position_embeddings)
         self.embed_dim = int(cfg.text_config.projection_size)
+        # the library passes a padding mask exactly when the tokenizer returns one
+        self._masks_padding = "attention_mask" in (getattr(self._tokenizer, "model_input_names", None) or ())
         if self.embed_dim != int(cfg.vision_config.hidden_size):
             raise ModelLoadError(
                 f"{spec.name}: text embeddings have {self.embed_dim} dimensions but image embeddings "
@@ -72,8 +76,16 @@ class HFSiglipModel(HFModel):
         return nn.functional.normalize(emb, dim=-1) if normalize else emb
 
     def text_features(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        emb = self.module.text_model(input_ids=tokens).pooler_output
+        mask = self._padding_mask(tokens) if self._masks_padding else None
+        emb = self.module.text_model(input_ids=tokens, attention_mask=mask).pooler_output
         return nn.functional.normalize(emb, dim=-1) if normalize else emb
+
+    def _padding_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """1 up to and including the first end-of-text token, 0 after it: the tokenizer's attention mask,
+        from the ids alone (so an exported text tower computes it too)."""
+        eos = (tokens == self._tokenizer.eos_token_id).to(torch.long)
+        after = (torch.cumsum(eos, dim=-1) - eos) > 0
+        return (~after).to(torch.long)
 
     @property
     def logit_scale(self) -> float:

@@ -12,6 +12,9 @@ Grammar (one shared parser, used by the CLI, the index manifest and the Python A
 - ``ARCH:TAG``                  an open_clip architecture with a pretrained tag (``ViT-B-32:laion2b_s34b_b79k``)
 - ``ARCH:PATH``                 an open_clip architecture with a local checkpoint file
 - ``CONFIG.json[:PATH]``        an architecture given as an open_clip model-config JSON file
+
+Local paths are made absolute when a spec string is parsed (relative to the working directory, where the
+user meant them), so an index records where its model's files are and opens from any directory.
 """
 
 from __future__ import annotations
@@ -71,6 +74,21 @@ class ModelSpec:
         return self.name if self.pretrained is None else f"{self.name}:{self.pretrained}"
 
 
+def absolute_path(text: str) -> str:
+    """``text`` as an absolute path when it names an existing file or directory (``~`` expanded), else as
+    given (a hub id, an architecture name, or a path whose absence the loader reports)."""
+    path = Path(text).expanduser()
+    return str(path.absolute()) if path.exists() else text
+
+
+def local_paths(spec: ModelSpec) -> list[str]:
+    """The local files or directories a spec loads from (what must still be there to load it)."""
+    if spec.backend == "open_clip":
+        named = [spec.name] if spec.name.lower().endswith(".json") or spec.source == "local-dir" else []
+        return named + ([spec.pretrained] if spec.source == "local" and spec.pretrained else [])
+    return [spec.name] if spec.source == "local" else []
+
+
 def _looks_like_path(text: str) -> bool:
     return "/" in text or text.startswith(".") or text.lower().endswith(_CHECKPOINT_SUFFIXES)
 
@@ -106,18 +124,20 @@ def parse_model_spec(spec: str | ModelSpec | dict[str, Any]) -> ModelSpec:
         if not rest:
             example = f", e.g. {backend.example}" if backend.example else ""
             raise ModelLoadError(f"`{schema}:` needs a name after the colon{example}")
-        return ModelSpec(schema, rest, source=backend.source(rest) if backend.source else None)
+        source = backend.source(rest) if backend.source else None
+        return ModelSpec(schema, absolute_path(rest) if source == "local" else rest, source=source)
     if sep and schema == "hf-hub":
         return ModelSpec("open_clip", rest, source="hub")
     if sep and schema == "local-dir":
         directory = Path(rest).expanduser()
         if (directory / "open_clip_config.json").is_file():
-            return ModelSpec("open_clip", str(directory), source="local-dir")
-        return ModelSpec("hf", str(directory), source="local")
+            return ModelSpec("open_clip", absolute_path(str(directory)), source="local-dir")
+        return ModelSpec("hf", absolute_path(str(directory)), source="local")
     # open_clip: ARCH[:TAG_OR_PATH]; ARCH may itself be a JSON config path.
     arch, sep, weights = text.partition(":")
+    arch = absolute_path(arch) if arch.lower().endswith(".json") else arch
     if not sep or not weights:
         return ModelSpec("open_clip", arch, None, source="random")
     if _looks_like_path(weights):
-        return ModelSpec("open_clip", arch, weights, source="local")
+        return ModelSpec("open_clip", arch, absolute_path(weights), source="local")
     return ModelSpec("open_clip", arch, weights, source="tag")

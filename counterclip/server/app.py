@@ -30,6 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from counterclip._version import __version__
 from counterclip.errors import CounterclipError
 from counterclip.server.admission import AdmissionGuard, tune_allocator
+from counterclip.server.batch import unknown_keyword_error
 from counterclip.server.files import NotServed, UploadError
 from counterclip.server.pool import ServerBusy
 from counterclip.server.routes import STATIC, make_router, swagger_path
@@ -52,12 +53,17 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
-def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    """One line naming the field and the problem; ``errors`` lists them all (never echoing the input)."""
+def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """One line naming the field and the problem; ``errors`` lists them all (never echoing the input). A
+    keyword the query does not take gets the library's own message (`engine.keywords`), as in process."""
     errors = [
         {"field": _field(tuple(e.get("loc", ()))), "message": str(e.get("msg", "")), "type": e.get("type")}
         for e in exc.errors()
     ]
+    extra = {e["field"] for e in errors if e["type"] == "extra_forbidden" and "." not in e["field"]}
+    keyword_error = unknown_keyword_error(request.url.path, extra) if extra else None
+    if keyword_error is not None:
+        return _error(422, str(keyword_error), errors=errors)
     first = errors[0] if errors else {"field": "body", "message": "invalid request"}
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return _error(422, f"{first['field']}: {first['message']}{more}", errors=errors)

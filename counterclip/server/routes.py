@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from counterclip.server.admission import PreparsedRoute
+from counterclip.server.batch import add_batch_routes
 from counterclip.server.files import open_indexed, stream_fd
 from counterclip.server.schemas import (
     MAX_ID,
@@ -75,6 +76,7 @@ def make_router(service: Service) -> APIRouter:
     router = APIRouter(responses=ERRORS, route_class=PreparsedRoute)
     _add_status_routes(router, service)
     _add_query_routes(router, service)
+    add_batch_routes(router, service)  # batch.py: /search/vectors, /search/batch
     _add_image_routes(router, service)
     _add_session_route(router, service)
     _add_page_routes(router)

@@ -108,7 +108,7 @@ class Service:
             return ref.id
         loaded = decode_upload(ref.base64, self.limits, self.engine.index)
         indexed = self.lookup.id_for_sha256(loaded.sha256)
-        return indexed if indexed is not None else loaded.image
+        return indexed if indexed is not None else loaded.model_input
 
     def query_pil(self, image: int | Image.Image) -> Image.Image:
         """The query image's pixels at full resolution (an id is read through the checked path)."""

@@ -257,7 +257,7 @@ def test_large_jpegs_verify_without_false_stale(tmp_path, tiny_openclip) -> None
     for i in range(12):
         small = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
         Image.fromarray(small).resize((640, 480), Image.BICUBIC).save(folder / f"p{i:02d}.jpg", quality=90)
-    build_index(folder, index_dir, model=tiny_openclip, device="cpu", progress=False)
+    build_index(folder, index_dir, model=tiny_openclip, device="cpu", progress=False, fast_decode=True)
     with Engine.open(index_dir, device="cpu") as engine:
         query = int(engine.index.images.ids[0])
         meta = engine.index.images.meta([query])[0]

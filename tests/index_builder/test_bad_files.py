@@ -56,7 +56,7 @@ def test_every_good_file_is_indexed_with_the_right_vector(built, model) -> None:
             loaded = idx.load_image(rel)
             assert (meta["width"], meta["height"]) == (loaded.width, loaded.height), rel
             assert meta["sha256"] == loaded.sha256
-            want = model.encode_images(model.preprocess(loaded.image)).numpy()
+            want = model.encode_images(model.preprocess(loaded.model_input)).numpy()
             np.testing.assert_allclose(idx.images.vectors([meta["id"]])[0], want, atol=1e-5, err_msg=rel)
 
 

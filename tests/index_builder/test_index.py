@@ -62,7 +62,7 @@ def test_large_jpegs_are_decoded_at_reduced_scale_reproducibly(model, tmp_path: 
     root = tmp_path / "photos"
     root.mkdir()
     noise_image(5, (256, 192)).save(root / "big.jpg", quality=95)
-    build_index(root, tmp_path / "idx", model=model, progress=False)
+    build_index(root, tmp_path / "idx", model=model, progress=False, fast_decode=True)
     with Index.open(tmp_path / "idx") as idx:
         assert idx.decode_options.min_side == 32
         meta = idx.images.meta(idx.images.ids)[0]

@@ -113,7 +113,7 @@ def test_compaction_keeps_live_rows_and_published_shards(tmp_path: Path) -> None
 
 
 def test_decode_options_of_a_new_index() -> None:
-    cfg = IndexCfg(name="t", max_side=4096)
+    cfg = IndexCfg(name="t", max_side=4096, downscale=True)  # the fast decode, opted in
     model = SimpleNamespace(vision_geometry=SimpleNamespace(image_size=(224, 196)))
     options = fresh_decode_options(cfg, model)
     assert (options.max_side, options.min_side) == (4096, 196)  # JPEG scaled down to the model's side
