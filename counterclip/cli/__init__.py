@@ -35,6 +35,7 @@ from counterclip.cli import (
     scale_cmds,
     serve_cmds,
     shapes_cmds,
+    store_cmds,
 )
 from counterclip.cli._common import console
 from counterclip.errors import CounterclipError
@@ -92,6 +93,7 @@ for _module in (
     explain_cmds,
     classic,
     serve_cmds,
+    store_cmds,
 ):
     _module.register(app, eval_app)
 

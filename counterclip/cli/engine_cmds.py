@@ -15,6 +15,7 @@ from counterclip.cli.query_printers import (
     print_paths,
     print_search,
 )
+from counterclip.cli.store_cmds import WHERE_HELP
 from counterclip.errors import InputError
 
 IMAGE_OPT = typer.Option(None, "--image", help="Query image: a file path, or an index id as #ID.")
@@ -66,16 +67,15 @@ def _open_text_engine(index: Path):
     import logging
 
     from counterclip.engine.engine import Engine
-    from counterclip.index_builder.index import Index
-    from counterclip.index_builder.manifest import Manifest
+    from counterclip.index_builder.stores.store_index import index_model, open_index
     from counterclip.models.onnx_text import OnnxTextEncoder
 
-    record = Manifest.read(index.expanduser()).model
+    record = index_model(index)
     encoder, reason = OnnxTextEncoder.open(record.spec, record.fingerprint, score=record.score)
     if encoder is None:
         logging.getLogger(__name__).info("text query through the full model: %s", reason)
         return None
-    return Engine(Index.open(index), encoder)
+    return Engine(open_index(index), encoder)
 
 
 def captions_for(engine, ids) -> dict[int, list[str]]:
@@ -167,6 +167,7 @@ def search(
     runtime: str = SEARCH_RUNTIME_OPT,
     precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    where: str = typer.Option(None, "--where", help=WHERE_HELP),
 ) -> None:
     """Plain retrieval from an index, by text or by image: rank, score, p(match) when the index has a
     calibration, full path and caption.
@@ -187,7 +188,7 @@ def search(
         raise InputError("give --paths or --json, not both")
     collection = "captions" if captions else "images"
     with _open_engine(index, device, runtime, precision, text_only=text is not None) as engine:
-        result = engine.search(text=text, image=_parse_image(image), k=k, collection=collection)
+        result = engine.search(text=text, image=_parse_image(image), k=k, collection=collection, where=where)
         root = engine.index.root
         shown = not (captions or paths or as_json)  # the table shows each image's first caption
         linked = captions_for(engine, [i.id for i in result.items]) if shown else {}
@@ -221,6 +222,7 @@ def counterfactual(
     runtime: str = typer.Option("torch", "--runtime", help=RUNTIME_HELP),
     precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    where: str = typer.Option(None, "--where", help=WHERE_HELP),
 ) -> None:
     """Verified counterfactuals for an (image, text) pair, closest to the original first.
 
@@ -237,7 +239,7 @@ def counterfactual(
       counterclip counterfactual blip.idx --image cat.jpg --text "a photo of a dog" --verify-with itm
     """
     _check_counterfactual_args(k, report)
-    options = _counterfactual_options(mode, margin, threshold, diversity, calibration, verify_with)
+    options = _counterfactual_options(mode, margin, threshold, diversity, calibration, verify_with, where)
     with _open_engine(index, device, runtime, precision) as engine:
         query = _parse_image(image)
         result = engine.counterfactuals(
@@ -274,6 +276,7 @@ def _counterfactual_options(
     diversity: float | None,
     calibration: str,
     verify_with: str | None,
+    where: str | None = None,
 ) -> dict[str, Any]:
     """The `EngineOptions` overrides the flags ask for: ``--margin`` is the match margin, or with
     ``--mode decrease`` the no-match margin."""
@@ -287,6 +290,8 @@ def _counterfactual_options(
     options["calibration"] = calibration
     if verify_with is not None:
         options["verify_with"] = verify_with
+    if where:
+        options["where"] = where
     return options
 
 

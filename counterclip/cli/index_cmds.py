@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from counterclip.cli._common import out, print_json
+from counterclip.cli.store_cmds import STORE_HELP, check_store_index, store_info
 
 
 def _quiet_pillow() -> None:
@@ -89,6 +90,7 @@ def build(
     runtime: str = typer.Option(None, "--runtime", help=RUNTIME_HELP + " (default: torch, or as recorded)."),
     precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    store: str = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
     """`counterclip build` (its help: `BUILD_HELP`): a shard set with ``--shard``, else the whole index."""
     from counterclip.index_builder import build_index
@@ -114,6 +116,7 @@ def build(
         embedder=_ray_embedder(ray_address, ray_actors) if engine == "ray" else None,
         runtime=runtime,
         precision=precision,
+        store=store,
     )
     _print_summary(summary, as_json)
 
@@ -269,7 +272,12 @@ def check(
     """
     from counterclip.errors import IndexDamagedError
     from counterclip.index_builder import check_index
+    from counterclip.index_builder.stores.side import is_store_index, read_side
 
+    if is_store_index(index):  # a vector store: its drift; a built one has its FAISS generation too
+        check_store_index(index, as_json)
+        if read_side(index).kind == "attached":
+            return
     report = check_index(index)
     if as_json:
         print_json(report.to_dict())
@@ -303,7 +311,11 @@ def info(
       counterclip info photos.idx --json
     """
     from counterclip.index_builder import Index
+    from counterclip.index_builder.stores.side import is_store_index
 
+    if is_store_index(index):
+        store_info(index, as_json)
+        return
     with Index.open(index) as idx:
         payload = _describe_index(idx)
         calibration = idx.calibration

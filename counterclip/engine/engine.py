@@ -108,20 +108,20 @@ class Engine:
         """Open an index directory with the model it was built with.
 
         Args:
-            index_dir: a directory written by ``counterclip build``.
+            index_dir: a directory written by ``counterclip build`` (FAISS, or ``--store``: a vector
+                store), or by ``counterclip attach`` (an app's vector store collection).
             device: ``auto`` | ``cpu`` | ``cuda``.
             options: default query settings.
             runtime: ``torch`` or ``onnx`` (extra ``onnx``): what embeds queries and re-scores answers;
                 an index built with one runtime can be queried with the other.
             precision: ``onnx`` only: the image tower's precision (int8 reuses a tower accepted before).
         """
-        from counterclip.index_builder import Index
-        from counterclip.index_builder.manifest import Manifest
+        from counterclip.index_builder import index_model, open_index
         from counterclip.models import load_model
 
         started = time.perf_counter()
-        model = load_model(Manifest.read(Path(index_dir).expanduser()).model.spec, device=device)
-        index = Index.open(index_dir, model=model)  # checks the fingerprint: same weights as the build
+        model = load_model(index_model(index_dir).spec, device=device)
+        index = open_index(index_dir, model=model)  # FAISS or a vector store; checks the fingerprint
         encoder = None
         if runtime != "torch":
             from counterclip.models.onnx_runtime import create_encoder
@@ -205,6 +205,7 @@ class Engine:
         image: str | Path | Image.Image | int | None = None,
         k: int = 10,
         collection: str = "images",
+        where: str | None = None,
     ) -> SearchResult:
         """Plain retrieval by text or by image.
 
@@ -213,8 +214,9 @@ class Engine:
             image: a query image (path, PIL, or index id).
             k: results. Default: 10.
             collection: ``images`` or ``captions``: which collection of the index to search.
+            where: only images that pass this filter (``'album = "2024"'``, on every store). Default: all.
         """
-        return search_collection(self.resources(), text, image, k, collection)
+        return search_collection(self.resources(), text, image, k, collection, where)
 
     @one_generation
     def counterfactuals(

@@ -50,6 +50,9 @@ class EngineOptions:
     # a second verifier: "itm" re-scores every answer with the model's image-text matching head (BLIP) and
     # an answer it disagrees with is not verified; None: the calibrated verdict alone
     verify_with: str | None = None
+    # --where: only images whose payload passes this filter are candidates, on every store (the language:
+    # counterclip.index_builder.stores.filters); None: the whole collection
+    where: str | None = None
 
 
 def query_options(

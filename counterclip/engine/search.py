@@ -3,6 +3,8 @@ model's pair score; p(match) where the pair is an image and a text)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from counterclip.engine.posing import make_side
@@ -27,9 +29,15 @@ def check_search(text: str | None, image: ImageQuery | None, k: int, collection:
 
 
 def search(
-    res: Resources, text: str | None, image: ImageQuery | None, k: int, collection: str
+    res: Resources,
+    text: str | None,
+    image: ImageQuery | None,
+    k: int,
+    collection: str,
+    where: str | None = None,
 ) -> SearchResult:
-    """The ``k`` nearest items of ``collection`` to the text or image (an indexed query image excluded)."""
+    """The ``k`` nearest items of ``collection`` to the text or image (an indexed query image excluded),
+    among the images that pass ``where`` when it is given."""
     check_search(text, image, k, collection)
     watch = Stopwatch()
     exclude = None
@@ -41,7 +49,8 @@ def search(
         exclude = resolved.id if collection == "images" else None
     watch.lap("encode")
     side_name = "image" if collection == "images" else "text"
-    side = make_side(res, side_name, query_vec, exclude, text or "", res.defaults)
+    opts = dataclasses.replace(res.defaults, where=where) if where else res.defaults
+    side = make_side(res, side_name, query_vec, exclude, text or "", opts)
     scores, ids = side.collection.search(query_vec[None].astype(np.float32), k + (exclude is not None))
     cross_modal = (text is not None) == (collection == "images")  # an image-text pair: p(match) applies
     evidence = res.evidence(res.defaults.calibration) if cross_modal else Evidence(None)

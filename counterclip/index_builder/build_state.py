@@ -45,6 +45,7 @@ class BuildRequest:
     runtime: str | None = None  # torch | onnx
     precision: str | None = None  # onnx precision
     embedder: Any = None  # what embeds the pending images (None: `pipeline.embed_images`)
+    store: str | None = None  # a vector store to fill after the build (`stores.publish`)
 
 
 @dataclass

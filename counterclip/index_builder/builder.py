@@ -56,6 +56,12 @@ from counterclip.index_builder.faiss_index import FaissInfo
 from counterclip.index_builder.pipeline import embed_images
 from counterclip.index_builder.progress import Progress
 from counterclip.index_builder.store import Store
+from counterclip.index_builder.stores.publish import (
+    check_store_first,
+    publish_to_store,
+    published_store,
+    store_line,
+)
 from counterclip.models import ClipModel, ModelSpec
 from counterclip.models.onnx_common import check_runtime
 
@@ -88,9 +94,13 @@ class BuildSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)  # scan, decode, embed, write, faiss...
     generation: int = 0  # the generation this run published
     repaired: list[str] = field(default_factory=list)  # damaged files rebuilt (update --repair)
+    store: dict[str, Any] | None = None  # build --store: what the store publication did (`publish`)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.store is None:
+            del data["store"]
+        return data
 
     def __str__(self) -> str:
         recall_k = self.images_index.get("recall_k", 10)
@@ -113,6 +123,8 @@ class BuildSummary:
         if len(self.errors) > 20:
             lines.append(f"  ... and {len(self.errors) - 20} more skipped files (see --json)")
         lines += [f"  warning    {w}" for w in self.warnings]
+        if self.store is not None:
+            lines.append(store_line(self.store))
         return "\n".join(lines)
 
 
@@ -132,6 +144,7 @@ def build_index(
     embedder: Any = None,
     runtime: str | None = None,
     precision: str | None = None,
+    store: str | None = None,
 ) -> BuildSummary:
     """Embed every image of ``folder`` into the index at ``index_dir`` (created, resumed or updated).
 
@@ -160,9 +173,8 @@ def build_index(
         precision: ``onnx`` only, the image tower's: ``fp32``, ``int8-dynamic`` or ``int8-static`` (int8 checked,
             static calibrated, on up to 64 of the folder's images; refused below the bars, nothing written).
             Default: None (``fp32``, or the recorded one).
-
-    Returns:
-        BuildSummary.
+        store: a vector store to fill (resumably) and search: ``lancedb://DIR/TABLE``, ``qdrant://...``
+            (`stores.publish`). Default: None (FAISS + SQLite only).
 
     Examples::
 
@@ -174,7 +186,7 @@ def build_index(
     return _run(BuildRequest(
         index_dir=Path(index_dir).expanduser().absolute(), root=root, model=model, captions=captions, vocab=vocab,
         device=device, index_kind=index_kind, config=config, overrides=overrides, progress=progress,
-        runtime=runtime, precision=precision, embedder=embedder,  # distributed.py: shard sets, Ray
+        runtime=runtime, precision=precision, embedder=embedder, store=store,  # embedder: distributed.py
     ))  # fmt: skip
 
 
@@ -260,7 +272,12 @@ def _checked_arguments(folder: str | os.PathLike[str], runtime: str | None, prec
 
 # --- the run: the stages in order ---------------------------------------------------------------------
 def _run(request: BuildRequest) -> BuildSummary:
-    """One build or update under the writer lock; storage failures become one-line errors."""
+    """One build or update under the writer lock; storage failures become one-line errors. With a vector
+    store (``--store``, or recorded by an earlier one) the store is checked first and filled last."""
+    if request.store is not None:  # a store that does not answer or holds other vectors: refused now
+        request = dataclasses.replace(
+            request, model=check_store_first(request.store, request.model, request.device)
+        )
     state = BuildState(request.index_dir, Progress(request.progress), repair=request.repair)
     encoding = None
     if check_directory(request.index_dir):  # a new index: the model first, so a failure leaves nothing
@@ -275,6 +292,9 @@ def _run(request: BuildRequest) -> BuildSummary:
     except sqlite3.Error as exc:
         raise state.sqlite_error(exc) from None
     summary.seconds = round(time.perf_counter() - state.started, 3)
+    store = request.store or published_store(request.index_dir)  # the store follows every update
+    if store is not None:
+        summary.store = publish_to_store(request.index_dir, store)
     return summary
 
 
