@@ -33,7 +33,7 @@ from counterclip.errors import CounterclipError, InputError
 
 TOKEN_ENV = "COUNTERCLIP_TOKEN"
 #: Settings the service takes per request (as keyword overrides of `EngineOptions`).
-SERVER_OVERRIDES = ("match_margin", "nomatch_margin", "threshold")
+SERVER_OVERRIDES = ("match_margin", "nomatch_margin", "threshold", "where")
 
 
 class ServerError(CounterclipError):
@@ -157,11 +157,14 @@ class Client:
         image: str | Path | Image.Image | int | None = None,
         k: int = 10,
         collection: str = "images",
+        where: str | None = None,
     ) -> SearchResult:
         """Plain retrieval by text or by image; see `Engine.search`."""
         if (text is None) == (image is None):
             raise InputError("give exactly one of text or image to search by")
         body: dict[str, Any] = {"k": int(k), "collection": collection}
+        if where is not None:
+            body["where"] = where
         if text is not None:
             body["text"] = text
         else:
@@ -182,8 +185,8 @@ class Client:
     ) -> CounterfactualResult:
         """Verified counterfactuals for an (image, text) pair; see `Engine.counterfactuals`.
 
-        The service takes ``match_margin``, ``nomatch_margin`` and ``threshold`` per request (as keyword
-        overrides, or from ``options``); other settings are the service's own.
+        The service takes ``match_margin``, ``nomatch_margin``, ``threshold`` and ``where`` per request (as
+        keyword overrides, or from ``options``); other settings are the service's own.
         """
         unknown = sorted(set(overrides) - set(SERVER_OVERRIDES))
         if unknown:
@@ -199,7 +202,7 @@ class Client:
         for key, value in (("text", text), ("labels", labels), ("target", target), ("k", k)):
             if value is not None:
                 body[key] = list(value) if key == "labels" else value
-        body.update({key: float(value) for key, value in settings.items() if value is not None})
+        body.update({k: v if k == "where" else float(v) for k, v in settings.items() if v is not None})
         return counterfactual_result_from_dict(self._post("/counterfactual", body))
 
     # --- extras ----------------------------------------------------------------------------------

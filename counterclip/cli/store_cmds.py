@@ -27,7 +27,12 @@ def attach(
         None, "--caption-field", help="The payload field with each image's caption(s): calibration."
     ),
     id_field: str = typer.Option("id", "--id-field", help="LanceDB: the id column."),
-    root: Path = typer.Option(None, "--root", help="Relative paths are relative to this (default: here)."),
+    root: Path = typer.Option(
+        None,
+        "--root",
+        help="Relative paths are relative to this; serve shows files under it only "
+        "(default: the folder the paths share, or here).",
+    ),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:

@@ -163,6 +163,7 @@ class Service:
             image=self.query_image(request.image),
             k=request.k,
             collection=request.collection,
+            where=request.where,
         )
         out = result.to_dict()
         image_ids = [i.id for i in result.items if i.kind == "image"]
@@ -176,7 +177,7 @@ class Service:
         image = self.query_image(request.image)
         overrides = {
             key: value
-            for key in ("match_margin", "nomatch_margin", "threshold", "verify_with")
+            for key in ("match_margin", "nomatch_margin", "threshold", "verify_with", "where")
             if (value := getattr(request, key)) is not None
         }
         result = self.engine.counterfactuals(

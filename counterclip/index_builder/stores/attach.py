@@ -60,7 +60,8 @@ def attach_collection(
         path_field: the payload field naming each image file. Default: ``path``.
         caption_field: the payload field holding each image's caption(s), if any: calibration.
         id_field: LanceDB: the id column. Default: ``id``.
-        root: the directory relative paths are relative to. Default: the working directory.
+        root: the directory relative paths are relative to, and the only one ``serve`` serves files from.
+            Default: the folder all sampled absolute paths share, else the working directory.
         device: where the model runs for the check. Default: ``auto``.
         ann_min: vectors from which the collection's own ANN index is tuned. Default: `ann.ANN_MIN`.
 
@@ -73,7 +74,7 @@ def attach_collection(
         StoreUnavailableError: the store does not answer.
     """
     clip = model if isinstance(model, ClipModel) else load_model(model, device=device)
-    base = Path(root).expanduser().absolute() if root is not None else Path.cwd()
+    base = Path(root).expanduser().absolute() if root is not None else None
     fields = Fields(vector=vector_field, path=path_field, caption=caption_field, id=id_field)
     store = open_store(parse_store_uri(uri), vector_field, id_field)
     try:
@@ -91,11 +92,14 @@ def attach_collection(
     }
 
 
-def _examine(store: VectorStore, clip: ClipModel, fields: Fields, root: Path, ann_min: int) -> SideManifest:
+def _examine(
+    store: VectorStore, clip: ClipModel, fields: Fields, root: Path | None, ann_min: int
+) -> SideManifest:
     """The side manifest of an attached collection, once its vectors are known to be the model's."""
     _check_shape(store, clip)
-    images = StoreCollection("images", store, clip.embed_dim, fields, root)
     ids = store_ids(store)
+    root = root or _shared_folder(store, fields, _sample(ids, AGREEMENT_SAMPLE))
+    images = StoreCollection("images", store, clip.embed_dim, fields, root)
     agreement = _agreement(images, ids, clip, store.uri)
     agreement.check(f"store {store.uri}", str(clip.spec))
     calibration = _calibration(images, ids, clip, fields) if fields.caption else None
@@ -126,6 +130,15 @@ def _check_shape(store: VectorStore, clip: ClipModel) -> None:
         )
     if store.count() == 0:
         raise InputError(f"store {store.uri} is empty: nothing to attach")
+
+
+def _shared_folder(store: VectorStore, fields: Fields, ids: np.ndarray) -> Path:
+    """The folder the sampled absolute paths share (relative ones: the working directory)."""
+    paths = [str(p.get(fields.path)) for p in store.payloads(ids) if p and p.get(fields.path)]
+    absolute = [p for p in paths if os.path.isabs(p)]
+    if not absolute or len(absolute) < len(paths):
+        return Path.cwd()
+    return Path(os.path.commonpath([os.path.dirname(p) for p in absolute]))
 
 
 def _sample(ids: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
