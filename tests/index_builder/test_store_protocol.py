@@ -154,10 +154,13 @@ def test_lancedb_ivf_pq_is_tuned_to_the_recall_target(tmp_path) -> None:
     store = open_store(f"lancedb://{tmp_path}/db/big")
     vectors = clip_like(4000, D, seed=5)
     store.add(np.arange(4000), vectors, [{"path": str(i)} for i in range(4000)])
-    record = tune(store, ann_min=1000)
+    texts = clip_like(300, D, seed=6)  # another modality's vectors: queries and path targets
+    record = tune(store, exact_max=1000, cross=texts)
     assert record["kind"] == "ivf_pq" and record["recall_at_k"] >= 0.95
     assert set(record["search_params"]) == {"nprobes", "refine_factor"}
-    assert record["recall_queries"] == 1000
+    assert set(record["recall_by_query"]) == {"stored", "text_to_image", "path"}
+    assert min(record["recall_by_query"].values()) == record["recall_at_k"]
+    assert record["recall_queries"]["stored"] == 1000 and record["recall_queries"]["text_to_image"] == 300
     store.close()
 
 

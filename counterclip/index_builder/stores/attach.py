@@ -48,7 +48,7 @@ def attach_collection(
     id_field: str = "id",
     root: str | os.PathLike[str] | None = None,
     device: str = "auto",
-    ann_min: int = ann.ANN_MIN,
+    exact_max: int = ann.EXACT_MAX,
 ) -> dict[str, Any]:
     """Attach the collection at ``uri`` as the index ``index_dir`` (a new side directory).
 
@@ -63,7 +63,7 @@ def attach_collection(
         root: the directory relative paths are relative to, and the only one ``serve`` serves files from.
             Default: the folder all sampled absolute paths share, else the working directory.
         device: where the model runs for the check. Default: ``auto``.
-        ann_min: vectors from which the collection's own ANN index is tuned. Default: `ann.ANN_MIN`.
+        exact_max: above this many vectors a Qdrant server's HNSW search is tuned. Default: `ann.EXACT_MAX`.
 
     Returns:
         What was found: items, agreement, search record, calibration (or None).
@@ -78,7 +78,7 @@ def attach_collection(
     fields = Fields(vector=vector_field, path=path_field, caption=caption_field, id=id_field)
     store = open_store(parse_store_uri(uri), vector_field, id_field)
     try:
-        side = _examine(store, clip, fields, base, ann_min)  # refused here: nothing written yet
+        side = _examine(store, clip, fields, base, exact_max)  # refused here: nothing written yet
         write_side(index_dir, side, store.fetch(np.asarray(side.sample_ids, dtype=np.int64)))
     finally:
         store.close()
@@ -93,7 +93,7 @@ def attach_collection(
 
 
 def _examine(
-    store: VectorStore, clip: ClipModel, fields: Fields, root: Path | None, ann_min: int
+    store: VectorStore, clip: ClipModel, fields: Fields, root: Path | None, exact_max: int
 ) -> SideManifest:
     """The side manifest of an attached collection, once its vectors are known to be the model's."""
     _check_shape(store, clip)
@@ -113,7 +113,7 @@ def _examine(
         decode=asdict(DecodeOptions()),
         counts={"images": len(ids)},
         sample_ids=_sample(ids, SAMPLE, seed=1).tolist(),
-        ann={"images": ann.tune(store, None, ann_min, build=False)},
+        ann={"images": ann.tune(store, None, exact_max, build=False)},
         agreement=asdict(agreement),
         calibration=calibration.to_dict() if calibration is not None else None,
     )

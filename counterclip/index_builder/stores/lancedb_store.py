@@ -2,7 +2,7 @@
 or object storage, one table per collection (``lancedb://DIR/TABLE``).
 
 Columns: the ids (``id``, int64; an attached table may use its own column, integer or text), the vectors
-(``vector``, fixed-size float32 lists) and one column per payload field. Below `ann.ANN_MIN` rows a search
+(``vector``, fixed-size float32 lists) and one column per payload field. Below `ann.EXACT_MAX` rows a search
 is exact (LanceDB's flat scan); above it the build adds an IVF-PQ index with a re-ranking stage on the
 raw vectors, tuned to the recall target (`ann.tune`), and a B-tree on the ids for fetches.
 """
@@ -77,7 +77,8 @@ class LanceStore:
         return self._table
 
     def exists(self) -> bool:
-        return self._name in self._db.list_tables().tables
+        listed = self._db.list_tables() if hasattr(self._db, "list_tables") else self._db.table_names()
+        return self._name in getattr(listed, "tables", listed)
 
     def dim(self) -> int | None:
         if not self.exists():
@@ -107,9 +108,13 @@ class LanceStore:
         data = pa.table(columns)
         if not self.exists():
             self._table = self._db.create_table(self._name, data=data)
-            return
-        merge = self.table().merge_insert(self._id).when_matched_update_all().when_not_matched_insert_all()
-        merge.execute(data)
+        elif self.table().count_rows(self._in(ids)) == 0:  # new ids only (a build): append, no join
+            self.table().add(data)
+        else:
+            merge = (
+                self.table().merge_insert(self._id).when_matched_update_all().when_not_matched_insert_all()
+            )
+            merge.execute(data)
 
     def delete(self, ids: np.ndarray) -> None:
         for chunk in _chunks(as_ids(ids)):

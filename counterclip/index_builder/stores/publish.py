@@ -20,6 +20,7 @@ import numpy as np
 
 from counterclip.errors import IndexFormatError, InputError
 from counterclip.index_builder.config import IndexCfg
+from counterclip.index_builder.faiss_tune import CROSS_NAMES
 from counterclip.index_builder.index import Index
 from counterclip.index_builder.stores import ann
 from counterclip.index_builder.stores.base import VectorStore
@@ -34,7 +35,10 @@ SAME_VECTOR_COS = 0.999  # an id both hold with vectors further apart: another m
 
 
 def publish_to_store(
-    index_dir: str | os.PathLike[str], uri: str | StoreURI, ann_min: int = ann.ANN_MIN
+    index_dir: str | os.PathLike[str],
+    uri: str | StoreURI,
+    exact_max: int | None = None,
+    captions: bool = True,
 ) -> dict[str, Any]:
     """Copy the index at ``index_dir`` into the store ``uri`` (images, and captions beside them in
     ``NAME_captions``) and write the side manifest; the engine then reads the store.
@@ -42,7 +46,9 @@ def publish_to_store(
     Args:
         index_dir: a built index.
         uri: ``lancedb://DIR/TABLE``, ``qdrant://HOST:PORT/NAME`` or ``qdrant+local://DIR/NAME``.
-        ann_min: vectors from which the store's search is approximate. Default: `ann.ANN_MIN`.
+        exact_max: up to this many vectors the store searches exactly, above it through its ANN index.
+            Default: None (the index recipe's, as for FAISS: `IndexCfg.exact_max`).
+        captions: publish the captions too (the text side needs them). Default: True.
 
     Returns:
         What was done: per collection the items added, removed and held, and the search record.
@@ -56,7 +62,7 @@ def publish_to_store(
         raise InputError("--store: counterclip's own index is the default; give a LanceDB or Qdrant address")
     started = time.perf_counter()
     with Index.open(index_dir) as idx:
-        kinds = ["images"] + (["captions"] if idx.captions.count else [])
+        kinds = ["images"] + (["captions"] if captions and idx.captions.count else [])
         addresses = {"images": target, "captions": target.captions()}
         stores: dict[str, VectorStore] = {}
         try:
@@ -65,22 +71,14 @@ def publish_to_store(
                 check_target(stores[kind], FaissStore(idx, kind), idx.fingerprint)
             done = {kind: sync(FaissStore(idx, kind), stores[kind]) for kind in kinds}
             cfg = IndexCfg(**{**IndexCfg().to_dict(), **_recall_settings(idx)})
-            for kind in kinds:
-                done[kind]["ann"] = ann.tune(stores[kind], cfg, ann_min)
-            sample_ids = _sample_ids(idx.images.ids)
-            side = SideManifest(
-                kind="built",
-                stores={k: (str(addresses[k]) if k in stores else None) for k in ("images", "captions")},
-                fields=Fields(),
-                model=idx.manifest.model,
-                root=str(idx.root),
-                decode=asdict(idx.decode_options),
-                counts={k: stores[k].count() for k in kinds},
-                sample_ids=sample_ids.tolist(),
-                ann={k: done[k]["ann"] for k in kinds},
-                calibration=idx.calibration.to_dict() if idx.calibration is not None else None,
-            )
-            write_side(idx.path, side, stores["images"].fetch(sample_ids))
+            limit = cfg.exact_max if exact_max is None else exact_max
+            for kind in kinds:  # tuned on the kinds of query FAISS is: the other modality's among them
+                other = _sample_vectors(idx.captions if kind == "images" else idx.images, cfg.recall_sample)
+                done[kind]["ann"] = ann.tune(
+                    stores[kind], cfg, limit, cross=other, cross_name=CROSS_NAMES[kind]
+                )
+            side = _built_side(idx, {k: str(addresses[k]) for k in stores}, stores, done)
+            write_side(idx.path, side, stores["images"].fetch(np.asarray(side.sample_ids, dtype=np.int64)))
         finally:
             for store in stores.values():
                 store.close()
@@ -88,10 +86,37 @@ def publish_to_store(
     return {"store": str(target), **done, "seconds": round(time.perf_counter() - started, 1)}
 
 
+def _built_side(
+    idx: Index, addresses: dict[str, str], stores: dict[str, VectorStore], done: dict
+) -> SideManifest:
+    """The side manifest of a published index."""
+    return SideManifest(
+        kind="built",
+        stores={k: addresses.get(k) for k in ("images", "captions")},
+        fields=Fields(),
+        model=idx.manifest.model,
+        root=str(idx.root),
+        decode=asdict(idx.decode_options),
+        counts={k: store.count() for k, store in stores.items()},
+        sample_ids=_sample_ids(idx.images.ids).tolist(),
+        ann={k: done[k]["ann"] for k in stores},
+        calibration=idx.calibration.to_dict() if idx.calibration is not None else None,
+    )
+
+
 def _recall_settings(idx: Index) -> dict[str, Any]:
-    """The recall settings of the index's recipe (a store is measured as its FAISS index was)."""
+    """The exact limit and recall settings of the index's recipe (a store is searched and measured as
+    its FAISS index was)."""
     recorded = idx.manifest.settings.config or {}
-    return {k: recorded[k] for k in ("recall_k", "recall_sample", "recall_target", "seed") if k in recorded}
+    keys = ("exact_max", "recall_k", "recall_sample", "recall_target", "seed")
+    return {k: recorded[k] for k in keys if k in recorded}
+
+
+def _sample_vectors(collection: Any, size: int) -> np.ndarray:
+    """Vectors of up to ``size`` items of a collection (the other modality's recall queries)."""
+    ids = np.asarray(collection.ids)
+    chosen = ids if len(ids) <= size else np.sort(np.random.default_rng(2).choice(ids, size, replace=False))
+    return collection.vectors(chosen)
 
 
 def _sample_ids(ids: np.ndarray) -> np.ndarray:

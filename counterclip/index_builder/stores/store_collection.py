@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from counterclip.index_builder.stores.filters import Where, parse_where
 from counterclip.index_builder.stores.side import Fields
 
 URL_PREFIXES = ("http://", "https://", "s3://", "gs://")
+PAYLOAD_SECONDS = 5.0  # a payload read is reused this long (an app's edit to it shows after at most this)
+RECENT_MAX = 50_000  # payloads kept at most
+SHOWN_MAX = 100  # a search for at most this many results reads their payloads with it
 
 
 class StoreCollection:
@@ -39,6 +43,7 @@ class StoreCollection:
         self._fields, self._root = fields, root
         self._ids: np.ndarray | None = None
         self._lock = threading.Lock()
+        self._recent: dict[int, tuple[float, dict[str, Any]]] = {}  # id -> (when read, payload)
         self.images_store: VectorStore | None = None  # captions: where the images' own captions are
 
     @property
@@ -77,20 +82,43 @@ class StoreCollection:
             raise InputError("--where restricts images; the captions have no fields to filter on")
         if self.store is None:
             return np.full((len(xq), k), -np.inf, np.float32), np.full((len(xq), k), -1, np.int64)
-        return self.store.search(xq, k, where)
+        dist, labels = self.store.search(xq, k, where)
+        if len(xq) == 1 and k <= SHOWN_MAX:  # a user's search: its caller shows the hits, read them at once
+            self._payloads(labels[0][labels[0] >= 0])
+        return dist, labels
 
     def meta(self, ids: Any) -> list[dict[str, Any]]:
         """Per id, in order, the same keys as counterclip's own collections (images: id, path, abs_path,
         size, mtime, sha256, width, height, has_file, url; captions: id, text, source, image_id,
         image_ids). `KeyError` for an unknown id."""
         ids = as_ids(ids)
-        payloads = self.store.payloads(ids) if self.store is not None else [None] * len(ids)
+        payloads = self._payloads(ids)
         out = []
         for item_id, payload in zip(ids.tolist(), payloads, strict=True):
             if payload is None:
                 raise KeyError(f"unknown {self.name[:-1]} id {item_id}")
             out.append(self._image(item_id, payload) if self.name == "images" else _caption(item_id, payload))
         return out
+
+    def _payloads(self, ids: np.ndarray) -> list[dict[str, Any] | None]:
+        """The payloads of ``ids``; one read within `PAYLOAD_SECONDS` serves them all (a query reads an
+        answer's payload several times: its copies, its re-encoding, its item)."""
+        if self.store is None:
+            return [None] * len(ids)
+        now = time.monotonic()
+        with self._lock:
+            found = {
+                i: e[1] for i in ids.tolist() if (e := self._recent.get(i)) and now - e[0] < PAYLOAD_SECONDS
+            }
+        missing = np.array(sorted(set(ids.tolist()) - set(found)), dtype=np.int64)
+        if len(missing):
+            read = dict(zip(missing.tolist(), self.store.payloads(missing), strict=True))
+            found.update(read)
+            with self._lock:
+                if len(self._recent) > RECENT_MAX:
+                    self._recent.clear()
+                self._recent.update({i: (now, p) for i, p in read.items() if p is not None})
+        return [found.get(i) for i in ids.tolist()]
 
     def _image(self, item_id: int, payload: dict[str, Any]) -> dict[str, Any]:
         raw = payload.get(self._fields.path)
