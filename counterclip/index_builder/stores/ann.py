@@ -28,7 +28,9 @@ from counterclip.index_builder.stores.base import VectorStore
 LOG = logging.getLogger(__name__)
 EXACT_MAX = IndexCfg().exact_max  # up to this many vectors a store searches exactly (as FAISS does)
 PROBE = 100  # queries a setting is first tried on
-LANCE_LADDER = [(p, r) for p in (8, 16, 32, 64, 128, 256) for r in (1, 4, 10, 30)]  # (nprobes, refine_factor)
+LANCE_LADDER = [
+    (p, r) for p in (8, 16, 32, 64, 128, 256, 512) for r in (1, 4, 10, 30)
+]  # (nprobes, refine_factor)
 HNSW_EF = (16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -67,13 +69,24 @@ def tune(
             partitions = max(1, min(int(math.sqrt(n)), n // 256))
             store.build_ann(partitions, sub_vectors(dim))  # type: ignore[attr-defined]
             record["params"] = {"partitions": partitions, "sub_vectors": sub_vectors(dim)}
-        if store.has_ann():  # type: ignore[attr-defined]
+        if store.has_ann() and n > exact_max:  # type: ignore[attr-defined]
             record["kind"] = "ivf_pq"
             ladder = [{"nprobes": p, "refine_factor": r} for p, r in LANCE_LADDER]
-    elif n > exact_max and store.kind == "qdrant" and not getattr(store, "local", True):
-        record["kind"] = "hnsw"
-        ladder = [{"hnsw_ef": ef} for ef in HNSW_EF]
-    if n == 0:
+        elif store.has_ann():  # type: ignore[attr-defined]  # an app's index on a small table: bypassed
+            record["search_params"] = {"exact": True}
+            store.set_search_params(record["search_params"])
+    elif store.kind == "qdrant" and not getattr(store, "local", True):
+        if n > exact_max:
+            record["kind"] = "hnsw"
+            ladder = [{"hnsw_ef": ef} for ef in HNSW_EF]
+        else:  # a server searches its HNSW graph unless told otherwise
+            record["search_params"] = {"exact": True}
+            store.set_search_params(record["search_params"])
+    if n == 0 or not ladder:  # exact search: recall 1 by construction, nothing to tune
+        record.update(
+            recall_k=cfg.recall_k, recall_target=cfg.recall_target, recall_queries={}, recall_at_k=1.0
+        )
+    elif False:
         record.update(
             recall_k=cfg.recall_k, recall_target=cfg.recall_target, recall_queries={}, recall_at_k=1.0
         )

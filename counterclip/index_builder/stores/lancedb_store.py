@@ -157,7 +157,7 @@ class LanceStore:
         sql = self._where(where)
         if sql is not None:
             query = query.where(sql, prefilter=True)
-        if exact:
+        if exact or self._params.get("exact"):
             query = query.bypass_vector_index()
         elif self._params:
             query = query.nprobes(int(self._params["nprobes"])).refine_factor(

@@ -190,7 +190,9 @@ class QdrantStore:
         assert xq.ndim == 2 and k >= 1, (xq.shape, k)
         if not len(xq):
             return np.full((0, k), -np.inf, np.float32), np.full((0, k), -1, np.int64)
-        params = models.SearchParams(hnsw_ef=self._params.get("hnsw_ef"), exact=exact)
+        params = models.SearchParams(
+            hnsw_ef=self._params.get("hnsw_ef"), exact=exact or self._params.get("exact", False)
+        )
         flt, using = (to_qdrant(where.node) if where is not None else None), self._using()
         requests = [
             models.QueryRequest(
