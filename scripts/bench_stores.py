@@ -14,7 +14,9 @@ queries (every query the engine sent to the store during the counterfactuals).
 
 Qdrant's embedded mode writes every point to SQLite with a commit of its own (15 ms each on this disk),
 so its directory is put on tmpfs (``--qdrant-dir``, default /dev/shm): its bytes are RAM, not counted in
-the serving process's RSS, and reported beside it. It searches exactly (numpy over all points); a Qdrant
+the serving process's RSS, and reported beside it. It holds every point as Python objects (100k: 3.8 GB
+RSS; 1M was killed by the out-of-memory killer at 17 GB on a 23 GB machine), so above
+``--qdrant-local-max`` it is not run: the embedded mode is for tests and small collections. It searches exactly (numpy over all points); a Qdrant
 server's HNSW is tuned the same way as LanceDB's index (not measured here: no server on this machine).
 The model is `bench_scale.StandIn` (width 512, encoding time subtracted).
 """
@@ -108,7 +110,7 @@ def serve(kind: str, index_dir: Path, queries_file: Path, n_cf: int, n_search: i
     }
 
 
-def publish_all(work: Path, args: argparse.Namespace) -> dict[str, dict]:
+def publish_all(work: Path, n: int, args: argparse.Namespace) -> dict[str, dict]:
     """Each store filled from the FAISS index; its side directory moved beside (the index keeps none)."""
     from counterclip.index_builder.stores.publish import publish_to_store
     from counterclip.index_builder.stores.side import SAMPLE_NAME, SIDE_NAME
@@ -120,6 +122,9 @@ def publish_all(work: Path, args: argparse.Namespace) -> dict[str, dict]:
     shutil.rmtree(args.qdrant_dir, ignore_errors=True)
     out = {}
     for kind, uri in places.items():
+        if kind == "qdrant+local" and n > args.qdrant_local_max:
+            print(f"  {kind}: not run above {args.qdrant_local_max} vectors (--qdrant-local-max)", flush=True)
+            continue
         t0 = time.perf_counter()
         done = publish_to_store(work / "idx", uri, exact_max=args.exact_max, captions=False)
         side = work / f"side-{kind.replace('+', '_')}"
@@ -167,12 +172,12 @@ def bench_size(n: int, args: argparse.Namespace) -> list[dict]:
         flush=True,
     )
     shutil.rmtree(work / "cr", ignore_errors=True)
-    published = publish_all(work, args)
+    published = publish_all(work, n, args)
     dirs = {"faiss": work / "idx", **{k: Path(v["side"]) for k, v in published.items()}}
     text_q = np.stack([queries[t] for t in texts])
     truth_text = exact_top(work / "idx", text_q, 10)
     rows = []
-    for kind in STORES:
+    for kind in [k for k in STORES if k in dirs]:
         argv = [
             sys.executable,
             __file__,
@@ -183,7 +188,12 @@ def bench_size(n: int, args: argparse.Namespace) -> list[dict]:
             str(args.cf_queries),
             str(args.search_queries),
         ]
-        child = subprocess.run(argv, capture_output=True, text=True, check=True)
+        child = subprocess.run(argv, capture_output=True, text=True)
+        if child.returncode != 0:  # e.g. the out-of-memory killer: recorded, the other stores go on
+            row = {"n": n, "store": kind, "error": f"serving process ended with {child.returncode}"}
+            print(json.dumps(row), child.stderr[-2000:], flush=True)
+            rows.append(row)
+            continue
         served = json.loads(child.stdout.strip().splitlines()[-1])
         path_q = np.load(qfile.with_name(f"path-{kind.replace('+', '_')}.npy"))
         row = {
@@ -215,6 +225,9 @@ def table(rows: list[dict]) -> str:
     head = "| N | store | search | RSS open / peak MB | search p50 ms (store) | counterfactual p50 ms | recall@10 text / path | publish s |"
     lines = [head, "|" + "---|" * 8]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['n']:,} | {r['store']} | {r['error']} |" + " |" * 5)
+            continue
         s = r["search"]
         kind = s.get("kind", "")
         params = (
@@ -245,6 +258,12 @@ def main() -> None:
     )
     parser.add_argument("--cf-queries", type=int, default=10)
     parser.add_argument("--search-queries", type=int, default=50)
+    parser.add_argument(
+        "--qdrant-local-max",
+        type=int,
+        default=200_000,
+        help="Qdrant's embedded mode above this many vectors is not run (100k: 3.8 GB RSS; 1M: killed at 17 GB)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the Qdrant directory")
     parser.add_argument("--json", default=None, help="write the rows here too")
     args = parser.parse_args()
