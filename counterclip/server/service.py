@@ -163,7 +163,7 @@ class Service:
             image=self.query_image(request.image),
             k=request.k,
             collection=request.collection,
-            where=request.where,
+            **({"where": request.where} if request.where is not None else {}),  # --where, on every store
         )
         out = result.to_dict()
         image_ids = [i.id for i in result.items if i.kind == "image"]
