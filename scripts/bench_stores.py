@@ -137,7 +137,10 @@ def publish_all(work: Path, n: int, args: argparse.Namespace) -> dict[str, dict]
             "side": str(side),
             "publish_seconds": round(time.perf_counter() - t0, 1),
             "store_bytes": du(where),
-            "search": {k: ann[k] for k in ("kind", "params", "search_params", "recall_at_k", "seconds")},
+            "search": {
+                k: ann.get(k)
+                for k in ("kind", "params", "search_params", "recall_at_k", "recall_by_query", "seconds")
+            },
         }
         print(
             f"  {kind}: published in {out[kind]['publish_seconds']} s, {json.dumps(out[kind]['search'])}",
