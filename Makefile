@@ -16,7 +16,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e '.[dev,server,browser,onnx,ray]'
+	$(BIN)/pip install -q -e '.[dev,server,browser,onnx,ray,lancedb,qdrant]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -41,7 +41,7 @@ from counterclip.errors import CounterclipError, InputError
 
 TOKEN_ENV = "COUNTERCLIP_TOKEN"
 #: Settings the service takes per request (as keyword overrides of `EngineOptions`).
-SERVER_OVERRIDES = ("match_margin", "nomatch_margin", "threshold", "quality")
+SERVER_OVERRIDES = ("match_margin", "nomatch_margin", "threshold", "quality", "where")
 _NUMERIC = ("match_margin", "nomatch_margin", "threshold")
 _JSON = (str, int, float, bool, list, dict, type(None))
 
@@ -172,6 +172,7 @@ class Client:
         image: str | Path | Image.Image | int | None = None,
         k: int = 10,
         collection: str = "images",
+        where: str | None = None,
         **unknown: Any,
     ) -> SearchResult:
         """Plain retrieval by text or by image; see `Engine.search` (an unknown keyword: the service's
@@ -179,6 +180,8 @@ class Client:
         if (text is None) == (image is None):
             raise InputError("give exactly one of text or image to search by")
         body: dict[str, Any] = {"k": int(k), "collection": collection, **_passed(unknown)}
+        if where is not None:
+            body["where"] = where
         if text is not None:
             body["text"] = text
         else:
@@ -234,9 +237,9 @@ class Client:
     ) -> CounterfactualResult:
         """Verified counterfactuals for an (image, text) pair; see `Engine.counterfactuals`.
 
-        The service takes ``match_margin``, ``nomatch_margin``, ``threshold``, ``verify_with`` and
-        ``quality`` (the answers' quality cards, ``result.quality``) per request (as keyword overrides, or
-        from ``options``); other settings are the service's own (its 422 says so), and a keyword nobody
+        The service takes ``match_margin``, ``nomatch_margin``, ``threshold``, ``verify_with``, ``where``
+        and ``quality`` (the answers' quality cards, ``result.quality``) per request (as keyword overrides,
+        or from ``options``); other settings are the service's own (its 422 says so), and a keyword nobody
         takes is the library's own error, as in process.
         """
         settings: dict[str, Any] = {}

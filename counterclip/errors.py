@@ -56,3 +56,8 @@ class DiskFullError(CounterclipError):
 
 class AccessDeniedError(CounterclipError):
     """Permission denied or a read-only file system where counterclip must read or write."""
+
+
+class StoreUnavailableError(CounterclipError):
+    """A vector store (a Qdrant server, a LanceDB directory or bucket) that does not answer, refuses the
+    credentials, or answers too slowly: the message names the store and what to do."""

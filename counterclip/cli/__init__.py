@@ -36,6 +36,7 @@ from counterclip.cli import (
     scale_cmds,
     serve_cmds,
     shapes_cmds,
+    store_cmds,
 )
 from counterclip.cli._common import console
 from counterclip.errors import CounterclipError
@@ -94,6 +95,7 @@ for _module in (
     classic,
     serve_cmds,
     quality_cmds,
+    store_cmds,
 ):
     _module.register(app, eval_app)
 

@@ -15,6 +15,7 @@ from counterclip.cli.query_printers import (
     print_paths,
     print_search,
 )
+from counterclip.cli.store_cmds import WHERE_HELP
 from counterclip.errors import InputError
 
 IMAGE_OPT = typer.Option(None, "--image", help="Query image: a file path, or an index id as #ID.")
@@ -78,16 +79,15 @@ def _open_text_engine(index: Path):
     import logging
 
     from counterclip.engine.engine import Engine
-    from counterclip.index_builder.index import Index
-    from counterclip.index_builder.manifest import Manifest
+    from counterclip.index_builder.stores.store_index import index_model_record, open_index
     from counterclip.models.onnx_text import OnnxTextEncoder
 
-    record = Manifest.read(index.expanduser()).model
+    record = index_model_record(index)
     encoder, reason = OnnxTextEncoder.open(record.spec, record.fingerprint, score=record.score)
     if encoder is None:
         logging.getLogger(__name__).info("text query through the full model: %s", reason)
         return None
-    return Engine(Index.open(index), encoder)
+    return Engine(open_index(index), encoder)
 
 
 def search_numbers(score: Any, by_text: bool, collection: str) -> dict[str, str]:
@@ -227,6 +227,7 @@ def search(
     runtime: str = SEARCH_RUNTIME_OPT,
     precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    where: str = typer.Option(None, "--where", help=WHERE_HELP),
 ) -> None:
     """Plain retrieval from an index, by text or by image: rank, score, p(match) when the index has a
     calibration, full path and caption.
@@ -250,7 +251,7 @@ def search(
     with _open_engine(
         index, device, runtime, precision, text_only=text is not None, quiet=as_json or paths
     ) as engine:
-        result = engine.search(text=text, image=_parse_image(image), k=k, collection=collection)
+        result = engine.search(text=text, image=_parse_image(image), k=k, collection=collection, where=where)
         root = engine.index.root
         shown = not (captions or paths or as_json)  # the table shows each image's first caption
         linked = captions_for(engine, [i.id for i in result.items]) if shown else {}
@@ -286,6 +287,7 @@ def counterfactual(
     runtime: str = typer.Option("torch", "--runtime", help=RUNTIME_HELP),
     precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    where: str = typer.Option(None, "--where", help=WHERE_HELP),
 ) -> None:
     """Verified counterfactuals for an (image, text) pair, closest to the original first.
 
@@ -304,7 +306,9 @@ def counterfactual(
       counterclip counterfactual blip.idx --image cat.jpg --text "a photo of a dog" --verify-with itm --quality
     """
     _check_counterfactual_args(k, report)
-    options = _counterfactual_options(mode, margin, threshold, diversity, calibration, verify_with, quality)
+    options = _counterfactual_options(
+        mode, margin, threshold, diversity, calibration, verify_with, quality, where
+    )
     with _open_engine(index, device, runtime, precision, quiet=as_json) as engine:
         query = _parse_image(image)
         flip_labels = [s for s in (labels or "").split(",") if s.strip()] or None
@@ -335,6 +339,7 @@ def _counterfactual_options(
     calibration: str,
     verify_with: str | None,
     quality: bool = False,
+    where: str | None = None,
 ) -> dict[str, Any]:
     """The `EngineOptions` overrides the flags ask for: ``--margin`` is the match margin, or with
     ``--mode decrease`` the no-match margin."""
@@ -348,6 +353,8 @@ def _counterfactual_options(
     options["calibration"] = calibration
     if verify_with is not None:
         options["verify_with"] = verify_with
+    if where:
+        options["where"] = where
     return options
 
 

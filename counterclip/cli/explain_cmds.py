@@ -44,13 +44,15 @@ EXPLAINER_METRICS = [
 
 def model_spec_from_index(index: Path) -> Any:
     """The model spec an index was built with (read through the index's one `Manifest` owner)."""
-    from counterclip.index_builder.manifest import MANIFEST_NAME, Manifest
+    from counterclip.index_builder.manifest import MANIFEST_NAME
+    from counterclip.index_builder.stores.side import is_store_index
+    from counterclip.index_builder.stores.store_index import index_model_record
 
-    if not (index / MANIFEST_NAME).is_file():
+    if not (index / MANIFEST_NAME).is_file() and not is_store_index(index):
         raise CliError(
             f"{index / MANIFEST_NAME} not found: --index must be an index directory (or pass --model SPEC)"
         )
-    return Manifest.read(index).model.spec
+    return index_model_record(index).spec
 
 
 def _load(model: str | None, index: Path | None, device: str):

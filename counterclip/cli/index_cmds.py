@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from counterclip.cli._common import out, print_json, working
+from counterclip.cli.store_cmds import STORE_HELP, check_store_index, store_info
 
 
 def _quiet_pillow() -> None:
@@ -103,6 +104,7 @@ def build(
     precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
     fast_decode: bool = FAST_DECODE_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    store: str = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
     """`counterclip build` (its help: `BUILD_HELP`): a shard set with ``--shard``, else the whole index."""
     with working("loading counterclip ...", enabled=not as_json):  # then the builder's own lines
@@ -130,6 +132,7 @@ def build(
         runtime=runtime,
         precision=precision,
         fast_decode=fast_decode,
+        store=store,
     )
     _print_summary(summary, as_json)
 
@@ -297,7 +300,12 @@ def check(
     from counterclip.errors import IndexDamagedError
     from counterclip.index_builder import check_index
     from counterclip.index_builder.parity import check_model
+    from counterclip.index_builder.stores.side import is_store_index, read_side
 
+    if is_store_index(index):  # a vector store: its drift; a built one has its FAISS generation too
+        check_store_index(index, as_json)
+        if read_side(index).kind == "attached":
+            return
     report = check_index(index)
     checked = check_model(index, sample=sample, device=device) if model and not report.damaged else None
     if as_json:
@@ -340,6 +348,11 @@ def info(
 
       counterclip info photos.idx --json
     """
+    from counterclip.index_builder.stores.side import is_store_index
+
+    if is_store_index(index):
+        store_info(index, as_json)
+        return
     with working(f"opening {index} ...", enabled=not as_json):
         from counterclip.index_builder import Index
         from counterclip.index_builder.calibration_source import calibration_in_use

@@ -112,7 +112,8 @@ class Engine:
         """Open an index directory with the model it was built with.
 
         Args:
-            index_dir: a directory written by ``counterclip build``.
+            index_dir: a directory written by ``counterclip build`` (FAISS, or ``--store``: a vector
+                store), or by ``counterclip attach`` (an app's vector store collection).
             device: ``auto`` | ``cpu`` | ``cuda``.
             options: default query settings.
             runtime: ``torch`` or ``onnx`` (extra ``onnx``): what embeds queries and re-scores answers;
@@ -121,12 +122,12 @@ class Engine:
             model: where the index's model is now (spec or loaded model), if its files moved: accepted only
                 for the recorded weights' fingerprint. Default: None (the recorded spec, absolute paths).
         """
-        from counterclip.index_builder import Index
+        from counterclip.index_builder import open_index
         from counterclip.index_builder.index_model import load_index_model
 
         started = time.perf_counter()
         model = load_index_model(index_dir, None, model, device)
-        index = Index.open(index_dir, model=model)  # checks the fingerprint: same weights as the build
+        index = open_index(index_dir, model=model)  # FAISS or a vector store; checks the fingerprint
         encoder = None
         if runtime != "torch":
             from counterclip.models.onnx_runtime import create_encoder
@@ -210,6 +211,7 @@ class Engine:
         image: str | Path | Image.Image | int | None = None,
         k: int = 10,
         collection: str = "images",
+        where: str | None = None,
         **unknown: Any,
     ) -> SearchResult:
         """Plain retrieval by text or by image: a `SearchResult` of `SearchHit` items (similarity, score).
@@ -219,9 +221,10 @@ class Engine:
             image: a query image (path, PIL, or index id).
             k: results. Default: 10.
             collection: ``images`` or ``captions``: which collection of the index to search.
+            where: only images that pass this filter (``'album = "2024"'``, on every store). Default: all.
         """
         refuse_unknown("search", unknown)
-        return search_collection(self.resources(), text, image, k, collection)
+        return search_collection(self.resources(), text, image, k, collection, where)
 
     @one_generation
     def search_vectors(

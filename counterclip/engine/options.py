@@ -53,6 +53,9 @@ class EngineOptions:
     # the quality card of every answer (`counterclip.engine.quality`): extra model passes, counted in it;
     # off by default, so a plain query costs what it did
     quality: bool = False
+    # --where: only images whose payload passes this filter are candidates, on every store (the language:
+    # counterclip.index_builder.stores.filters); None: the whole collection
+    where: str | None = None
 
 
 def query_options(

@@ -14,6 +14,8 @@ from counterclip.engine.options import EngineOptions
 from counterclip.engine.request import ImageQuery, Resolved, decode_as_indexed, encode_text
 from counterclip.engine.resources import Resources
 from counterclip.engine.sides import CaptionSide, CollectionLike, ImageSide, Side, as_array
+from counterclip.errors import InputError
+from counterclip.index_builder.stores.store_collection import restricted
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,10 @@ def make_side(
     """The side named ``name`` (``image`` or ``text``) starting at ``start``."""
     if name == "image":
         decode = functools.partial(decode_as_indexed, res.index)  # this query's generation
-        return ImageSide(res.index.images, start, query_id, res.encoder, decode, query_sha256)
+        images = restricted(res.index.images, opts.where)  # --where: the candidates that pass it
+        return ImageSide(images, start, query_id, res.encoder, decode, query_sha256)
+    if opts.where:
+        raise InputError("--where restricts images; the text side moves through captions (drop --where)")
     return CaptionSide(res.index.captions, start, text, res.encoder, opts.text_proximity == "words")
 
 

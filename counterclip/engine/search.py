@@ -19,6 +19,7 @@ from counterclip.engine.results import SearchHit, SearchResult
 from counterclip.engine.timing import Stopwatch
 from counterclip.engine.verdicts import Evidence, no_match_warning, text_warnings
 from counterclip.errors import InputError
+from counterclip.index_builder.stores.store_collection import restricted
 
 COLLECTIONS = ("images", "captions")
 
@@ -86,14 +87,20 @@ def search_vectors(res: Resources, vectors: Any, k: int, collection: str) -> Vec
 
 
 def search(
-    res: Resources, text: str | None, image: ImageQuery | None, k: int, collection: str
+    res: Resources,
+    text: str | None,
+    image: ImageQuery | None,
+    k: int,
+    collection: str,
+    where: str | None = None,
 ) -> SearchResult:
-    """The ``k`` nearest items of ``collection`` to the text or image (an indexed query image excluded)."""
+    """The ``k`` nearest items of ``collection`` to the text or image (an indexed query image excluded),
+    among the images that pass ``where`` when it is given."""
     check_search(text, image, k, collection)
     watch = Stopwatch()
     vector, query, exclude = _query(res, text, image, collection)
     watch.lap("encode")
-    result = _results(res, vector[None], [query], [exclude], [text], k, collection)[0]
+    result = _results(res, vector[None], [query], [exclude], [text], k, collection, where)[0]
     watch.lap("search")
     result.timings = watch.total()
     return result
@@ -152,9 +159,15 @@ def _results(
     texts: list[str | None],
     k: int,
     collection: str,
+    where: str | None = None,
 ) -> list[SearchResult]:
-    """The hits of each query row (its own id left out), with p(match) for image-text pairs."""
+    """The hits of each query row (its own id left out), with p(match) for image-text pairs; only the
+    images that pass ``where`` when it is given."""
     store = getattr(res.index, collection)
+    if where:
+        if collection != "images":
+            raise InputError("--where restricts images; the captions have no fields to filter on")
+        store = restricted(store, where)
     found, ids = store.search(vectors.astype(np.float32), k + any(e is not None for e in excludes))
     out = []
     for row, (query, exclude, text) in enumerate(zip(queries, excludes, texts, strict=True)):

@@ -62,6 +62,8 @@ _LAZY: dict[str, str] = {
     "load_image": "counterclip.index_builder.decode",
     "load_index_config": "counterclip.index_builder.config",
     "update_index": "counterclip.index_builder.builder",
+    "index_model_record": "counterclip.index_builder.stores.store_index",
+    "open_index": "counterclip.index_builder.stores.store_index",
 }
 
 __all__ = [
@@ -78,6 +80,8 @@ __all__ = [
     "load_image",
     "load_index_config",
     "update_index",
+    "index_model_record",
+    "open_index",
 ]
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real imports
@@ -91,6 +95,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real imports
     from counterclip.index_builder.decode import DecodeError, decode_query, load_image
     from counterclip.index_builder.index import Index
     from counterclip.index_builder.integrity import CheckReport, check_index
+    from counterclip.index_builder.stores.store_index import index_model_record, open_index
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

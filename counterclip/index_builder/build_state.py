@@ -46,6 +46,7 @@ class BuildRequest:
     precision: str | None = None  # onnx precision
     embedder: Any = None  # what embeds the pending images (None: `pipeline.embed_images`)
     decode_check: dict[str, Any] | None = None  # a new index's fast decode, measured (`parity`)
+    store: str | None = None  # a vector store to fill after the build (`stores.publish`)
 
 
 @dataclass

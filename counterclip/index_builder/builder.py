@@ -57,6 +57,12 @@ from counterclip.index_builder.faiss_index import FaissInfo
 from counterclip.index_builder.pipeline import embed_images
 from counterclip.index_builder.progress import Progress
 from counterclip.index_builder.store import Store
+from counterclip.index_builder.stores.publish import (
+    check_store_first,
+    publish_to_store,
+    published_store,
+    store_line,
+)
 from counterclip.models import ClipModel, ModelSpec
 from counterclip.models.onnx_common import check_runtime
 
@@ -89,9 +95,13 @@ class BuildSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)  # scan, decode, embed, write, faiss...
     generation: int = 0  # the generation this run published
     repaired: list[str] = field(default_factory=list)  # damaged files rebuilt (update --repair)
+    store: dict[str, Any] | None = None  # build --store: what the store publication did (`publish`)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.store is None:
+            del data["store"]
+        return data
 
     def _run_line(self) -> str:
         return _summary_run_line(self)
@@ -118,6 +128,8 @@ class BuildSummary:
         if len(self.errors) > 20:
             lines.append(f"  ... and {len(self.errors) - 20} more skipped files (see --json)")
         lines += [f"  warning    {w}" for w in self.warnings]
+        if self.store is not None:
+            lines.append(store_line(self.store))
         return "\n".join(lines)
 
 
@@ -148,6 +160,7 @@ def build_index(
     runtime: str | None = None,
     precision: str | None = None,
     fast_decode: bool | None = None,
+    store: str | None = None,
 ) -> BuildSummary:
     """Embed every image of ``folder`` into the index at ``index_dir`` (created, resumed or updated).
 
@@ -173,11 +186,10 @@ def build_index(
             `ShardSetEmbedder`: from shard sets, `RayEmbedder`: on Ray Data). Default: None (here).
         runtime: ``torch`` or ``onnx`` (extra ``onnx``): what embeds the images and captions; recorded in
             the manifest. Default: None (the recorded one for an existing index, else ``torch``).
-        precision: ``onnx`` only, the image tower's: ``fp32``, ``int8-dynamic`` or ``int8-static`` (int8 checked,
-            static calibrated, on up to 64 of the folder's images; refused below the bars, nothing written).
-            Default: None (``fp32``, or the recorded one).
-        fast_decode: shrink large images before preprocessing (JPEG draft, box reduce), measured against
-            the exact decode and refused below `parity.FAST_DECODE_MIN_COSINE`. Default: None (off).
+        precision: ``onnx`` only: ``fp32``, ``int8-dynamic`` or ``int8-static`` image tower (int8 checked on up
+            to 64 of the folder's images, refused below the bars). Default: None (``fp32``, or the recorded).
+        fast_decode: shrink large images first (measured; refused below `parity.FAST_DECODE_MIN_COSINE`).
+        store: a vector store to fill and search (``lancedb://DIR/TABLE``, ``qdrant://...``); None: FAISS only.
 
     Examples::
 
@@ -189,7 +201,7 @@ def build_index(
     return _run(BuildRequest(
         index_dir=Path(index_dir).expanduser().absolute(), root=root, model=model, captions=captions, vocab=vocab,
         device=device, index_kind=index_kind, config=config, overrides=overrides, progress=progress,
-        runtime=runtime, precision=precision, embedder=embedder,  # distributed.py: shard sets, Ray
+        runtime=runtime, precision=precision, embedder=embedder, store=store,  # embedder: distributed.py
     ))  # fmt: skip
 
 
@@ -283,7 +295,12 @@ def _checked_arguments(folder: str | os.PathLike[str], runtime: str | None, prec
 
 # --- the run: the stages in order ---------------------------------------------------------------------
 def _run(request: BuildRequest) -> BuildSummary:
-    """One build or update under the writer lock; storage failures become one-line errors."""
+    """One build or update under the writer lock; storage failures become one-line errors. With a vector
+    store (``--store``, or recorded by an earlier one) the store is checked first and filled last."""
+    if request.store is not None:  # a store that does not answer or holds other vectors: refused now
+        request = dataclasses.replace(
+            request, model=check_store_first(request.store, request.model, request.device)
+        )
     state = BuildState(request.index_dir, Progress(request.progress), repair=request.repair)
     encoding = None
     with state.progress:  # from the start: loading the model takes seconds, and says so
@@ -300,6 +317,9 @@ def _run(request: BuildRequest) -> BuildSummary:
         except sqlite3.Error as exc:
             raise state.sqlite_error(exc) from None
     summary.seconds = round(time.perf_counter() - state.started, 3)
+    store = request.store or published_store(request.index_dir)  # the store follows every update
+    if store is not None:
+        summary.store = publish_to_store(request.index_dir, store)
     return summary
 
 

@@ -8,8 +8,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
+from counterclip.errors import InputError
 from counterclip.index_builder.checksums import Checksum
 from counterclip.index_builder.faiss_index import (
     FaissInfo,
@@ -22,6 +24,8 @@ from counterclip.index_builder.manifest import EMBEDDINGS_DIR, Manifest, damaged
 from counterclip.index_builder.shards import ShardReader
 from counterclip.index_builder.sources import has_sources, item_sources
 from counterclip.index_builder.store import SqliteMetadataProvider
+from counterclip.index_builder.stores.filters import Where
+from counterclip.index_builder.stores.sqlite_filter import allowed_ids, with_selector
 
 LOG = logging.getLogger(__name__)
 
@@ -68,6 +72,7 @@ class Collection:
         )
         self._meta = meta
         self._params: dict[int, Any] = {}  # FAISS search parameters by k (`make_search_params`)
+        self._selectors: dict[str, Any] = {}  # --where text -> its FAISS IDSelector (`_selector`)
         self.dim = dim = manifest.model.embed_dim
         if self._faiss.ntotal != len(self.ids) or self._faiss.d != dim:
             raise damaged_error(
@@ -104,12 +109,13 @@ class Collection:
         shards, rows = self._locate(ids)
         return self._reader.rows(shards, rows, self.dim)
 
-    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, xq: np.ndarray, k: int, where: Where | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items by inner product.
 
         Args:
             xq: ``(nq, d)`` float32 queries (L2-normalised for cosine).
             k: results per query.
+            where: only the items that pass this filter (`stores.filters.parse_where`). Default: all.
 
         Returns:
             ``D (nq, k)`` float32 inner products, ``I (nq, k)`` int64 ids; ``-1`` / ``-inf`` padding.
@@ -122,9 +128,27 @@ class Collection:
             params = make_search_params(self.info.kind, self.info.search_params, k, self.info.recall_k or 10)
             if len(self._params) < 64:  # the few k a server uses, made once
                 self._params[k] = params
+        keep: list[Any] = []
+        if where is not None:
+            fresh = make_search_params(self.info.kind, self.info.search_params, k, self.info.recall_k or 10)
+            params, keep = with_selector(fresh, self._selector(where))
         dist, labels = search(self._faiss, xq, k, params)
+        del keep  # the selector and its parameters lived through the search
         check_search_result(xq, dist, labels, self.ids, self._faiss_name, self._index_dir)
         return dist, labels
+
+    def _selector(self, where: Where) -> faiss.IDSelector:
+        """The FAISS selector of the images that pass ``where`` (an allow-list from SQLite), made once."""
+        if self.name != "images":
+            raise InputError("--where restricts images; the captions have no fields to filter on")
+        selector = self._selectors.get(where.text)
+        if selector is None:
+            allowed = allowed_ids(where, self._meta.query)
+            selector = faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed))
+            selector.allowed = allowed  # kept alive with it
+            if len(self._selectors) < 64:
+                self._selectors[where.text] = selector
+        return selector
 
     def meta(self, ids: Any) -> list[dict[str, Any]]:
         """Metadata per id, in order (see the subclasses); `KeyError` for an unknown id."""

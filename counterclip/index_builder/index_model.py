@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from counterclip.errors import ModelLoadError
-from counterclip.index_builder.manifest import Manifest, ModelRecord
+from counterclip.index_builder.manifest import ModelRecord
 from counterclip.models import ClipModel, ModelSpec, load_model
 from counterclip.models.spec import local_paths
 
@@ -44,7 +44,10 @@ def load_index_model(
         ModelLoadError: ``model`` loads other weights than the recorded fingerprint; or the recorded files
             are gone (the message names them and how to point to the new place).
     """
-    record = record if record is not None else Manifest.read(Path(index_dir).expanduser()).model
+    if record is None:  # either kind of index: counterclip's own, or a vector store's side directory
+        from counterclip.index_builder.stores.store_index import index_model_record
+
+        record = index_model_record(index_dir)
     if model is not None:
         loaded = model if isinstance(model, ClipModel) else load_model(model, device=device)
         if loaded.fingerprint != record.fingerprint:

@@ -46,6 +46,7 @@ class SearchRequest(Strict):
     image: ImageRef | None = None
     k: Annotated[StrictInt, Field(ge=1, le=1000)] = 10
     collection: Literal["images", "captions"] = "images"
+    where: Annotated[Text, Field(max_length=2000)] | None = None  # only images that pass this filter
 
 
 class CounterfactualRequest(Strict):
@@ -61,6 +62,7 @@ class CounterfactualRequest(Strict):
     threshold: float | None = Field(None, ge=-1e4, le=1e4)
     verify_with: Literal["itm"] | None = None  # a second verifier: the model's image-text matching head
     quality: bool = False  # the quality card of every answer (and, for /maps, of every map); extra passes
+    where: Annotated[Text, Field(max_length=2000)] | None = None  # only images that pass this filter
 
 
 class MapsRequest(CounterfactualRequest):

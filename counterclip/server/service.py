@@ -170,6 +170,7 @@ class Service:
             image=self.query_image(request.image),
             k=request.k,
             collection=request.collection,
+            **({"where": request.where} if request.where is not None else {}),  # --where, on every store
         )
         out = result.to_dict()
         image_ids = [i.id for i in result.items if i.kind == "image"]
@@ -184,7 +185,7 @@ class Service:
         image = self.query_image(request.image)
         overrides = {
             key: value
-            for key in ("match_margin", "nomatch_margin", "threshold", "verify_with")
+            for key in ("match_margin", "nomatch_margin", "threshold", "verify_with", "where")
             if (value := getattr(request, key)) is not None
         }
         if request.quality:  # the answers' quality cards (extra passes, counted in them)
