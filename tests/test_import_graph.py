@@ -137,7 +137,7 @@ def test_explainers_know_no_engine_and_no_synthetic_world(graph) -> None:
 def test_the_graph_is_read_right(graph) -> None:
     # a known edge in each direction style: absolute and lazy (inside a function)
     assert "counterclip.engine.criteria" in graph["counterclip.engine.posing"]
-    assert "counterclip.index_builder" in graph["counterclip.engine.engine"]  # lazy import in Engine.open
+    assert "counterclip.index_builder" in graph["counterclip.engine.resources"]  # lazy, in open_parts
 
 
 def test_lazy_and_type_checking_imports_are_edges(tmp_path: Path) -> None:

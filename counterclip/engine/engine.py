@@ -36,14 +36,13 @@ from counterclip.engine.keywords import refuse_unknown
 from counterclip.engine.live import LiveIndex, one_generation
 from counterclip.engine.options import EngineOptions, query_options
 from counterclip.engine.path import target_path
-from counterclip.engine.resources import GenerationState, IndexLike, Resources
+from counterclip.engine.resources import GenerationState, IndexLike, Resources, check_model_fits, open_parts
 from counterclip.engine.results import CounterfactualResult, SearchResult
 from counterclip.engine.search import VectorHits, search_batch, search_vectors
 from counterclip.engine.search import search as search_collection
 from counterclip.engine.timing import Stopwatch
 from counterclip.engine.verdicts import Evidence
 from counterclip.engine.words import Lexicon
-from counterclip.errors import InputError
 
 if TYPE_CHECKING:  # the models import torch; a text search with a torch-free text model needs none
     from counterclip.models import ClipModel
@@ -83,16 +82,7 @@ class Engine:
             encoder: what embeds queries and re-scores answers (same encode API as the model, e.g. an
                 `counterclip.models.OnnxEncoder` over it). Default: the model itself (torch).
         """
-        if index.dim != model.embed_dim:
-            raise InputError(
-                f"index vectors have dimension {index.dim} but the model embeds to {model.embed_dim}"
-            )
-        built_with = getattr(index, "fingerprint", None)
-        if built_with is not None and built_with != model.fingerprint:
-            raise InputError(
-                f"the index was built with another model (fingerprint {built_with[:12]}) than {model.spec} "
-                f"({model.fingerprint[:12]}); open it with Engine.open(INDEX) to load its own model"
-            )
+        check_model_fits(index, model)
         self._live = LiveIndex(index)
         self.model = model
         self.encoder = encoder if encoder is not None else model
@@ -122,19 +112,8 @@ class Engine:
             model: where the index's model is now (spec or loaded model), if its files moved: accepted only
                 for the recorded weights' fingerprint. Default: None (the recorded spec, absolute paths).
         """
-        from counterclip.index_builder import open_index
-        from counterclip.index_builder.index_model import load_index_model
-
         started = time.perf_counter()
-        model = load_index_model(index_dir, None, model, device)
-        index = open_index(index_dir, model=model)  # FAISS or a vector store; checks the fingerprint
-        encoder = None
-        if runtime != "torch":
-            from counterclip.models.onnx_runtime import create_encoder
-
-            encoder = create_encoder(
-                model, runtime, **({"precision": precision} if precision != "fp32" else {})
-            )
+        index, model, encoder = open_parts(index_dir, device, runtime, precision, model)
         LOG.info("opened %s in %.1f s", index_dir, time.perf_counter() - started)
         return cls(index, model, options, encoder)
 

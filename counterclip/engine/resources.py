@@ -194,3 +194,35 @@ def _fitted_on_index(index: IndexLike, model: ClipModel) -> Calibration | None:
         )
     except InputError:
         return None
+
+
+def check_model_fits(index: IndexLike, model: ClipModel) -> None:
+    """`InputError` when ``model`` is not the one the index was built with (width, fingerprint)."""
+    if index.dim != model.embed_dim:
+        raise InputError(
+            f"index vectors have dimension {index.dim} but the model embeds to {model.embed_dim}"
+        )
+    built_with = getattr(index, "fingerprint", None)
+    if built_with is not None and built_with != model.fingerprint:
+        raise InputError(
+            f"the index was built with another model (fingerprint {built_with[:12]}) than {model.spec} "
+            f"({model.fingerprint[:12]}); open it with Engine.open(INDEX) to load its own model"
+        )
+
+
+def open_parts(
+    index_dir: str | Path, device: str, runtime: str, precision: str, model: Any = None
+) -> tuple[IndexLike, ClipModel, Any]:
+    """The index at ``index_dir`` (FAISS or a vector store), the model that built it (from where it is now,
+    if ``model`` says so and the fingerprint agrees), and the encoder of ``runtime`` (None: the model)."""
+    from counterclip.index_builder import open_index
+    from counterclip.index_builder.index_model import load_index_model
+
+    loaded = load_index_model(index_dir, None, model, device)
+    index = open_index(index_dir, model=loaded)  # checks the fingerprint: same weights as the build
+    encoder = None
+    if runtime != "torch":
+        from counterclip.models.onnx_runtime import create_encoder
+
+        encoder = create_encoder(loaded, runtime, **({"precision": precision} if precision != "fp32" else {}))
+    return index, loaded, encoder

@@ -77,7 +77,10 @@ def lance_app(path, files, vectors) -> str:
 
 
 def by_path(result) -> list[tuple]:
-    return [(i.path.rsplit("/", 1)[-1], getattr(i, "verdict", None), round(i.score_after, 4)) for i in result.items]
+    return [
+        (i.path.rsplit("/", 1)[-1], getattr(i, "verdict", None), round(i.score_after, 4))
+        for i in result.items
+    ]
 
 
 def same_answers(attached: Engine, own: Engine, photos, where: str | None = None) -> None:

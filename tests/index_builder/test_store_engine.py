@@ -75,7 +75,9 @@ def answers(engine: Engine, photos, where: str | None = None) -> dict:
         found[name] = engine.counterfactuals(image=str(query), k=3, where=where, **kwargs)
     out = {}
     for name, result in found.items():
-        items = [(i.id, i.path, i.text, getattr(i, "verdict", None), round(i.score_after, 4)) for i in result.items]
+        items = [
+            (i.id, i.path, i.text, getattr(i, "verdict", None), round(i.score_after, 4)) for i in result.items
+        ]
         baselines = {k: [i.id for i in v] for k, v in getattr(result, "baselines", {}).items()}
         out[name] = (items, baselines, getattr(result, "stale", None))
     return out
