@@ -99,48 +99,23 @@ def search_numbers(score: Any, by_text: bool, collection: str) -> dict[str, str]
 
 def captions_for(engine, ids) -> dict[int, list[str]]:
     """The captions the index links to each image id (for reports and the search table)."""
-    from counterclip.server.files import IndexLookup
+    from counterclip.report.engine_report import captions_of
 
-    lookup = IndexLookup(engine.index)
-    return {int(i): lookup.captions_of(int(i)) for i in ids if i is not None}
+    return captions_of(engine.index, ids)
 
 
 def write_report(
     engine, result, path: Path, query_image=None, with_maps: bool = True, quality: bool = False
 ) -> Path:
-    """The self-contained HTML report of a result, with attribution maps (library: `counterclip.report`);
-    ``quality``: each map's quality card too."""
-    from counterclip.report.counterfactual import counterfactual_maps, write_counterfactual_report
+    """The self-contained HTML report of a result (`counterclip.report.engine_report`), with a progress
+    bar while the maps are drawn."""
+    from counterclip.report.engine_report import report_of_result
 
-    maps = None
-    if with_maps:
-        label = "maps + faithfulness" + (" + quality" if quality else "")
-        with progress_bar(f"explaining the answers ({label})") as advance:
-            maps = counterfactual_maps(
-                engine.model,
-                result,
-                engine.index.root,
-                query_image,
-                engine.indexed_image,
-                progress=lambda done, total: advance(done, total),
-                quality=quality,
-            )
-    ids = [item.id for item in result.items] + [
-        item.id for items in result.baselines.values() for item in items
-    ]
-    query_id = (result.query.get("image") or {}).get("id")
-    captions = captions_for(engine, [*ids, query_id]) if result.side == "image" else {}
-    query_captions = captions_for(engine, [query_id]).get(query_id, []) if query_id is not None else []
-    return write_counterfactual_report(
-        path,
-        result,
-        engine.index.root,
-        query_image,
-        maps,
-        captions=captions,
-        query_captions=query_captions,
-        score=engine.pair_score,
-    )
+    if not with_maps:
+        return report_of_result(engine, result, path, query_image, with_maps=False)
+    label = "maps + faithfulness" + (" + quality" if quality else "")
+    with progress_bar(f"explaining the answers ({label})") as advance:
+        return report_of_result(engine, result, path, query_image, True, quality, advance)
 
 
 def original_image(engine, query: str | int):  # noqa: ANN201 - PIL image or None

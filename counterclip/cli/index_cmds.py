@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from pathlib import Path
 from typing import Any
@@ -358,42 +357,12 @@ def info(
         from counterclip.index_builder.calibration_source import calibration_in_use
 
         with Index.open(index) as idx:
-            payload = _describe_index(idx)
+            payload = idx.describe()
             calibration = calibration_in_use(idx)
     if as_json:
         print_json(payload)
         return
     out.print("\n".join(_info_lines(payload, calibration)), highlight=False, markup=False)
-
-
-def _describe_index(idx: Any) -> dict[str, Any]:
-    """What `info` reports about an open `Index` (its ``--json``)."""
-    from counterclip.index_builder.parity import decode_in_words
-
-    manifest = idx.manifest
-    errors = idx.errors()
-    return {
-        "index": str(idx.path),
-        "root": str(idx.root),
-        "images": idx.images.count,
-        "captions": idx.captions.count,
-        "skipped": len(errors),
-        "model": str(manifest.model.spec),
-        "model_spec": manifest.model.spec.to_dict(),
-        "fingerprint": idx.fingerprint,
-        "embed_dim": idx.dim,
-        "faiss": manifest.faiss,
-        "created": manifest.created,
-        "updated": manifest.updated,
-        "generation": manifest.generation,
-        "last_run": manifest.last_run,
-        "settings": dataclasses.asdict(manifest.settings),
-        "calibration": manifest.calibration,
-        "runtime": manifest.model.runtime or {"runtime": "torch", "precision": "fp32"},
-        "decode": decode_in_words(manifest.settings),
-        "size_on_disk_bytes": idx.size_on_disk(),
-        "errors": [{"path": e["path"], "reason": e["reason"]} for e in errors],
-    }
 
 
 def _info_lines(payload: dict[str, Any], calibration: Any) -> list[str]:

@@ -59,7 +59,7 @@ def attach(
         f"attached   {done['store']} as {done['index']}",
         f"images     {done['images']}",
         f"model      {model}: cosine to fresh encodes lowest {agreement['lowest']:.4f}, median "
-        f"{agreement['median']:.4f} over {agreement['checked']} files",
+        f"{agreement['median']:.4f} over {agreement['samples']} files",
         f"search     {search['kind']} {search['search_params'] or ''} recall@{search['recall_k']} "
         f"{search['recall_at_k']:.3f} on {search['recall_queries']} queries",
         f"calibrated {done['calibration'] or 'none (give --caption-field to fit one on your captions)'}",

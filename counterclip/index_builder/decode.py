@@ -18,6 +18,7 @@ import math
 import os
 import stat
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -386,3 +387,21 @@ def _unread_bytes(image: Image.Image) -> bytes | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, bytes) and data else None
+
+
+def decode_in_words(settings: Any) -> str:
+    """How an index decodes its files, for ``info`` (``settings``: the manifest's `Settings`)."""
+    decode = DecodeOptions(**settings.decode) if settings.decode else DecodeOptions()
+    rgb = f"other modes {'to RGB by counterclip' if decode.rgb == 'robust' else 'as ' + decode.rgb}"
+    if decode.min_side is None:
+        return f"exact: the files' pixels, {rgb} ({RGB_RULES[decode.rgb].split(' (')[0]})"
+    check = getattr(settings, "decode_check", None)
+    if not check:
+        return (
+            f"shrinks large images to {decode.min_side} px before the model's preprocessing (built before the "
+            "exact decode was the default; its vectors are verified the way they were made)"
+        )
+    from counterclip.index_builder.agreement import Agreement
+
+    figures = Agreement(check["samples"], check["lowest"], check["median"], check["bound"])
+    return f"fast (JPEG draft, box reduce to {decode.min_side} px): {figures.in_words()} to the exact decode"

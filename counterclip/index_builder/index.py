@@ -14,6 +14,7 @@ and FAISS files (read whole anyway); shard rows are checked as they are read (he
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -24,7 +25,14 @@ from counterclip.calibration import Calibration
 from counterclip.errors import AccessDeniedError, IndexFormatError, IndexLockedError
 from counterclip.index_builder._fs import writer_pid
 from counterclip.index_builder.checksums import mismatch, size_reason
-from counterclip.index_builder.decode import DecodeOptions, LoadedImage, QuerySource, decode_query, load_image
+from counterclip.index_builder.decode import (
+    DecodeOptions,
+    LoadedImage,
+    QuerySource,
+    decode_in_words,
+    decode_query,
+    load_image,
+)
 from counterclip.index_builder.generations import (
     GenerationPin,
     GenerationWatch,
@@ -268,6 +276,34 @@ class Index:
         return int(rows[0][0]) if rows else None
 
     # --- reporting ------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """What ``counterclip info`` reports about this index (its ``--json``): counts, model, FAISS, runs,
+        settings, calibration, runtime, decode rule, size and the skipped files."""
+        manifest = self.manifest
+        errors = self.errors()
+        return {
+            "index": str(self.path),
+            "root": str(self.root),
+            "images": self.images.count,
+            "captions": self.captions.count,
+            "skipped": len(errors),
+            "model": str(manifest.model.spec),
+            "model_spec": manifest.model.spec.to_dict(),
+            "fingerprint": self.fingerprint,
+            "embed_dim": self.dim,
+            "faiss": manifest.faiss,
+            "created": manifest.created,
+            "updated": manifest.updated,
+            "generation": manifest.generation,
+            "last_run": manifest.last_run,
+            "settings": dataclasses.asdict(manifest.settings),
+            "calibration": manifest.calibration,
+            "runtime": manifest.model.runtime or {"runtime": "torch", "precision": "fp32"},
+            "decode": decode_in_words(manifest.settings),
+            "size_on_disk_bytes": self.size_on_disk(),
+            "errors": [{"path": e["path"], "reason": e["reason"]} for e in errors],
+        }
+
     def errors(self) -> list[dict[str, Any]]:
         """Files skipped by the build: [{id, path, reason}]."""
         rows = self._meta.query("SELECT id, path, error FROM images WHERE status = 'error' ORDER BY path_key")

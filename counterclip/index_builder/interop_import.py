@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from counterclip.errors import InputError
+from counterclip.index_builder.agreement import Agreement
 from counterclip.index_builder.budget import parse_size
 from counterclip.index_builder.build_faiss import faiss_indexes
 from counterclip.index_builder.build_finalize import generation_counts, index_calibration, publish
@@ -36,7 +37,7 @@ from counterclip.index_builder.checksums import Checksum
 from counterclip.index_builder.config import IndexCfg, load_index_config
 from counterclip.index_builder.interop_layout import TEXT_DIR, Partition, check_rows, parquet, scan_layout
 from counterclip.index_builder.manifest import EMBEDDINGS_DIR, Manifest, db_name
-from counterclip.index_builder.parity import SAMPLE, Agreement, check_vectors, spread
+from counterclip.index_builder.parity import SAMPLE, check_vectors, spread
 from counterclip.index_builder.progress import Progress
 from counterclip.index_builder.shards import write_shard
 from counterclip.index_builder.sources import SOURCES_SCHEMA, SOURCES_TABLE
@@ -62,7 +63,9 @@ class ImportSummary:
     images_index: dict[str, Any] = field(default_factory=dict)
     captions_index: dict[str, Any] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    vectors_check: dict[str, Any] = field(default_factory=dict)  # `parity.Agreement` of a sample with files
+    vectors_check: dict[str, Any] = field(
+        default_factory=dict
+    )  # `agreement.Agreement` of a sample with files
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -17,14 +17,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from counterclip.errors import InputError
-from counterclip.index_builder.decode import RGB_RULES, DecodeError, DecodeOptions, load_image
+from counterclip.index_builder.agreement import Agreement, agreement
+from counterclip.index_builder.decode import DecodeError, DecodeOptions, load_image
 from counterclip.index_builder.scan import scan_folder
 
 #: The fast decode is refused when, on the build's sample, a vector of the fast path falls below this
@@ -35,46 +36,6 @@ FAST_DECODE_MIN_COSINE = 0.995
 STORED_VECTOR_COSINE = 0.999
 SAMPLE = 32  # files measured at build (fast decode) and on import
 CHECK_SAMPLE = 64  # files `check_model` re-encodes by default
-
-
-@dataclass(frozen=True)
-class Agreement:
-    """Cosines of vectors to fresh exact encodes of the same files, on a sample."""
-
-    samples: int  # files measured
-    lowest: float | None  # None: no file could be measured
-    median: float | None
-    bound: float  # the line it is held to
-    below: list[dict[str, Any]] = field(default_factory=list)  # [{path, cosine}] under the bound (<= 10)
-
-    @property
-    def holds(self) -> bool:
-        """Nothing measured is below the bound (an empty sample holds: there was nothing to contradict)."""
-        return self.lowest is None or self.lowest >= self.bound
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def in_words(self) -> str:
-        """``lowest cosine 0.999987, median 0.999999 on 32 files (bound 0.999)``."""
-        if self.lowest is None:
-            return "no file could be measured"
-        return (
-            f"lowest cosine {self.lowest:.6f}, median {self.median:.6f} on {self.samples} files "
-            f"(bound {self.bound})"
-        )
-
-
-def agreement(vectors: np.ndarray, fresh: np.ndarray, paths: Sequence[str], bound: float) -> Agreement:
-    """Row-wise cosine of ``vectors`` ``(n, d)`` to ``fresh`` ``(n, d)`` (any norms), as an `Agreement`."""
-    if len(paths) == 0:
-        return Agreement(0, None, None, bound)
-    a = np.asarray(vectors, dtype=np.float64)
-    b = np.asarray(fresh, dtype=np.float64)
-    cosines = (a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    order = np.argsort(cosines, kind="stable")
-    below = [{"path": str(paths[i]), "cosine": float(cosines[i])} for i in order if cosines[i] < bound][:10]
-    return Agreement(len(paths), float(cosines.min()), float(np.median(cosines)), bound, below)
 
 
 def spread(items: Sequence[Any], n: int) -> list[Any]:
@@ -149,22 +110,6 @@ def check_vectors(
             " or with other preprocessing? Nothing was written"
         )
     return measured
-
-
-def decode_in_words(settings: Any) -> str:
-    """How an index decodes its files, for ``info`` (``settings``: the manifest's `Settings`)."""
-    decode = DecodeOptions(**settings.decode) if settings.decode else DecodeOptions()
-    rgb = f"other modes {'to RGB by counterclip' if decode.rgb == 'robust' else 'as ' + decode.rgb}"
-    if decode.min_side is None:
-        return f"exact: the files' pixels, {rgb} ({RGB_RULES[decode.rgb].split(' (')[0]})"
-    check = getattr(settings, "decode_check", None)
-    if not check:
-        return (
-            f"shrinks large images to {decode.min_side} px before the model's preprocessing (built before the "
-            "exact decode was the default; its vectors are verified the way they were made)"
-        )
-    figures = Agreement(check["samples"], check["lowest"], check["median"], check["bound"])
-    return f"fast (JPEG draft, box reduce to {decode.min_side} px): {figures.in_words()} to the exact decode"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import numpy as np
 
 from counterclip.calibration import Calibration, fit_calibration, known_pair_scores
 from counterclip.errors import IndexFormatError, InputError
-from counterclip.index_builder.agreement import Agreement
+from counterclip.index_builder.agreement import AGREEMENT_MIN, Agreement, agreement
 from counterclip.index_builder.decode import DecodeError, DecodeOptions, load_image
 from counterclip.index_builder.manifest import ModelRecord
 from counterclip.index_builder.stores import ann
@@ -100,10 +100,10 @@ def _examine(
     ids = store_ids(store)
     root = root or _shared_folder(store, fields, _sample(ids, AGREEMENT_SAMPLE))
     images = StoreCollection("images", store, clip.embed_dim, fields, root)
-    agreement = _agreement(images, ids, clip, store.uri)
-    agreement.check(f"store {store.uri}", str(clip.spec))
+    measured = _agreement(images, ids, clip, store.uri)
+    measured.check(f"store {store.uri}", str(clip.spec))
     calibration = _calibration(images, ids, clip, fields) if fields.caption else None
-    runtime = {"runtime": "attached", "tolerance_cosine": round(agreement.lowest, 6)}
+    runtime = {"runtime": "attached", "tolerance_cosine": round(measured.lowest, 6)}
     return SideManifest(
         kind="attached",
         stores={"images": store.uri, "captions": None},
@@ -114,7 +114,7 @@ def _examine(
         counts={"images": len(ids)},
         sample_ids=_sample(ids, SAMPLE, seed=1).tolist(),
         ann={"images": ann.tune(store, None, exact_max, build=False)},
-        agreement=asdict(agreement),
+        agreement=measured.to_dict(),
         calibration=calibration.to_dict() if calibration is not None else None,
     )
 
@@ -150,7 +150,7 @@ def _sample(ids: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
 def _agreement(images: StoreCollection, ids: np.ndarray, clip: ClipModel, uri: str) -> Agreement:
     """Stored vectors against fresh encodes of their files, on a sample (unreadable files skipped)."""
     chosen = _sample(ids, AGREEMENT_SAMPLE)
-    readable, pictures = [], []
+    readable, paths, pictures = [], [], []
     for meta in images.meta(chosen):
         if not meta["abs_path"]:
             continue
@@ -159,13 +159,15 @@ def _agreement(images: StoreCollection, ids: np.ndarray, clip: ClipModel, uri: s
         except DecodeError:
             continue
         readable.append(meta["id"])
+        paths.append(str(meta["abs_path"]))
     if not readable:
         raise InputError(
             f"store {uri}: none of the {len(chosen)} sampled items names a readable file in its payload "
             f"path field; check --path-field and --root"
         )
     fresh = np.asarray(_numpy(clip.encode_pil(pictures)), dtype=np.float32)
-    return Agreement.measure(images.vectors(readable), fresh, unreadable=len(chosen) - len(readable))
+    unreadable = len(chosen) - len(readable)
+    return agreement(images.vectors(readable), fresh, paths, AGREEMENT_MIN, unreadable)
 
 
 def _calibration(
