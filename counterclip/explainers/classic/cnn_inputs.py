@@ -82,7 +82,11 @@ def load_cnn(arch: str, weights: str | Path | None = None, num_classes: int | No
             with torch.device("meta"):
                 probe = torchvision.models.get_model(arch, weights=None)
             num_classes = _num_classes_from_state(probe, state)
-    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # random weights are the same on every run; the caller's RNG untouched
+        torch.manual_seed(0)
+        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     if state is not None:
         try:
             model.load_state_dict(state, strict=True)

@@ -235,3 +235,16 @@ def test_class_names(tmp_path) -> None:
     assert load_class_names(labels, 2) == ["cat", "dog"]
     with pytest.raises(InputError, match="has 2 names but the model has 3 outputs"):
         load_class_names(labels, 3)
+
+
+def test_random_weights_are_the_same_on_every_run_and_leave_the_rng_alone() -> None:
+    import torch
+
+    from counterclip.explainers.classic.cnn_inputs import load_cnn
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first, second = load_cnn("resnet18"), load_cnn("resnet18")
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's random stream is where it was
