@@ -246,5 +246,8 @@ def test_random_weights_are_the_same_on_every_run_and_leave_the_rng_alone() -> N
     expected_next = torch.rand(3)
     torch.manual_seed(123)
     first, second = load_cnn("resnet18"), load_cnn("resnet18")
-    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True)
+    )
     assert torch.equal(torch.rand(3), expected_next)  # the caller's random stream is where it was
