@@ -153,9 +153,8 @@ def test_the_server_and_client_report_the_librarys_scores(family, files) -> None
             _close(result.original["score"], family.ref.scores([query], TEXTS[2:])[0, 0], scale, query.name)
 
 
+@pytest.mark.parametrize("family", ["hf_blip"], indirect=True)  # the one family with a matching head
 def test_blips_matching_head_is_the_librarys(family, files) -> None:
-    if family.name != "hf_blip":
-        pytest.skip("only BLIP has an image-text matching head")
     paths = [files.folder / n for n in files.names]
     texts = [TEXTS[i % len(TEXTS)] for i in range(len(paths))]
     want = family.ref.match(paths, texts)
