@@ -9,8 +9,6 @@ resizing, Hugging Face before, SLIP's loader at opening).
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -276,35 +274,3 @@ def reference(name: str, spec: str) -> Any:
         return BlipReference(directory)
     module = "CLIPModel" if name == "hf_clip" else "SiglipModel"
     return HFReference(directory, module, True if name == "hf_clip" else "max_length")
-
-
-# --- a live server for the Client ------------------------------------------------------------------------
-class LiveServer:
-    """``counterclip serve``'s app on a free loopback port, in a thread (``with`` starts and stops it)."""
-
-    def __init__(self, app: Any) -> None:
-        import socket
-
-        import uvicorn
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)

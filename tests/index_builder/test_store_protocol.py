@@ -14,6 +14,7 @@ import uuid
 import faiss
 import numpy as np
 import pytest
+from live_server import free_port
 
 from counterclip.errors import InputError, StoreUnavailableError
 from counterclip.index_builder.stores.address import parse_store_uri
@@ -180,16 +181,10 @@ def test_store_addresses() -> None:
             parse_store_uri(bad)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_server_that_is_down_is_one_line() -> None:
     started = time.perf_counter()
     with pytest.raises(StoreUnavailableError, match=r"did not answer .*start the Qdrant server"):
-        open_store(f"qdrant://127.0.0.1:{_free_port()}/photos")
+        open_store(f"qdrant://127.0.0.1:{free_port()}/photos")
     assert time.perf_counter() - started < 10
 
 

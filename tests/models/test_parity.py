@@ -17,7 +17,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from parity_kit import SCORE_GAP, TEXTS, VECTOR_COSINE, LiveServer, reference, write_family, write_files
+from live_server import ThreadServer
+from parity_kit import SCORE_GAP, TEXTS, VECTOR_COSINE, reference, write_family, write_files
 from PIL import Image
 
 from counterclip.cli import run
@@ -139,7 +140,7 @@ def test_the_server_and_client_report_the_librarys_scores(family, files) -> None
     paths = [files.folder / n for n in files.names]
     want = family.ref.scores(paths, TEXTS[2:])[:, 0]
     scale = family.ref.scale
-    with LiveServer(create_app(family.engine, ServerSettings(workers=1))) as server:
+    with ThreadServer(create_app(family.engine, ServerSettings(workers=1))) as server:
         client = Client(server.url)
         for item in client.search(text=TEXTS[2], k=len(paths)).items:
             _close(item.score_after, want[files.names.index(item.path)], scale, item.path)

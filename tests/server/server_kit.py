@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from doubles import ArrayCollection, ArrayIndex, ColourModel, colour_vector, make_colour_index
+from live_server import ThreadServer, free_port  # noqa: F401 - re-exported for the server tests
 
 pytest.importorskip("fastapi")
-import uvicorn  # noqa: E402
 
 from counterclip.engine import Engine, EngineOptions  # noqa: E402
 
@@ -83,36 +81,6 @@ def make_colour_engine(root: Path) -> ColourEngine:
     texts = {"red": colour_vector((255, 0, 0)), "blue": colour_vector((0, 0, 255))}
     index = MetaIndex(make_colour_index(root, COLOURS))
     return ColourEngine(index, ColourModel(texts), EngineOptions(k=3, diversity=0.0))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ThreadServer:
-    """A real uvicorn server for ``app`` on a free loopback port, in a thread (``with`` starts and stops it)."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ThreadServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 def rss_bytes(pid: int | str = "self") -> int:
