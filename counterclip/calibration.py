@@ -199,6 +199,18 @@ def native_calibration() -> Calibration:
     return Calibration("native", "", 1.0, 0.0, description="the model's own sigmoid")
 
 
+def model_match_probability(model: Any, score: float) -> float | None:
+    """``p(match)`` of one pair score by the model's own reading: its sigmoid (an absolute score) or the
+    calibration shipped with its weights; None when neither holds (the score alone says nothing absolute)."""
+    pair_score = model.pair_score
+    if pair_score.absolute:
+        return float(pair_score.match_probability(float(score)))
+    shipped = getattr(model, "calibration", None)
+    if shipped is None or shipped.fingerprint != model.fingerprint or not shipped.informative:
+        return None
+    return float(shipped.probability(float(score)))
+
+
 def known_pair_scores(
     image_vecs: np.ndarray,
     caption_vecs: np.ndarray,

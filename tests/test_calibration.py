@@ -9,6 +9,7 @@ from counterclip.calibration import (
     Calibration,
     fit_calibration,
     known_pair_scores,
+    model_match_probability,
     native_calibration,
     self_calibration,
 )
@@ -64,6 +65,22 @@ def test_native_calibration_is_the_sigmoid() -> None:
     native = native_calibration()
     np.testing.assert_allclose(native.probability([-2.0, 0.0, 3.0]), 1 / (1 + np.exp([2.0, 0.0, -3.0])))
     assert native.check_model("anything") is native  # a model's own reading needs no fingerprint
+
+
+def test_model_match_probability_is_the_models_own_reading() -> None:
+    from types import SimpleNamespace
+
+    line = Calibration("captions", "weights-a", 1.0, -5.0, None, None, 0.99, "hand-made")
+    softmax = PairScore(scale=10.0)
+    shipped = SimpleNamespace(pair_score=softmax, calibration=line, fingerprint="weights-a")
+    assert model_match_probability(shipped, 7.0) == pytest.approx(1 / (1 + np.exp(-2.0)))
+    # a calibration of other weights, none at all, or one that does not separate: nothing absolute
+    assert model_match_probability(SimpleNamespace(**{**vars(shipped), "fingerprint": "b"}), 7.0) is None
+    assert model_match_probability(SimpleNamespace(**{**vars(shipped), "calibration": None}), 7.0) is None
+    flat = Calibration("captions", "weights-a", 1.0, -5.0, None, None, 0.55, "poor")
+    assert model_match_probability(SimpleNamespace(**{**vars(shipped), "calibration": flat}), 7.0) is None
+    sigmoid = SimpleNamespace(pair_score=PairScore(scale=10.0, bias=-10.0, link="sigmoid"), calibration=None)
+    assert model_match_probability(sigmoid, -1.0) == pytest.approx(1 / (1 + np.exp(1.0)))
 
 
 def test_known_pair_scores() -> None:

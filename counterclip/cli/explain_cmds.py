@@ -211,10 +211,22 @@ def explain(
     texts = label_set or [text]
     with working(f"explaining with {method}", enabled=not as_json):
         exp = ex.explain(clip, pil, texts, method=method, target=explained, modality=mode, **options)
-    exp.extras.update({"random_weights": True} if getattr(clip.spec, "source", None) == "random" else {})
+    _annotate(exp, index, clip, explained)
     faithfulness = _faithfulness(registered, exp, clip, pil, texts, explained, as_json)
     card = _map_card(registered, exp, clip, pil, texts, explained, options, as_json) if quality else None
     _print_explanation(exp, faithfulness, _save_panel(pil, exp, out_file, faithfulness), as_json, card)
+
+
+def _annotate(exp: Any, index: Path | None, clip: Any, explained: Any) -> None:
+    """Mark a map of random weights; read a pair's p(match) by the calibration the index's queries use
+    (it titles the map; without ``--index`` the model's own reading stands)."""
+    exp.extras.update({"random_weights": True} if getattr(clip.spec, "source", None) == "random" else {})
+    if index is None or explained is not None:
+        return
+    from counterclip.engine.resources import index_match_probability
+
+    p_match = index_match_probability(index, clip, exp.score)
+    exp.extras.update({"p_match": p_match} if p_match is not None else {})
 
 
 def _print_listing(
@@ -317,7 +329,7 @@ def _print_explanation(
         return
     for flag in exp.flags():
         say(f"[yellow]note[/] {flag}")
-    say(f"[bold]{exp.method}[/] score {exp.score:.4f} ({escape(exp.explains)})")
+    say(f"[bold]{exp.method}[/] score {exp.score:.4f} ({escape(exp.explains)}){_match_words(exp)}")
     if faithfulness is not None:
         say(faithfulness.describe())
     _print_map_details(exp, payload["extras"])
@@ -330,6 +342,14 @@ def _print_explanation(
             out.print("  " + line, highlight=False)
     for kind, path in written.items():
         out.print(f"wrote {kind}: {path}")
+
+
+def _match_words(exp: Any) -> str:
+    """ "; p(match) 0.97: a match" for a pair whose p(match) is known, "" otherwise."""
+    p_match = exp.extras.get("p_match")
+    if p_match is None:
+        return ""
+    return f"; p(match) {p_match:.2f}: " + ("a match" if p_match >= 0.5 else "not a match")
 
 
 def _print_map_details(exp: Any, extras: dict[str, Any]) -> None:
@@ -346,7 +366,7 @@ def _print_map_details(exp: Any, extras: dict[str, Any]) -> None:
         out.print(
             "tokens: " + "  ".join(f"{t}={v:+.3f}" for t, v in zip(exp.tokens, exp.token_map, strict=False))
         )
-    interesting = {k: v for k, v in extras.items() if k not in ("trajectory", "verified")}
+    interesting = {k: v for k, v in extras.items() if k not in ("trajectory", "verified", "p_match")}
     if exp.method == "pixel-cf":
         moved = exp.extras["score_8bit"] - exp.score
         say(

@@ -226,3 +226,18 @@ def open_parts(
 
         encoder = create_encoder(loaded, runtime, **({"precision": precision} if precision != "fp32" else {}))
     return index, loaded, encoder
+
+
+def index_match_probability(index_dir: str | Path, model: ClipModel, score: float) -> float | None:
+    """``p(match)`` of one pair score by the calibration the index's queries use (``auto``, see
+    `choose_calibration`); None when none holds or it does not separate matches (`Calibration.informative`)."""
+    from counterclip.index_builder import open_index
+
+    index = open_index(index_dir, model=model)
+    try:
+        calibration = choose_calibration("auto", index, model)
+    finally:
+        index.close()
+    if calibration is None or not calibration.informative:
+        return None
+    return float(calibration.probability(score))

@@ -25,6 +25,7 @@ from typing import Any
 
 from PIL import Image
 
+from counterclip.calibration import model_match_probability
 from counterclip.explainers import (
     gradcam,
     integrated_gradients,
@@ -91,13 +92,21 @@ def explain(
             relevance, ``layer="layer4"`` for gradcam. An unknown option raises.
 
     Returns:
-        `Explanation` (``pixel_map (H, W)``, ``patch_map (gh, gw)``, ``tokens``/``token_map (T,)`` as asked).
+        `Explanation` (``pixel_map (H, W)``, ``patch_map (gh, gw)``, ``tokens``/``token_map (T,)`` as asked);
+        for one text's pair score, ``extras["p_match"]`` when the model has an absolute reading (its
+        sigmoid, or the calibration shipped with its weights): the map's title follows it.
     """
     chosen = REGISTRY.get(method)
     chosen.check_modality(modality)
     settings = chosen.make_options(options)
     inputs = prepare(model, image, text)
-    return chosen.run(model, inputs, target or default_target(model, inputs.texts), modality, settings)
+    explained = target or default_target(model, inputs.texts)
+    explanation = chosen.run(model, inputs, explained, modality, settings)
+    own_score = isinstance(explained, PairSimilarity) and explained.score == model.pair_score
+    p_match = model_match_probability(model, explanation.score) if own_score else None
+    if p_match is not None:  # whether the pair matches titles the map ("why it matches" only for a match)
+        explanation.extras.setdefault("p_match", p_match)
+    return explanation
 
 
 def image_counterfactual_maps(

@@ -227,7 +227,7 @@ def explanation_figure(
             figure.tiles.append(Tile("the image", rgb))
             figure.tiles.append(
                 Tile(
-                    map_title or map_title_for(explains),
+                    map_title or map_title_for(explains, explanation.extras.get("p_match")),
                     overlay(rgb, values, scale=scale),
                     scale,
                     notes=notes,
@@ -238,7 +238,7 @@ def explanation_figure(
     if explanation.tokens is not None and explanation.token_map is not None:
         values = np.asarray(explanation.token_map, dtype=np.float64).reshape(-1)
         figure.tokens = TokenRow(
-            f"which words count: {map_title_for(explains)}",
+            f"which words count: {map_title_for(explains, explanation.extras.get('p_match'))}",
             [str(t) for t in explanation.tokens],
             values,
             MapScale.of(values, floor=token_floor(explanation)),
@@ -247,10 +247,18 @@ def explanation_figure(
     return figure
 
 
-def map_title_for(explains: str) -> str:
-    """A tile title from an explanation's ``explains`` ("similarity to 'x'" -> "why it matches 'x'")."""
+def map_title_for(explains: str, p_match: float | None = None) -> str:
+    """A tile title from an explanation's ``explains``: "similarity to 'x'" -> "why it matches 'x'" only
+    when ``p_match`` (the pair's p(match)) is at least 0.5, "what in it counts toward 'x' (not a match)"
+    below, "what in it counts toward 'x'" when unknown (a score alone does not say it matches)."""
+    if explains.startswith("similarity to "):
+        text = explains[len("similarity to ") :]
+        if p_match is None:
+            return f"what in it counts toward {text}"
+        return (
+            f"why it matches {text}" if p_match >= 0.5 else f"what in it counts toward {text} (not a match)"
+        )
     for prefix, words in (
-        ("similarity to ", "why it matches "),
         ("probability of ", "why it is labelled "),
         ("logit of ", "why it is labelled "),
     ):

@@ -59,7 +59,11 @@ def save_panel(
     for position, explanation in enumerate(explanations):
         values = np.asarray(explanation.pixel_map, dtype=np.float64)
         scale = MapScale.of(values)
-        title = titles[position] if titles else map_title_for(explanation.explains)
+        title = (
+            titles[position]
+            if titles
+            else map_title_for(explanation.explains, explanation.extras.get("p_match"))
+        )
         figure.tiles.append(Tile(title, overlay(shown, values, scale=scale), scale))
     return figure.save(path)
 

@@ -69,6 +69,36 @@ def test_explain_labels_margin_and_index(tiny_openclip, image_file, tmp_path, ca
     assert "--target" in capsys.readouterr().err
 
 
+def test_explain_titles_the_map_by_p_match(tmp_path, capsys) -> None:
+    """The pair map says "why it matches" only when the calibration calls the pair a match: the model's
+    shipped calibration with --model, the one the index's queries use with --index."""
+    from counterclip.calibration import Calibration
+    from counterclip.index_builder import build_index
+    from counterclip.models.factory import BUNDLED_CALIBRATION, bundled_dir
+    from counterclip.shapes import generate_folder, read_labels
+
+    generate_folder(tmp_path / "shapes", n=24, seed=3, size=64)
+    build_index(tmp_path / "shapes", tmp_path / "idx", model="bundled:shapes", progress=False, device="cpu")
+    first = read_labels(tmp_path / "shapes")[0]
+    shipped = Calibration.read(bundled_dir("shapes") / BUNDLED_CALIBRATION)
+    other = "a red star" if first["colour"] != "red" else "a blue star"
+    for source in (["--model", "bundled:shapes"], ["--index", str(tmp_path / "idx")]):
+        for text, matches in ((first["caption"], True), (other, False)):
+            panel = tmp_path / "panel.png"
+            args = ["explain", *source, "--image", str(tmp_path / "shapes" / first["file"]), "--text", text]
+            assert run([*args, "--out", str(panel), "--json"]) == 0
+            payload = json.loads(capsys.readouterr().out)
+            p_match = payload["extras"]["p_match"]
+            assert p_match == pytest.approx(float(shipped.probability(payload["score"])), abs=1e-9)
+            assert (p_match >= 0.5) is matches
+            with Image.open(panel) as im:
+                description = im.text["Description"]
+            title = (
+                f"why it matches {text!r}" if matches else f"what in it counts toward {text!r} (not a match)"
+            )
+            assert f"tile: {title}" in description
+
+
 def test_explain_errors_are_one_line(tiny_openclip, image_file, tmp_path, capsys) -> None:
     assert run(["explain", "--index", str(tmp_path), "--image", str(image_file), "--text", "x"]) == 2
     assert "manifest.json" in capsys.readouterr().err

@@ -82,10 +82,11 @@ def test_panel_is_the_labelled_figure(rgb_images, tmp_path) -> None:
         chunks = dict(im.text)
     assert chunks["Title"] == "relevance: similarity to 'a red circle' = 1.5"
     assert "tile: the image" in chunks["Description"]
-    assert "tile: why it matches 'a red circle'" in chunks["Description"]
+    # no p(match) known: the title does not claim a match the score alone cannot tell
+    assert "tile: what in it counts toward 'a red circle'" in chunks["Description"]
     top = f"{exp.pixel_map.max():.3g}"  # a sequential scale: 0 to the map's largest value
     assert f"legend: 0 to {top}; bright: counts most for the score" in chunks["Description"]
-    assert "words: which words count: why it matches 'a red circle'" in chunks["Description"]
+    assert "words: which words count: what in it counts toward 'a red circle'" in chunks["Description"]
     # the image tile holds the image itself, enlarged 5x with sharp pixels
     array = np.asarray(reopened)
     rows, cols = np.where((array == np.asarray(image)[0, 0]).all(axis=-1))
@@ -159,3 +160,29 @@ def test_png_data_uri_round_trips() -> None:
     assert uri.startswith("data:image/png;base64,")
     with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as im:
         assert im.size == (3, 2) and im.getpixel((0, 0)) == (1, 2, 3)
+
+
+@pytest.mark.parametrize(
+    ("p_match", "title"),
+    [
+        (0.97, "why it matches 'a red circle'"),
+        (0.5, "why it matches 'a red circle'"),
+        (0.2, "what in it counts toward 'a red circle' (not a match)"),
+        (None, "what in it counts toward 'a red circle'"),
+    ],
+)
+def test_pair_map_title_follows_p_match(rgb_images, p_match, title) -> None:
+    image = rgb_images[0]
+    exp = Explanation(
+        method="relevance",
+        modality="both",
+        score=1.5,
+        pixel_map=np.ones((image.height, image.width)),
+        tokens=["a", "red", "circle"],
+        token_map=np.array([0.1, 0.5, 0.9]),
+        explains="similarity to 'a red circle'",
+        extras={"p_match": p_match},
+    )
+    figure = exp.show(image)
+    assert [tile.title for tile in figure.tiles] == ["the image", title]
+    assert figure.tokens.title == f"which words count: {title}"
