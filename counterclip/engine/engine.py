@@ -283,5 +283,5 @@ class Engine:
             validity=posed.criterion.validity, items=judged.items, baselines=compared, stale=verified.stale,
             warnings=judged.warnings, calibration=judged.evidence.describe(), candidates=len(found.ids),
             path_values=walked.values.tolist(), timings=watch.total(), original=judged.original,
-            left_out=verified.left_out, order=ordering.in_words(posed, opts), quality=graded,
+            left_out=judge.copies_left_out(verified.left_out), order=ordering.in_words(posed, opts), quality=graded,
         )  # fmt: skip

@@ -130,9 +130,15 @@ def judge(res: Resources, posed: Posed, verified: Verified, opts: EngineOptions)
 ITSELF = ("the query itself", "the query's text")  # the query's own entry: left out, never a "copy"
 
 
+def copies_left_out(left_out: dict[str, int]) -> dict[str, int]:
+    """The candidates left out as copies of the query, by why: the query's own entry is no news (an
+    answer is never the query) and is not counted."""
+    return {why: n for why, n in left_out.items() if why not in ITSELF}
+
+
 def copies_warning(left_out: dict[str, int]) -> str | None:
     """ "2 copies of the original left out (...)": candidates that were the query again under another name."""
-    copies = {why: n for why, n in left_out.items() if why not in ITSELF}
+    copies = copies_left_out(left_out)
     if not copies:
         return None
     total = sum(copies.values())

@@ -125,7 +125,7 @@ class CounterfactualResult:
     # the original pair as the model reads it: score, p_match (flip: of the target's text, and the target's
     # class probability), and "settled" when it already is past the verified line for the goal (in words)
     original: dict[str, Any] = field(default_factory=dict)
-    left_out: dict[str, int] = field(default_factory=dict)  # candidates dropped as the query again, by why
+    left_out: dict[str, int] = field(default_factory=dict)  # copies of the query dropped, by why (not itself)
     order: str = "by distance"  # the order of the items, in words
     quality: CounterfactualQuality | None = None  # the answers' quality cards (asked with quality=True)
 

@@ -104,8 +104,8 @@ def answers_heading(result: Mapping[str, Any], count: int) -> str:
 
 
 def left_out_words(result: Mapping[str, Any]) -> str | None:
-    """What was dropped as the query again, counted by why ("Left out as the original again: the query
-    itself (1)"); None when nothing was."""
+    """What was dropped as the query again, counted by why ("Left out as the original again: a copy of
+    the query's file (1)"); None when nothing was."""
     left_out = result.get("left_out") or {}
     if not left_out:
         return None
