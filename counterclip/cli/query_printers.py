@@ -176,13 +176,13 @@ def print_counterfactual_evaluation(report: dict[str, Any]) -> None:
 
 
 def _print_baselines(result: Any) -> None:
-    """One line per baseline answer ("none valid" for a baseline without one), marking an answer the
+    """One line per baseline answer ("none found" for a baseline without one), marking an answer the
     gradient path also gave."""
     answered = {item.id: item.rank for item in result.items}
     for name, items in result.baselines.items():
         for item in items or [None]:
             if item is None:
-                out.print(f"baseline {name.replace('_', ' ')}: none valid", highlight=False)
+                out.print(f"baseline {name.replace('_', ' ')}: none found", highlight=False)
                 continue
             shown = escape(item.path or f"\u201c{item.text}\u201d")
             same = f" (= answer #{answered[item.id]})" if item.id in answered else ""

@@ -10,7 +10,7 @@ them; `Engine.counterfactuals` reads as the list of stages::
     ordering.order          valid on stored vectors, closest first, distinct changes              Ordered
     verify.verify           re-encoded from the file / text until k still pass; stale ones out    Verified
     judge.judge             verdicts, warnings, the second verifier's opinion                     Judged
-    baselines.baselines     nearest unlike neighbour and closest valid in the probe's top N       items
+    baselines.baselines     nearest unlike neighbour, first valid text match, closest valid       items
     quality.assess          (quality=True) the five qualities of every answer, beside references  cards
                             -> CounterfactualResult
 

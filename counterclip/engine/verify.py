@@ -77,9 +77,15 @@ def verify(
 def _scored(posed: Posed, found: Candidates, row: int, fresh: np.ndarray | None) -> Rescored | None:
     """The item of ``row`` scored from its fresh vector or, when there is none (no verification asked,
     or no source to re-score from), its stored one; None when the fresh vector no longer passes."""
-    criterion, stored = posed.criterion, found.vectors[row]
-    if fresh is not None and not bool(criterion.valid(fresh[None])[0]):
+    if fresh is not None and not bool(posed.criterion.valid(fresh[None])[0]):
         return None
+    return rescored_item(posed, found, row, fresh)
+
+
+def rescored_item(posed: Posed, found: Candidates, row: int, fresh: np.ndarray | None) -> Rescored:
+    """The item of ``row`` with its scores from its fresh vector (or its stored one when there is none),
+    whether or not it passes the rule (the nearest unlike neighbour need not)."""
+    criterion, stored = posed.criterion, found.vectors[row]
     item = posed.side.item(int(found.ids[row]))
     vector = fresh if fresh is not None else stored
     item.score_before = criterion.original

@@ -213,7 +213,7 @@ def baselines_html(result: Mapping[str, Any], root: Path, answered: Mapping[int,
             + (
                 f'<div class="baseline-list">{"".join(cards)}</div>'
                 if cards
-                else "<p class='muted'>none valid</p>"
+                else "<p class='muted'>none found</p>"
             )
         )
     return (

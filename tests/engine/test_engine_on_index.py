@@ -144,7 +144,11 @@ def test_cli_json_schema_and_report(shapes_index, tmp_path, capsys) -> None:
         }
         assert item["verdict"] in ("verified", "weak")  # re-scored from its file
         assert item["verified"] == (item["verdict"] == "verified")
-    assert set(payload["baselines"]) == {"nearest_unlike_neighbour", "closest_valid_in_top50"}
+    assert set(payload["baselines"]) == {
+        "nearest_unlike_neighbour",
+        "first_valid_text_match",
+        "closest_valid_in_top50",
+    }
     html = report.read_text()
     assert html.startswith("<!doctype html>") and 'src="http' not in html
     assert "An answer counts when it scores at least" in html  # the rule in plain words

@@ -164,7 +164,11 @@ def test_baselines(setup) -> None:
     scores = {i: float(colour_vector(c) @ t) * 10 for i, c in colours.items()}
     by_text = sorted((i for i in colours if i != 0), key=lambda i: -scores[i])
     valid = [i for i in by_text if scores[i] >= 6.0 and scores[i] > scores[0]]
-    assert [x.id for x in result.baselines["nearest_unlike_neighbour"]] == valid[:1]
+    assert [x.id for x in result.baselines["first_valid_text_match"]] == valid[:1]
+    # no calibration here: the rule's line stands in for the model's decision, so the nearest unlike
+    # neighbour is the valid item nearest the original over the whole index
+    nearest = max(valid, key=lambda i: colour_vector(colours[i]) @ e0)
+    assert [x.id for x in result.baselines["nearest_unlike_neighbour"]] == [nearest]
     top50_valid = [i for i in by_text[:50] if i in valid]
     closest = max(top50_valid, key=lambda i: colour_vector(colours[i]) @ e0)
     assert [x.id for x in result.baselines["closest_valid_in_top50"]] == [closest]

@@ -44,7 +44,11 @@ def test_a_counterfactual_carries_its_reading_in_words(client, shapes_engine) ->
     assert answer["reading"]["heading"] == answers_heading(answer, len(answer["items"]))
     assert answer["reading"]["heading"].endswith(answer["order"])  # the real order, as the engine states it
     assert answer["numbers"] == result_numbers(answer, shapes_engine.pair_score)
-    assert set(answer["baseline_words"]) == {"nearest_unlike_neighbour", "closest_valid_in_top"}
+    assert set(answer["baseline_words"]) == {
+        "nearest_unlike_neighbour",
+        "first_valid_text_match",
+        "closest_valid_in_top",
+    }
 
 
 def test_flip_without_a_target_takes_the_runner_up(client) -> None:

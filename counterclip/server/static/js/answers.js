@@ -140,6 +140,7 @@ function baselineName(name) {
   const top = /^closest_valid_in_top(\d+)$/.exec(name);
   if (top) return `Closest valid item among the text's top ${top[1]}`;
   if (name === "nearest_unlike_neighbour") return "Nearest unlike neighbour";
+  if (name === "first_valid_text_match") return "First valid match of the text";
   return sentence(name.replaceAll("_", " "));
 }
 
@@ -188,7 +189,7 @@ function baselines(result) {
         { class: "baseline-group" },
         el("h4", {}, baselineName(name)),
         el("p", { class: "muted" }, baselineWords(result, name)),
-        rows.length ? el("ul", { class: "baseline-list" }, rows) : el("p", { class: "muted" }, "none valid"),
+        rows.length ? el("ul", { class: "baseline-list" }, rows) : el("p", { class: "muted" }, "none found"),
       );
     }),
   );
