@@ -85,6 +85,19 @@ def _print_section(title: str, section: dict[str, Any]) -> None:
     }
     columns["agreement with truth"] = dict(section["agreement"])
     out.print(metrics_table(title, columns, QUALITY_ROWS), highlight=False)
+    for method, pair in section.get("paired", {}).items():
+        ours, theirs = pair["gradient_path"]["card"], pair[method]["card"]
+        figures = ", ".join(
+            f"{q} {_figure(ours[q])} vs {_figure(theirs[q])}" for q in QUALITY_ROWS if q != "faithfulness"
+        )
+        say(
+            f"[dim]paired with the {method.replace('_', ' ')} over the {pair['queries']} queries both "
+            f"answered (the same item in {pair['same_item']}): {figures}[/]"
+        )
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:

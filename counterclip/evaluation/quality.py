@@ -147,7 +147,7 @@ def _image_rows(engine, id_attrs, query, k, overrides) -> list[dict[str, Any]]:
             "minimal": other == wanted,
             "contrastive": contrastive,
         }
-        rows.append({"method": method, "card": card, "truth": truth})
+        rows.append({"method": method, "card": card, "truth": truth, "id": item_id})
     return rows
 
 
@@ -174,7 +174,7 @@ def _text_rows(engine, query, k, overrides) -> list[dict[str, Any]]:
             "minimal": wrong and _one_attribute_differs(own_named, named),
             "contrastive": wrong,
         }
-        rows.append({"method": method, "card": card, "truth": truth})
+        rows.append({"method": method, "card": card, "truth": truth, "id": item_id})
     return rows
 
 
@@ -206,7 +206,44 @@ def _side_report(rows_per_query: list[list[dict[str, Any]]]) -> dict[str, Any]:
         card = aggregate([r["card"] for r in mine], f"{method}: {len(mine)} answers")
         truth = {key: float(np.mean([r["truth"][key] for r in mine])) for key in mine[0]["truth"]}
         methods[method] = {"card": card.to_dict(), "truth": truth, "answers": len(mine)}
-    return {"queries": len(rows_per_query), "methods": methods, "agreement": _agreement(rows)}
+    return {
+        "queries": len(rows_per_query),
+        "methods": methods,
+        "agreement": _agreement(rows),
+        "paired": _paired(rows_per_query),
+    }
+
+
+def _paired(rows_per_query: list[list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per baseline, over the queries where both it and the engine answered (means over different query
+    sets compare different questions): how many those are, in how many the baseline's item is the
+    engine's top answer itself (a tie there is no news), and each method's mean of every quality and
+    of the truth's figures."""
+    paired: dict[str, dict[str, Any]] = {}
+    for method in METHODS[1:]:
+        both = [
+            (by[OURS], by[method])
+            for by in ({row["method"]: row for row in rows} for rows in rows_per_query)
+            if OURS in by and method in by
+        ]
+        if not both:
+            continue
+        paired[method] = {
+            "queries": len(both),
+            "same_item": sum(ours["id"] == theirs["id"] for ours, theirs in both),
+            OURS: _means([ours for ours, _ in both]),
+            method: _means([theirs for _, theirs in both]),
+        }
+    return paired
+
+
+def _means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Each quality's mean over the rows that measured it, and the truth's means."""
+    values = {q: [r["card"].measures()[q].value for r in rows] for q in QUALITIES}
+    card = {q: (float(np.mean([v for v in vs if v is not None])) if any(v is not None for v in vs) else None)
+            for q, vs in values.items()}  # fmt: skip
+    truth = {key: float(np.mean([r["truth"][key] for r in rows])) for key in rows[0]["truth"]}
+    return {"card": card, "truth": truth}
 
 
 def _agreement(rows: list[dict[str, Any]]) -> dict[str, float | None]:

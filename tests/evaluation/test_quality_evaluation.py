@@ -54,6 +54,36 @@ def test_the_answers_aggregate_beside_the_baselines_with_the_truth(site) -> None
         assert set(QUALITIES) <= set(ours["card"]) and ours["answers"] > 0
         assert 0 <= ours["truth"]["changed"] <= 5
         assert set(section["agreement"]) == set(QUALITIES) and section["agreement"]["faithfulness"] is None
+        for method, pair in section["paired"].items():
+            assert 0 <= pair["same_item"] <= pair["queries"] <= 3
+            assert set(pair) == {"queries", "same_item", "gradient_path", method}
+
+
+def test_paired_comparison_uses_only_queries_both_answered() -> None:
+    from counterclip.evaluation.quality import _paired
+    from counterclip.quality import Measure, QualityCard
+
+    def card(value):
+        measure = Measure(value, "d", True)
+        return QualityCard("s", measure, measure, measure, measure, measure)
+
+    def row(method, item_id, value, complete):
+        return {"method": method, "id": item_id, "card": card(value), "truth": {"complete": complete}}
+
+    rows = [
+        [row("gradient_path", 4, 1.0, True), row("nearest_unlike_neighbour", 4, 1.0, True)],
+        [row("gradient_path", 5, 0.8, True), row("nearest_unlike_neighbour", 6, 0.4, False)],
+        [row("gradient_path", 8, 0.0, False)],  # the baseline gave nothing: left out of the pairing
+        [row("nearest_unlike_neighbour", 7, 0.9, True)],  # the engine gave nothing: left out too
+    ]
+    paired = _paired(rows)
+    assert set(paired) == {"nearest_unlike_neighbour"}
+    pair = paired["nearest_unlike_neighbour"]
+    assert pair["queries"] == 2 and pair["same_item"] == 1
+    assert pair["gradient_path"]["card"]["completeness"] == pytest.approx(0.9)
+    assert pair["nearest_unlike_neighbour"]["card"]["completeness"] == pytest.approx(0.7)
+    assert pair["gradient_path"]["truth"]["complete"] == 1.0
+    assert pair["nearest_unlike_neighbour"]["truth"]["complete"] == 0.5
 
 
 def test_relevance_maps_beat_random_maps_on_faithfulness_and_stability() -> None:
@@ -106,4 +136,5 @@ def test_eval_quality_command(site, capsys) -> None:
     assert run([*args, "--maps", "0", "--side", "text", "--device", "cpu"]) == 0
     shown = capsys.readouterr().out
     assert "text side: 2 queries" in shown and "agreement" in shown
+    assert "queries both answered" in shown
     assert run([*args, "--side", "sideways"]) == 2
