@@ -100,7 +100,7 @@ def _ladder(kind: str, index: faiss.Index, k: int) -> list[dict[str, int]]:
     return [{}]
 
 
-def _hits(
+def hits_per_query(
     dist: np.ndarray, labels: np.ndarray, exact_D: np.ndarray, exact_I: np.ndarray, exact_scores: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per query: ``(hits, truths)`` of `faiss_index.recall_at_k` (whose value is ``hits.sum() /
@@ -215,7 +215,7 @@ class _Tuner:
         out, start = {}, 0
         for name in self.names:
             m = len(sets[name][0])
-            out[name] = _hits(
+            out[name] = hits_per_query(
                 dist[start : start + m], labels[start : start + m], *sets[name][1:], self.exact_scores
             )
             start += m

@@ -162,6 +162,13 @@ def test_lancedb_ivf_pq_is_tuned_to_the_recall_target(tmp_path) -> None:
     assert set(record["recall_by_query"]) == {"stored", "text_to_image", "path"}
     assert min(record["recall_by_query"].values()) == record["recall_at_k"]
     assert record["recall_queries"]["stored"] == 1000 and record["recall_queries"]["text_to_image"] == 300
+    # accepted on the lower confidence bound, so queries the tuning never saw reach the target too
+    assert 0.95 <= record["recall_lower_bound"] <= record["recall_at_k"]
+    fresh = clip_like(1000, D, seed=8)  # text queries of the same kind, not the tuning's
+    _, found = store.search(fresh, 10)
+    exact = np.argsort(-(fresh @ vectors.T), axis=1, kind="stable")[:, :10]
+    heldout = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)])
+    assert heldout >= 0.95, heldout
     store.close()
 
 
