@@ -85,6 +85,8 @@ def nearest_unlike(res: Resources, posed: Posed, evidence: Evidence, opts: Engin
     """The nearest unlike neighbour, re-scored from its source and judged (``[]`` when none of the
     original's `UNLIKE_DEPTHS`[-1] nearest neighbours is unlike it). An entry whose source changed since
     indexing, or whose re-scored vector is no longer unlike, gives way to the next."""
+    if _no_match_anywhere(posed, evidence):
+        return []
     side = posed.side
     total = int(side.collection.count)
     stale_cos = stale_cosine(res.index, res.encoder)
@@ -102,6 +104,16 @@ def nearest_unlike(res: Resources, posed: Posed, evidence: Evidence, opts: Engin
         if depth >= total:
             break
     return []
+
+
+def _no_match_anywhere(posed: Posed, evidence: Evidence) -> bool:
+    """Increase: even the best score the index holds for the text is no match by the model's decision,
+    so no item can be unlike the original (known without searching the original's neighbours)."""
+    criterion, calibration = posed.criterion, evidence.calibration
+    if criterion.mode != "increase" or calibration is None or not calibration.informative:
+        return False
+    best = criterion.best_match_score
+    return best is not None and float(calibration.probability(best)) < DECISION
 
 
 def _first_unlike(

@@ -103,3 +103,13 @@ def test_without_a_calibration_the_rule_stands_in_for_the_decision(tmp_path, col
     valid = [i for i, rgb in COLOURS.items() if _score(rgb, red) >= 8.0]
     assert [x.id for x in result.baselines["nearest_unlike_neighbour"]] == [_nearest(valid, e0)] == [6]
     assert np.isclose(result.baselines["nearest_unlike_neighbour"][0].score_after, _score(COLOURS[6], red))
+
+
+def test_no_neighbour_when_nothing_in_the_index_is_a_match(tmp_path, colour_texts) -> None:
+    blues = {5: (60, 50, 240), 7: (220, 60, 160)}  # nothing scores past the decision line for "red"
+    index = make_colour_index(tmp_path, {0: ORIGINAL, **blues})
+    index.calibration = CALIBRATION
+    engine = Engine(index, ColourModel(colour_texts), EngineOptions(k=3, diversity=0.0))
+    result = engine.counterfactuals(image=0, text="red", threshold=5.0)
+    assert result.baselines["nearest_unlike_neighbour"] == []
+    assert max(CALIBRATION.probability(_score(rgb, colour_texts["red"])) for rgb in blues.values()) < 0.5
