@@ -202,7 +202,7 @@ def test_per_query_hits_agree_with_recall_at_k() -> None:
         )
         got_i[5, 6:] = -1
         got_d = exact_d + np.where(rng.random((50, 10)) < 0.2, 0.0, -0.5).astype(np.float32)
-        hits, truths = faiss_tune._hits(got_d, got_i, exact_d, exact_i, exact_scores)
+        hits, truths = faiss_tune.hits_per_query(got_d, got_i, exact_d, exact_i, exact_scores)
         assert truths[3] == 7 and truths.sum() == 497
         assert hits.sum() / truths.sum() == pytest.approx(
             recall_at_k(got_d, got_i, exact_d, exact_i, exact_scores)
