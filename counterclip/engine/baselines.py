@@ -25,7 +25,7 @@ from counterclip.engine.posing import Posed
 from counterclip.engine.resources import Resources
 from counterclip.engine.results import ResultItem
 from counterclip.engine.verdicts import Evidence
-from counterclip.engine.verify import Rescored, rescored_item, stale_cosine, verify
+from counterclip.engine.verify import Rescored, rescore, rescored_item, stale_cosine, verify
 
 NEAREST_UNLIKE = "nearest_unlike_neighbour"
 FIRST_TEXT_MATCH = "first_valid_text_match"
@@ -118,13 +118,13 @@ def _no_match_anywhere(posed: Posed, evidence: Evidence) -> bool:
 
 
 def _first_unlike(
-    posed: Posed, evidence: Evidence, found: Candidates, rescore: bool, stale_cos: float
+    posed: Posed, evidence: Evidence, found: Candidates, verify_source: bool, stale_cos: float
 ) -> Rescored | None:
     """The first of ``found`` (in order) that is unlike the original on its stored vector and, re-scored
     from its source, still is; None when none is."""
     for row in np.flatnonzero(unlike(posed, evidence, found.vectors)):
-        fresh, reason = posed.side.reencode(found.ids[row : row + 1])[0] if rescore else (None, None)
-        if reason is not None or (fresh is not None and float(fresh @ found.vectors[row]) < stale_cos):
+        fresh, reason = rescore(posed, found, [row], stale_cos)[0] if verify_source else (None, None)
+        if reason is not None:
             continue
         if fresh is not None and not bool(unlike(posed, evidence, fresh[None])[0]):
             continue

@@ -55,11 +55,9 @@ def verify(
         if len(answers) == opts.k:
             break
         batch = rows[start : start + opts.k]
-        fresh = posed.side.reencode(found.ids[batch]) if opts.verify else [(None, None)] * len(batch)
+        fresh = rescore(posed, found, batch, stale_cos) if opts.verify else [(None, None)] * len(batch)
         for row, (new, reason) in zip(batch, fresh, strict=True):
-            if opts.verify and new is not None and float(new @ found.vectors[row]) < stale_cos:
-                reason = "changed since indexing"  # same bytes, another vector: not this model's
-            if opts.verify and reason is not None:
+            if reason is not None:
                 item = posed.side.item(int(found.ids[row]))
                 stale.append({"id": item.id, "path": item.path, "text": item.text, "reason": reason})
                 continue
@@ -72,6 +70,20 @@ def verify(
             if len(answers) == opts.k:
                 break
     return Verified(answers, stale, found.left_out)
+
+
+def rescore(
+    posed: Posed, found: Candidates, rows: Any, stale_cos: float
+) -> list[tuple[np.ndarray | None, str | None]]:
+    """``(fresh vector, None)`` per row re-encoded from its source, or ``(vector or None, why it is
+    stale)``: the source is gone, or its re-encoding lies further than ``stale_cos`` from the stored
+    vector ("changed since indexing")."""
+    out = []
+    for row, (new, reason) in zip(rows, posed.side.reencode(found.ids[rows]), strict=True):
+        if reason is None and new is not None and float(new @ found.vectors[row]) < stale_cos:
+            reason = "changed since indexing"  # same bytes, another vector: not this model's
+        out.append((new, reason))
+    return out
 
 
 def _scored(posed: Posed, found: Candidates, row: int, fresh: np.ndarray | None) -> Rescored | None:

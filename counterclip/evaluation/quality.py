@@ -204,8 +204,7 @@ def _side_report(rows_per_query: list[list[dict[str, Any]]]) -> dict[str, Any]:
         if not mine:
             continue
         card = aggregate([r["card"] for r in mine], f"{method}: {len(mine)} answers")
-        truth = {key: float(np.mean([r["truth"][key] for r in mine])) for key in mine[0]["truth"]}
-        methods[method] = {"card": card.to_dict(), "truth": truth, "answers": len(mine)}
+        methods[method] = {"card": card.to_dict(), "truth": _truth_means(mine), "answers": len(mine)}
     return {
         "queries": len(rows_per_query),
         "methods": methods,
@@ -238,12 +237,13 @@ def _paired(rows_per_query: list[list[dict[str, Any]]]) -> dict[str, dict[str, A
 
 
 def _means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Each quality's mean over the rows that measured it, and the truth's means."""
-    values = {q: [r["card"].measures()[q].value for r in rows] for q in QUALITIES}
-    card = {q: (float(np.mean([v for v in vs if v is not None])) if any(v is not None for v in vs) else None)
-            for q, vs in values.items()}  # fmt: skip
-    truth = {key: float(np.mean([r["truth"][key] for r in rows])) for key in rows[0]["truth"]}
-    return {"card": card, "truth": truth}
+    """Each quality's mean over the rows that measured it (`aggregate`), and the truth's means."""
+    card = aggregate([r["card"] for r in rows], "paired")
+    return {"card": {q: m.value for q, m in card.measures().items()}, "truth": _truth_means(rows)}
+
+
+def _truth_means(rows: list[dict[str, Any]]) -> dict[str, float]:
+    return {key: float(np.mean([r["truth"][key] for r in rows])) for key in rows[0]["truth"]}
 
 
 def _agreement(rows: list[dict[str, Any]]) -> dict[str, float | None]:

@@ -34,7 +34,7 @@ VERDICT_WORDS: dict[str, dict[str, str]] = {
 
 BASELINE_WORDS = {
     "nearest_unlike_neighbour": "the item nearest the original that the model decides about differently "
-    "(a match at p(match) 0.5, for increase), without the target path or the verified line",
+    "(for increase: p(match) at least 0.5), found without the target path or the verified line",
     "first_valid_text_match": "the first valid item found by the text alone, ignoring the original",
     "closest_valid_in_top": "the valid item closest to the original among the text's top matches",
 }

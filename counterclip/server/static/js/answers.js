@@ -180,7 +180,7 @@ function baselines(result) {
     "details",
     { class: "baselines" },
     el("summary", {}, "Baselines, for comparison"),
-    el("p", { class: "muted" }, "Two simple ways to answer the same question without the gradient path, to judge the answers above against."),
+    el("p", { class: "muted" }, "Simpler ways to answer the same question without the gradient path, to judge the answers above against."),
     groups.map(([name, items]) => {
       const rows = items.map((i) => baselineItem(i, result, answered, seen));
       items.forEach((i) => seen.has(i.id) || answered.has(i.id) || seen.set(i.id, `the same as in “${baselineName(name)}” above`));
