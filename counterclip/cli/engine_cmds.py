@@ -345,6 +345,7 @@ def eval_counterfactual(
     text_proximity: str = typer.Option(
         None, "--text-proximity", help="words | embedding (text-side ranking)."
     ),
+    image_proximity: str = typer.Option(None, "--image-proximity", help="readings | embedding (image side)."),
     threads: int = THREADS_OPT,
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -373,7 +374,7 @@ def eval_counterfactual(
 
         torch.set_num_threads(threads)
     with _open_engine(index, device, quiet=as_json) as engine:
-        overrides = _evaluation_overrides(margin, nomatch_margin, text_proximity)
+        overrides = _evaluation_overrides(margin, nomatch_margin, text_proximity, image_proximity)
         measured = [s for s in SIDE_CHOICES[side] if s in ("image", "text")]
         label = f"queries ({', '.join(measured) or 'verdicts'} side)"
         with progress_bar(label, enabled=not as_json) as bar:
@@ -394,7 +395,10 @@ def eval_counterfactual(
 
 
 def _evaluation_overrides(
-    margin: float | None, nomatch_margin: float | None, text_proximity: str | None
+    margin: float | None,
+    nomatch_margin: float | None,
+    text_proximity: str | None,
+    image_proximity: str | None = None,
 ) -> dict[str, Any]:
     """The `EngineOptions` overrides of ``eval counterfactual``'s flags."""
     overrides: dict[str, Any] = {}
@@ -406,6 +410,10 @@ def _evaluation_overrides(
         if text_proximity not in ("words", "embedding"):
             raise InputError(f"--text-proximity must be words or embedding, got {text_proximity!r}")
         overrides["text_proximity"] = text_proximity
+    if image_proximity is not None:
+        if image_proximity not in ("readings", "embedding"):
+            raise InputError(f"--image-proximity must be readings or embedding, got {image_proximity!r}")
+        overrides["image_proximity"] = image_proximity
     return overrides
 
 

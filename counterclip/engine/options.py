@@ -44,6 +44,11 @@ class EngineOptions:
     baselines: bool = True  # compute the baselines alongside
     typical_sample: int = 1024  # index vectors sampled to estimate a typical (non-matching) score
     text_proximity: str = "words"  # text side ranking: "words" (fewest word edits first) or "embedding"
+    # image side ranking: "readings" (fewest things changed as the index's captions read the two images,
+    # among the reading_pool closest valid candidates; the cosine where the index has no captions) or
+    # "embedding" (the cosine alone). One batched caption search of reading_pool + 1 vectors per query.
+    image_proximity: str = "readings"
+    reading_pool: int = 16
     # which calibration the verdicts use: "auto" (the best that holds, see Engine.evidence) or one source:
     # "native", "captions" (recorded with the index), "model" (shipped with it), "self", "none"
     calibration: str = "auto"

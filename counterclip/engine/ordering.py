@@ -44,6 +44,13 @@ def order(posed: Posed, found: Candidates, opts: EngineOptions) -> Ordered:
 
 def in_words(posed: Posed, opts: EngineOptions) -> str:
     """The order `order` gives, as a heading may state it."""
-    by_words = getattr(posed.side, "by_words", False)
-    first = "fewest changed words first, then distance" if by_words else "by distance to the original"
+    if getattr(posed.side, "by_words", False):
+        first = "fewest changed words first, then distance"
+    elif getattr(posed.side, "by_readings", False):
+        first = (
+            "the asked change first, then fewest unasked things changed (as the index's captions read "
+            "them), then distance"
+        )
+    else:
+        first = "by distance to the original"
     return f"{first}, then variety (distinct changes first)" if opts.diversity > 0 else first

@@ -11,6 +11,7 @@ import numpy as np
 
 from counterclip.engine.criteria import Criterion, Decrease, Flip, Increase, check_labels, check_target
 from counterclip.engine.options import EngineOptions
+from counterclip.engine.readings import CaptionReader
 from counterclip.engine.request import ImageQuery, Resolved, decode_as_indexed, encode_text
 from counterclip.engine.resources import Resources
 from counterclip.engine.sides import CaptionSide, CollectionLike, ImageSide, Side, as_array
@@ -37,15 +38,35 @@ def make_side(
     text: str,
     opts: EngineOptions,
     query_sha256: str | None = None,
+    asked: tuple[str, str] = ("", ""),
 ) -> Side:
-    """The side named ``name`` (``image`` or ``text``) starting at ``start``."""
+    """The side named ``name`` (``image`` or ``text``) starting at ``start``; ``asked``: the texts whose
+    words an image answer should gain and lose (the order of the image side's answers)."""
+    for field_name, value, choices in (
+        ("image_proximity", opts.image_proximity, ("readings", "embedding")),
+        ("text_proximity", opts.text_proximity, ("words", "embedding")),
+    ):
+        if value not in choices:
+            raise InputError(f"{field_name} must be {' or '.join(choices)}, got {value!r}")
     if name == "image":
         decode = functools.partial(decode_as_indexed, res.index)  # this query's generation
         images = restricted(res.index.images, opts.where)  # --where: the candidates that pass it
-        return ImageSide(images, start, query_id, res.encoder, decode, query_sha256)
+        reader = _caption_reader(res) if opts.image_proximity == "readings" else None
+        return ImageSide(
+            images, start, query_id, res.encoder, decode, query_sha256, reader, opts.reading_pool, asked
+        )
     if opts.where:
         raise InputError("--where restricts images; the text side moves through captions (drop --where)")
     return CaptionSide(res.index.captions, start, text, res.encoder, opts.text_proximity == "words")
+
+
+def _caption_reader(res: Resources) -> CaptionReader | None:
+    """A reader of images in the index's caption words; None when it has no captions (or none that name
+    substitutes: nothing to count)."""
+    if not res.index.captions.count:
+        return None
+    substitutes = res.substitutes
+    return None if substitutes is None else CaptionReader(res.index.captions, substitutes)
 
 
 def pose(res: Resources, resolved: Resolved, opts: EngineOptions) -> Posed:
@@ -55,7 +76,8 @@ def pose(res: Resources, resolved: Resolved, opts: EngineOptions) -> Posed:
         return _pose_flip(res, resolved, opts)
     text_vec = encode_text(res.encoder, asked.text)
     if asked.side == "image":
-        moving = make_side(res, "image", image.vector, image.id, asked.text, opts, image.sha256)
+        wanted = (asked.text, "") if asked.mode == "increase" else ("", asked.text)
+        moving = make_side(res, "image", image.vector, image.id, asked.text, opts, image.sha256, wanted)
         fixed = text_vec
     else:
         moving = make_side(res, "text", text_vec, None, asked.text, opts)
@@ -84,7 +106,9 @@ def _pose_flip(res: Resources, resolved: Resolved, opts: EngineOptions) -> Posed
         "predicted": labels[int(np.argmax(probabilities))],
         "class_probabilities": dict(zip(labels, map(float, probabilities), strict=True)),
     }
-    side = make_side(res, "image", image.vector, image.id, "", opts, image.sha256)
+    side = make_side(
+        res, "image", image.vector, image.id, "", opts, image.sha256, (target, query["predicted"])
+    )
     return Posed(side, criterion, query, list(labels), resolved.asked.image)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from counterclip.engine.ranking import alignment, change_directions, edit_features
+from counterclip.engine.readings import CaptionReader, reading_levels
 from counterclip.engine.results import ResultItem
 from counterclip.engine.words import content_words
 from counterclip.index_builder.decode import DecodeError, LoadedImage
@@ -107,12 +108,47 @@ class ImageSide(Side):
         model: EncoderLike,
         decode: Callable[[str], LoadedImage],
         query_sha256: str | None = None,
+        reader: CaptionReader | None = None,
+        reading_pool: int = 16,
+        asked: tuple[str, str] = ("", ""),
     ) -> None:
         super().__init__(collection, start)
         self.query_id = query_id
         self.query_sha256 = query_sha256  # the query file's content hash (a copy elsewhere is the query)
         self.model = model
         self.decode = decode
+        self.reader = reader  # None: answers by distance alone (no captions, or asked so)
+        self.reading_pool = reading_pool
+        # the words the answer should gain and lose (increase: the text's; decrease: lose the text's;
+        # flip: gain the target's, lose the prediction's): their change costs nothing in the order
+        self.gain, self.lose = (frozenset(content_words(text)) for text in asked)
+        self._original_reading: set[str] | None = None
+
+    @property
+    def by_readings(self) -> bool:
+        """Whether answers are ordered by the things the captions read as changed."""
+        return self.reader is not None
+
+    def proximity(self, ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """With a reader, among the ``reading_pool`` closest: first the items the index's captions read as
+        making the asked change, fewest other things changed first (the image counterpart of the text
+        side's fewest words); then the items whose readings show no asked change; distance orders each
+        level, and the rest after them (`reading_levels`). The closest item across the line often
+        changes something the text did not ask for (a colour, the background) where one a little farther
+        changes only the asked thing. Without a reader: the cosine."""
+        cosine = vectors @ self.start
+        if self.reader is None or not len(ids):
+            return cosine, None
+        nearest = np.argsort(-cosine, kind="stable")[: self.reading_pool]
+        if self._original_reading is None:
+            self._original_reading = self.reader.read(self.start)[0]
+        changes = [self.reader.changes(self._original_reading, r) for r in self.reader.read(vectors[nearest])]
+        pooled = reading_levels(changes, self.gain, self.lose)
+        level = np.full(len(ids), pooled.max() + 1)
+        level[nearest] = pooled
+        # A step of 3 per level: more than any cosine gap (2), so distance only orders within a level (and
+        # the variety stage, which weighs closeness against likeness, cannot trade a level for a direction).
+        return cosine - 3.0 * level, None
 
     def copies_of_query(self, ids: np.ndarray) -> list[str | None]:
         """The query's own entry, and files with the query file's content (a copy under another name)."""

@@ -16,6 +16,7 @@ from PIL import Image
 
 from counterclip.calibration import Calibration
 from counterclip.engine.criteria import Increase
+from counterclip.engine.readings import CaptionReader
 from counterclip.engine.results import ResultItem
 from counterclip.engine.verdicts import Evidence
 from counterclip.engine.words import Substitutes, content_words
@@ -195,16 +196,42 @@ def test_flip_targets_the_runner_up_label_by_default(shapes) -> None:
     for item in result.items:  # both numbers, each named for what it is
         assert item.probabilities is not None and set(item.probabilities) == set(labels)
         assert max(item.probabilities, key=item.probabilities.get) == result.query["target"]
-    assert result.order.startswith("by distance")
+    assert result.order.startswith("the asked change first")
+    assert engine.counterfactuals(
+        image=5, mode="flip", labels=labels, image_proximity="embedding"
+    ).order.startswith("by distance")
 
 
 def test_the_stated_order_is_the_real_order(shapes) -> None:
     engine, _, _, _ = shapes
-    closest = engine.counterfactuals(image=4, text="a green circle", diversity=0.0)
+    closest = engine.counterfactuals(
+        image=4, text="a green circle", diversity=0.0, image_proximity="embedding"
+    )
     assert closest.order == "by distance to the original"
     distances = [item.distance for item in closest.items]
     assert distances == sorted(distances)
     assert "then variety" in engine.counterfactuals(image=4, text="a green circle").order
+    # by the captions' readings: answers read as making the asked change first, fewest other things
+    # changed first, distance among equals (the levels are recomputed here from the readings)
+    read = engine.counterfactuals(image=4, text="a green circle", diversity=0.0)
+    assert read.order.startswith("the asked change first, then fewest unasked things changed")
+    reader = CaptionReader(engine.index.captions, Substitutes(_all_captions(engine)))
+    original, *answers = reader.read(engine.index.images.vectors([4] + [item.id for item in read.items]))
+    gain = set(content_words("a green circle"))  # an increase: the asked change gains a word of the text
+    levels = [
+        sum(new not in gain for _, new in changes) if any(new in gain for _, new in changes) else None
+        for changes in (reader.changes(original, r) for r in answers)
+    ]
+    shown = [level for level in levels if level is not None]
+    keys = [
+        (level is None, level or 0, item.distance) for level, item in zip(levels, read.items, strict=True)
+    ]
+    assert shown  # the captions see the asked change in some answer
+    assert keys == sorted(keys)
+
+
+def _all_captions(engine) -> list[str]:
+    return [m["text"] for m in engine.index.captions.meta(engine.index.captions.ids)]
 
 
 def test_own_captions_of_images_come_from_the_index(shapes) -> None:
