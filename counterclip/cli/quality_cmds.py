@@ -23,6 +23,7 @@ def eval_quality(
     methods: str = typer.Option("relevance", "--methods", help="Comma-separated map methods."),
     seed: int = typer.Option(0, "--seed"),
     k: int = typer.Option(5, "-k"),
+    image_proximity: str = typer.Option(None, "--image-proximity", help="readings | embedding (image side)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
@@ -37,7 +38,7 @@ def eval_quality(
 
       counterclip eval quality --index shapes1k.idx --labels-file shapes1k/labels.jsonl --side image --maps 0 --json
     """
-    from counterclip.cli.engine_cmds import _open_engine
+    from counterclip.cli.engine_cmds import _evaluation_overrides, _open_engine
     from counterclip.evaluation.quality import evaluate_quality
     from counterclip.evaluation.quality_maps import evaluate_map_quality
 
@@ -48,12 +49,20 @@ def eval_quality(
     if n_queries < 1 or maps < 0:
         raise InputError("--n-queries must be at least 1 and --maps at least 0")
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    overrides = _evaluation_overrides(None, None, None, image_proximity)
     report: dict[str, Any] = {}
     with _open_engine(index, device) as engine:
         if SIDES[side]:
             with progress_bar("queries with quality cards", enabled=not as_json) as bar:
                 report["answers"] = evaluate_quality(
-                    engine, labels_file, n_queries=n_queries, seed=seed, k=k, sides=SIDES[side], progress=bar
+                    engine,
+                    labels_file,
+                    n_queries=n_queries,
+                    seed=seed,
+                    k=k,
+                    sides=SIDES[side],
+                    progress=bar,
+                    **overrides,
                 )
         if maps:
             with progress_bar("maps with quality cards", enabled=not as_json) as bar:
@@ -90,9 +99,13 @@ def _print_section(title: str, section: dict[str, Any]) -> None:
         figures = ", ".join(
             f"{q} {_figure(ours[q])} vs {_figure(theirs[q])}" for q in QUALITY_ROWS if q != "faithfulness"
         )
+        truth_ours, truth_theirs = pair["gradient_path"]["truth"], pair[method]["truth"]
+        truths = ", ".join(
+            f"{key} {_figure(truth_ours[key])} vs {_figure(truth_theirs[key])}" for key in truth_ours
+        )
         say(
             f"[dim]paired with the {method.replace('_', ' ')} over the {pair['queries']} queries both "
-            f"answered (the same item in {pair['same_item']}): {figures}[/]"
+            f"answered (the same item in {pair['same_item']}): {figures}; by the truth: {truths}[/]"
         )
 
 

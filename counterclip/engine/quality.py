@@ -6,9 +6,9 @@ The five measures of a counterfactual answer (`DEFINITIONS` says each in one lin
 - faithfulness: the answer and the original re-encoded from their files (texts) by the model under audit
   give the change the result claims (agreement 0-1; where the model has an image-text matching head, the
   share of the two readings that agree);
-- understandability: how few things changed: content words (text side), the words of the index's
-  captions that read the two images differently (image side, an index with captions), else the share of
-  the picture that changed;
+- understandability: how few things changed: content words (text side), the things besides the asked
+  change that the index's captions read differently in the two images (image side, an index with
+  captions), else the share of the picture that changed;
 - completeness: the share of the gap from the original to the goal the answer closes;
 - stability: the share of small perturbations of the query (a JPEG copy of its image, a little noise, a
   paraphrase of its text) under which the answer comes back; for the set, the rank-aware overlap of the
@@ -61,9 +61,10 @@ DEFINITIONS: dict[str, str] = {
     "re-encoded from their files (texts) with the claimed change (the smaller over the larger, 0 when "
     "opposite); with a matching head, the mean with whether the head moves the same way",
     "understandability:words": "content words changed between the original text and the answer",
-    "understandability:captions": "things changed: words the index's captions read the original with that "
-    f"they replace by another value for the answer (red -> blue), over the {measures.READINGS} captions the "
-    "model ranks highest for each",
+    "understandability:captions": "things changed besides the asked change: words the index's captions "
+    "read the original with that they replace by another value for the answer (light -> dark), over the "
+    f"{measures.READINGS} captions the model ranks highest for each; the asked change (a word of the text "
+    "gained; decrease: lost; flip: the target gained or the prediction lost) is named apart, not counted",
     "understandability:picture": f"share of the picture that changed (cells of a {measures.GRID}x"
     f"{measures.GRID} grid whose mean colour moved by more than {measures.CELL_CHANGE})",
     "completeness": "share 0-1 of the gap from the original to the goal the answer closes: in calibrated "

@@ -14,15 +14,15 @@ import numpy as np
 from PIL import Image
 
 from counterclip.engine.posing import Posed, make_side
+from counterclip.engine.readings import READINGS, CaptionReader, split_changes
 from counterclip.engine.request import indexed_image, query_pil
 from counterclip.engine.resources import Resources
 from counterclip.engine.results import ResultItem
 from counterclip.engine.sides import as_array
 from counterclip.engine.verdicts import MATCH, NO_MATCH, Evidence
-from counterclip.engine.words import Substitutes, content_words, entails
+from counterclip.engine.words import content_words, entails
 from counterclip.quality import agreement, gap_share, pair_probability
 
-READINGS = 10  # captions the model ranks highest for an image: the words it reads the image with
 GRID = 8  # the picture proxy's grid of cells (GRID x GRID)
 CELL_CHANGE = 0.1  # a cell whose mean colour moves more than this (0-1 range) changed
 
@@ -154,10 +154,10 @@ def understandability(res: Resources, posed: Posed, answers: list[Answer]) -> tu
         return "words", [_words_changed(posed.texts[0], a.item.text or "") for a in answers]
     substitutes = res.substitutes
     if substitutes is not None and res.index.captions.count:
-        original = caption_reading(res, posed.side.start)
-        return "captions", [
-            _reading_changes(original, caption_reading(res, a.vector), substitutes) for a in answers
-        ]
+        reader = CaptionReader(res.index.captions, substitutes)
+        original, *read = reader.read(np.stack([posed.side.start] + [a.vector for a in answers]))
+        asked = getattr(posed.side, "gain", frozenset()), getattr(posed.side, "lose", frozenset())
+        return "captions", [_reading_changes(reader.changes(original, answer), *asked) for answer in read]
     query = query_pil(res.index, posed.image)
     return "picture", [_picture_change(query, _answer_image(res, a)) for a in answers]
 
@@ -174,37 +174,21 @@ def _words_changed(original: str, answer: str) -> Reading:
     return Reading(float(changed), sentence, {"removed": removed, "added": added})
 
 
-def caption_reading(res: Resources, vector: np.ndarray) -> set[str]:
-    """The content words of the `READINGS` captions of the index the model ranks highest for a vector."""
-    _, ids = res.index.captions.search(vector[None].astype(np.float32), READINGS)
-    found = [int(i) for i in ids[0] if i >= 0]
-    return (
-        {w for meta in res.index.captions.meta(found) for w in content_words(meta["text"])}
-        if found
-        else set()
+def _reading_changes(changes: list[tuple[str, str]], gain: frozenset[str], lose: frozenset[str]) -> Reading:
+    """The things changed besides the asked change (which any answer must make: counting it would favour
+    answers whose readings miss it), with the asked change named apart."""
+    asked, unasked = split_changes(changes, gain, lose)
+    count = len(unasked)
+    said = ", ".join(f"{a} -> {b}" for a, b in unasked) or "nothing the captions name"
+    shown = (
+        "the asked change: " + ", ".join(f"{a} -> {b}" for a, b in asked)
+        if asked
+        else "the captions do not read the asked change in it"
     )
-
-
-def reading_changes(original: set[str], answer: set[str], substitutes: Substitutes) -> list[tuple[str, str]]:
-    """``(word, replacing word)`` for each word one reading says where the other says a substitute; a
-    replacing word counts once (two readings of the original may name it "left" and "bottom")."""
-    only_answer = answer - original
-    changes: list[tuple[str, str]] = []
-    for word in sorted(original - answer):
-        replaced = sorted((substitutes.of(word) & only_answer) - {b for _, b in changes})
-        if replaced:
-            changes.append((word, replaced[0]))
-    return changes
-
-
-def _reading_changes(original: set[str], answer: set[str], substitutes: Substitutes) -> Reading:
-    changes = reading_changes(original, answer, substitutes)
-    said = ", ".join(f"{a} -> {b}" for a, b in changes) or "nothing the captions name"
-    count = len(changes)
     return Reading(
         float(count),
-        f"{count} thing{'' if count == 1 else 's'} changed ({said})",
-        {"changes": [list(c) for c in changes]},
+        f"{count} other thing{'' if count == 1 else 's'} changed ({said}); {shown}",
+        {"changes": [list(c) for c in changes], "asked": [list(c) for c in asked]},
     )
 
 

@@ -9,7 +9,8 @@ Every query runs with ``quality=True``; the top answer's card, the nearest unlik
 random valid item's are aggregated side by side (`counterclip.quality.aggregate`). Truth, per answer:
 the attributes that really changed, whether it has every value the text names (image side) or names a
 value the image lacks (text side), whether it is the minimal answer. Agreement: Spearman's rank
-correlation of understandability with the attributes that changed (lower is better, so agreement is
+correlation of understandability with the attributes that changed (image side: those besides the asked
+one, as the card counts them; lower is better, so agreement is
 positive); for completeness, stability and contrastivity the AUC of the number separating answers the
 truth calls right from the others (0.5 = no agreement).
 
@@ -41,8 +42,9 @@ METHODS = (OURS, NEAREST, RANDOM)
 #: How each number is checked against the world's truth (copied into every report).
 TRUTH = {
     "faithfulness": "none: it checks the model against itself (its re-scored change), not the world",
-    "understandability": "Spearman of the number with the attributes that really changed (image side: "
-    "shape, colour, size, position, background; text side: the attributes the two captions name differently)",
+    "understandability": "Spearman of the number with the attributes that really changed: image side, "
+    "those besides the asked one (shape, colour, size, position, background: the card counts the unasked "
+    "changes); text side, the attributes the two captions name differently",
     "completeness": "AUC of the number for answers that have every value the text names (image side) or "
     "name a value the image does not have (text side) against the others",
     "stability": "AUC of the number for minimal answers (exactly the asked change) against the others",
@@ -143,6 +145,9 @@ def _image_rows(engine, id_attrs, query, k, overrides) -> list[dict[str, Any]]:
         contrastive = getattr(other, attribute) == getattr(wanted, attribute)
         truth = {
             "changed": changed,
+            # changes the text did not ask for: an answer that changes nothing (the model's mistake) has
+            # the fewest changes of all, but it is no counterfactual; this counts only the surplus
+            "unasked": changed - int(getattr(other, attribute) != getattr(attrs, attribute)),
             "complete": has_named,
             "minimal": other == wanted,
             "contrastive": contrastive,
@@ -250,7 +255,8 @@ def _agreement(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     """How each number agrees with the truth over every answer (see `TRUTH`)."""
     values = {q: [r["card"].measures()[q].value for r in rows] for q in QUALITIES}
     out: dict[str, float | None] = {"faithfulness": None}
-    pairs = [(v, r["truth"]["changed"]) for v, r in zip(values["understandability"], rows, strict=True)]
+    changed = "unasked" if rows and "unasked" in rows[0]["truth"] else "changed"  # what the card counts
+    pairs = [(v, r["truth"][changed]) for v, r in zip(values["understandability"], rows, strict=True)]
     pairs = [(v, t) for v, t in pairs if v is not None]
     out["understandability"] = (
         rank_correlation(*map(np.asarray, zip(*pairs, strict=True))) if len(pairs) > 2 else None

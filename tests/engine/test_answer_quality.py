@@ -15,6 +15,7 @@ from counterclip.engine import Engine, posing, request
 from counterclip.engine import quality_measures as measures
 from counterclip.engine import quality_stability as stability
 from counterclip.engine.quality_measures import Answer
+from counterclip.engine.readings import reading_changes
 from counterclip.engine.results import ResultItem
 from counterclip.engine.verdicts import Evidence
 from counterclip.engine.words import Substitutes
@@ -99,8 +100,17 @@ def test_fewer_changes_read_fewer_words() -> None:
     two = measures._words_changed("a large red circle", "a small blue circle")
     assert two.value == 2.0
     substitutes = Substitutes(["a red circle", "a blue circle", "a red square", "a small circle"])
-    changes = measures.reading_changes({"red", "circle", "large"}, {"blue", "circle"}, substitutes)
+    changes = reading_changes({"red", "circle", "large"}, {"blue", "circle"}, substitutes)
     assert changes == [("red", "blue")]  # "large" is not said of the answer: not a change
+    # the card counts the things changed besides the asked change, and names that one apart
+    blue = frozenset({"blue", "circle"})
+    read = measures._reading_changes([("red", "blue"), ("light", "dark")], blue, frozenset())
+    assert read.value == 1.0 and read.details["asked"] == [["red", "blue"]]
+    assert read.sentence == "1 other thing changed (light -> dark); the asked change: red -> blue"
+    missed = measures._reading_changes([], blue, frozenset())  # the readings do not see the asked change
+    assert missed.value == 0.0 and missed.sentence.endswith("the captions do not read the asked change in it")
+    lost = measures._reading_changes([("red", "blue")], frozenset(), frozenset({"red", "circle"}))  # decrease
+    assert lost.value == 0.0 and lost.details["asked"] == [["red", "blue"]]
     image = Image.new("RGB", (64, 64), (20, 20, 20))
     half = image.copy()
     half.paste((250, 250, 250), (0, 0, 32, 64))
