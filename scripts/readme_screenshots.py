@@ -20,14 +20,19 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "docs" / "screenshots"
-#: test output name -> (README picture name, the height kept from the top)
+#: test output name -> (README picture name, the box kept: left, top, right, bottom; a box larger than the
+#: picture keeps what there is)
 CHOSEN = {
-    "30-answers-desktop.png": ("web-answers-desktop.png", 1300),
-    "30-answers-phone.png": ("web-answers-phone.png", 2400),
-    "32-stale-answers-phone.png": ("web-stale-phone.png", 2400),
-    "34-maps-phone.png": ("web-maps-phone.png", 2400),
-    "35-settled-desktop.png": ("web-settled-desktop.png", 1300),
-    "20-report-image-side.png": ("report-image-side.png", 2400),
+    "30-answers-desktop.png": ("web-answers-desktop.png", (0, 0, 1400, 1300)),
+    "30-answers-phone.png": ("web-answers-phone.png", (0, 0, 1400, 2400)),
+    "32-stale-answers-phone.png": ("web-stale-phone.png", (0, 0, 1400, 2400)),
+    "34-maps-phone.png": ("web-maps-phone.png", (0, 0, 1400, 2400)),
+    "35-settled-desktop.png": ("web-settled-desktop.png", (0, 0, 1400, 1300)),
+    "20-report-image-side.png": ("report-image-side.png", (0, 0, 1400, 2400)),
+    # the quality cards: beside each answer (step 2 of the page), under each map (the dialog), the report
+    "30-quality-answers.png": ("web-quality-answers.png", (650, 790, 1400, 1490)),
+    "31-quality-maps.png": ("web-quality-maps.png", (140, 200, 1245, 1690)),
+    "32-quality-report.png": ("report-quality.png", (0, 1050, 1400, 2400)),
 }
 TESTS = [
     "tests/browser/test_browser_people.py::test_answers_fit_the_screen_with_every_number_named",
@@ -35,6 +40,7 @@ TESTS = [
     "tests/browser/test_browser_people.py::test_the_maps_dialog_closes_by_touch_or_click",
     "tests/browser/test_browser_people.py::test_the_original_reading_comes_first",
     "tests/browser/test_browser_outputs.py::test_image_side_report",
+    "tests/browser/test_browser_quality.py",
 ]
 
 
@@ -46,9 +52,10 @@ def main() -> int:
             print("the browser tests failed: no screenshot copied", file=sys.stderr)
             return done.returncode
         TARGET.mkdir(parents=True, exist_ok=True)
-        for source, (name, height) in CHOSEN.items():
-            with Image.open(Path(scratch) / "browser" / source) as shot:  # a long page: its top
-                kept = shot.convert("RGB").crop((0, 0, shot.width, min(shot.height, height)))
+        for source, (name, (left, top, right, bottom)) in CHOSEN.items():
+            with Image.open(Path(scratch) / "browser" / source) as shot:  # a long page: the part shown
+                box = (left, top, min(shot.width, right), min(shot.height, bottom))
+                kept = shot.convert("RGB").crop(box)
                 kept.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(TARGET / name, optimize=True)
             print(f"{TARGET / name}: {(TARGET / name).stat().st_size // 1024} kB")
     return 0
