@@ -61,12 +61,15 @@ def make_side(
 
 
 def _caption_reader(res: Resources) -> CaptionReader | None:
-    """A reader of images in the index's caption words; None when it has no captions (or none that name
-    substitutes: nothing to count)."""
+    """A reader of images in the index's caption words; None when it has no captions, none that name
+    substitutes (nothing to count), or the model's readings of its images in them do not hold (an
+    untrained model, captions unrelated to the images: the order would follow noise)."""
     if not res.index.captions.count:
         return None
     substitutes = res.substitutes
-    return None if substitutes is None else CaptionReader(res.index.captions, substitutes)
+    if substitutes is None or not res.readings_hold:
+        return None
+    return CaptionReader(res.index.captions, substitutes)
 
 
 def pose(res: Resources, resolved: Resolved, opts: EngineOptions) -> Posed:

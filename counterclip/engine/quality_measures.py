@@ -147,13 +147,13 @@ def _answer_image(res: Resources, answer: Answer) -> Image.Image | None:
 
 def understandability(res: Resources, posed: Posed, answers: list[Answer]) -> tuple[str, list[Reading]]:
     """How few things changed, and how it was read: ``words`` (the text side: content words of the
-    original text against the answer), ``captions`` (the image side where the index holds captions:
-    the words they read the two images with), ``picture`` (otherwise: the share of the picture that
-    changed)."""
+    original text against the answer), ``captions`` (the image side where the index holds captions and
+    the model's readings of its images in them hold: the words they read the two images with besides
+    the asked change), ``picture`` (otherwise: the share of the picture that changed)."""
     if posed.side.name == "text":
         return "words", [_words_changed(posed.texts[0], a.item.text or "") for a in answers]
     substitutes = res.substitutes
-    if substitutes is not None and res.index.captions.count:
+    if substitutes is not None and res.index.captions.count and res.readings_hold:
         reader = CaptionReader(res.index.captions, substitutes)
         original, *read = reader.read(np.stack([posed.side.start] + [a.vector for a in answers]))
         asked = getattr(posed.side, "gain", frozenset()), getattr(posed.side, "lose", frozenset())

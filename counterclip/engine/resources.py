@@ -73,6 +73,15 @@ class GenerationState:
                 chosen[source] = Evidence(choose_calibration(source, index, model))
             return chosen[source]
 
+    def readings_hold(self, index: IndexLike, model: ClipModel) -> bool:
+        """Whether the model's readings of the index's images in its captions mean something: the test of
+        the calibration fitted from the index (each image's best caption beats shuffled captions clearly,
+        and the readings agree both ways); an untrained model or unrelated captions fail it."""
+        with self._lock:
+            if "readings_hold" not in self._cache:
+                self._cache["readings_hold"] = _fitted_on_index(index, model) is not None
+            return self._cache["readings_hold"]
+
     def caption_words(self, index: IndexLike) -> CaptionWords:
         """What the index's captions say about words: which it uses, one-word swaps, substitutes (a sample
         of 200k captions for larger collections: enough to know their words)."""
@@ -136,6 +145,10 @@ class Resources:
     @property
     def substitutes(self) -> Substitutes | None:
         return self.state.caption_words(self.index).substitutes
+
+    @property
+    def readings_hold(self) -> bool:
+        return self.state.readings_hold(self.index, self.model)
 
     def token_counts(self, texts: list[str]) -> tuple[dict[str, int], int | None]:
         """Tokens per text and the model's context (the context-length warning), where the model says."""

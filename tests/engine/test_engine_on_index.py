@@ -293,3 +293,15 @@ def test_onnx_runtime_gives_the_torch_answers(shapes_index, tmp_path, monkeypatc
     for a, b in zip(got.items, expected.items, strict=True):
         assert a.score_after == pytest.approx(b.score_after, abs=1e-3) and a.verdict == b.verdict
     assert [i.id for i in onnx_hits.items] == [i.id for i in hits.items]
+
+
+def test_readings_that_do_not_hold_order_nothing(shapes_index) -> None:
+    """A random-weight model reads no image by its captions (best captions do not beat shuffled ones), so
+    its image-side answers keep the distance order, and the card measures the picture, not readings."""
+    _, index_dir = shapes_index
+    with Engine.open(index_dir, device="cpu") as engine:
+        assert engine.resources().substitutes is not None  # the captions do name substitutes
+        assert engine.resources().readings_hold is False
+        result = engine.counterfactuals(image=1, text="a red circle", k=3, threshold=-1e9, quality=True)
+        assert result.order.startswith("by distance to the original")
+        assert result.quality.answers[0].understandability.definition.startswith("share of the picture")
