@@ -11,7 +11,6 @@ import numpy as np
 
 from counterclip.engine.criteria import Criterion, Decrease, Flip, Increase, check_labels, check_target
 from counterclip.engine.options import EngineOptions
-from counterclip.engine.readings import CaptionReader
 from counterclip.engine.request import ImageQuery, Resolved, decode_as_indexed, encode_text
 from counterclip.engine.resources import Resources
 from counterclip.engine.sides import CaptionSide, CollectionLike, ImageSide, Side, as_array
@@ -51,25 +50,15 @@ def make_side(
     if name == "image":
         decode = functools.partial(decode_as_indexed, res.index)  # this query's generation
         images = restricted(res.index.images, opts.where)  # --where: the candidates that pass it
-        reader = _caption_reader(res) if opts.image_proximity == "readings" else None
+        # no reader without captions naming substitutes, or where the model's readings of the index do
+        # not hold (an untrained model, captions unrelated to the images: the order would follow noise)
+        reader = res.caption_reader if opts.image_proximity == "readings" else None
         return ImageSide(
             images, start, query_id, res.encoder, decode, query_sha256, reader, opts.reading_pool, asked
         )
     if opts.where:
         raise InputError("--where restricts images; the text side moves through captions (drop --where)")
     return CaptionSide(res.index.captions, start, text, res.encoder, opts.text_proximity == "words")
-
-
-def _caption_reader(res: Resources) -> CaptionReader | None:
-    """A reader of images in the index's caption words; None when it has no captions, none that name
-    substitutes (nothing to count), or the model's readings of its images in them do not hold (an
-    untrained model, captions unrelated to the images: the order would follow noise)."""
-    if not res.index.captions.count:
-        return None
-    substitutes = res.substitutes
-    if substitutes is None or not res.readings_hold:
-        return None
-    return CaptionReader(res.index.captions, substitutes)
 
 
 def pose(res: Resources, resolved: Resolved, opts: EngineOptions) -> Posed:

@@ -37,6 +37,7 @@ from counterclip.engine.ordering import order
 from counterclip.engine.posing import Posed
 from counterclip.engine.quality_measures import Answer, CountingEncoder, Reading
 from counterclip.engine.quality_stability import PERTURBATIONS, Perturbed, perturbed_answers
+from counterclip.engine.readings import READINGS, SAMPLE
 from counterclip.engine.resources import Resources
 from counterclip.engine.results import CounterfactualQuality, ResultItem
 from counterclip.engine.verify import Verified, verify
@@ -63,7 +64,8 @@ DEFINITIONS: dict[str, str] = {
     "understandability:words": "content words changed between the original text and the answer",
     "understandability:captions": "things changed besides the asked change: words the index's captions "
     "read the original with that they replace by another value for the answer (light -> dark), over the "
-    f"{measures.READINGS} captions the model ranks highest for each; the asked change (a word of the text "
+    f"{READINGS} captions the model ranks highest for each (among a fixed sample of "
+    f"{SAMPLE} of a larger collection); the asked change (a word of the text "
     "gained; decrease: lost; flip: the target gained or the prediction lost) is named apart, not counted",
     "understandability:picture": f"share of the picture that changed (cells of a {measures.GRID}x"
     f"{measures.GRID} grid whose mean colour moved by more than {measures.CELL_CHANGE})",

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from counterclip.engine.posing import Posed, make_side
-from counterclip.engine.readings import READINGS, CaptionReader, split_changes
+from counterclip.engine.readings import READINGS, split_changes
 from counterclip.engine.request import indexed_image, query_pil
 from counterclip.engine.resources import Resources
 from counterclip.engine.results import ResultItem
@@ -152,9 +152,8 @@ def understandability(res: Resources, posed: Posed, answers: list[Answer]) -> tu
     the asked change), ``picture`` (otherwise: the share of the picture that changed)."""
     if posed.side.name == "text":
         return "words", [_words_changed(posed.texts[0], a.item.text or "") for a in answers]
-    substitutes = res.substitutes
-    if substitutes is not None and res.index.captions.count and res.readings_hold:
-        reader = CaptionReader(res.index.captions, substitutes)
+    reader = res.caption_reader
+    if reader is not None:
         original, *read = reader.read(np.stack([posed.side.start] + [a.vector for a in answers]))
         asked = getattr(posed.side, "gain", frozenset()), getattr(posed.side, "lose", frozenset())
         return "captions", [_reading_changes(reader.changes(original, answer), *asked) for answer in read]

@@ -16,6 +16,7 @@ import numpy as np
 
 from counterclip.calibration import MIN_PAIRS, Calibration, native_calibration, self_calibration
 from counterclip.engine.options import EngineOptions
+from counterclip.engine.readings import CaptionReader
 from counterclip.engine.sides import CollectionLike
 from counterclip.engine.verdicts import Evidence
 from counterclip.engine.words import Lexicon, Substitutes, Swaps
@@ -81,6 +82,16 @@ class GenerationState:
             if "readings_hold" not in self._cache:
                 self._cache["readings_hold"] = _fitted_on_index(index, model) is not None
             return self._cache["readings_hold"]
+
+    def caption_reader(self, index: IndexLike) -> CaptionReader | None:
+        """A reader of images in the index's caption words (None: no captions that name substitutes)."""
+        with self._lock:
+            if "reader" not in self._cache:
+                substitutes = self.caption_words(index).substitutes
+                self._cache["reader"] = (
+                    None if substitutes is None else CaptionReader.of(index.captions, substitutes)
+                )
+            return self._cache["reader"]
 
     def caption_words(self, index: IndexLike) -> CaptionWords:
         """What the index's captions say about words: which it uses, one-word swaps, substitutes (a sample
@@ -149,6 +160,13 @@ class Resources:
     @property
     def readings_hold(self) -> bool:
         return self.state.readings_hold(self.index, self.model)
+
+    @property
+    def caption_reader(self) -> CaptionReader | None:
+        """The index's reader of images in its caption words, where the model's readings hold."""
+        if not self.index.captions.count or not self.readings_hold:
+            return None
+        return self.state.caption_reader(self.index)
 
     def token_counts(self, texts: list[str]) -> tuple[dict[str, int], int | None]:
         """Tokens per text and the model's context (the context-length warning), where the model says."""

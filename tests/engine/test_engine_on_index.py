@@ -302,6 +302,8 @@ def test_readings_that_do_not_hold_order_nothing(shapes_index) -> None:
     with Engine.open(index_dir, device="cpu") as engine:
         assert engine.resources().substitutes is not None  # the captions do name substitutes
         assert engine.resources().readings_hold is False
-        result = engine.counterfactuals(image=1, text="a red circle", k=3, threshold=-1e9, quality=True)
+        result = engine.counterfactuals(
+            image=1, text="a red circle", k=3, threshold=-1e9, quality=True, image_proximity="readings"
+        )
         assert result.order.startswith("by distance to the original")
         assert result.quality.answers[0].understandability.definition.startswith("share of the picture")

@@ -45,12 +45,28 @@ def test_a_reading_is_the_words_of_the_nearest_captions_by_brute_force(tmp_path)
     table = _captions()
     ids = np.array(sorted(table))
     matrix = np.stack([table[i][1] for i in ids])
-    reader = CaptionReader(_collection(tmp_path), _substitutes())
+    reader = CaptionReader.of(_collection(tmp_path), _substitutes())
     queries = np.stack([colour_vector(rgb) for rgb in [(240, 60, 30), (30, 40, 230), (120, 200, 60)]])
     for vector, reading in zip(queries, reader.read(queries), strict=True):
         nearest = ids[np.argsort(-(matrix @ vector), kind="stable")[:READINGS]]
         assert reading == {w for i in nearest for w in content_words(table[int(i)][0])}
     assert reader.read(np.zeros((0, 3), np.float32)) == []
+
+
+def test_a_larger_collection_is_read_through_a_fixed_sample(tmp_path) -> None:
+    """Past ``sample`` captions the reader ranks a seeded sample of them, exactly (brute force over the
+    same sample), and two readers of one collection agree."""
+    table = _captions()
+    ids = np.array(sorted(table))
+    reader = CaptionReader.of(_collection(tmp_path), _substitutes(), sample=12)
+    kept = np.sort(np.random.default_rng(0).choice(ids, 12, replace=False))
+    assert len(reader.words) == 12
+    matrix = np.stack([table[int(i)][1] for i in kept])
+    vector = colour_vector((200, 90, 60))
+    nearest = kept[np.argsort(-(matrix @ vector), kind="stable")[:READINGS]]
+    assert reader.read(vector)[0] == {w for i in nearest for w in content_words(table[int(i)][0])}
+    again = CaptionReader.of(_collection(tmp_path), _substitutes(), sample=12)
+    assert again.read(vector) == reader.read(vector)
 
 
 def test_reading_changes_count_substituted_words_once() -> None:
@@ -65,7 +81,7 @@ def test_reading_changes_count_substituted_words_once() -> None:
 
 def _side(tmp_path, start, pool: int, asked: str, reader: CaptionReader | None = None) -> ImageSide:
     """An image side asked to gain the words of ``asked`` (an increase)."""
-    reader = reader or CaptionReader(_collection(tmp_path), _substitutes())
+    reader = reader or CaptionReader.of(_collection(tmp_path), _substitutes())
     images = ArrayCollection("images", tmp_path, {})
     return ImageSide(images, np.asarray(start, np.float32), None, None, None, None, reader, pool, (asked, ""))
 
@@ -74,7 +90,7 @@ class ScriptedReader(CaptionReader):
     """Readings given by hand per vector (the changes are counted by the real substitutes)."""
 
     def __init__(self, readings: dict[bytes, set[str]], substitutes: Substitutes) -> None:
-        super().__init__(None, substitutes)
+        super().__init__([], np.zeros((0, 3), np.float32), substitutes)
         self.readings = readings
 
     def read(self, vectors: np.ndarray) -> list[set[str]]:
@@ -158,13 +174,15 @@ def test_without_a_reader_the_order_is_the_cosine(tmp_path) -> None:
 def test_the_engine_orders_by_readings_only_where_the_index_holds_captions(tmp_path, monkeypatch) -> None:
     """Answers for "red" from an orange-ish original: an orange-red item nearest, reds farther; with
     captions that read colours, the answers the captions read as red (one thing changed) still come in
-    distance order, and the stated order says how it was made; a bad setting is refused by name.
+    distance order, and the stated order says how it was made; a bad setting is refused by name. The
+    readings order is asked for (the default is the distance).
 
     Four images are too few for the test of whether the readings hold (`test_readings_that_do_not_hold_
     order_nothing` meets it on a real model): here it is taken as passed."""
     colours = {0: (250, 150, 60), 1: (250, 60, 30), 2: (250, 30, 30), 3: (240, 20, 40)}
     index = make_colour_index(tmp_path, colours, _captions())
-    engine = Engine(index, ColourModel(colour_texts_table()), EngineOptions(k=3, diversity=0.0))
+    opts = EngineOptions(k=3, diversity=0.0, image_proximity="readings")
+    engine = Engine(index, ColourModel(colour_texts_table()), opts)
     assert engine.counterfactuals(image=0, text="red", threshold=8.0).order == "by distance to the original"
     monkeypatch.setattr(GenerationState, "readings_hold", lambda self, index, model: True)
     read = engine.counterfactuals(image=0, text="red", threshold=8.0)
@@ -176,5 +194,5 @@ def test_the_engine_orders_by_readings_only_where_the_index_holds_captions(tmp_p
         engine.counterfactuals(image=0, text="red", image_proximity="pixels")
     (tmp_path / "bare").mkdir()
     bare_index = make_colour_index(tmp_path / "bare", colours)  # no captions: nothing reads the images
-    bare = Engine(bare_index, ColourModel(colour_texts_table()), EngineOptions(k=3, diversity=0.0))
+    bare = Engine(bare_index, ColourModel(colour_texts_table()), opts)
     assert bare.counterfactuals(image=0, text="red", threshold=8.0).order == "by distance to the original"
