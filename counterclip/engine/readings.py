@@ -6,8 +6,9 @@ highest for it, among the index's captions (a fixed sample of `SAMPLE` of a larg
 memory: an exact search of a few milliseconds that touches no index file; through the caption index at
 1M captions it doubled a counterfactual's time and added 600 MB of mapped pages). Two readings differ by
 a *thing* where a word of one is replaced by one of its substitutes in the other (``red -> blue``, ``left
--> top``: `counterclip.engine.words.Substitutes`, learnt from the captions alone). The image side orders
-its answers by this count (`reading_levels`), and the quality card's understandability reads it too.
+-> top``: `counterclip.engine.words.Substitutes`, learnt from the captions alone). The image side can order
+its answers by this count (`reading_levels`, with ``image_proximity="readings"``), and the quality
+card's understandability reads it.
 """
 
 from __future__ import annotations

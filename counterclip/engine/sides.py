@@ -133,9 +133,9 @@ class ImageSide(Side):
         """With a reader, among the ``reading_pool`` closest: first the items the index's captions read as
         making the asked change, fewest other things changed first (the image counterpart of the text
         side's fewest words); then the items whose readings show no asked change; distance orders each
-        level, and the rest after them (`reading_levels`). The closest item across the line often
-        changes something the text did not ask for (a colour, the background) where one a little farther
-        changes only the asked thing. Without a reader: the cosine."""
+        level, and the rest after them (`reading_levels`). The closest item across the line can change
+        something the text did not ask for (a colour, the background) where one a little farther changes
+        only the asked thing. Without a reader: the cosine."""
         cosine = vectors @ self.start
         if self.reader is None or not len(ids):
             return cosine, None

@@ -1,4 +1,4 @@
-"""Readings: the image side orders its answers by the things the index's captions read as changed.
+"""Readings: the image side can order its answers by the things the index's captions read as changed.
 
 A 3-d caption collection with hand-placed captions, so every reading (the content words of the 10
 captions the model ranks highest) is known by brute force, and the order `ImageSide.proximity` gives is
